@@ -1,0 +1,10 @@
+// The device module of a build without the CUDA backend (-DREFINERY_CUDA=OFF or no nvcc).
+#include "engine/backend/cuda/device_info.hpp"
+
+namespace refinery::cuda {
+
+bool built_with_cuda() { return false; }
+std::vector<DeviceInfo> list_devices() { return {}; }
+std::string no_device_reason() { return "this build has no CUDA backend (configured without nvcc)"; }
+
+}  // namespace refinery::cuda

@@ -1,6 +1,6 @@
 #pragma once
 // What CUDA devices this process can use. Compiled from device_info.cu when the CUDA backend is
-// built and from device_info_stub.cpp otherwise, so callers never need #ifdefs.
+// built and from device_info_nocuda.cpp otherwise, so callers never need #ifdefs.
 
 #include <cstddef>
 #include <string>

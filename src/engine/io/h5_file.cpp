@@ -102,14 +102,11 @@ std::string h5_take_error_stack() {
 
 void throw_h5_error(ErrorKind kind, const std::string& file, const std::string& object,
                     const std::string& what) {
-  std::string message = what;
-  if (!file.empty() || !object.empty()) {
-    message += " (";
-    if (!file.empty()) message += "file " + file;
-    if (!file.empty() && !object.empty()) message += ", ";
-    if (!object.empty()) message += "object " + object;
-    message += ")";
-  }
+  // "<file> <object>: <what>; HDF5 says: <stack>" -- the location first, as compilers do.
+  std::string message = file;
+  if (!object.empty()) message += (message.empty() ? "" : " ") + object;
+  if (!message.empty()) message += ": ";
+  message += what;
   std::string stack = h5_take_error_stack();
   if (!stack.empty()) message += "; HDF5 says: " + stack;
   throw Error(kind, message);
@@ -264,7 +261,7 @@ void H5Object::fail(ErrorKind kind, const std::string& what) const {
 }
 
 std::string H5Object::attribute_context(const std::string& attr) const {
-  return str("attribute '", attr, "' of ", name_);
+  return str("attribute '", attr, "'");
 }
 
 bool H5Object::has_attribute(const std::string& attr) const {

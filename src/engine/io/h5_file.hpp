@@ -60,7 +60,7 @@ void h5_silence_errors();
 // The current HDF5 error stack as one line ("unable to open file <- file signature not found"),
 // then clears the stack. Empty when the stack is empty.
 std::string h5_take_error_stack();
-// Throws refinery::Error of `kind`: "<what> (file F, object O): <HDF5 messages>".
+// Throws refinery::Error of `kind`: "<file> <object>: <what>; HDF5 says: <HDF5 messages>".
 [[noreturn]] void throw_h5_error(ErrorKind kind, const std::string& file, const std::string& object,
                                  const std::string& what);
 

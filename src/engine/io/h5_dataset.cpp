@@ -25,8 +25,8 @@ H5Handle access_plist_for(uint64_t chunk_bytes) {
   if (chunk_bytes * 2 <= kChunkCacheBytes) return H5Handle();
   hid_t dapl = H5Pcreate(H5P_DATASET_ACCESS);
   H5Handle handle(dapl, H5Pclose);
-  if (dapl < 0 || H5Pset_chunk_cache(dapl, kChunkCacheSlots, static_cast<size_t>(chunk_bytes * 2),
-                                     1.0) < 0) {
+  if (dapl < 0 ||
+      H5Pset_chunk_cache(dapl, kChunkCacheSlots, static_cast<size_t>(chunk_bytes * 2), 1.0) < 0) {
     throw_h5_error(ErrorKind::kInternal, "", "", "cannot set the chunk cache");
   }
   return handle;
@@ -36,7 +36,8 @@ hid_t plist_or_default(const H5Handle& h) { return h.valid() ? h.get() : H5P_DEF
 
 }  // namespace
 
-// ---- H5File ---------------------------------------------------------------------------------------
+// ---- H5File
+// ---------------------------------------------------------------------------------------
 
 namespace {
 
@@ -138,22 +139,21 @@ H5Dataset H5File::create_dataset(const std::string& path, DType dtype,
 
   const ErrorKind k = ErrorKind::kInternal;
   H5Handle space = h5_check_id(H5Screate_simple(rank, dims.data(), max_dims.data()), H5Sclose, k,
-                            file_path_, path, "cannot create the dataspace");
+                               file_path_, path, "cannot create the dataspace");
   H5Handle dcpl = h5_check_id(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, k, file_path_, path,
-                           "cannot create the dataset properties");
+                              "cannot create the dataset properties");
   h5_check(H5Pset_chunk(dcpl.get(), rank, chunk.data()), k, file_path_, path, "H5Pset_chunk");
   // Object timestamps would make two runs over the same input write different bytes.
   h5_check(H5Pset_obj_track_times(dcpl.get(), 0), k, file_path_, path, "H5Pset_obj_track_times");
   if (layout.deflate_level > 0 && h5_deflate_available()) {
-    if (layout.shuffle)
-      h5_check(H5Pset_shuffle(dcpl.get()), k, file_path_, path, "H5Pset_shuffle");
+    if (layout.shuffle) h5_check(H5Pset_shuffle(dcpl.get()), k, file_path_, path, "H5Pset_shuffle");
     h5_check(H5Pset_deflate(dcpl.get(), static_cast<unsigned>(std::min(layout.deflate_level, 9))),
-                 k, file_path_, path, "H5Pset_deflate");
+             k, file_path_, path, "H5Pset_deflate");
   }
   H5Handle lcpl = h5_check_id(H5Pcreate(H5P_LINK_CREATE), H5Pclose, k, file_path_, path,
-                           "cannot create the link properties");
+                              "cannot create the link properties");
   h5_check(H5Pset_create_intermediate_group(lcpl.get(), 1), k, file_path_, path,
-               "H5Pset_create_intermediate_group");
+           "H5Pset_create_intermediate_group");
   H5Handle dapl = access_plist_for(chunk_rows * row_bytes);
   H5Handle type = h5_file_type(dtype);
   hid_t ds = H5Dcreate2(id(), path.c_str(), type.get(), space.get(), lcpl.get(), dcpl.get(),
@@ -168,8 +168,8 @@ H5Dataset H5File::open_dataset(const std::string& path) const {
     throw_user_error(file_path_, " has no dataset ", path,
                      "; is it the right kind of file (a refinery token dataset or logit cache)?");
   }
-  H5Handle handle = h5_check_id(H5Dopen2(id(), path.c_str(), H5P_DEFAULT), H5Dclose, ErrorKind::kUser,
-                             file_path_, path, "cannot open the dataset");
+  H5Handle handle = h5_check_id(H5Dopen2(id(), path.c_str(), H5P_DEFAULT), H5Dclose,
+                                ErrorKind::kUser, file_path_, path, "cannot open the dataset");
   H5Dataset dataset(std::move(handle), file_path_, path);
   // Reopen with a chunk cache that holds two chunks when its chunks are larger than the default.
   uint64_t chunk_rows = dataset.chunk_rows();
@@ -177,8 +177,9 @@ H5Dataset H5File::open_dataset(const std::string& path) const {
     uint64_t elem_bytes = H5Tget_size(H5Handle(H5Dget_type(dataset.id()), H5Tclose).get());
     H5Handle dapl = access_plist_for(chunk_rows * dataset.row_size() * elem_bytes);
     if (dapl.valid()) {
-      H5Handle reopened = h5_check_id(H5Dopen2(id(), path.c_str(), dapl.get()), H5Dclose,
-                                   ErrorKind::kUser, file_path_, path, "cannot open the dataset");
+      H5Handle reopened =
+          h5_check_id(H5Dopen2(id(), path.c_str(), dapl.get()), H5Dclose, ErrorKind::kUser,
+                      file_path_, path, "cannot open the dataset");
       return H5Dataset(std::move(reopened), file_path_, path);
     }
   }
@@ -195,23 +196,24 @@ void H5File::close() {
     throw_h5_error(ErrorKind::kInternal, file_path_, "", "cannot close the file (disk full?)");
 }
 
-// ---- H5Dataset ------------------------------------------------------------------------------------
+// ---- H5Dataset
+// ------------------------------------------------------------------------------------
 
 DType H5Dataset::dtype() const {
   H5Handle type = h5_check_id(H5Dget_type(id()), H5Tclose, ErrorKind::kUser, file_path_, name_,
-                           "cannot read the element type");
+                              "cannot read the element type");
   return h5_dtype_of(type.get(), file_path_, name_);
 }
 
 std::string H5Dataset::type_description() const {
   H5Handle type = h5_check_id(H5Dget_type(id()), H5Tclose, ErrorKind::kUser, file_path_, name_,
-                           "cannot read the element type");
+                              "cannot read the element type");
   return h5_describe_type(type.get());
 }
 
 std::vector<uint64_t> H5Dataset::shape() const {
   H5Handle space = h5_check_id(H5Dget_space(id()), H5Sclose, ErrorKind::kUser, file_path_, name_,
-                            "cannot read the shape");
+                               "cannot read the shape");
   int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank < 0) fail(ErrorKind::kUser, "cannot read the rank");
   std::vector<hsize_t> dims(rank);
@@ -236,8 +238,8 @@ uint64_t H5Dataset::row_size() const {
 }
 
 uint64_t H5Dataset::chunk_rows() const {
-  H5Handle dcpl = h5_check_id(H5Dget_create_plist(id()), H5Pclose, ErrorKind::kUser, file_path_, name_,
-                           "cannot read the creation properties");
+  H5Handle dcpl = h5_check_id(H5Dget_create_plist(id()), H5Pclose, ErrorKind::kUser, file_path_,
+                              name_, "cannot read the creation properties");
   if (H5Pget_layout(dcpl.get()) != H5D_CHUNKED) return 0;
   int rank = H5Pget_chunk(dcpl.get(), 0, nullptr);
   if (rank <= 0) return 0;
@@ -248,7 +250,7 @@ uint64_t H5Dataset::chunk_rows() const {
 
 bool H5Dataset::is_extendable() const {
   H5Handle space = h5_check_id(H5Dget_space(id()), H5Sclose, ErrorKind::kUser, file_path_, name_,
-                            "cannot read the shape");
+                               "cannot read the shape");
   int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank <= 0) return false;
   std::vector<hsize_t> dims(rank), max_dims(rank);
@@ -258,8 +260,8 @@ bool H5Dataset::is_extendable() const {
 }
 
 bool H5Dataset::is_compressed() const {
-  H5Handle dcpl = h5_check_id(H5Dget_create_plist(id()), H5Pclose, ErrorKind::kUser, file_path_, name_,
-                           "cannot read the creation properties");
+  H5Handle dcpl = h5_check_id(H5Dget_create_plist(id()), H5Pclose, ErrorKind::kUser, file_path_,
+                              name_, "cannot read the creation properties");
   int n = H5Pget_nfilters(dcpl.get());
   for (int i = 0; i < n; ++i) {
     unsigned flags = 0, config = 0;
@@ -312,22 +314,23 @@ void H5Dataset::write_rows(uint64_t begin, const void* data, DType mem_dtype, ui
   if (begin + count > dims[0]) {
     dims[0] = begin + count;
     h5_check(H5Dset_extent(id(), dims.data()), k, file_path_, name_,
-                 str("cannot grow the dataset to ", dims[0], " rows"));
+             str("cannot grow the dataset to ", dims[0], " rows"));
   }
   std::vector<hsize_t> start(dims.size(), 0), counts(dims.begin(), dims.end());
   start[0] = begin;
   counts[0] = count;
-  H5Handle file_space = h5_check_id(H5Dget_space(id()), H5Sclose, k, file_path_, name_, "H5Dget_space");
+  H5Handle file_space =
+      h5_check_id(H5Dget_space(id()), H5Sclose, k, file_path_, name_, "H5Dget_space");
   h5_check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
-                                   counts.data(), nullptr),
-               k, file_path_, name_, "cannot select the rows to write");
-  H5Handle mem_space = h5_check_id(H5Screate_simple(static_cast<int>(counts.size()), counts.data(),
-                                                 nullptr),
-                                H5Sclose, k, file_path_, name_, "H5Screate_simple");
+                               counts.data(), nullptr),
+           k, file_path_, name_, "cannot select the rows to write");
+  H5Handle mem_space =
+      h5_check_id(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr),
+                  H5Sclose, k, file_path_, name_, "H5Screate_simple");
   H5Handle mem_type = h5_memory_type(mem_dtype);
-  h5_check(H5Dwrite(id(), mem_type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, data),
-               k, file_path_, name_,
-               str("cannot write rows [", begin, ", ", begin + count, ") (disk full?)"));
+  h5_check(H5Dwrite(id(), mem_type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, data), k,
+           file_path_, name_,
+           str("cannot write rows [", begin, ", ", begin + count, ") (disk full?)"));
 }
 
 void H5Dataset::read_rows(uint64_t begin, uint64_t count, DType mem_dtype, void* out) const {
@@ -344,18 +347,19 @@ void H5Dataset::read_rows(uint64_t begin, uint64_t count, DType mem_dtype, void*
   std::vector<hsize_t> start(s.size(), 0), counts(s.begin(), s.end());
   start[0] = begin;
   counts[0] = count;
-  H5Handle file_space = h5_check_id(H5Dget_space(id()), H5Sclose, k, file_path_, name_, "H5Dget_space");
+  H5Handle file_space =
+      h5_check_id(H5Dget_space(id()), H5Sclose, k, file_path_, name_, "H5Dget_space");
   h5_check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
-                                   counts.data(), nullptr),
-               k, file_path_, name_, "cannot select the rows to read");
-  H5Handle mem_space = h5_check_id(H5Screate_simple(static_cast<int>(counts.size()), counts.data(),
-                                                 nullptr),
-                                H5Sclose, k, file_path_, name_, "H5Screate_simple");
+                               counts.data(), nullptr),
+           k, file_path_, name_, "cannot select the rows to read");
+  H5Handle mem_space =
+      h5_check_id(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr),
+                  H5Sclose, k, file_path_, name_, "H5Screate_simple");
   H5Handle mem_type = h5_memory_type(mem_dtype);
-  h5_check(H5Dread(id(), mem_type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, out),
-               k, file_path_, name_,
-               str("cannot read rows [", begin, ", ", begin + count,
-                   ") (is the file truncated or corrupt?)"));
+  h5_check(H5Dread(id(), mem_type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, out), k,
+           file_path_, name_,
+           str("cannot read rows [", begin, ", ", begin + count,
+               ") (is the file truncated or corrupt?)"));
 }
 
 void H5Dataset::resize(uint64_t new_rows) {
@@ -367,7 +371,7 @@ void H5Dataset::resize(uint64_t new_rows) {
   std::vector<hsize_t> dims(s.begin(), s.end());
   dims[0] = new_rows;
   h5_check(H5Dset_extent(id(), dims.data()), ErrorKind::kInternal, file_path_, name_,
-               str("cannot resize the dataset to ", new_rows, " rows"));
+           str("cannot resize the dataset to ", new_rows, " rows"));
 }
 
 }  // namespace refinery::io

@@ -10,7 +10,6 @@ namespace {
 static_assert(std::endian::native == std::endian::little,
               "the f16 memory type assumes a little-endian host");
 
-
 herr_t collect_error(unsigned /*n*/, const H5E_error2_t* err, void* data) {
   auto* messages = static_cast<std::vector<std::string>*>(data);
   if (err != nullptr && err->desc != nullptr && err->desc[0] != '\0') {
@@ -19,7 +18,6 @@ herr_t collect_error(unsigned /*n*/, const H5E_error2_t* err, void* data) {
   }
   return 0;
 }
-
 
 H5Handle make_f16_type() {
   // IEEE half: sign bit 15, exponent bits 10..14 (bias 15), mantissa bits 0..9. This is the type
@@ -41,8 +39,14 @@ H5Handle copy_type(hid_t predefined) {
 
 bool is_integer(DType d) {
   switch (d) {
-    case DType::kU8: case DType::kI8: case DType::kU16: case DType::kI16:
-    case DType::kU32: case DType::kI32: case DType::kU64: case DType::kI64:
+    case DType::kU8:
+    case DType::kI8:
+    case DType::kU16:
+    case DType::kI16:
+    case DType::kU32:
+    case DType::kI32:
+    case DType::kU64:
+    case DType::kI64:
       return true;
     default:
       return false;
@@ -53,11 +57,10 @@ bool is_signed_integer(DType d) {
   return d == DType::kI8 || d == DType::kI16 || d == DType::kI32 || d == DType::kI64;
 }
 
-
-
 }  // namespace
 
-// ---- H5Handle ------------------------------------------------------------------------------------
+// ---- H5Handle
+// ------------------------------------------------------------------------------------
 
 H5Handle& H5Handle::operator=(H5Handle&& other) noexcept {
   if (this != &other) {
@@ -76,7 +79,8 @@ herr_t H5Handle::close() {
   return status;
 }
 
-// ---- errors --------------------------------------------------------------------------------------
+// ---- errors
+// --------------------------------------------------------------------------------------
 
 void h5_silence_errors() {
   // The automatic printer writes HDF5's whole error stack to stderr on every failure, including
@@ -123,21 +127,33 @@ void h5_check(herr_t status, ErrorKind kind, const std::string& file, const std:
   if (status < 0) throw_h5_error(kind, file, object, what);
 }
 
-// ---- types ---------------------------------------------------------------------------------------
+// ---- types
+// ---------------------------------------------------------------------------------------
 
 H5Handle h5_file_type(DType dtype) {
   switch (dtype) {
-    case DType::kU8: return copy_type(H5T_STD_U8LE);
-    case DType::kI8: return copy_type(H5T_STD_I8LE);
-    case DType::kU16: return copy_type(H5T_STD_U16LE);
-    case DType::kI16: return copy_type(H5T_STD_I16LE);
-    case DType::kU32: return copy_type(H5T_STD_U32LE);
-    case DType::kI32: return copy_type(H5T_STD_I32LE);
-    case DType::kU64: return copy_type(H5T_STD_U64LE);
-    case DType::kI64: return copy_type(H5T_STD_I64LE);
-    case DType::kF16: return make_f16_type();
-    case DType::kF32: return copy_type(H5T_IEEE_F32LE);
-    case DType::kF64: return copy_type(H5T_IEEE_F64LE);
+    case DType::kU8:
+      return copy_type(H5T_STD_U8LE);
+    case DType::kI8:
+      return copy_type(H5T_STD_I8LE);
+    case DType::kU16:
+      return copy_type(H5T_STD_U16LE);
+    case DType::kI16:
+      return copy_type(H5T_STD_I16LE);
+    case DType::kU32:
+      return copy_type(H5T_STD_U32LE);
+    case DType::kI32:
+      return copy_type(H5T_STD_I32LE);
+    case DType::kU64:
+      return copy_type(H5T_STD_U64LE);
+    case DType::kI64:
+      return copy_type(H5T_STD_I64LE);
+    case DType::kF16:
+      return make_f16_type();
+    case DType::kF32:
+      return copy_type(H5T_IEEE_F32LE);
+    case DType::kF64:
+      return copy_type(H5T_IEEE_F64LE);
     default:
       throw_internal_error("no HDF5 file type for dtype ", dtype_name(dtype));
   }
@@ -145,17 +161,28 @@ H5Handle h5_file_type(DType dtype) {
 
 H5Handle h5_memory_type(DType dtype) {
   switch (dtype) {
-    case DType::kU8: return copy_type(H5T_NATIVE_UINT8);
-    case DType::kI8: return copy_type(H5T_NATIVE_INT8);
-    case DType::kU16: return copy_type(H5T_NATIVE_UINT16);
-    case DType::kI16: return copy_type(H5T_NATIVE_INT16);
-    case DType::kU32: return copy_type(H5T_NATIVE_UINT32);
-    case DType::kI32: return copy_type(H5T_NATIVE_INT32);
-    case DType::kU64: return copy_type(H5T_NATIVE_UINT64);
-    case DType::kI64: return copy_type(H5T_NATIVE_INT64);
-    case DType::kF16: return make_f16_type();
-    case DType::kF32: return copy_type(H5T_NATIVE_FLOAT);
-    case DType::kF64: return copy_type(H5T_NATIVE_DOUBLE);
+    case DType::kU8:
+      return copy_type(H5T_NATIVE_UINT8);
+    case DType::kI8:
+      return copy_type(H5T_NATIVE_INT8);
+    case DType::kU16:
+      return copy_type(H5T_NATIVE_UINT16);
+    case DType::kI16:
+      return copy_type(H5T_NATIVE_INT16);
+    case DType::kU32:
+      return copy_type(H5T_NATIVE_UINT32);
+    case DType::kI32:
+      return copy_type(H5T_NATIVE_INT32);
+    case DType::kU64:
+      return copy_type(H5T_NATIVE_UINT64);
+    case DType::kI64:
+      return copy_type(H5T_NATIVE_INT64);
+    case DType::kF16:
+      return make_f16_type();
+    case DType::kF32:
+      return copy_type(H5T_NATIVE_FLOAT);
+    case DType::kF64:
+      return copy_type(H5T_NATIVE_DOUBLE);
     default:
       throw_internal_error("no HDF5 memory type for dtype ", dtype_name(dtype));
   }
@@ -163,18 +190,30 @@ H5Handle h5_memory_type(DType dtype) {
 
 std::string h5_dtype_label(DType d) {
   switch (d) {
-    case DType::kU8: return "uint8";
-    case DType::kI8: return "int8";
-    case DType::kU16: return "uint16";
-    case DType::kI16: return "int16";
-    case DType::kU32: return "uint32";
-    case DType::kI32: return "int32";
-    case DType::kU64: return "uint64";
-    case DType::kI64: return "int64";
-    case DType::kF16: return "float16";
-    case DType::kF32: return "float32";
-    case DType::kF64: return "float64";
-    default: return std::string(dtype_name(d));
+    case DType::kU8:
+      return "uint8";
+    case DType::kI8:
+      return "int8";
+    case DType::kU16:
+      return "uint16";
+    case DType::kI16:
+      return "int16";
+    case DType::kU32:
+      return "uint32";
+    case DType::kI32:
+      return "int32";
+    case DType::kU64:
+      return "uint64";
+    case DType::kI64:
+      return "int64";
+    case DType::kF16:
+      return "float16";
+    case DType::kF32:
+      return "float32";
+    case DType::kF64:
+      return "float64";
+    default:
+      return std::string(dtype_name(d));
   }
 }
 
@@ -192,15 +231,24 @@ std::string h5_describe_type(hid_t type) {
       if (size == 2 && esize == 8) return "bfloat16-like 16-bit float (8 exponent bits)";
       return str("float", size * 8);
     }
-    case H5T_STRING: return "string";
-    case H5T_COMPOUND: return "compound";
-    case H5T_ENUM: return "enum";
-    case H5T_ARRAY: return "array";
-    case H5T_VLEN: return "variable-length sequence";
-    case H5T_OPAQUE: return "opaque";
-    case H5T_BITFIELD: return "bitfield";
-    case H5T_REFERENCE: return "reference";
-    default: return "unknown type";
+    case H5T_STRING:
+      return "string";
+    case H5T_COMPOUND:
+      return "compound";
+    case H5T_ENUM:
+      return "enum";
+    case H5T_ARRAY:
+      return "array";
+    case H5T_VLEN:
+      return "variable-length sequence";
+    case H5T_OPAQUE:
+      return "opaque";
+    case H5T_BITFIELD:
+      return "bitfield";
+    case H5T_REFERENCE:
+      return "reference";
+    default:
+      return "unknown type";
   }
 }
 
@@ -210,11 +258,16 @@ DType h5_dtype_of(hid_t type, const std::string& file, const std::string& object
   if (cls == H5T_INTEGER && H5Tget_precision(type) == size * 8 && H5Tget_offset(type) == 0) {
     bool is_signed = H5Tget_sign(type) == H5T_SGN_2;
     switch (size) {
-      case 1: return is_signed ? DType::kI8 : DType::kU8;
-      case 2: return is_signed ? DType::kI16 : DType::kU16;
-      case 4: return is_signed ? DType::kI32 : DType::kU32;
-      case 8: return is_signed ? DType::kI64 : DType::kU64;
-      default: break;
+      case 1:
+        return is_signed ? DType::kI8 : DType::kU8;
+      case 2:
+        return is_signed ? DType::kI16 : DType::kU16;
+      case 4:
+        return is_signed ? DType::kI32 : DType::kU32;
+      case 8:
+        return is_signed ? DType::kI64 : DType::kU64;
+      default:
+        break;
     }
   } else if (cls == H5T_FLOAT) {
     size_t spos = 0, epos = 0, esize = 0, mpos = 0, msize = 0;
@@ -227,9 +280,10 @@ DType h5_dtype_of(hid_t type, const std::string& file, const std::string& object
     if (size == 8 && spos == 63 && esize == 11 && msize == 52 && ebias == 1023) return DType::kF64;
   }
   H5Eclear2(H5E_DEFAULT);
-  throw_user_error(object, " in ", file, " stores elements of type ", h5_describe_type(type),
-                   ", which refinery does not read (supported: int8..int64, uint8..uint64, float16, "
-                   "float32, float64); rewrite the dataset with a supported numpy dtype");
+  throw_user_error(
+      object, " in ", file, " stores elements of type ", h5_describe_type(type),
+      ", which refinery does not read (supported: int8..int64, uint8..uint64, float16, "
+      "float32, float64); rewrite the dataset with a supported numpy dtype");
 }
 
 bool h5_lossless_conversion(DType from, DType to) {
@@ -254,7 +308,8 @@ bool h5_deflate_available() {
   return (config & H5Z_FILTER_CONFIG_ENCODE_ENABLED) != 0;
 }
 
-// ---- H5Object: attributes -------------------------------------------------------------------------
+// ---- H5Object: attributes
+// -------------------------------------------------------------------------
 
 void H5Object::fail(ErrorKind kind, const std::string& what) const {
   throw_h5_error(kind, file_path_, name_, what);
@@ -279,14 +334,13 @@ void H5Object::set_string_attribute(const std::string& attr, const std::string& 
   if (H5Tset_size(type.get(), H5T_VARIABLE) < 0 || H5Tset_cset(type.get(), H5T_CSET_UTF8) < 0)
     fail(ErrorKind::kInternal, "cannot build the string type");
   H5Handle space = h5_check_id(H5Screate(H5S_SCALAR), H5Sclose, ErrorKind::kInternal, file_path_,
-                            name_, "H5Screate failed");
-  H5Handle a = h5_check_id(H5Acreate2(id(), attr.c_str(), type.get(), space.get(), H5P_DEFAULT,
-                                   H5P_DEFAULT),
-                        H5Aclose, ErrorKind::kInternal, file_path_, name_,
-                        str("cannot create ", attribute_context(attr)));
+                               name_, "H5Screate failed");
+  H5Handle a = h5_check_id(
+      H5Acreate2(id(), attr.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+      ErrorKind::kInternal, file_path_, name_, str("cannot create ", attribute_context(attr)));
   const char* data = value.c_str();
   h5_check(H5Awrite(a.get(), type.get(), &data), ErrorKind::kInternal, file_path_, name_,
-               str("cannot write ", attribute_context(attr)));
+           str("cannot write ", attribute_context(attr)));
 }
 
 void H5Object::set_int_attribute(const std::string& attr, int64_t value) {
@@ -294,25 +348,25 @@ void H5Object::set_int_attribute(const std::string& attr, int64_t value) {
   if (has_attribute(attr) && H5Adelete(id(), attr.c_str()) < 0)
     fail(ErrorKind::kInternal, str("cannot replace ", attribute_context(attr)));
   H5Handle space = h5_check_id(H5Screate(H5S_SCALAR), H5Sclose, ErrorKind::kInternal, file_path_,
-                            name_, "H5Screate failed");
-  H5Handle a = h5_check_id(H5Acreate2(id(), attr.c_str(), H5T_STD_I64LE, space.get(), H5P_DEFAULT,
-                                   H5P_DEFAULT),
-                        H5Aclose, ErrorKind::kInternal, file_path_, name_,
-                        str("cannot create ", attribute_context(attr)));
+                               name_, "H5Screate failed");
+  H5Handle a = h5_check_id(
+      H5Acreate2(id(), attr.c_str(), H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+      H5Aclose, ErrorKind::kInternal, file_path_, name_,
+      str("cannot create ", attribute_context(attr)));
   h5_check(H5Awrite(a.get(), H5T_NATIVE_INT64, &value), ErrorKind::kInternal, file_path_, name_,
-               str("cannot write ", attribute_context(attr)));
+           str("cannot write ", attribute_context(attr)));
 }
 
 std::string H5Object::string_attribute(const std::string& attr) const {
   if (!has_attribute(attr))
-    fail(ErrorKind::kUser, str("missing ", attribute_context(attr),
-                               " (was the file written by refinery?)"));
+    fail(ErrorKind::kUser,
+         str("missing ", attribute_context(attr), " (was the file written by refinery?)"));
   H5Handle a = h5_check_id(H5Aopen(id(), attr.c_str(), H5P_DEFAULT), H5Aclose, ErrorKind::kUser,
-                        file_path_, name_, str("cannot open ", attribute_context(attr)));
+                           file_path_, name_, str("cannot open ", attribute_context(attr)));
   H5Handle type = h5_check_id(H5Aget_type(a.get()), H5Tclose, ErrorKind::kUser, file_path_, name_,
-                           str("cannot read the type of ", attribute_context(attr)));
+                              str("cannot read the type of ", attribute_context(attr)));
   H5Handle space = h5_check_id(H5Aget_space(a.get()), H5Sclose, ErrorKind::kUser, file_path_, name_,
-                            str("cannot read the shape of ", attribute_context(attr)));
+                               str("cannot read the shape of ", attribute_context(attr)));
   if (H5Tget_class(type.get()) != H5T_STRING || H5Sget_simple_extent_npoints(space.get()) != 1) {
     fail(ErrorKind::kUser, str(attribute_context(attr), " should be one string, found ",
                                H5Sget_simple_extent_npoints(space.get()), " element(s) of type ",
@@ -325,7 +379,7 @@ std::string H5Object::string_attribute(const std::string& attr) const {
       fail(ErrorKind::kInternal, "cannot build the string type");
     char* data = nullptr;
     h5_check(H5Aread(a.get(), mem.get(), &data), ErrorKind::kUser, file_path_, name_,
-                 str("cannot read ", attribute_context(attr)));
+             str("cannot read ", attribute_context(attr)));
     std::string value = data != nullptr ? std::string(data) : std::string();
     if (data != nullptr) H5free_memory(data);
     return value;
@@ -337,7 +391,7 @@ std::string H5Object::string_attribute(const std::string& attr) const {
     fail(ErrorKind::kInternal, "cannot build the string type");
   std::string value(size, '\0');
   h5_check(H5Aread(a.get(), mem.get(), value.data()), ErrorKind::kUser, file_path_, name_,
-               str("cannot read ", attribute_context(attr)));
+           str("cannot read ", attribute_context(attr)));
   value.resize(std::min(value.find('\0'), value.size()));
   if (pad == H5T_STR_SPACEPAD) value.erase(value.find_last_not_of(' ') + 1);
   return value;
@@ -345,14 +399,14 @@ std::string H5Object::string_attribute(const std::string& attr) const {
 
 int64_t H5Object::int_attribute(const std::string& attr) const {
   if (!has_attribute(attr))
-    fail(ErrorKind::kUser, str("missing ", attribute_context(attr),
-                               " (was the file written by refinery?)"));
+    fail(ErrorKind::kUser,
+         str("missing ", attribute_context(attr), " (was the file written by refinery?)"));
   H5Handle a = h5_check_id(H5Aopen(id(), attr.c_str(), H5P_DEFAULT), H5Aclose, ErrorKind::kUser,
-                        file_path_, name_, str("cannot open ", attribute_context(attr)));
+                           file_path_, name_, str("cannot open ", attribute_context(attr)));
   H5Handle type = h5_check_id(H5Aget_type(a.get()), H5Tclose, ErrorKind::kUser, file_path_, name_,
-                           str("cannot read the type of ", attribute_context(attr)));
+                              str("cannot read the type of ", attribute_context(attr)));
   H5Handle space = h5_check_id(H5Aget_space(a.get()), H5Sclose, ErrorKind::kUser, file_path_, name_,
-                            str("cannot read the shape of ", attribute_context(attr)));
+                               str("cannot read the shape of ", attribute_context(attr)));
   if (H5Tget_class(type.get()) != H5T_INTEGER || H5Sget_simple_extent_npoints(space.get()) != 1) {
     fail(ErrorKind::kUser, str(attribute_context(attr), " should be one integer, found ",
                                H5Sget_simple_extent_npoints(space.get()), " element(s) of type ",
@@ -361,7 +415,7 @@ int64_t H5Object::int_attribute(const std::string& attr) const {
   if (H5Tget_sign(type.get()) == H5T_SGN_NONE && H5Tget_size(type.get()) >= 8) {
     uint64_t value = 0;
     h5_check(H5Aread(a.get(), H5T_NATIVE_UINT64, &value), ErrorKind::kUser, file_path_, name_,
-                 str("cannot read ", attribute_context(attr)));
+             str("cannot read ", attribute_context(attr)));
     if (value > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
       fail(ErrorKind::kUser, str(attribute_context(attr), " is ", value, ", beyond int64"));
     return static_cast<int64_t>(value);
@@ -370,7 +424,7 @@ int64_t H5Object::int_attribute(const std::string& attr) const {
     fail(ErrorKind::kUser, str(attribute_context(attr), " is wider than 64 bits"));
   int64_t value = 0;
   h5_check(H5Aread(a.get(), H5T_NATIVE_INT64, &value), ErrorKind::kUser, file_path_, name_,
-               str("cannot read ", attribute_context(attr)));
+           str("cannot read ", attribute_context(attr)));
   return value;
 }
 

@@ -3,7 +3,8 @@
 //
 // What this layer gives its users:
 //  - H5Handle: one owned hid_t, closed with the close function of its kind (file, dataset, ...).
-//  - Errors: HDF5's automatic printing of its error stack to stderr is switched off (per thread) and
+//  - Errors: HDF5's automatic printing of its error stack to stderr is switched off (per thread)
+//  and
 //    a failing call becomes a refinery::Error that names the file and the object and carries the
 //    messages of the HDF5 error stack.
 //  - Chunked, extendable datasets of rank >= 1 whose first dimension grows: [rows] or [rows, k].
@@ -87,17 +88,28 @@ bool h5_lossless_conversion(DType from, DType to);
 
 template <typename T>
 constexpr DType h5_dtype_for() {
-  if constexpr (std::is_same_v<T, uint8_t>) return DType::kU8;
-  else if constexpr (std::is_same_v<T, int8_t>) return DType::kI8;
-  else if constexpr (std::is_same_v<T, uint16_t>) return DType::kU16;
-  else if constexpr (std::is_same_v<T, int16_t>) return DType::kI16;
-  else if constexpr (std::is_same_v<T, uint32_t>) return DType::kU32;
-  else if constexpr (std::is_same_v<T, int32_t>) return DType::kI32;
-  else if constexpr (std::is_same_v<T, uint64_t>) return DType::kU64;
-  else if constexpr (std::is_same_v<T, int64_t>) return DType::kI64;
-  else if constexpr (std::is_same_v<T, float>) return DType::kF32;
-  else if constexpr (std::is_same_v<T, double>) return DType::kF64;
-  else static_assert(sizeof(T) == 0, "no HDF5 mapping for this element type (f16: use the raw API)");
+  if constexpr (std::is_same_v<T, uint8_t>)
+    return DType::kU8;
+  else if constexpr (std::is_same_v<T, int8_t>)
+    return DType::kI8;
+  else if constexpr (std::is_same_v<T, uint16_t>)
+    return DType::kU16;
+  else if constexpr (std::is_same_v<T, int16_t>)
+    return DType::kI16;
+  else if constexpr (std::is_same_v<T, uint32_t>)
+    return DType::kU32;
+  else if constexpr (std::is_same_v<T, int32_t>)
+    return DType::kI32;
+  else if constexpr (std::is_same_v<T, uint64_t>)
+    return DType::kU64;
+  else if constexpr (std::is_same_v<T, int64_t>)
+    return DType::kI64;
+  else if constexpr (std::is_same_v<T, float>)
+    return DType::kF32;
+  else if constexpr (std::is_same_v<T, double>)
+    return DType::kF64;
+  else
+    static_assert(sizeof(T) == 0, "no HDF5 mapping for this element type (f16: use the raw API)");
 }
 
 // A file or a dataset: something that has a name and carries attributes.
@@ -110,8 +122,8 @@ class H5Object {
   bool is_open() const { return handle_.valid(); }
 
   bool has_attribute(const std::string& attr) const;
-  // Scalar, variable-length UTF-8 string (what h5py writes for a Python str, and reads back as str).
-  // Replaces an existing attribute of the same name.
+  // Scalar, variable-length UTF-8 string (what h5py writes for a Python str, and reads back as
+  // str). Replaces an existing attribute of the same name.
   void set_string_attribute(const std::string& attr, const std::string& value);
   // Scalar int64 (what h5py writes for a Python int).
   void set_int_attribute(const std::string& attr, int64_t value);
@@ -150,8 +162,8 @@ class H5Dataset : public H5Object {
   std::string type_description() const;
   std::vector<uint64_t> shape() const;
   int rank() const;
-  uint64_t rows() const;      // shape[0]
-  uint64_t row_size() const;  // elements per row: product of shape[1:]
+  uint64_t rows() const;        // shape[0]
+  uint64_t row_size() const;    // elements per row: product of shape[1:]
   uint64_t chunk_rows() const;  // rows per chunk; 0 when the dataset is not chunked
   bool is_extendable() const;   // the first dimension is unlimited
   bool is_compressed() const;   // a deflate filter is in its pipeline
@@ -165,8 +177,8 @@ class H5Dataset : public H5Object {
   }
   // Writes rows [begin, begin + rows), growing the dataset when they reach past its end.
   void write_rows(uint64_t begin, const void* data, DType mem_dtype, uint64_t rows);
-  // Reads rows [begin, begin + count) into `out` (count * row_size elements of `mem_dtype`, to which
-  // the stored type must convert losslessly, e.g. f16 -> f32). User error when out of range.
+  // Reads rows [begin, begin + count) into `out` (count * row_size elements of `mem_dtype`, to
+  // which the stored type must convert losslessly, e.g. f16 -> f32). User error when out of range.
   void read_rows(uint64_t begin, uint64_t count, DType mem_dtype, void* out) const;
   template <typename T>
   std::vector<T> read_rows(uint64_t begin, uint64_t count) const {

@@ -82,9 +82,9 @@ class JsonLinesReader final : public TextSource::Reader {
     std::string line;
     while (std::getline(in_, line)) {
       ++line_number_;
-      if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
+      if (!line.empty() && line.back() == '\r') line.pop_back();                    // CRLF files
       if (line_number_ == 1 && line.starts_with("\xEF\xBB\xBF")) line.erase(0, 3);  // UTF-8 BOM
-      if (line.find_first_not_of(" \t") == std::string::npos) continue;  // blank line
+      if (line.find_first_not_of(" \t") == std::string::npos) continue;             // blank line
       return parse(line);
     }
     if (in_.bad()) throw_internal_error("I/O error while reading ", path_);
@@ -150,11 +150,13 @@ class TokensJsonReader final : public TextSource::Reader {
       }
       for (size_t j = 0; j < doc.size(); ++j) {
         const auto& id = doc[j];
-        bool ok = id.is_number_unsigned() &&
-                  id.get<uint64_t>() <= std::numeric_limits<uint32_t>::max();
+        bool ok =
+            id.is_number_unsigned() && id.get<uint64_t>() <= std::numeric_limits<uint32_t>::max();
         if (!ok) {
-          throw_user_error(path_, ": document ", d, ", position ", j, ": expected a non-negative "
-                           "integer token id below 2^32, found ", preview(id));
+          throw_user_error(path_, ": document ", d, ", position ", j,
+                           ": expected a non-negative "
+                           "integer token id below 2^32, found ",
+                           preview(id));
         }
       }
     }
@@ -240,10 +242,18 @@ std::optional<Document> TextSource::next() {
     if (next_path_ >= paths_.size()) return std::nullopt;
     const std::string& path = paths_[next_path_++];
     switch (text_source_kind(path)) {
-      case TextSourceKind::kText: reader_ = std::make_unique<TxtReader>(path); break;
-      case TextSourceKind::kJsonLines: reader_ = std::make_unique<JsonLinesReader>(path); break;
-      case TextSourceKind::kTokensJson: reader_ = std::make_unique<TokensJsonReader>(path); break;
-      case TextSourceKind::kTokenDataset: reader_ = std::make_unique<TokenDatasetReader>(path); break;
+      case TextSourceKind::kText:
+        reader_ = std::make_unique<TxtReader>(path);
+        break;
+      case TextSourceKind::kJsonLines:
+        reader_ = std::make_unique<JsonLinesReader>(path);
+        break;
+      case TextSourceKind::kTokensJson:
+        reader_ = std::make_unique<TokensJsonReader>(path);
+        break;
+      case TextSourceKind::kTokenDataset:
+        reader_ = std::make_unique<TokenDatasetReader>(path);
+        break;
     }
   }
 }

@@ -27,7 +27,7 @@ struct Document {
   std::string text;              // empty when pre_tokenized
   std::vector<uint32_t> tokens;  // empty unless pre_tokenized
   bool pre_tokenized = false;
-  std::string origin;            // "file", "file:line" or "file[index]"
+  std::string origin;  // "file", "file:line" or "file[index]"
 };
 
 // The kind of an input path from its extension (case-insensitive); user error listing the

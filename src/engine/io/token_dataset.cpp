@@ -21,7 +21,8 @@ std::string optional_string(const H5File& file, const char* name) {
 
 }  // namespace
 
-// ---- TokenDatasetWriter ---------------------------------------------------------------------------
+// ---- TokenDatasetWriter
+// ---------------------------------------------------------------------------
 
 TokenDatasetWriter::TokenDatasetWriter(std::string out_path, TokenDatasetInfo info)
     : TokenDatasetWriter(std::move(out_path), std::move(info), Options()) {}
@@ -113,8 +114,8 @@ void TokenDatasetWriter::finish() {
   REFINERY_CHECK(!finished_, "finish() called twice on ", out_path_);
   flush_tokens();
   flush_offsets();
-  REFINERY_CHECK(tokens_.rows() == n_tokens_ && offsets_.rows() == n_docs_ + 1,
-                 "token dataset ", temp_path_, " lost rows");
+  REFINERY_CHECK(tokens_.rows() == n_tokens_ && offsets_.rows() == n_docs_ + 1, "token dataset ",
+                 temp_path_, " lost rows");
   file_.set_int_attribute("n_docs", static_cast<int64_t>(n_docs_));
   file_.set_int_attribute("n_tokens", static_cast<int64_t>(n_tokens_));
   // Datasets first: with HDF5's default (weak) close, the file stays open while they are.
@@ -131,16 +132,18 @@ void TokenDatasetWriter::finish() {
   log::debug("wrote ", out_path_, ": ", n_docs_, " documents, ", n_tokens_, " tokens");
 }
 
-// ---- TokenDataset ---------------------------------------------------------------------------------
+// ---- TokenDataset
+// ---------------------------------------------------------------------------------
 
 TokenDataset::TokenDataset(const std::string& path) : TokenDataset(path, Options()) {}
 
 TokenDataset::TokenDataset(const std::string& path, Options options)
     : path_(path), file_(H5File::open(path)) {
   if (!file_.has_attribute("format")) {
-    throw_user_error(path_, " is not a refinery token dataset: it has no 'format' attribute "
-                     "(expected \"", kTokenDatasetFormat,
-                     "\"); make one with `refine data tokenize`");
+    throw_user_error(path_,
+                     " is not a refinery token dataset: it has no 'format' attribute "
+                     "(expected \"",
+                     kTokenDatasetFormat, "\"); make one with `refine data tokenize`");
   }
   std::string format = file_.string_attribute("format");
   if (format != kTokenDatasetFormat) {
@@ -149,8 +152,8 @@ TokenDataset::TokenDataset(const std::string& path, Options options)
   }
   format_version_ = file_.int_attribute("format_version");
   if (format_version_ < 1 || format_version_ > kTokenDatasetFormatVersion) {
-    throw_user_error(path_, " has format_version ", format_version_, "; this refinery reads version ",
-                     kTokenDatasetFormatVersion,
+    throw_user_error(path_, " has format_version ", format_version_,
+                     "; this refinery reads version ", kTokenDatasetFormatVersion,
                      format_version_ > kTokenDatasetFormatVersion ? " (upgrade refinery)" : "");
   }
   int64_t vocab = file_.int_attribute("vocab_size");
@@ -165,8 +168,8 @@ TokenDataset::TokenDataset(const std::string& path, Options options)
   if (file_.has_attribute("sources")) {
     std::string text = file_.string_attribute("sources");
     nlohmann::json sources = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    bool ok = sources.is_array() &&
-              std::all_of(sources.begin(), sources.end(), [](const auto& s) { return s.is_string(); });
+    bool ok = sources.is_array() && std::all_of(sources.begin(), sources.end(),
+                                                [](const auto& s) { return s.is_string(); });
     if (!ok) {
       throw_user_error(path_, ": attribute 'sources' should be a JSON array of file names, found: ",
                        text.substr(0, 200));
@@ -193,7 +196,8 @@ TokenDataset::TokenDataset(const std::string& path, Options options)
 void TokenDataset::validate_offsets(const H5Dataset& offsets) {
   const uint64_t n_tokens = tokens_.rows();
   if (offsets.rows() == 0) {
-    throw_user_error("/doc_offsets in ", path_, " is empty; it needs n_docs + 1 entries starting "
+    throw_user_error("/doc_offsets in ", path_,
+                     " is empty; it needs n_docs + 1 entries starting "
                      "at 0 (an empty dataset has [0])");
   }
   offsets_ = offsets.read_all<uint64_t>();
@@ -209,7 +213,8 @@ void TokenDataset::validate_offsets(const H5Dataset& offsets) {
     throw_user_error("/doc_offsets in ", path_, " ends at ", offsets_.back(), " but /tokens has ",
                      n_tokens, " tokens; the last offset must equal the token count");
   }
-  if (file_.has_attribute("n_docs") && file_.int_attribute("n_docs") != static_cast<int64_t>(n_docs())) {
+  if (file_.has_attribute("n_docs") &&
+      file_.int_attribute("n_docs") != static_cast<int64_t>(n_docs())) {
     throw_user_error(path_, ": attribute n_docs is ", file_.int_attribute("n_docs"),
                      " but /doc_offsets describes ", n_docs(), " documents");
   }
@@ -226,7 +231,8 @@ void TokenDataset::check_token_ids() const {
     uint64_t count = std::min(kScanTokens, n_tokens() - begin);
     buffer.resize(static_cast<size_t>(count));
     read_tokens(begin, buffer);
-    auto bad = std::find_if(buffer.begin(), buffer.end(), [&](uint32_t id) { return id >= vocab_size_; });
+    auto bad =
+        std::find_if(buffer.begin(), buffer.end(), [&](uint32_t id) { return id >= vocab_size_; });
     if (bad != buffer.end()) {
       uint64_t position = begin + static_cast<uint64_t>(bad - buffer.begin());
       uint64_t doc = static_cast<uint64_t>(

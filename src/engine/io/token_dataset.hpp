@@ -28,7 +28,7 @@ inline constexpr int64_t kTokenDatasetFormatVersion = 1;
 
 // What a token dataset says about how it was made.
 struct TokenDatasetInfo {
-  std::string tokenizer_sha256;      // hex SHA-256 of tokenizer.json
+  std::string tokenizer_sha256;  // hex SHA-256 of tokenizer.json
   std::string tokenizer_path;
   uint32_t vocab_size = 0;           // ids must be < vocab_size; must be > 0
   std::vector<std::string> sources;  // input file names, in order

@@ -134,8 +134,9 @@ TEST(H5Dataset, RoundTripsEveryIntegerAndFloatType1D) {
                       {std::numeric_limits<int64_t>::min(), -1, 0, 1,
                        std::numeric_limits<int64_t>::max(), 5, 6, 7});
   round_trip<uint64_t>(DType::kU64, {}, {0, 1, ~uint64_t{0}, 3, 4, 5, 6, 7, 8});
-  round_trip<float>(DType::kF32, {}, {0.f, -0.f, 1.5f, -3.25e-30f, 3e38f,
-                                      std::numeric_limits<float>::infinity(), 6, 7, 8});
+  round_trip<float>(
+      DType::kF32, {},
+      {0.f, -0.f, 1.5f, -3.25e-30f, 3e38f, std::numeric_limits<float>::infinity(), 6, 7, 8});
 }
 
 TEST(H5Dataset, RoundTripsRowsOf2D) {
@@ -331,9 +332,9 @@ TEST(H5Dataset, UnsupportedTypeIsAUserError) {
     H5Tset_size(type.get(), 8);
     hsize_t dims[1] = {2};
     H5Handle space(H5Screate_simple(1, dims, nullptr), H5Sclose);
-    H5Handle ds(H5Dcreate2(file.id(), "/s", type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT,
-                           H5P_DEFAULT),
-                H5Dclose);
+    H5Handle ds(
+        H5Dcreate2(file.id(), "/s", type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+        H5Dclose);
     ASSERT_TRUE(ds.valid());
   }
   H5File file = H5File::open(path);

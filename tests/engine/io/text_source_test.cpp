@@ -20,7 +20,8 @@ class ScratchDir {
  public:
   ScratchDir() {
     static int counter = 0;
-    path_ = fs::temp_directory_path() / str("refinery_text_source_test_", ::getpid(), "_", counter++);
+    path_ =
+        fs::temp_directory_path() / str("refinery_text_source_test_", ::getpid(), "_", counter++);
     fs::remove_all(path_);
     fs::create_directories(path_);
   }
@@ -90,14 +91,14 @@ TEST(TextSource, EmptyTxtIsOneEmptyDocument) {
 
 TEST(TextSource, JsonLinesSkipBlankLinesAndKeepLineNumbers) {
   ScratchDir dir;
-  const std::string path = dir.write(
-      "d.jsonl",
-      "\xEF\xBB\xBF{\"text\": \"hello\"}\n"            // line 1, with a UTF-8 BOM
-      "\n"                                             // 2: blank
-      "   \t \n"                                       // 3: blank
-      "{\"id\": 7, \"text\": \"a\\nb \\u00e9\"}\r\n"   // 4: CRLF, escapes, extra key
-      "{\"text\": \"\"}\n"                             // 5: empty text is a document
-      "{\"text\": \"\xF0\x9F\x98\x80 emoji\"}");       // 6: no final newline
+  const std::string path =
+      dir.write("d.jsonl",
+                "\xEF\xBB\xBF{\"text\": \"hello\"}\n"           // line 1, with a UTF-8 BOM
+                "\n"                                            // 2: blank
+                "   \t \n"                                      // 3: blank
+                "{\"id\": 7, \"text\": \"a\\nb \\u00e9\"}\r\n"  // 4: CRLF, escapes, extra key
+                "{\"text\": \"\"}\n"                            // 5: empty text is a document
+                "{\"text\": \"\xF0\x9F\x98\x80 emoji\"}");      // 6: no final newline
   std::vector<Document> docs = read_all({path});
   ASSERT_EQ(docs.size(), 4u);
   EXPECT_EQ(docs[0].text, "hello");

@@ -19,7 +19,8 @@ class ScratchDir {
  public:
   ScratchDir() {
     static int counter = 0;
-    path_ = fs::temp_directory_path() / str("refinery_token_dataset_test_", ::getpid(), "_", counter++);
+    path_ =
+        fs::temp_directory_path() / str("refinery_token_dataset_test_", ::getpid(), "_", counter++);
     fs::remove_all(path_);
     fs::create_directories(path_);
   }
@@ -29,7 +30,8 @@ class ScratchDir {
   }
   std::string file(const std::string& name) const { return (path_ / name).string(); }
   size_t entries() const {
-    return static_cast<size_t>(std::distance(fs::directory_iterator(path_), fs::directory_iterator()));
+    return static_cast<size_t>(
+        std::distance(fs::directory_iterator(path_), fs::directory_iterator()));
   }
 
  private:
@@ -174,7 +176,8 @@ TEST(TokenDatasetWriter, IdOutsideVocabularyIsAUserErrorAndLeavesNoFile) {
 
 TEST(TokenDatasetWriter, MissingOutputDirectoryIsAUserError) {
   ScratchDir dir;
-  std::string msg = user_error_of([&] { TokenDatasetWriter(dir.file("no/dir/out.h5"), small_info()); });
+  std::string msg =
+      user_error_of([&] { TokenDatasetWriter(dir.file("no/dir/out.h5"), small_info()); });
   EXPECT_NE(msg.find("does not exist"), std::string::npos) << msg;
 }
 

@@ -16,7 +16,7 @@ struct DTypeInfo {
   bool is_float;
 };
 
-constexpr std::array<DTypeInfo, 20> kDTypes{{
+constexpr std::array<DTypeInfo, 22> kDTypes{{
     {DType::kBool, "BOOL", 8, false},     {DType::kU8, "U8", 8, false},
     {DType::kI8, "I8", 8, false},         {DType::kU16, "U16", 16, false},
     {DType::kI16, "I16", 16, false},      {DType::kU32, "U32", 32, false},
@@ -25,6 +25,7 @@ constexpr std::array<DTypeInfo, 20> kDTypes{{
     {DType::kBF16, "BF16", 16, true},     {DType::kF32, "F32", 32, true},
     {DType::kF64, "F64", 64, true},       {DType::kF8E4M3, "F8_E4M3", 8, true},
     {DType::kF8E5M2, "F8_E5M2", 8, true}, {DType::kF8E8M0, "F8_E8M0", 8, true},
+    {DType::kF8E4M3FNUZ, "F8_E4M3FNUZ", 8, true}, {DType::kF8E5M2FNUZ, "F8_E5M2FNUZ", 8, true},
     {DType::kF4, "F4", 4, true},          {DType::kF6E2M3, "F6_E2M3", 6, true},
     {DType::kF6E3M2, "F6_E3M2", 6, true}, {DType::kC64, "C64", 64, true},
 }};

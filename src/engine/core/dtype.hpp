@@ -30,6 +30,8 @@ enum class DType : uint8_t {
   kF64,
   kF8E4M3,  // OCP E4M3 "fn": no infinities, NaN = S.1111.111, max 448
   kF8E5M2,
+  kF8E4M3FNUZ,  // AMD-style e4m3 "fnuz" (bias 8, NaN = 0x80, no -0); read and described only
+  kF8E5M2FNUZ,
   kF8E8M0,  // unsigned exponent-only scale format (MX block scales)
   kF4,      // E2M1 packed two per byte (safetensors "F4")
   kF6E2M3,  // packed 6-bit formats (safetensors "F6_E2M3", "F6_E3M2")

@@ -35,7 +35,7 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 TEST(DTypeMeta, NamesRoundTripForEveryDType) {
   const char* names[] = {"BOOL", "U8",  "I8",      "U16",     "I16",     "U32",    "I32",
                          "U64",  "I64", "F16",     "BF16",    "F32",     "F64",    "F8_E4M3",
-                         "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"};
+                         "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F4", "F6_E2M3", "F6_E3M2", "C64"};
   for (const char* name : names) {
     auto dtype = dtype_from_name(name);
     ASSERT_TRUE(dtype.has_value()) << name;

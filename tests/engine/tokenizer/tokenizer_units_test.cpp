@@ -33,7 +33,7 @@ TEST(TokenizerUtf8, LossyRepairUsesMaximalSubparts) {
   EXPECT_EQ(utf8::to_valid_lossy("\xe4\xbdx"), kFffd + "x");
   EXPECT_EQ(utf8::to_valid_lossy("\xf4\x90\x80\x80"), kFffd + kFffd + kFffd + kFffd);
   std::size_t replaced = 0;
-  utf8::to_valid_lossy("a\xffb\xfe", &replaced);
+  utf8::to_valid_lossy("a\xff" "b\xfe", &replaced);
   EXPECT_EQ(replaced, 2u);
   EXPECT_TRUE(utf8::is_valid("\xf0\x9f\x98\x80"));
   EXPECT_FALSE(utf8::is_valid("\xed\xa0\x80"));

@@ -7,6 +7,7 @@
 
 #include "cli/cli_util.hpp"
 #include "cli/commands.hpp"
+#include "engine/core/error.hpp"
 #include "engine/tokenizer/tokenizer.hpp"
 
 namespace refinery::cli {

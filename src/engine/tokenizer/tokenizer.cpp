@@ -62,12 +62,17 @@ std::optional<std::string> config_token(const nlohmann::json* config, const char
 
 }  // namespace
 
-Tokenizer Tokenizer::load(const std::filesystem::path& path) {
+std::filesystem::path tokenizer_json_path(const std::filesystem::path& path) {
   std::filesystem::path file = path;
   if (std::filesystem::is_directory(path)) file = path / "tokenizer.json";
   if (!std::filesystem::exists(file))
     throw_user_error(file.string(), ": no such file. Give the path of a tokenizer.json or of a model "
                      "directory that holds one.");
+  return file;
+}
+
+Tokenizer Tokenizer::load(const std::filesystem::path& path) {
+  const std::filesystem::path file = tokenizer_json_path(path);
   const nlohmann::json tokenizer_json = read_json(file);
   const std::filesystem::path config_path = file.parent_path() / "tokenizer_config.json";
   std::optional<nlohmann::json> config;

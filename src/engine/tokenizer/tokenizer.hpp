@@ -39,6 +39,10 @@
 
 namespace refinery::tokenizer {
 
+// The tokenizer.json that `path` names: the file itself, or `path/tokenizer.json` for a directory.
+// User error if it does not exist.
+std::filesystem::path tokenizer_json_path(const std::filesystem::path& path);
+
 class Tokenizer {
  public:
   // `path`: a tokenizer.json file, or a directory holding one. tokenizer_config.json in the same

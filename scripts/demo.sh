@@ -12,8 +12,8 @@ run() { echo; echo "\$ refine $*"; "$refine" "$@"; }
 run inspect "$model"
 run tokenize --tokenizer "$model" --text "Refinery makes large language models smaller."
 run tokenize --tokenizer data/tokenizers/deepseek-v3 --add-special --json \
-    --text "def greet(name):\n    return f'Hello, {name}!'  # 你好 👋"
+    --text $'def greet(name):\n    return f"Hello, {name}!"  # 你好 👋'
 mkdir -p build/demo
-run data tokenize --tokenizer "$model" --in data/sample/valid-sample.jsonl --out build/demo/sample-tokens.h5
+run data tokenize --tokenizer "$model" --in data/sample/valid-sample.jsonl --out build/demo/sample-tokens.h5 --force
 echo
 echo "demo finished: the token dataset is build/demo/sample-tokens.h5"

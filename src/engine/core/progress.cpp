@@ -84,9 +84,9 @@ void Progress::print(bool final_line) {
   const double elapsed = elapsed_seconds();
   const double rate = elapsed > 0 ? done_ / elapsed : 0.0;
   std::string line = str(label_, ": ", human_count(static_cast<double>(done_)));
-  if (total_ > 0) line += str("/", human_count(static_cast<double>(total_)));
+  if (total_ > 0 && !final_line) line += str("/", human_count(static_cast<double>(total_)));
   line += str(" ", unit_);
-  if (total_ > 0) line += str(" (", fixed(100.0 * done_ / total_, 1), "%)");
+  if (total_ > 0 && !final_line) line += str(" (", fixed(100.0 * done_ / total_, 1), "%)");
   line += str(", ", human_count(rate), " ", unit_, "/s");
   if (final_line) {
     line += str(", ", human_seconds(elapsed));

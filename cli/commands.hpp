@@ -10,5 +10,8 @@ namespace refinery::cli {
 void register_inspect(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_data(CLI::App& app);
+void register_run(CLI::App& app);
+void register_logits(CLI::App& app);
+void register_eval(CLI::App& app);
 
 }  // namespace refinery::cli

@@ -26,6 +26,9 @@ int main(int argc, char** argv) {
   refinery::cli::register_inspect(app);
   refinery::cli::register_tokenize(app);
   refinery::cli::register_data(app);
+  refinery::cli::register_run(app);
+  refinery::cli::register_logits(app);
+  refinery::cli::register_eval(app);
 
   try {
     app.parse(argc, argv);

@@ -1,0 +1,45 @@
+#pragma once
+// The seam between the engine and everything that measures a model (eval, logits, distillation):
+// a causal language model that scores token sequences. Implementations: the Transformer over a
+// backend (src/engine/model), an offline logit cache (src/engine/io), test doubles.
+//
+// Logits are delivered in chunks of consecutive positions so that no caller ever holds
+// [tokens x vocab] floats at once (DESIGN §1.4): a 4096-token window of a 129k vocabulary would be
+// 2 GiB in f32.
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace refinery::model {
+
+// Receives logits for positions [first_position, first_position + rows): row-major f32
+// [rows, vocab_size]. The pointer is valid only during the call.
+using LogitsConsumer = std::function<void(int64_t first_position, const float* logits, int64_t rows)>;
+
+class LanguageModel {
+ public:
+  virtual ~LanguageModel() = default;
+  virtual int64_t vocab_size() const = 0;
+  // The longest sequence `score` accepts (the model's context length).
+  virtual int64_t max_sequence_length() const = 0;
+  // Runs `tokens` (one sequence, starting at position 0, no cache carried over) and delivers the
+  // logits of every position, in order, in chunks of at most `max_chunk_rows` rows.
+  virtual void score(std::span<const int32_t> tokens, const LogitsConsumer& consume,
+                     int64_t max_chunk_rows = 256) = 0;
+};
+
+struct LanguageModelOptions {
+  std::string device = "cpu";  // "cpu" or "cuda"
+  int threads = 0;             // CPU threads; 0 = all cores (OpenMP default)
+};
+
+// Loads a Hugging Face model directory into the engine (defined with the Transformer, in
+// src/engine/model/). User errors for a directory that is not a supported model.
+std::unique_ptr<LanguageModel> open_language_model(const std::filesystem::path& model_dir,
+                                                   const LanguageModelOptions& options = {});
+
+}  // namespace refinery::model

@@ -10,9 +10,12 @@
 #include <string>
 
 #include "engine/io/token_dataset.hpp"
+#include "tests/support/scratch_dir.hpp"
 
 namespace refinery {
 namespace {
+
+using TempDir = test::ScratchDir;
 
 namespace fs = std::filesystem;
 
@@ -41,20 +44,6 @@ RunResult run_refine(const std::string& args) {
   fs::remove(err_file);
   return result;
 }
-
-class TempDir {
- public:
-  TempDir() : path_(fs::temp_directory_path() / ("refine_cli_" + std::to_string(getpid()) + "_" +
-                                                 std::to_string(counter_++))) {
-    fs::create_directories(path_);
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  const fs::path& path() const { return path_; }
-
- private:
-  static inline int counter_ = 0;
-  fs::path path_;
-};
 
 TEST(RefineCli, HelpListsVerbsAndExitsZero) {
   const auto r = run_refine("--help");

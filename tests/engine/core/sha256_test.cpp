@@ -11,9 +11,12 @@
 #include <vector>
 
 #include "engine/core/error.hpp"
+#include "tests/support/scratch_dir.hpp"
 
 namespace refinery {
 namespace {
+
+using TempDir = test::ScratchDir;
 
 TEST(Sha256, NistVectors) {
   EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
@@ -73,20 +76,6 @@ TEST(Sha256, StreamingSplitsAgreeAndDigestDoesNotFinalize) {
   EXPECT_EQ(bytes.digest(), hash.digest());
   EXPECT_EQ(bytes.digest()[0], 0xba);
 }
-
-class TempDir {
- public:
-  TempDir() {
-    path_ = std::filesystem::temp_directory_path() /
-            ("refinery_sha256_test_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(path_);
-  }
-  ~TempDir() { std::filesystem::remove_all(path_); }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
 
 TEST(Sha256, FileInChunks) {
   TempDir dir;

@@ -8,32 +8,16 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include "tests/support/scratch_dir.hpp"
 
 namespace refinery::io {
 namespace {
 
+using test::ScratchDir;
+
 namespace fs = std::filesystem;
 
 const std::string kData = std::string(REFINERY_SOURCE_DIR) + "/tests/engine/io/h5data/";
-
-// A fresh directory per test, removed afterwards.
-class ScratchDir {
- public:
-  ScratchDir() {
-    static int counter = 0;
-    path_ = fs::temp_directory_path() / str("refinery_h5_file_test_", ::getpid(), "_", counter++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 // Runs f, expects a refinery::Error of `kind`, returns its message.
 template <typename F>

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+#include "tests/support/scratch_dir.hpp"
 
 namespace refinery::io::test {
 
@@ -36,21 +37,6 @@ inline std::vector<std::byte> from_hex(const std::string& hex) {
   return bytes;
 }
 
-// A fresh directory under the system temp dir, removed with its contents at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "refinery_io_test_XXXXXX").string();
-    path_ = ::mkdtemp(pattern.data());
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  const std::filesystem::path& path() const { return path_; }
-
- private:
-  std::filesystem::path path_;
-};
+using TempDir = refinery::test::ScratchDir;
 
 }  // namespace refinery::io::test

@@ -8,38 +8,16 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/core/error.hpp"
+#include "tests/support/scratch_dir.hpp"
 
 namespace refinery::io {
 namespace {
 
+using test::ScratchDir;
+
 namespace fs = std::filesystem;
 
 const std::string kData = std::string(REFINERY_SOURCE_DIR) + "/tests/engine/io/h5data/";
-
-class ScratchDir {
- public:
-  ScratchDir() {
-    static int counter = 0;
-    path_ =
-        fs::temp_directory_path() / str("refinery_text_source_test_", ::getpid(), "_", counter++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  // Writes `content` (bytes as given) to `name` and returns its path.
-  std::string write(const std::string& name, const std::string& content) const {
-    std::string path = (path_ / name).string();
-    std::ofstream(path, std::ios::binary) << content;
-    return path;
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-
- private:
-  fs::path path_;
-};
 
 template <typename F>
 std::string user_error_of(F&& f) {

@@ -7,36 +7,16 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include "tests/support/scratch_dir.hpp"
 
 namespace refinery::io {
 namespace {
 
+using test::ScratchDir;
+
 namespace fs = std::filesystem;
 
 const std::string kData = std::string(REFINERY_SOURCE_DIR) + "/tests/engine/io/h5data/";
-
-class ScratchDir {
- public:
-  ScratchDir() {
-    static int counter = 0;
-    path_ =
-        fs::temp_directory_path() / str("refinery_token_dataset_test_", ::getpid(), "_", counter++);
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (path_ / name).string(); }
-  size_t entries() const {
-    return static_cast<size_t>(
-        std::distance(fs::directory_iterator(path_), fs::directory_iterator()));
-  }
-
- private:
-  fs::path path_;
-};
 
 template <typename F>
 std::string user_error_of(F&& f) {

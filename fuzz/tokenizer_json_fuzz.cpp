@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/core/error.hpp"
+#include "engine/core/log.hpp"
 #include "engine/tokenizer/tokenizer.hpp"
 
 namespace {
@@ -38,6 +39,9 @@ unsigned exercise(const refinery::tokenizer::Tokenizer& tok, std::string_view te
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // The invalid-UTF-8 warning would flood the fuzzer output.
+  static const bool quiet = (refinery::log::set_level(refinery::log::Level::kError), true);
+  (void)quiet;
   nlohmann::json spec;
   try {
     spec = nlohmann::json::parse(data, data + size);

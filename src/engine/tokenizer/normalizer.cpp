@@ -81,10 +81,14 @@ void Normalizer::add_from_json(const nlohmann::json& spec, const JsonWhere& wher
     steps_.push_back(std::move(step));
   } else if (type == "ByteLevel") {
     steps_.push_back({Kind::kByteLevel, {}, {}, nullptr});
+  } else if (const auto form = unicode::parse_normalization_form(type)) {
+    Step step{Kind::kUnicodeForm, {}, {}, nullptr};
+    step.form = *form;
+    steps_.push_back(std::move(step));
   } else {
     throw_user_error(where.at("type").str(), ": the normalizer type \"", type,
-                     "\" is not supported. Supported: Sequence, Prepend, Replace, Strip, ByteLevel "
-                     "(Unicode normalization forms, Lowercase, BertNormalizer and Precompiled are not).");
+                     "\" is not supported. Supported: Sequence, Prepend, Replace, Strip, ByteLevel, "
+                     "NFC, NFD, NFKC, NFKD (Lowercase, BertNormalizer, StripAccents and Precompiled are not).");
   }
 }
 
@@ -126,6 +130,7 @@ void Normalizer::normalize(std::string& text) const {
         text = std::move(mapped);
         break;
       }
+      case Kind::kUnicodeForm: text = unicode::normalize(text, step.form); break;
     }
   }
 }

@@ -1,9 +1,10 @@
 #pragma once
 // Normalizers of tokenizer.json ("normalizer"): a sequence of text rewrites applied to each piece of
 // the input that is not an added token, before pre-tokenization. Supported types: Sequence,
-// Prepend, Replace (String or Regex pattern), Strip, ByteLevel. Unicode normalization forms
-// (NFC/NFD/NFKC/NFKD), Lowercase, BertNormalizer and Precompiled are not supported: loading a
-// tokenizer.json that uses them is a user error naming the JSON path.
+// Prepend, Replace (String or Regex pattern), Strip, ByteLevel, and the Unicode normalization forms
+// NFC, NFD, NFKC, NFKD (unicode_normalization.hpp; Qwen2 and later use NFC). Lowercase,
+// BertNormalizer, StripAccents and Precompiled are not supported: loading a tokenizer.json that
+// uses them is a user error naming the JSON path.
 
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -12,6 +13,7 @@
 
 #include "engine/tokenizer/json_where.hpp"
 #include "engine/tokenizer/regex.hpp"
+#include "engine/tokenizer/unicode_normalization.hpp"
 
 namespace refinery::tokenizer {
 
@@ -26,13 +28,14 @@ class Normalizer {
   bool empty() const { return steps_.empty(); }
 
  private:
-  enum class Kind { kPrepend, kReplaceString, kReplaceRegex, kStrip, kByteLevel };
+  enum class Kind { kPrepend, kReplaceString, kReplaceRegex, kStrip, kByteLevel, kUnicodeForm };
   struct Step {
     Kind kind;
     std::string pattern;   // Prepend: the prefix; Replace: the literal pattern
     std::string content;   // Replace: the replacement
     std::shared_ptr<const Regex> regex;  // Replace with a Regex pattern
     bool strip_left = false, strip_right = false;
+    unicode::NormalizationForm form = unicode::NormalizationForm::kNFC;  // kUnicodeForm
   };
   void add_from_json(const nlohmann::json& spec, const JsonWhere& where);
 

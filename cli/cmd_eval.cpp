@@ -15,6 +15,7 @@
 #include "engine/eval/multiple_choice.hpp"
 #include "engine/eval/token_stream.hpp"
 #include "engine/io/logit_cache.hpp"
+#include "engine/io/text_source.hpp"
 #include "engine/model/language_model.hpp"
 #include "engine/tokenizer/tokenizer.hpp"
 
@@ -113,7 +114,8 @@ void run_eval(const EvalCliOptions& o) {
   if (o.seq_len < 0 || o.stride < 0)
     throw_user_error("--seq-len and --stride must be positive");
 
-  // Open the cache first: a wrong path should fail before a model loads for minutes.
+  // Check the inputs first: a wrong path should fail before a model loads for minutes.
+  if (!o.data.empty()) io::TextSource check(o.data);
   std::optional<io::LogitCacheReader> cache;
   if (!o.ref_logits.empty()) {
     cache.emplace(o.ref_logits);

@@ -11,6 +11,7 @@
 #include "engine/eval/token_stream.hpp"
 #include "engine/eval/token_windows.hpp"
 #include "engine/io/logit_cache.hpp"
+#include "engine/io/text_source.hpp"
 #include "engine/model/language_model.hpp"
 
 namespace refinery::cli {
@@ -36,6 +37,7 @@ void run_logits(const LogitsOptions& o) {
   if (out.has_parent_path() && !std::filesystem::is_directory(out.parent_path()))
     throw_user_error("--out ", o.out, ": the folder ", out.parent_path().string(),
                      " does not exist; create it first");
+  io::TextSource check(o.data);  // every input exists and has a known kind, before the model loads
   auto model = model::open_language_model(o.model, {o.device, 0});
   const int64_t vocab = model->vocab_size();
   if (o.top_k > vocab)

@@ -434,6 +434,10 @@ void LogitCacheWriter::finish() {
 // ---- reader ---------------------------------------------------------------------------------
 
 LogitCacheReader::LogitCacheReader(const std::string& path) : path_(path) {
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec))
+    throw_user_error("the logit cache ", path, " does not exist; check the path, or make it with "
+                     "`refine logits`");
   try {
     file_ = H5File::open(path);
   } catch (const Error& e) {

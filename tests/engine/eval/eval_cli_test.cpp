@@ -40,14 +40,19 @@ TEST(EvalCli, RefusalsBeforeTheModelLoads) {
                    ("refinery_eval_cli_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   std::ofstream(dir / "junk.h5") << "not hdf5";
+  std::ofstream(dir / "x.txt") << "some text";
   const std::string junk = (dir / "junk.h5").string();
+  const std::string data = (dir / "x.txt").string();
   struct Case {
     std::string args, needle;
   };
   const Case cases[] = {
       {"eval " + dir.string(), "nothing to evaluate"},
       {"eval " + dir.string() + " --data x.txt --ref-logits " + junk + " --stride 4", "--stride"},
-      {"eval " + dir.string() + " --data x.txt --ref-logits " + junk, "delete it"},
+      {"eval " + dir.string() + " --data " + data + " --ref-logits " + junk, "delete it"},
+      {"eval " + dir.string() + " --data " + data + " --ref-logits " + (dir / "none.h5").string(),
+       "does not exist"},
+      {"eval " + dir.string() + " --data " + (dir / "none.txt").string(), "does not exist"},
       {"eval " + dir.string() + " --data x.txt --ref a --ref-logits b", "excludes"},
       {"logits " + dir.string() + " --data x.txt --out " + junk + " --top-k -3", "--top-k"},
   };

@@ -1,9 +1,136 @@
+// `refine logits MODEL --data F --out CACHE.h5 [--top-k K] [--seq-len L] [--device cpu|cuda]`:
+// the teacher's next-token distributions over the data's non-overlapping windows, into the
+// resumable HDF5 logit cache of DESIGN §5 (src/engine/io/logit_cache.hpp).
+#include <filesystem>
+#include <iostream>
+
 #include "cli/commands.hpp"
-#include "engine/core/error.hpp"
+#include "engine/core/log.hpp"
+#include "engine/core/progress.hpp"
+#include "engine/eval/log_softmax.hpp"
+#include "engine/eval/token_stream.hpp"
+#include "engine/eval/token_windows.hpp"
+#include "engine/io/logit_cache.hpp"
+#include "engine/io/text_source.hpp"
+#include "engine/model/language_model.hpp"
 
 namespace refinery::cli {
-void register_logits(CLI::App& app) {
-  auto* cmd = app.add_subcommand("logits", "(being written)");
-  cmd->callback([] { throw_internal_error("refine logits is being written"); });
+namespace {
+
+struct LogitsOptions {
+  std::string model;
+  std::vector<std::string> data;
+  std::string out;
+  int64_t top_k = 64;
+  int64_t seq_len = 0;  // 0: min(2048, the model's context)
+  std::string device = "cpu";
+  bool add_special = false;
+};
+
+constexpr int64_t kDefaultSeqLen = 2048;
+constexpr int64_t kChunkRows = 256;
+
+void run_logits(const LogitsOptions& o) {
+  if (o.top_k < 0) throw_user_error("--top-k is ", o.top_k, "; use 0 (full logits) or a positive k");
+  if (o.seq_len < 0) throw_user_error("--seq-len is ", o.seq_len, "; it must be positive");
+  const std::filesystem::path out(o.out);
+  if (out.has_parent_path() && !std::filesystem::is_directory(out.parent_path()))
+    throw_user_error("--out ", o.out, ": the folder ", out.parent_path().string(),
+                     " does not exist; create it first");
+  io::TextSource check(o.data);  // every input exists and has a known kind, before the model loads
+  auto model = model::open_language_model(o.model, {o.device, 0});
+  const int64_t vocab = model->vocab_size();
+  if (o.top_k > vocab)
+    throw_user_error("--top-k ", o.top_k, " exceeds the model's vocabulary of ", vocab,
+                     " tokens; use at most ", vocab, " (or 0 for full logits)");
+  const int64_t seq_len = o.seq_len > 0 ? o.seq_len
+                                        : std::min(kDefaultSeqLen, model->max_sequence_length());
+  if (seq_len > model->max_sequence_length())
+    throw_user_error("--seq-len ", seq_len, " exceeds the model's context of ",
+                     model->max_sequence_length(), " tokens; pass a smaller --seq-len");
+
+  const auto stream = eval::read_token_stream(
+      o.data, eval::lazy_tokenizer_encoder(o.model, o.add_special));
+  const auto windows =
+      eval::non_overlapping_windows(static_cast<int64_t>(stream.tokens.size()), seq_len);
+  const std::span<const int32_t> kept(stream.tokens.data(),
+                                      static_cast<size_t>(windows.size()) * seq_len);
+  for (size_t i = 0; i < kept.size(); ++i)
+    if (kept[i] < 0 || kept[i] >= vocab)
+      throw_user_error("token ", i, " of the data has id ", kept[i],
+                       ", outside the model's vocabulary of ", vocab,
+                       "; the data was tokenized for another model");
+
+  io::LogitCacheInfo info;
+  info.teacher_path = std::filesystem::absolute(o.model).string();
+  info.teacher_fingerprint = io::teacher_fingerprint(o.model);
+  info.top_k = o.top_k;
+  info.vocab_size = vocab;
+  info.seq_len = seq_len;
+  info.planned_sequences = static_cast<int64_t>(windows.size());
+  info.data_sha256 = io::data_fingerprint(kept);
+
+  io::LogitCacheWriter writer(o.out, info);
+  const int64_t start = writer.resumed_sequences();
+  if (start > 0)
+    log::info("resuming ", o.out, " at sequence ", start, " of ", windows.size());
+  Progress progress("logits", static_cast<uint64_t>((windows.size() - start) * seq_len), "tokens");
+  std::vector<int32_t> indices;
+  std::vector<float> log_probs;
+  for (size_t w = static_cast<size_t>(start); w < windows.size(); ++w) {
+    const auto tokens = kept.subspan(w * seq_len, static_cast<size_t>(seq_len));
+    writer.begin_sequence(tokens);
+    model->score(
+        tokens,
+        [&](int64_t, const float* logits, int64_t rows) {
+          if (o.top_k == 0) {
+            writer.add_full(logits, rows);
+          } else {
+            indices.resize(static_cast<size_t>(rows * o.top_k));
+            log_probs.resize(indices.size());
+            for (int64_t r = 0; r < rows; ++r)
+              eval::top_k_log_probs(logits + r * vocab, vocab, o.top_k,
+                                    indices.data() + r * o.top_k, log_probs.data() + r * o.top_k);
+            writer.add_top_k(indices.data(), log_probs.data(), rows);
+          }
+          progress.advance(static_cast<uint64_t>(rows));
+        },
+        kChunkRows);
+    writer.end_sequence();
+  }
+  writer.finish();
+  progress.finish();
+  std::cout << o.out << "\t" << windows.size() << " sequences\t" << kept.size() << " tokens\t"
+            << (o.top_k == 0 ? std::string("full logits") : str("top-", o.top_k)) << "\n";
 }
+
+}  // namespace
+
+void register_logits(CLI::App& app) {
+  auto o = std::make_shared<LogitsOptions>();
+  auto* cmd = app.add_subcommand(
+      "logits", "Cache a teacher's next-token distributions over a dataset (HDF5, resumable)");
+  cmd->footer(
+      "Example:\n"
+      "  refine logits models/demo-tiny-deepseek-v3 --data data/sample/valid-sample.jsonl \\\n"
+      "      --out teacher-top64.h5 --top-k 64 --seq-len 512\n"
+      "The data's tokens are concatenated and cut into windows of --seq-len (the remainder is\n"
+      "dropped), as `refine eval` does. Rerunning the same command after a crash resumes at the\n"
+      "last complete sequence; other options or another teacher are refused.");
+  cmd->add_option("MODEL", o->model, "Teacher model directory (Hugging Face layout)")->required();
+  cmd->add_option("--data", o->data, "Input files: .txt, .jsonl, tokens JSON or a token dataset .h5")
+      ->required();
+  cmd->add_option("--out", o->out, "The cache to write (CACHE.h5)")->required();
+  cmd->add_option("--top-k", o->top_k, "Most likely tokens kept per position; 0 = full logits")
+      ->capture_default_str();
+  cmd->add_option("--seq-len", o->seq_len, "Tokens per window (default: 2048 or the model's context)");
+  cmd->add_option("--device", o->device, "cpu or cuda")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
+  cmd->add_flag("--add-special", o->add_special,
+                "Encode text with the tokenizer's special tokens (BOS), like transformers' "
+                "tokenizer(text)");
+  cmd->callback([o] { run_logits(*o); });
+}
+
 }  // namespace refinery::cli

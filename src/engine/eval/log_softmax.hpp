@@ -1,0 +1,25 @@
+#pragma once
+// Per-row log-softmax helpers, computed in double so that a 150k-entry vocabulary sums without
+// losing the small probabilities (logits: f32 [vocab]).
+
+#include <cstdint>
+
+namespace refinery::eval {
+
+struct RowStats {
+  double log_sum_exp = 0;  // log sum_i exp(logits[i]) (the max is taken out first)
+  int64_t argmax = 0;      // the first index of the largest logit
+};
+
+RowStats row_stats(const float* logits, int64_t vocab);
+
+inline double log_prob(const float* logits, const RowStats& stats, int64_t token) {
+  return static_cast<double>(logits[token]) - stats.log_sum_exp;
+}
+
+// The k most likely tokens of a row, most likely first (ties: lower id first), with their
+// log-softmax over the whole row: indices [k], log_probs [k]. k <= vocab.
+void top_k_log_probs(const float* logits, int64_t vocab, int64_t k, int32_t* indices,
+                     float* log_probs);
+
+}  // namespace refinery::eval

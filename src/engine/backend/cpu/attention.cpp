@@ -41,7 +41,8 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
   const float* pv = v.data<float>();
   float* po = out.mutable_data<float>();
 
-#pragma omp parallel
+  const bool parallel = t_count * s_count * heads * (dk + dv) >= (int64_t{1} << 18);
+#pragma omp parallel if (parallel)
   {
     RowMatrix scores;
 #pragma omp for collapse(2) schedule(dynamic)

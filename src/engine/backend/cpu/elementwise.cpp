@@ -20,7 +20,7 @@ void CpuBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
   const std::size_t row_bytes = dtype_bytes_for(table.dtype(), static_cast<std::size_t>(hidden));
   const auto* base = static_cast<const std::byte*>(table.data());
   float* out = y.mutable_data<float>();
-#pragma omp parallel for if (n > 64)
+#pragma omp parallel for if (n * hidden > (1 << 16))
   for (int64_t t = 0; t < n; ++t)
     convert_to_f32(table.dtype(), base + static_cast<std::size_t>(id[t]) * row_bytes, out + t * hidden,
                    static_cast<std::size_t>(hidden));

@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <omp.h>
 #include <variant>
 
@@ -30,8 +31,23 @@ const std::array<float, 256>& e4m3_values() {
   return table;
 }
 
+// Below this many multiply-adds a linear runs on one thread: a parallel region costs more.
+constexpr int64_t kParallelWork = int64_t{1} << 18;
+
 // Rows per tile: about 256 KiB of f32 weights, at least 16 rows.
 int64_t dense_tile_rows(int64_t in) { return std::clamp<int64_t>(65536 / std::max<int64_t>(in, 1), 16, 512); }
+
+// bf16 -> f32 is a 16-bit shift; done here in a loop the compiler vectorizes (the decode path
+// converts every weight byte once per token). Other dtypes use the generic exact conversion.
+void widen_to_f32(DType dt, const std::byte* src, float* dst, std::size_t count) {
+  if (dt != DType::kBF16) return convert_to_f32(dt, src, dst, count);
+  for (std::size_t i = 0; i < count; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    const uint32_t bits = static_cast<uint32_t>(h) << 16;
+    std::memcpy(dst + i, &bits, 4);
+  }
+}
 
 // y[:, r0 : r0 + n] = x · w_tileᵀ with w_tile [n, in] f32 row-major.
 void gemm_tile(const ConstMap& x, const float* w_tile, int64_t n, int64_t r0, Map& y) {
@@ -53,7 +69,7 @@ void linear_dense(const ConstMap& x, const DenseWeight& dw, Map& y) {
   const auto* base = static_cast<const std::byte*>(w.data());
   const std::size_t row_bytes = dtype_bytes_for(dt, static_cast<std::size_t>(in));
   const bool aligned_f32 = dt == DType::kF32 && reinterpret_cast<uintptr_t>(base) % alignof(float) == 0;
-#pragma omp parallel if (tiles > 1 && !omp_in_parallel())
+#pragma omp parallel if (tiles > 1 && x.rows() * in * out >= kParallelWork && !omp_in_parallel())
   {
     std::vector<float> buffer;
 #pragma omp for schedule(dynamic)
@@ -64,7 +80,7 @@ void linear_dense(const ConstMap& x, const DenseWeight& dw, Map& y) {
         w_tile = reinterpret_cast<const float*>(base + r0 * row_bytes);
       } else {
         buffer.resize(static_cast<std::size_t>(n * in));
-        convert_to_f32(dt, base + r0 * row_bytes, buffer.data(), buffer.size());
+        widen_to_f32(dt, base + r0 * row_bytes, buffer.data(), buffer.size());
         w_tile = buffer.data();
       }
       gemm_tile(x, w_tile, n, r0, y);
@@ -81,7 +97,7 @@ void linear_fp8(const ConstMap& x, const Fp8BlockWeight& fw, Map& y) {
   const std::vector<float> scale_values = to_f32_vector(fw.scale_inv);  // [ceil(out/bo), ceil(in/bi)]
   const float* scales = scale_values.data();
   const auto& lut = e4m3_values();
-#pragma omp parallel if (tiles > 1 && !omp_in_parallel())
+#pragma omp parallel if (tiles > 1 && x.rows() * in * out >= kParallelWork && !omp_in_parallel())
   {
     std::vector<float> buffer;
 #pragma omp for schedule(dynamic)

@@ -65,7 +65,8 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tenso
 
   std::vector<Tensor> outputs(static_cast<std::size_t>(e_count));
   const int64_t n_active = static_cast<int64_t>(active.size());
-#pragma omp parallel for schedule(dynamic) if (n_active > 1)
+  const int64_t work = t_count * k * hidden * expert_weights[0].gate.out_features() * 3;
+#pragma omp parallel for schedule(dynamic) if (n_active > 1 && work >= (int64_t{1} << 18))
   for (int64_t a = 0; a < n_active; ++a) {
     const int64_t e = active[a];
     const ExpertWeights& w = expert_weights[e];

@@ -45,7 +45,7 @@ void CpuBackend::route(const Tensor& logits, const Tensor& correction_bias, cons
   int32_t* pe = experts.mutable_data<int32_t>();
   float* pw = weights.mutable_data<float>();
 
-#pragma omp parallel for if (t_count > 16)
+#pragma omp parallel for if (t_count > 64)
   for (int64_t t = 0; t < t_count; ++t) {
     const float* l = pl + t * e_count;
     std::vector<float> score(static_cast<std::size_t>(e_count));

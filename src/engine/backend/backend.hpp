@@ -7,7 +7,8 @@
 // the same inputs plus the output gradient, and lets a CUDA backend implement the same interface
 // (bf16 storage, f32 accumulation). Activations are f32 on the backend's device; weights may be
 // f32/bf16/f16/fp8 (LinearWeight) and small vectors (norm weights, biases) any float dtype.
-// Index tensors (token ids, chosen experts) are I32.
+// Index tensors (token ids, chosen experts) are I32. Element-wise ops (rms_norm, add, swiglu,
+// sigmoid_gate, rope) accept an output that aliases an input (in-place); the others do not.
 //
 // Shapes use T = tokens of this call, S = keys in the cache (S >= T), H = query heads,
 // KV = key/value heads (H % KV == 0), dk = q/k head width, dv = value head width.

@@ -152,6 +152,9 @@ MoeWeights load_moe(const Loader& l, const ModelConfig& c, const std::string& p)
 }  // namespace
 
 ModelWeights ModelWeights::load(const io::Checkpoint& checkpoint, const ModelConfig& c) {
+  if (c.quant.method == QuantMethod::kAwq)
+    throw_user_error(c.source, ": quantization_config.quant_method \"awq\": the engine cannot execute AWQ INT4 "
+                     "checkpoints yet (FP8 block and dense f32/bf16/f16 only); run the unquantized model");
   Loader l(checkpoint, c);
   const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
   ModelWeights w;

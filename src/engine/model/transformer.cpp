@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "engine/core/log.hpp"
 #include "engine/io/checkpoint.hpp"
 
 namespace refinery::model {
@@ -74,6 +75,11 @@ Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cac
   const float eps = static_cast<float>(config_.rms_norm_eps);
   Step s{&cache, cache.length(), t_count, taps};
   ensure_rope(s.first_position + t_count);
+  if (config_.sliding_window && s.first_position + t_count > *config_.sliding_window && !warned_window_) {
+    warned_window_ = true;  // attention here is full; transformers would restrict it to the window
+    log::warn(config_.source, ": sliding_window ", *config_.sliding_window, " is not implemented; positions beyond it "
+              "attend to the full context, so logits there differ from transformers");
+  }
   cache.reserve_more(t_count);
 
   Tensor ids = backend_->upload(Tensor::copy_of(DType::kI32, {t_count}, tokens.data()));

@@ -2,6 +2,7 @@
 // The decoder-only transformer forward, written once over backend::Backend for all nine families
 // (FAMILY_NOTES.md): embedding -> [RMSNorm -> attention (GQA or MLA) -> residual -> RMSNorm ->
 // dense SwiGLU or MoE -> residual] x layers -> RMSNorm -> lm_head.
+// One Transformer runs one forward at a time (the RoPE table grows on demand); not thread-safe.
 
 #include <filesystem>
 #include <memory>
@@ -55,6 +56,7 @@ class Transformer {
   std::shared_ptr<backend::Backend> backend_;
   backend::RopeTable rope_;  // cos/sin for positions [0, rope_.positions()), grown on demand
   backend::RouterSpec router_;
+  bool warned_window_ = false;
 };
 
 }  // namespace refinery::model

@@ -34,8 +34,9 @@ const std::array<float, 256>& e4m3_values() {
 // Below this many multiply-adds a linear runs on one thread: a parallel region costs more.
 constexpr int64_t kParallelWork = int64_t{1} << 18;
 
-// Rows per tile: about 256 KiB of f32 weights, at least 16 rows.
-int64_t dense_tile_rows(int64_t in) { return std::clamp<int64_t>(65536 / std::max<int64_t>(in, 1), 16, 512); }
+// Rows per tile: about 4 MiB of f32 weights, 32..512 rows. Each tile's GEMM re-packs x, so tiles
+// must be wide enough that packing (T x in) stays small next to the product (T x in x rows).
+int64_t dense_tile_rows(int64_t in) { return std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(in, 1), 32, 512); }
 
 // bf16 -> f32 is a 16-bit shift; done here in a loop the compiler vectorizes (the decode path
 // converts every weight byte once per token). Other dtypes use the generic exact conversion.

@@ -76,6 +76,25 @@ TEST(CpuLinear, Fp8BlockMatchesDequantizeThenMatmul) {
   }
 }
 
+// Every E4M3 code (incl. subnormals, ±0, ±448) through the FP8 path equals the exact conversion.
+TEST(CpuLinear, Fp8DecodesEveryCodeExactly) {
+  auto be = make_cpu_backend();
+  Tensor w8 = Tensor::empty(DType::kF8E4M3, {256, 1});
+  for (int b = 0; b < 256; ++b) w8.mutable_data<uint8_t>()[b] = static_cast<uint8_t>(b);
+  const float one = 1.0f;
+  Tensor y = test::poisoned({1, 256});
+  be->linear(Tensor::copy_of(DType::kF32, {1, 1}, &one), LinearWeight{Fp8BlockWeight{w8, Tensor::zeros(DType::kF32, {2, 1})}, {}, "z"}, y);
+  // scale 0 gives 0 (or NaN for NaN codes); with scale 1:
+  Tensor ones = Tensor::empty(DType::kF32, {2, 1});
+  ones.mutable_data<float>()[0] = ones.mutable_data<float>()[1] = 1.0f;
+  be->linear(Tensor::copy_of(DType::kF32, {1, 1}, &one), LinearWeight{Fp8BlockWeight{w8, ones}, {}, "one"}, y);
+  for (int b = 0; b < 256; ++b) {
+    const float want = f8e4m3_to_f32(static_cast<uint8_t>(b)), got = y.data<float>()[b];
+    if (std::isnan(want)) EXPECT_TRUE(std::isnan(got)) << b;
+    else EXPECT_EQ(got, want) << "code " << b;
+  }
+}
+
 TEST(CpuLinear, Fp8ScaleGridMismatchIsAUserError) {
   const Tensor w8 = convert(random_f32({200, 160}, 1), DType::kF8E4M3);
   Fp8BlockWeight f{w8, Tensor::zeros(DType::kF32, {1, 2}), 128, 128};

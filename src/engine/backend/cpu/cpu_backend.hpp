@@ -1,0 +1,52 @@
+#pragma once
+// The CPU reference backend: Eigen GEMMs and OpenMP over tokens/heads/experts, f32 math. Weights
+// stay in their checkpoint dtype; linear() converts tiles of rows to f32 on the fly into a
+// per-thread buffer (never a permanent f32 copy). Each concern lives in its own .cpp file.
+
+#include <string_view>
+#include <vector>
+
+#include "engine/backend/backend.hpp"
+
+namespace refinery::backend::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads);
+  Device device() const override { return Device::kCPU; }
+  std::string_view name() const override { return "cpu"; }
+
+  Tensor empty(DType dtype, std::vector<int64_t> shape) override;
+  Tensor upload(const Tensor& host) override;
+  Tensor download(const Tensor& t) override;
+
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& y) override;             // linear.cpp
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) override;  // norm.cpp
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& y) override;          // elementwise.cpp
+  void add(const Tensor& a, const Tensor& b, Tensor& y) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;
+  void sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) override;
+  void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                    int64_t width) override;
+  void fill_zero(Tensor& y) override;
+  void rope(const Tensor& x, const RopeTable& table, int64_t first_position, int64_t offset,
+            Tensor& y) override;  // rope.cpp
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                 Tensor& out) override;  // attention.cpp
+  void route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
+             Tensor& experts, Tensor& weights) override;  // router.cpp
+  void moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
+                   std::span<const ExpertWeights> expert_weights, Tensor& y) override;  // moe.cpp
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;
+  void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                        Tensor& y) override;
+};
+
+// Small helpers shared by the op files.
+// Any float vector/matrix (f32/bf16/f16/fp8) as f32 values.
+std::vector<float> to_f32_vector(const Tensor& t);
+// Throws an internal error unless `t` is an f32 CPU tensor of `shape`.
+void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
+void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
+
+}  // namespace refinery::backend::cpu

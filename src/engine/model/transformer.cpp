@@ -1,0 +1,120 @@
+// Transformer: loading, the layer skeleton (FAMILY_NOTES §1), taps and the lm_head.
+#include "engine/model/transformer.hpp"
+#include "engine/model/transformer_step.hpp"
+
+#include <algorithm>
+
+#include "engine/core/log.hpp"
+#include "engine/io/checkpoint.hpp"
+
+namespace refinery::model {
+
+namespace {
+
+backend::RouterSpec router_spec(const ModelConfig& c) {
+  backend::RouterSpec r;
+  if (!c.moe) return r;
+  const MoeConfig& m = *c.moe;
+  r.num_experts = m.num_experts;
+  r.top_k = m.experts_per_token;
+  r.scoring = m.scoring == RouterScoring::kSigmoid ? backend::RouterScoring::kSigmoid : backend::RouterScoring::kSoftmax;
+  r.grouping = m.topk_method == TopkMethod::kGroupLimitedGreedy ? backend::RouterGrouping::kGroupMax
+               : m.topk_method == TopkMethod::kNoauxTc          ? backend::RouterGrouping::kGroupTop2
+                                                                : backend::RouterGrouping::kNone;
+  r.n_group = m.n_group;
+  r.topk_group = m.topk_group;
+  r.norm_topk_prob = m.norm_topk_prob;
+  r.routed_scaling_factor = m.routed_scaling_factor;
+  return r;
+}
+
+// "model.layers.3.self_attn.q_proj" -> "layers.3.self_attn.q_proj".
+std::string module_name(const std::string& hf_prefix) {
+  return hf_prefix.rfind("model.", 0) == 0 ? hf_prefix.substr(6) : hf_prefix;
+}
+
+}  // namespace
+
+Transformer::Transformer(ModelConfig config, ModelWeights weights, std::shared_ptr<backend::Backend> backend)
+    : config_(std::move(config)), weights_(std::move(weights)), backend_(std::move(backend)),
+      router_(router_spec(config_)) {
+  ensure_rope(std::min<int64_t>(std::max(config_.max_position_embeddings, 1), 4096));
+}
+
+std::unique_ptr<Transformer> Transformer::load(const std::filesystem::path& model_dir,
+                                               std::shared_ptr<backend::Backend> backend) {
+  ModelConfig config = load_model_config(model_dir);
+  const io::Checkpoint checkpoint = io::Checkpoint::open(model_dir);
+  ModelWeights weights = ModelWeights::load(checkpoint, config);
+  return std::make_unique<Transformer>(std::move(config), std::move(weights), std::move(backend));
+}
+
+void Transformer::ensure_rope(int64_t positions) {
+  if (positions <= rope_.positions()) return;
+  const int64_t n = std::max(positions, rope_.positions() * 2);
+  backend::RopeTable host = backend::make_rope_table(config_.rope, n);
+  host.cos = backend_->upload(host.cos);
+  host.sin = backend_->upload(host.sin);
+  rope_ = std::move(host);
+}
+
+void Transformer::tap(Step& s, const std::string& name, const Tensor& value) {
+  if (s.taps != nullptr && s.taps->wants(name)) s.taps->observe(name, value);
+}
+
+Tensor Transformer::run_linear(Step& s, const Tensor& x, const LinearWeight& w) {
+  if (s.taps != nullptr) tap(s, module_name(w.name) + ".input", x);
+  Tensor y = backend_->empty(DType::kF32, {x.size(0), w.out_features()});
+  backend_->linear(x, w, y);
+  return y;
+}
+
+Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cache, TapObserver* taps) {
+  const int64_t t_count = static_cast<int64_t>(tokens.size());
+  const int64_t hidden = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  Step s{&cache, cache.length(), t_count, taps};
+  ensure_rope(s.first_position + t_count);
+  if (config_.sliding_window && s.first_position + t_count > *config_.sliding_window && !warned_window_) {
+    warned_window_ = true;  // attention here is full; transformers would restrict it to the window
+    log::warn(config_.source, ": sliding_window ", *config_.sliding_window, " is not implemented; positions beyond it "
+              "attend to the full context, so logits there differ from transformers");
+  }
+  cache.reserve_more(t_count);
+
+  Tensor ids = backend_->upload(Tensor::copy_of(DType::kI32, {t_count}, tokens.data()));
+  Tensor x = backend_->empty(DType::kF32, {t_count, hidden});
+  backend_->embedding(ids, weights_.embed_tokens, x);
+  Tensor h = backend_->empty(DType::kF32, {t_count, hidden});
+  for (int l = 0; l < config_.num_layers; ++l) {
+    const LayerWeights& lw = weights_.layers[static_cast<std::size_t>(l)];
+    const std::string prefix = "layers." + std::to_string(l);
+    if (taps) tap(s, prefix + ".input", x);
+    backend_->rms_norm(x, lw.input_layernorm, eps, h);
+    Tensor a = config_.attention.kind == AttentionKind::kMla ? attention_mla(s, l, h) : attention_gqa(s, l, h);
+    backend_->add(x, a, x);
+    backend_->rms_norm(x, lw.post_attention_layernorm, eps, h);
+    Tensor m = lw.moe ? moe(s, l, h) : mlp(s, *lw.mlp, h);
+    backend_->add(x, m, x);
+    if (taps) tap(s, prefix + ".output", x);
+  }
+  cache.advance(t_count);
+  backend_->rms_norm(x, weights_.norm, eps, h);
+  if (taps) tap(s, "norm.output", h);
+  return h;
+}
+
+Tensor Transformer::logits(const Tensor& hidden, TapObserver* taps) {
+  Step s{nullptr, 0, hidden.size(0), taps};
+  return run_linear(s, hidden, weights_.lm_head);
+}
+
+Tensor Transformer::forward(std::span<const int32_t> tokens, KvCache* cache, TapObserver* taps) {
+  if (cache == nullptr) {
+    KvCache local = make_cache(static_cast<int64_t>(tokens.size()));
+    return logits(forward_hidden(tokens, local, taps), taps);
+  }
+  return logits(forward_hidden(tokens, *cache, taps), taps);
+}
+
+}  // namespace refinery::model

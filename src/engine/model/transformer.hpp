@@ -1,0 +1,62 @@
+#pragma once
+// The decoder-only transformer forward, written once over backend::Backend for all nine families
+// (FAMILY_NOTES.md): embedding -> [RMSNorm -> attention (GQA or MLA) -> residual -> RMSNorm ->
+// dense SwiGLU or MoE -> residual] x layers -> RMSNorm -> lm_head.
+// One Transformer runs one forward at a time (the RoPE table grows on demand); not thread-safe.
+
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "engine/backend/backend.hpp"
+#include "engine/model/kv_cache.hpp"
+#include "engine/model/model_config.hpp"
+#include "engine/model/model_weights.hpp"
+#include "engine/model/taps.hpp"
+
+namespace refinery::model {
+
+class Transformer {
+ public:
+  Transformer(ModelConfig config, ModelWeights weights, std::shared_ptr<backend::Backend> backend);
+
+  // Reads config.json and the safetensors of a HF model directory (weights stay memory-mapped).
+  static std::unique_ptr<Transformer> load(const std::filesystem::path& model_dir,
+                                           std::shared_ptr<backend::Backend> backend);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  backend::Backend& backend() { return *backend_; }
+
+  KvCache make_cache(int64_t capacity) { return KvCache(*backend_, config_, capacity); }
+
+  // Runs `tokens` at positions cache.length() ... (appending their keys/values to `cache`) and
+  // returns the final-normed hidden states [T, hidden]. Logits come from logits() on row slices.
+  Tensor forward_hidden(std::span<const int32_t> tokens, KvCache& cache, TapObserver* taps = nullptr);
+  // lm_head over hidden rows: [R, hidden] -> [R, vocab].
+  Tensor logits(const Tensor& hidden, TapObserver* taps = nullptr);
+  // Both at once: logits [T, vocab] of `tokens` (a fresh cache when `cache` is null). For tests
+  // and short inputs; long inputs use forward_hidden + logits per chunk.
+  Tensor forward(std::span<const int32_t> tokens, KvCache* cache = nullptr, TapObserver* taps = nullptr);
+
+ private:
+  struct Step;  // per-call context (cache, positions, taps); defined in transformer.cpp
+
+  Tensor run_linear(Step& s, const Tensor& x, const LinearWeight& w);
+  Tensor attention_gqa(Step& s, int layer, const Tensor& h);  // transformer_attention.cpp
+  Tensor attention_mla(Step& s, int layer, const Tensor& h);
+  Tensor mlp(Step& s, const MlpWeights& w, const Tensor& h);  // transformer_mlp.cpp
+  Tensor moe(Step& s, int layer, const Tensor& h);
+  void ensure_rope(int64_t positions);
+  void tap(Step& s, const std::string& name, const Tensor& value);
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  std::shared_ptr<backend::Backend> backend_;
+  backend::RopeTable rope_;  // cos/sin for positions [0, rope_.positions()), grown on demand
+  backend::RouterSpec router_;
+  bool warned_window_ = false;
+};
+
+}  // namespace refinery::model

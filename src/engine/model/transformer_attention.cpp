@@ -1,0 +1,86 @@
+// Attention blocks: standard GQA/MHA (FAMILY_NOTES §2) and DeepSeek MLA (§3). New keys/values are
+// written straight into the cache rows of this step, then attention runs over all cached rows.
+#include "engine/model/transformer.hpp"
+#include "engine/model/transformer_step.hpp"
+
+namespace refinery::model {
+
+namespace {
+constexpr float kMlaLoraNormEps = 1e-6f;  // DeepseekV3RMSNorm(rank) default, regardless of rms_norm_eps
+}
+
+Tensor Transformer::attention_gqa(Step& s, int layer, const Tensor& h) {
+  const AttentionConfig& a = config_.attention;
+  const AttentionWeights& w = weights_.layers[static_cast<std::size_t>(layer)].attention;
+  const int64_t t = s.tokens, heads = a.num_heads, kv = a.num_kv_heads, d = a.head_dim;
+  const int64_t p0 = s.first_position;
+  backend::Backend& be = *backend_;
+
+  Tensor q = run_linear(s, h, w.q_proj).view({t, heads, d});
+  Tensor k = run_linear(s, h, w.k_proj).view({t, kv, d});
+  Tensor v = run_linear(s, h, w.v_proj).view({t, kv, d});
+  if (a.qk_norm) {  // qwen3: per-head RMSNorm before RoPE
+    const float eps = static_cast<float>(config_.rms_norm_eps);
+    Tensor q2 = q.view({t * heads, d}), k2 = k.view({t * kv, d});
+    be.rms_norm(q2, w.q_norm, eps, q2);
+    be.rms_norm(k2, w.k_norm, eps, k2);
+  }
+  be.rope(q, rope_, p0, 0, q);
+  Tensor k_cache = s.cache->keys(layer).slice(p0, p0 + t);
+  Tensor v_cache = s.cache->values(layer).slice(p0, p0 + t);
+  be.rope(k, rope_, p0, 0, k_cache);
+  v_cache.copy_from(v);
+
+  Tensor out = be.empty(DType::kF32, {t, heads, d});
+  be.attention(q, s.cache->keys(layer).slice(0, p0 + t), s.cache->values(layer).slice(0, p0 + t),
+               static_cast<float>(a.softmax_scale), out);
+  return run_linear(s, out.view({t, heads * d}), w.o_proj);
+}
+
+Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
+  const AttentionConfig& a = config_.attention;
+  const AttentionWeights& w = weights_.layers[static_cast<std::size_t>(layer)].attention;
+  const int64_t t = s.tokens, heads = a.num_heads, p0 = s.first_position;
+  const int64_t dn = a.qk_nope_head_dim, dr = a.qk_rope_head_dim, dv = a.v_head_dim, r = a.kv_lora_rank;
+  const int64_t dk = dn + dr;
+  backend::Backend& be = *backend_;
+
+  // Query [T, H, dn + dr]; the rope part sits behind the nope part of every head.
+  Tensor q;
+  if (a.q_lora_rank) {
+    Tensor qa = run_linear(s, h, w.q_a_proj);
+    be.rms_norm(qa, w.q_a_layernorm, kMlaLoraNormEps, qa);
+    q = run_linear(s, qa, w.q_b_proj);
+  } else {
+    q = run_linear(s, h, w.q_proj);
+  }
+  q = q.view({t, heads, dk});
+  be.rope(q, rope_, p0, dn, q);
+
+  // Compressed kv [T, r + dr]: latent c (normed) and one shared rope key.
+  Tensor ckv = run_linear(s, h, w.kv_a_proj_with_mqa);
+  Tensor c = be.empty(DType::kF32, {t, r});
+  be.copy_columns(ckv, 0, c, 0, r);
+  be.rms_norm(c, w.kv_a_layernorm, kMlaLoraNormEps, c);
+  Tensor k_pe = be.empty(DType::kF32, {t, 1, dr});
+  Tensor k_pe2 = k_pe.view({t, dr});
+  be.copy_columns(ckv, r, k_pe2, 0, dr);
+  be.rope(k_pe, rope_, p0, 0, k_pe);
+
+  // kv_b: [T, H * (dn + dv)] -> cache keys [T, H, dn + dr] (k_pe broadcast to every head), values.
+  Tensor kv = run_linear(s, c, w.kv_b_proj);
+  Tensor k_rows = s.cache->keys(layer).slice(p0, p0 + t).view({t, heads * dk});
+  Tensor v_rows = s.cache->values(layer).slice(p0, p0 + t).view({t, heads * dv});
+  for (int64_t hd = 0; hd < heads; ++hd) {
+    be.copy_columns(kv, hd * (dn + dv), k_rows, hd * dk, dn);
+    be.copy_columns(k_pe2, 0, k_rows, hd * dk + dn, dr);
+    be.copy_columns(kv, hd * (dn + dv) + dn, v_rows, hd * dv, dv);
+  }
+
+  Tensor out = be.empty(DType::kF32, {t, heads, dv});
+  be.attention(q, s.cache->keys(layer).slice(0, p0 + t), s.cache->values(layer).slice(0, p0 + t),
+               static_cast<float>(a.softmax_scale), out);
+  return run_linear(s, out.view({t, heads * dv}), w.o_proj);
+}
+
+}  // namespace refinery::model

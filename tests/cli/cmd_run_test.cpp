@@ -1,0 +1,63 @@
+// End-to-end tests of `refine run` on the demo model: the continuation on stdout, stats on stderr,
+// greedy determinism, and user errors with exit code 1.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace refinery {
+namespace {
+
+struct RunResult {
+  int exit_code;
+  std::string out, err;
+};
+
+RunResult run(const std::string& args) {
+  const auto err_file = std::filesystem::temp_directory_path() / ("cmd_run_test_" + std::to_string(getpid()));
+  const std::string command = std::string(REFINERY_REFINE_BINARY) + " run " + args + " 2>" + err_file.string();
+  RunResult r;
+  FILE* pipe = popen(command.c_str(), "r");
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) r.out.append(buffer, n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream err(err_file);
+  r.err.assign(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
+  std::filesystem::remove(err_file);
+  return r;
+}
+
+const std::string kDemo = std::string(REFINERY_SOURCE_DIR) + "/models/demo-tiny-deepseek-v3";
+
+TEST(RefineRun, GreedyContinuationIsDeterministicWithStatsOnStderr) {
+  const auto a = run(kDemo + " --prompt 'The capital of France is' --max-new 8");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_FALSE(a.out.empty());
+  EXPECT_NE(a.err.find("prefill: "), std::string::npos) << a.err;
+  EXPECT_NE(a.err.find("tokens/s"), std::string::npos) << a.err;
+  EXPECT_EQ(a.out.find("prefill"), std::string::npos);
+  EXPECT_EQ(run(kDemo + " --prompt 'The capital of France is' --max-new 8").out, a.out);
+  const auto s1 = run(kDemo + " --prompt 'Once' --max-new 8 --temperature 0.9 --top-p 0.95 --seed 3");
+  const auto s2 = run(kDemo + " --prompt 'Once' --max-new 8 --temperature 0.9 --top-p 0.95 --seed 3");
+  ASSERT_EQ(s1.exit_code, 0) << s1.err;
+  EXPECT_EQ(s1.out, s2.out);
+}
+
+TEST(RefineRun, UserErrorsExitOne) {
+  const auto cuda = run(kDemo + " --prompt hi --device cuda");
+  EXPECT_EQ(cuda.exit_code, 1);
+  EXPECT_NE(cuda.err.find("--device cpu"), std::string::npos) << cuda.err;
+  const auto missing = run("/nonexistent/model --prompt hi");
+  EXPECT_EQ(missing.exit_code, 1) << missing.err;
+  const auto help = run("--help");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.out.find("Example"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace refinery

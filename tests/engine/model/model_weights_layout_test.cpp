@@ -35,19 +35,24 @@ TEST(EngineWeightsLayout, FusedExpertTensorsGiveTheSameLogits) {
   for (int l = 0; l < config.num_layers; ++l) {
     if (!config.layer_is_moe(l)) continue;
     const std::string p = "model.layers." + std::to_string(l) + ".mlp.experts.";
-    const std::size_t row = static_cast<std::size_t>(hidden) * 4, proj = static_cast<std::size_t>(inter) * row;
-    std::vector<std::byte> gate_up(static_cast<std::size_t>(e_count) * 2 * proj), down(static_cast<std::size_t>(e_count) * proj);
+    const std::size_t row = static_cast<std::size_t>(hidden) * 4,
+                      proj = static_cast<std::size_t>(inter) * row;
+    std::vector<std::byte> gate_up(static_cast<std::size_t>(e_count) * 2 * proj),
+        down(static_cast<std::size_t>(e_count) * proj);
     for (int64_t e = 0; e < e_count; ++e) {
       const std::string q = p + std::to_string(e) + ".";
       ASSERT_EQ(ckpt.at(q + "gate_proj.weight").entry->dtype, DType::kF32);
       std::memcpy(gate_up.data() + e * 2 * proj, ckpt.bytes(q + "gate_proj.weight").data(), proj);
-      std::memcpy(gate_up.data() + e * 2 * proj + proj, ckpt.bytes(q + "up_proj.weight").data(), proj);
+      std::memcpy(gate_up.data() + e * 2 * proj + proj, ckpt.bytes(q + "up_proj.weight").data(),
+                  proj);
       std::memcpy(down.data() + e * proj, ckpt.bytes(q + "down_proj.weight").data(), proj);
     }
     fused_storage.push_back(std::move(gate_up));
-    out.push_back({p + "gate_up_proj", DType::kF32, {e_count, 2 * inter, hidden}, fused_storage.back(), {}});
+    out.push_back(
+        {p + "gate_up_proj", DType::kF32, {e_count, 2 * inter, hidden}, fused_storage.back(), {}});
     fused_storage.push_back(std::move(down));
-    out.push_back({p + "down_proj", DType::kF32, {e_count, hidden, inter}, fused_storage.back(), {}});
+    out.push_back(
+        {p + "down_proj", DType::kF32, {e_count, hidden, inter}, fused_storage.back(), {}});
     ++fused_layers;
   }
   ASSERT_GT(fused_layers, 0);
@@ -57,7 +62,8 @@ TEST(EngineWeightsLayout, FusedExpertTensorsGiveTheSameLogits) {
   const test::Reference ref(name);
   const auto ids = ref.ids("input_ids_2");
   const auto want = ref.floats("logits_2");
-  EXPECT_LE(test::max_abs_diff(test::values(model->forward(ids)), want), 1e-4 * test::max_abs(want));
+  EXPECT_LE(test::max_abs_diff(test::values(model->forward(ids)), want),
+            1e-4 * test::max_abs(want));
   fs::remove_all(dir);
 }
 

@@ -16,7 +16,8 @@ namespace refinery::cli {
 namespace {
 
 // EOS ids from generation_config.json (an id or a list), else the tokenizer's EOS.
-std::vector<int32_t> stop_ids(const std::filesystem::path& model_dir, const tokenizer::Tokenizer& tok) {
+std::vector<int32_t> stop_ids(const std::filesystem::path& model_dir,
+                              const tokenizer::Tokenizer& tok) {
   std::vector<int32_t> ids;
   std::ifstream in(model_dir / "generation_config.json");
   if (in) {
@@ -50,8 +51,10 @@ void register_run(CLI::App& app) {
       "speed go to stderr.\n\n"
       "Example:\n"
       "  refine run models/demo-tiny-deepseek-v3 --prompt 'The capital of France is' --max-new 32\n"
-      "  refine run models/demo-tiny-deepseek-v3 --prompt 'Once upon a time' --temperature 0.8 --top-p 0.95 --seed 7");
-  cmd->add_option("MODEL", o->model, "Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")
+      "  refine run models/demo-tiny-deepseek-v3 --prompt 'Once upon a time' --temperature 0.8 "
+      "--top-p 0.95 --seed 7");
+  cmd->add_option("MODEL", o->model,
+                  "Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")
       ->required();
   cmd->add_option("--prompt", o->prompt, "The text to continue")->required();
   cmd->add_option("--max-new", o->max_new, "Most new tokens to generate (stops earlier at EOS)")
@@ -60,13 +63,16 @@ void register_run(CLI::App& app) {
   cmd->add_option("--temperature", o->temperature, "Sampling temperature; 0 = greedy")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--top-p", o->top_p, "Nucleus sampling mass in (0, 1]")->check(CLI::Range(1e-9, 1.0))->capture_default_str();
+  cmd->add_option("--top-p", o->top_p, "Nucleus sampling mass in (0, 1]")
+      ->check(CLI::Range(1e-9, 1.0))
+      ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed for sampling")->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu (cuda: not built yet)")->capture_default_str();
 
   cmd->callback([o] {
-    if (o->device == "cuda") throw_user_error("--device cuda: the CUDA engine is not built yet; use --device cpu");
+    if (o->device == "cuda")
+      throw_user_error("--device cuda: the CUDA engine is not built yet; use --device cpu");
     if (o->device != "cpu") throw_user_error("--device ", o->device, ": expected cpu or cuda");
     const std::filesystem::path dir = o->model;
     const auto tok = tokenizer::Tokenizer::load(dir);
@@ -96,10 +102,12 @@ void register_run(CLI::App& app) {
     });
     std::cout << "\n";
     const double decode_tokens = static_cast<double>(result.tokens.size()) - 1.0;
-    std::cerr << str("prefill: ", result.prompt_tokens, " tokens in ", result.prefill_seconds, " s (",
-                     result.prompt_tokens / std::max(result.prefill_seconds, 1e-9), " tokens/s); decode: ",
-                     static_cast<int64_t>(std::max(decode_tokens, 0.0)), " tokens in ", result.decode_seconds, " s (",
-                     decode_tokens > 0 ? decode_tokens / std::max(result.decode_seconds, 1e-9) : 0.0,
+    std::cerr << str("prefill: ", result.prompt_tokens, " tokens in ", result.prefill_seconds,
+                     " s (", result.prompt_tokens / std::max(result.prefill_seconds, 1e-9),
+                     " tokens/s); decode: ", static_cast<int64_t>(std::max(decode_tokens, 0.0)),
+                     " tokens in ", result.decode_seconds, " s (",
+                     decode_tokens > 0 ? decode_tokens / std::max(result.decode_seconds, 1e-9)
+                                       : 0.0,
                      " tokens/s)", result.stopped ? "; stopped at EOS" : "")
               << "\n";
   });

@@ -17,8 +17,10 @@ struct RunResult {
 };
 
 RunResult run(const std::string& args) {
-  const auto err_file = std::filesystem::temp_directory_path() / ("cmd_run_test_" + std::to_string(getpid()));
-  const std::string command = std::string(REFINERY_REFINE_BINARY) + " run " + args + " 2>" + err_file.string();
+  const auto err_file =
+      std::filesystem::temp_directory_path() / ("cmd_run_test_" + std::to_string(getpid()));
+  const std::string command =
+      std::string(REFINERY_REFINE_BINARY) + " run " + args + " 2>" + err_file.string();
   RunResult r;
   FILE* pipe = popen(command.c_str(), "r");
   char buffer[4096];
@@ -42,8 +44,10 @@ TEST(RefineRun, GreedyContinuationIsDeterministicWithStatsOnStderr) {
   EXPECT_NE(a.err.find("tokens/s"), std::string::npos) << a.err;
   EXPECT_EQ(a.out.find("prefill"), std::string::npos);
   EXPECT_EQ(run(kDemo + " --prompt 'The capital of France is' --max-new 8").out, a.out);
-  const auto s1 = run(kDemo + " --prompt 'Once' --max-new 8 --temperature 0.9 --top-p 0.95 --seed 3");
-  const auto s2 = run(kDemo + " --prompt 'Once' --max-new 8 --temperature 0.9 --top-p 0.95 --seed 3");
+  const auto s1 =
+      run(kDemo + " --prompt 'Once' --max-new 8 --temperature 0.9 --top-p 0.95 --seed 3");
+  const auto s2 =
+      run(kDemo + " --prompt 'Once' --max-new 8 --temperature 0.9 --top-p 0.95 --seed 3");
   ASSERT_EQ(s1.exit_code, 0) << s1.err;
   EXPECT_EQ(s1.out, s2.out);
 }

@@ -70,8 +70,8 @@ class Backend {
   // x, y [T, heads, D]: y = x with dims [offset, offset + table.rotary_dim) of every head rotated
   // at positions first_position + t (pairing from the table); the other dims are copied. offset > 0
   // selects MLA's rope part behind the nope dims; rotary_dim < D - offset is partial rotary.
-  virtual void rope(const Tensor& x, const RopeTable& table, int64_t first_position,
-                    int64_t offset, Tensor& y) = 0;
+  virtual void rope(const Tensor& x, const RopeTable& table, int64_t first_position, int64_t offset,
+                    Tensor& y) = 0;
   // Causal attention of T new queries against S cached keys (the last T of which are the new
   // tokens): query t sees keys [0, S - T + t]. q [T, H, dk], k [S, KV, dk], v [S, KV, dv],
   // out [T, H, dv]; query head h uses kv head h / (H / KV). P = softmax(q·kᵀ·scale) in f32.

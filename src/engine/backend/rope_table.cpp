@@ -15,14 +15,16 @@ using model::RopeType;
 std::vector<float> rope_inv_freq(const RopeConfig& rope) {
   const int dim = rope.rotary_dim;
   if (dim <= 0 || dim % 2 != 0)
-    throw_user_error("rotary width ", dim, " must be a positive even number (head_dim or qk_rope_head_dim "
+    throw_user_error("rotary width ", dim,
+                     " must be a positive even number (head_dim or qk_rope_head_dim "
                      "times partial_rotary_factor)");
   const int half = dim / 2;
   // pos_freqs[i] = theta ^ (2i / dim), exponent in f32 as transformers computes it.
   std::vector<float> pos_freq(half), inv(half);
   for (int i = 0; i < half; ++i) {
     const float e = static_cast<float>(2 * i) / static_cast<float>(dim);
-    pos_freq[i] = static_cast<float>(std::pow(static_cast<double>(static_cast<float>(rope.theta)), double(e)));
+    pos_freq[i] = static_cast<float>(
+        std::pow(static_cast<double>(static_cast<float>(rope.theta)), double(e)));
     inv[i] = 1.0f / pos_freq[i];
   }
   const float factor = static_cast<float>(rope.factor);
@@ -34,7 +36,8 @@ std::vector<float> rope_inv_freq(const RopeConfig& rope) {
       return inv;
     case RopeType::kLlama3: {
       const float orig = static_cast<float>(rope.original_max_position_embeddings);
-      const float lo = static_cast<float>(rope.low_freq_factor), hi = static_cast<float>(rope.high_freq_factor);
+      const float lo = static_cast<float>(rope.low_freq_factor),
+                  hi = static_cast<float>(rope.high_freq_factor);
       const float lo_wl = orig / lo, hi_wl = orig / hi;
       for (float& f : inv) {
         const float wl = 2.0f * std::numbers::pi_v<float> / f;

@@ -6,9 +6,9 @@ namespace refinery::backend {
 
 enum class RouterScoring { kSoftmax, kSigmoid };
 enum class RouterGrouping {
-  kNone,        // top-k over all experts
-  kGroupMax,    // DeepSeek-V2 group_limited_greedy: group score = max score in the group
-  kGroupTop2,   // DeepSeek-V3 noaux_tc: group score = sum of the top-2 (score + bias) in the group
+  kNone,       // top-k over all experts
+  kGroupMax,   // DeepSeek-V2 group_limited_greedy: group score = max score in the group
+  kGroupTop2,  // DeepSeek-V3 noaux_tc: group score = sum of the top-2 (score + bias) in the group
 };
 
 struct RouterSpec {

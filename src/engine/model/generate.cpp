@@ -7,7 +7,8 @@
 
 namespace refinery::model {
 
-int32_t sample_token(std::span<const float> logits, double temperature, double top_p, std::mt19937_64& rng) {
+int32_t sample_token(std::span<const float> logits, double temperature, double top_p,
+                     std::mt19937_64& rng) {
   const std::size_t n = logits.size();
   if (n == 0) throw_internal_error("sample_token: empty logits");
   if (temperature <= 0.0)  // greedy; ties to the lowest id like torch.argmax
@@ -33,10 +34,12 @@ int32_t sample_token(std::span<const float> logits, double temperature, double t
   return order[keep - 1];
 }
 
-GenerationResult generate(Transformer& model, std::span<const int32_t> prompt, const GenerationOptions& options,
+GenerationResult generate(Transformer& model, std::span<const int32_t> prompt,
+                          const GenerationOptions& options,
                           const std::function<void(int32_t)>& on_token) {
   if (prompt.empty()) throw_user_error("generation needs a prompt of at least one token");
-  if (options.max_new_tokens < 0) throw_user_error("max new tokens must be >= 0, found ", options.max_new_tokens);
+  if (options.max_new_tokens < 0)
+    throw_user_error("max new tokens must be >= 0, found ", options.max_new_tokens);
   using Clock = std::chrono::steady_clock;
   GenerationResult result;
   result.prompt_tokens = static_cast<int64_t>(prompt.size());
@@ -50,8 +53,8 @@ GenerationResult generate(Transformer& model, std::span<const int32_t> prompt, c
     // Only the last position's logits are needed.
     const Tensor last = hidden.slice(hidden.size(0) - 1, hidden.size(0)).view({1, hidden_size});
     const Tensor logits = be.download(model.logits(last));
-    return sample_token({logits.data<float>(), static_cast<std::size_t>(logits.numel())}, options.temperature,
-                        options.top_p, rng);
+    return sample_token({logits.data<float>(), static_cast<std::size_t>(logits.numel())},
+                        options.temperature, options.top_p, rng);
   };
 
   auto t0 = Clock::now();
@@ -61,7 +64,8 @@ GenerationResult generate(Transformer& model, std::span<const int32_t> prompt, c
   while (true) {
     result.tokens.push_back(token);
     if (on_token) on_token(token);
-    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), token) != options.stop_ids.end()) {
+    if (std::find(options.stop_ids.begin(), options.stop_ids.end(), token) !=
+        options.stop_ids.end()) {
       result.stopped = true;
       break;
     }

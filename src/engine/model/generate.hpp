@@ -16,7 +16,7 @@ namespace refinery::model {
 struct GenerationOptions {
   int64_t max_new_tokens = 64;
   double temperature = 0.0;  // <= 0: greedy (argmax)
-  double top_p = 1.0;        // (0, 1]: keep the smallest set of tokens whose probability reaches top_p
+  double top_p = 1.0;  // (0, 1]: keep the smallest set of tokens whose probability reaches top_p
   uint64_t seed = 0;
   std::vector<int32_t> stop_ids;  // EOS ids: generation ends after producing one (it is included)
 };
@@ -30,10 +30,12 @@ struct GenerationResult {
 };
 
 // Picks the next token from one row of logits [vocab].
-int32_t sample_token(std::span<const float> logits, double temperature, double top_p, std::mt19937_64& rng);
+int32_t sample_token(std::span<const float> logits, double temperature, double top_p,
+                     std::mt19937_64& rng);
 
 // `on_token` (optional) sees every new token as soon as it is chosen (streaming output).
-GenerationResult generate(Transformer& model, std::span<const int32_t> prompt, const GenerationOptions& options,
+GenerationResult generate(Transformer& model, std::span<const int32_t> prompt,
+                          const GenerationOptions& options,
                           const std::function<void(int32_t)>& on_token = {});
 
 }  // namespace refinery::model

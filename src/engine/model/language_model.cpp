@@ -11,18 +11,22 @@ namespace {
 
 class TransformerLanguageModel final : public LanguageModel {
  public:
-  explicit TransformerLanguageModel(std::unique_ptr<Transformer> model) : model_(std::move(model)) {}
+  explicit TransformerLanguageModel(std::unique_ptr<Transformer> model)
+      : model_(std::move(model)) {}
 
   int64_t vocab_size() const override { return model_->config().vocab_size; }
   int64_t max_sequence_length() const override { return model_->config().max_position_embeddings; }
 
-  void score(std::span<const int32_t> tokens, const LogitsConsumer& consume, int64_t max_chunk_rows) override {
+  void score(std::span<const int32_t> tokens, const LogitsConsumer& consume,
+             int64_t max_chunk_rows) override {
     const int64_t t = static_cast<int64_t>(tokens.size());
     if (t == 0) return;
     if (t > max_sequence_length())
-      throw_user_error("a sequence of ", t, " tokens exceeds the model's context of ", max_sequence_length(),
-                       " (max_position_embeddings in ", model_->config().source, "); use a shorter --seq-len");
-    if (max_chunk_rows <= 0) throw_internal_error("score: max_chunk_rows must be positive, found ", max_chunk_rows);
+      throw_user_error("a sequence of ", t, " tokens exceeds the model's context of ",
+                       max_sequence_length(), " (max_position_embeddings in ",
+                       model_->config().source, "); use a shorter --seq-len");
+    if (max_chunk_rows <= 0)
+      throw_internal_error("score: max_chunk_rows must be positive, found ", max_chunk_rows);
     KvCache cache = model_->make_cache(t);
     const Tensor hidden = model_->forward_hidden(tokens, cache);
     backend::Backend& be = model_->backend();
@@ -46,7 +50,8 @@ std::unique_ptr<LanguageModel> open_language_model(const std::filesystem::path& 
   if (options.device != "cpu")
     throw_user_error("unknown device \"", options.device, "\"; expected cpu or cuda");
   auto backend = backend::make_cpu_backend(options.threads);
-  return std::make_unique<TransformerLanguageModel>(Transformer::load(model_dir, std::move(backend)));
+  return std::make_unique<TransformerLanguageModel>(
+      Transformer::load(model_dir, std::move(backend)));
 }
 
 }  // namespace refinery::model

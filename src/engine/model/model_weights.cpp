@@ -9,7 +9,8 @@ namespace {
 
 class Loader {
  public:
-  Loader(const io::Checkpoint& checkpoint, const ModelConfig& config) : ckpt_(checkpoint), config_(config) {}
+  Loader(const io::Checkpoint& checkpoint, const ModelConfig& config)
+      : ckpt_(checkpoint), config_(config) {}
 
   bool has(const std::string& name) const { return ckpt_.find(name).has_value(); }
 
@@ -17,18 +18,22 @@ class Loader {
   Tensor tensor(const std::string& name, const std::vector<int64_t>& shape) const {
     const auto located = ckpt_.find(name);
     if (!located)
-      throw_user_error("tensor ", name, " (expected shape ", shape_to_string(shape), ") is missing from ",
-                       ckpt_.source().string(), "; the checkpoint does not match its config.json (",
-                       config_.model_type, ", ", config_.num_layers, " layers) or is incomplete");
+      throw_user_error("tensor ", name, " (expected shape ", shape_to_string(shape),
+                       ") is missing from ", ckpt_.source().string(),
+                       "; the checkpoint does not match its config.json (", config_.model_type,
+                       ", ", config_.num_layers, " layers) or is incomplete");
     const io::TensorEntry& e = *located->entry;
     if (e.shape != shape)
-      throw_user_error("tensor ", name, " in ", ckpt_.source().string(), ": expected shape ",
-                       shape_to_string(shape), ", found ", shape_to_string(e.shape),
-                       "; the checkpoint does not match its config.json (hidden_size, heads, head dims, "
-                       "intermediate sizes, vocab_size)");
+      throw_user_error(
+          "tensor ", name, " in ", ckpt_.source().string(), ": expected shape ",
+          shape_to_string(shape), ", found ", shape_to_string(e.shape),
+          "; the checkpoint does not match its config.json (hidden_size, heads, head dims, "
+          "intermediate sizes, vocab_size)");
     if (!dtype_is_float(e.dtype) || e.dtype == DType::kF64 || e.dtype == DType::kC64 ||
-        (e.dtype != DType::kF32 && e.dtype != DType::kBF16 && e.dtype != DType::kF16 && e.dtype != DType::kF8E4M3))
-      throw_user_error("tensor ", name, " in ", ckpt_.source().string(), " has dtype ", dtype_name(e.dtype),
+        (e.dtype != DType::kF32 && e.dtype != DType::kBF16 && e.dtype != DType::kF16 &&
+         e.dtype != DType::kF8E4M3))
+      throw_user_error("tensor ", name, " in ", ckpt_.source().string(), " has dtype ",
+                       dtype_name(e.dtype),
                        "; the engine reads F32, BF16, F16 and F8_E4M3 (with weight_scale_inv)");
     const auto bytes = ckpt_.bytes(name);
     return Tensor::from_external(e.dtype, e.shape, bytes.data(), located->file->keep_alive());
@@ -51,10 +56,11 @@ class Loader {
         f.block_out = config_.quant.block_out;
         f.block_in = config_.quant.block_in;
       }
-      const int64_t rows = (out + f.block_out - 1) / f.block_out, cols = (in + f.block_in - 1) / f.block_in;
+      const int64_t rows = (out + f.block_out - 1) / f.block_out,
+                    cols = (in + f.block_in - 1) / f.block_in;
       if (!has(scale_name))
-        throw_user_error("tensor ", prefix, ".weight is F8_E4M3 but ", scale_name, " (f32[", rows, ", ", cols,
-                         "]) is missing from ", ckpt_.source().string(),
+        throw_user_error("tensor ", prefix, ".weight is F8_E4M3 but ", scale_name, " (f32[", rows,
+                         ", ", cols, "]) is missing from ", ckpt_.source().string(),
                          "; FP8 weights need their per-block scales (DeepSeek-V3 release format)");
       f.scale_inv = tensor(scale_name, {rows, cols});
       backend::validate_fp8_block(f, prefix);
@@ -67,7 +73,8 @@ class Loader {
   }
 
   MlpWeights mlp(const std::string& prefix, int64_t hidden, int64_t inter, bool bias,
-                 std::initializer_list<const char*> names = {"gate_proj", "up_proj", "down_proj"}) const {
+                 std::initializer_list<const char*> names = {"gate_proj", "up_proj",
+                                                             "down_proj"}) const {
     auto it = names.begin();
     MlpWeights m;
     m.gate_proj = linear(prefix + "." + it[0], inter, hidden, bias);
@@ -103,11 +110,12 @@ AttentionWeights load_attention(const Loader& l, const ModelConfig& c, const std
   } else {
     w.q_proj = l.linear(p + "q_proj", a.num_heads * qk, hidden, false);
   }
-  w.kv_a_proj_with_mqa =
-      l.linear(p + "kv_a_proj_with_mqa", a.kv_lora_rank + a.qk_rope_head_dim, hidden, a.lora_a_bias);
+  w.kv_a_proj_with_mqa = l.linear(p + "kv_a_proj_with_mqa", a.kv_lora_rank + a.qk_rope_head_dim,
+                                  hidden, a.lora_a_bias);
   w.kv_a_layernorm = l.tensor(p + "kv_a_layernorm.weight", {a.kv_lora_rank});
-  w.kv_b_proj = l.linear(p + "kv_b_proj", int64_t{a.num_heads} * (a.qk_nope_head_dim + a.v_head_dim),
-                         a.kv_lora_rank, false);
+  w.kv_b_proj =
+      l.linear(p + "kv_b_proj", int64_t{a.num_heads} * (a.qk_nope_head_dim + a.v_head_dim),
+               a.kv_lora_rank, false);
   w.o_proj = l.linear(p + "o_proj", hidden, int64_t{a.num_heads} * a.v_head_dim, a.o_bias);
   return w;
 }
@@ -118,32 +126,39 @@ MoeWeights load_moe(const Loader& l, const ModelConfig& c, const std::string& p)
   const bool mixtral = c.family == ModelFamily::kMixtral;
   MoeWeights w;
   w.router = l.linear(p + ".gate", e_count, hidden, false);
-  if (m.score_correction_bias) w.correction_bias = l.tensor(p + ".gate.e_score_correction_bias", {e_count});
-  const std::string fused_gate_up = p + ".experts.gate_up_proj", fused_down = p + ".experts.down_proj";
+  if (m.score_correction_bias)
+    w.correction_bias = l.tensor(p + ".gate.e_score_correction_bias", {e_count});
+  const std::string fused_gate_up = p + ".experts.gate_up_proj",
+                    fused_down = p + ".experts.down_proj";
   if (l.has(fused_gate_up)) {
-    // transformers 5 fused layout: experts.gate_up_proj [E, 2I, H] (gate rows first), down [E, H, I].
+    // transformers 5 fused layout: experts.gate_up_proj [E, 2I, H] (gate rows first), down [E, H,
+    // I].
     const Tensor gate_up = l.tensor(fused_gate_up, {e_count, 2 * inter, hidden});
     const Tensor down = l.tensor(fused_down, {e_count, hidden, inter});
     if (gate_up.dtype() == DType::kF8E4M3 || down.dtype() == DType::kF8E4M3)
-      throw_user_error("tensor ", fused_gate_up, ": fused FP8 expert tensors are not supported; store experts "
+      throw_user_error("tensor ", fused_gate_up,
+                       ": fused FP8 expert tensors are not supported; store experts "
                        "per expert (experts.E.gate_proj.weight + weight_scale_inv)");
     for (int64_t e = 0; e < e_count; ++e) {
       const Tensor ge = gate_up.select(e);
       const std::string name = p + ".experts." + std::to_string(e);
-      w.experts.push_back({LinearWeight{backend::DenseWeight{ge.slice(0, inter)}, {}, name + ".gate_proj"},
-                           LinearWeight{backend::DenseWeight{ge.slice(inter, 2 * inter)}, {}, name + ".up_proj"},
-                           LinearWeight{backend::DenseWeight{down.select(e)}, {}, name + ".down_proj"}});
+      w.experts.push_back(
+          {LinearWeight{backend::DenseWeight{ge.slice(0, inter)}, {}, name + ".gate_proj"},
+           LinearWeight{backend::DenseWeight{ge.slice(inter, 2 * inter)}, {}, name + ".up_proj"},
+           LinearWeight{backend::DenseWeight{down.select(e)}, {}, name + ".down_proj"}});
     }
   } else {
     for (int64_t e = 0; e < e_count; ++e) {
       const std::string q = p + ".experts." + std::to_string(e);
-      const MlpWeights x = mixtral ? l.mlp(q, hidden, inter, false, {"w1", "w3", "w2"}) : l.mlp(q, hidden, inter, false);
+      const MlpWeights x = mixtral ? l.mlp(q, hidden, inter, false, {"w1", "w3", "w2"})
+                                   : l.mlp(q, hidden, inter, false);
       w.experts.push_back({x.gate_proj, x.up_proj, x.down_proj});
     }
   }
   if (m.num_shared_experts > 0 && m.shared_intermediate_size > 0) {
     const bool qwen = m.shared_expert_gate || c.family == ModelFamily::kQwen2Moe;
-    w.shared = l.mlp(p + (qwen ? ".shared_expert" : ".shared_experts"), hidden, m.shared_intermediate_size, false);
+    w.shared = l.mlp(p + (qwen ? ".shared_expert" : ".shared_experts"), hidden,
+                     m.shared_intermediate_size, false);
     if (m.shared_expert_gate) w.shared_gate = l.linear(p + ".shared_expert_gate", 1, hidden, false);
   }
   return w;
@@ -153,8 +168,10 @@ MoeWeights load_moe(const Loader& l, const ModelConfig& c, const std::string& p)
 
 ModelWeights ModelWeights::load(const io::Checkpoint& checkpoint, const ModelConfig& c) {
   if (c.quant.method == QuantMethod::kAwq)
-    throw_user_error(c.source, ": quantization_config.quant_method \"awq\": the engine cannot execute AWQ INT4 "
-                     "checkpoints yet (FP8 block and dense f32/bf16/f16 only); run the unquantized model");
+    throw_user_error(
+        c.source,
+        ": quantization_config.quant_method \"awq\": the engine cannot execute AWQ INT4 "
+        "checkpoints yet (FP8 block and dense f32/bf16/f16 only); run the unquantized model");
   Loader l(checkpoint, c);
   const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
   ModelWeights w;

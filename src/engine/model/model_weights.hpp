@@ -32,8 +32,8 @@ struct MlpWeights {
 };
 
 struct MoeWeights {
-  LinearWeight router;          // [E, hidden], `gate.weight`
-  Tensor correction_bias;       // [E] `gate.e_score_correction_bias`, or undefined
+  LinearWeight router;     // [E, hidden], `gate.weight`
+  Tensor correction_bias;  // [E] `gate.e_score_correction_bias`, or undefined
   std::vector<ExpertWeights> experts;
   std::optional<MlpWeights> shared;  // shared expert(s), one SwiGLU
   LinearWeight shared_gate;          // qwen2_moe [1, hidden], or undefined

@@ -1,11 +1,11 @@
 // Transformer: loading, the layer skeleton (FAMILY_NOTES §1), taps and the lm_head.
 #include "engine/model/transformer.hpp"
-#include "engine/model/transformer_step.hpp"
 
 #include <algorithm>
 
 #include "engine/core/log.hpp"
 #include "engine/io/checkpoint.hpp"
+#include "engine/model/transformer_step.hpp"
 
 namespace refinery::model {
 
@@ -17,10 +17,11 @@ backend::RouterSpec router_spec(const ModelConfig& c) {
   const MoeConfig& m = *c.moe;
   r.num_experts = m.num_experts;
   r.top_k = m.experts_per_token;
-  r.scoring = m.scoring == RouterScoring::kSigmoid ? backend::RouterScoring::kSigmoid : backend::RouterScoring::kSoftmax;
+  r.scoring = m.scoring == RouterScoring::kSigmoid ? backend::RouterScoring::kSigmoid
+                                                   : backend::RouterScoring::kSoftmax;
   r.grouping = m.topk_method == TopkMethod::kGroupLimitedGreedy ? backend::RouterGrouping::kGroupMax
-               : m.topk_method == TopkMethod::kNoauxTc          ? backend::RouterGrouping::kGroupTop2
-                                                                : backend::RouterGrouping::kNone;
+               : m.topk_method == TopkMethod::kNoauxTc ? backend::RouterGrouping::kGroupTop2
+                                                       : backend::RouterGrouping::kNone;
   r.n_group = m.n_group;
   r.topk_group = m.topk_group;
   r.norm_topk_prob = m.norm_topk_prob;
@@ -35,8 +36,11 @@ std::string module_name(const std::string& hf_prefix) {
 
 }  // namespace
 
-Transformer::Transformer(ModelConfig config, ModelWeights weights, std::shared_ptr<backend::Backend> backend)
-    : config_(std::move(config)), weights_(std::move(weights)), backend_(std::move(backend)),
+Transformer::Transformer(ModelConfig config, ModelWeights weights,
+                         std::shared_ptr<backend::Backend> backend)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      backend_(std::move(backend)),
       router_(router_spec(config_)) {
   ensure_rope(std::min<int64_t>(std::max(config_.max_position_embeddings, 1), 4096));
 }
@@ -69,15 +73,18 @@ Tensor Transformer::run_linear(Step& s, const Tensor& x, const LinearWeight& w) 
   return y;
 }
 
-Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cache, TapObserver* taps) {
+Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cache,
+                                   TapObserver* taps) {
   const int64_t t_count = static_cast<int64_t>(tokens.size());
   const int64_t hidden = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   Step s{&cache, cache.length(), t_count, taps};
   ensure_rope(s.first_position + t_count);
-  if (config_.sliding_window && s.first_position + t_count > *config_.sliding_window && !warned_window_) {
+  if (config_.sliding_window && s.first_position + t_count > *config_.sliding_window &&
+      !warned_window_) {
     warned_window_ = true;  // attention here is full; transformers would restrict it to the window
-    log::warn(config_.source, ": sliding_window ", *config_.sliding_window, " is not implemented; positions beyond it "
+    log::warn(config_.source, ": sliding_window ", *config_.sliding_window,
+              " is not implemented; positions beyond it "
               "attend to the full context, so logits there differ from transformers");
   }
   cache.reserve_more(t_count);
@@ -91,7 +98,8 @@ Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cac
     const std::string prefix = "layers." + std::to_string(l);
     if (taps) tap(s, prefix + ".input", x);
     backend_->rms_norm(x, lw.input_layernorm, eps, h);
-    Tensor a = config_.attention.kind == AttentionKind::kMla ? attention_mla(s, l, h) : attention_gqa(s, l, h);
+    Tensor a = config_.attention.kind == AttentionKind::kMla ? attention_mla(s, l, h)
+                                                             : attention_gqa(s, l, h);
     backend_->add(x, a, x);
     backend_->rms_norm(x, lw.post_attention_layernorm, eps, h);
     Tensor m = lw.moe ? moe(s, l, h) : mlp(s, *lw.mlp, h);

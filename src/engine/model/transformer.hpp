@@ -33,12 +33,14 @@ class Transformer {
 
   // Runs `tokens` at positions cache.length() ... (appending their keys/values to `cache`) and
   // returns the final-normed hidden states [T, hidden]. Logits come from logits() on row slices.
-  Tensor forward_hidden(std::span<const int32_t> tokens, KvCache& cache, TapObserver* taps = nullptr);
+  Tensor forward_hidden(std::span<const int32_t> tokens, KvCache& cache,
+                        TapObserver* taps = nullptr);
   // lm_head over hidden rows: [R, hidden] -> [R, vocab].
   Tensor logits(const Tensor& hidden, TapObserver* taps = nullptr);
   // Both at once: logits [T, vocab] of `tokens` (a fresh cache when `cache` is null). For tests
   // and short inputs; long inputs use forward_hidden + logits per chunk.
-  Tensor forward(std::span<const int32_t> tokens, KvCache* cache = nullptr, TapObserver* taps = nullptr);
+  Tensor forward(std::span<const int32_t> tokens, KvCache* cache = nullptr,
+                 TapObserver* taps = nullptr);
 
  private:
   struct Step;  // per-call context (cache, positions, taps); defined in transformer.cpp

@@ -6,7 +6,8 @@
 namespace refinery::model {
 
 namespace {
-constexpr float kMlaLoraNormEps = 1e-6f;  // DeepseekV3RMSNorm(rank) default, regardless of rms_norm_eps
+constexpr float kMlaLoraNormEps =
+    1e-6f;  // DeepseekV3RMSNorm(rank) default, regardless of rms_norm_eps
 }
 
 Tensor Transformer::attention_gqa(Step& s, int layer, const Tensor& h) {
@@ -41,7 +42,8 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
   const AttentionConfig& a = config_.attention;
   const AttentionWeights& w = weights_.layers[static_cast<std::size_t>(layer)].attention;
   const int64_t t = s.tokens, heads = a.num_heads, p0 = s.first_position;
-  const int64_t dn = a.qk_nope_head_dim, dr = a.qk_rope_head_dim, dv = a.v_head_dim, r = a.kv_lora_rank;
+  const int64_t dn = a.qk_nope_head_dim, dr = a.qk_rope_head_dim, dv = a.v_head_dim,
+                r = a.kv_lora_rank;
   const int64_t dk = dn + dr;
   backend::Backend& be = *backend_;
 

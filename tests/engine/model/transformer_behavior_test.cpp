@@ -1,7 +1,7 @@
 // KV cache, taps, generation, the LanguageModel seam, load errors and the demo model.
 #include <fstream>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "engine/io/checkpoint.hpp"
 #include "engine/model/generate.hpp"
@@ -36,8 +36,9 @@ TEST_P(CacheTest, PrefillThenDecodeEqualsFullForward) {
 }
 
 INSTANTIATE_TEST_SUITE_P(EngineKvCache, CacheTest,
-                         ::testing::Values("llama_gqa_llama3", "qwen3_qknorm_tied", "mixtral_8e_top2",
-                                           "deepseek_v2_lite", "deepseek_v3_fp8"),
+                         ::testing::Values("llama_gqa_llama3", "qwen3_qknorm_tied",
+                                           "mixtral_8e_top2", "deepseek_v2_lite",
+                                           "deepseek_v3_fp8"),
                          [](const auto& info) { return info.param; });
 
 TEST(EngineTaps, DeliversNamesAndShapes) {
@@ -55,15 +56,18 @@ TEST(EngineTaps, DeliversNamesAndShapes) {
   EXPECT_EQ(shape("layers.0.input"), (S{t, h}));
   EXPECT_EQ(shape("layers.2.output"), (S{t, h}));
   EXPECT_EQ(shape("layers.0.self_attn.q_proj.input"), (S{t, h}));
-  EXPECT_EQ(shape("layers.0.self_attn.o_proj.input"), (S{t, c.attention.num_heads * c.attention.head_dim}));
+  EXPECT_EQ(shape("layers.0.self_attn.o_proj.input"),
+            (S{t, c.attention.num_heads * c.attention.head_dim}));
   EXPECT_EQ(shape("layers.0.mlp.gate.input"), (S{t, h}));
   EXPECT_EQ(shape("layers.0.mlp.gate.logits"), (S{t, e}));
   EXPECT_EQ(shape("layers.0.mlp.gate.experts"), (S{t, k}));
   EXPECT_EQ(rec.seen["layers.0.mlp.gate.experts"].dtype(), DType::kI32);
   EXPECT_EQ(shape("layers.0.mlp.gate.weights"), (S{t, k}));
-  EXPECT_EQ(shape("layers.0.mlp.shared_expert.down_proj.input"), (S{t, c.moe->shared_intermediate_size}));
+  EXPECT_EQ(shape("layers.0.mlp.shared_expert.down_proj.input"),
+            (S{t, c.moe->shared_intermediate_size}));
   EXPECT_EQ(shape("layers.0.mlp.shared_expert_gate.input"), (S{t, h}));
-  EXPECT_EQ(shape("layers.1.mlp.down_proj.input"), (S{t, c.intermediate_size}));  // mlp_only_layers [1]
+  EXPECT_EQ(shape("layers.1.mlp.down_proj.input"),
+            (S{t, c.intermediate_size}));  // mlp_only_layers [1]
   EXPECT_EQ(shape("norm.output"), (S{t, h}));
   EXPECT_EQ(shape("lm_head.input"), (S{t, h}));
   // Expert linears see exactly the tokens routed to them: t*k rows over all experts of a layer.
@@ -72,13 +76,16 @@ TEST(EngineTaps, DeliversNamesAndShapes) {
     const std::string n = "layers.0.mlp.experts." + std::to_string(x) + ".gate_proj.input";
     if (rec.seen.count(n)) {
       rows += rec.seen[n].size(0);
-      EXPECT_EQ(rec.seen.at("layers.0.mlp.experts." + std::to_string(x) + ".down_proj.input").shape(),
-                (S{rec.seen[n].size(0), c.moe->expert_intermediate_size}));
+      EXPECT_EQ(
+          rec.seen.at("layers.0.mlp.experts." + std::to_string(x) + ".down_proj.input").shape(),
+          (S{rec.seen[n].size(0), c.moe->expert_intermediate_size}));
     }
   }
   EXPECT_EQ(rows, t * k);
   // Layer order: the block input comes before its first linear, its output after the last.
-  const auto pos = [&](const std::string& n) { return std::find(rec.order.begin(), rec.order.end(), n) - rec.order.begin(); };
+  const auto pos = [&](const std::string& n) {
+    return std::find(rec.order.begin(), rec.order.end(), n) - rec.order.begin();
+  };
   EXPECT_LT(pos("layers.0.input"), pos("layers.0.self_attn.q_proj.input"));
   EXPECT_LT(pos("layers.0.mlp.shared_expert_gate.input"), pos("layers.0.output"));
   // Taps (which run the experts one by one) do not change the result.
@@ -150,10 +157,13 @@ TEST(EngineLanguageModel, ScoreDeliversChunksEqualToForward) {
   const auto want = test::Reference("mixtral_8e_top2").floats("logits_2");
   std::vector<float> got;
   std::vector<int64_t> firsts;
-  lm->score(ids, [&](int64_t first, const float* l, int64_t rows) {
-    firsts.push_back(first);
-    got.insert(got.end(), l, l + rows * lm->vocab_size());
-  }, 5);
+  lm->score(
+      ids,
+      [&](int64_t first, const float* l, int64_t rows) {
+        firsts.push_back(first);
+        got.insert(got.end(), l, l + rows * lm->vocab_size());
+      },
+      5);
   EXPECT_EQ(firsts, (std::vector<int64_t>{0, 5, 10, 15, 20}));
   EXPECT_LE(max_abs_diff(got, want), 1e-4 * max_abs(want));
   try {
@@ -166,7 +176,8 @@ TEST(EngineLanguageModel, ScoreDeliversChunksEqualToForward) {
 }
 
 // The fixture's config with one field changed, against the fixture's unchanged weights.
-std::string load_error(const std::string& fixture, const std::string& key, const nlohmann::json& value) {
+std::string load_error(const std::string& fixture, const std::string& key,
+                       const nlohmann::json& value) {
   std::ifstream in(test::fixtures_dir() / fixture / "config.json");
   nlohmann::json cfg = nlohmann::json::parse(in);
   cfg[key] = value;
@@ -192,8 +203,9 @@ TEST(EngineWeights, MissingOrMisShapedTensorIsAUserErrorNamingIt) {
 }
 
 TEST(EngineDemoModel, Bf16DeepseekV3LoadsAndRuns) {
-  auto model = Transformer::load(std::filesystem::path(REFINERY_SOURCE_DIR) / "models" / "demo-tiny-deepseek-v3",
-                                 backend::make_cpu_backend());
+  auto model = Transformer::load(
+      std::filesystem::path(REFINERY_SOURCE_DIR) / "models" / "demo-tiny-deepseek-v3",
+      backend::make_cpu_backend());
   EXPECT_EQ(model->config().num_mtp_layers, 1);  // stored MTP layer is not run
   const auto logits = values(model->forward(std::vector<int32_t>{1, 400, 31999, 5}));
   ASSERT_EQ(logits.size(), 4u * 32000u);

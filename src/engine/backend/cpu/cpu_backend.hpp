@@ -20,9 +20,9 @@ class CpuBackend final : public Backend {
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
-  void linear(const Tensor& x, const LinearWeight& w, Tensor& y) override;             // linear.cpp
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& y) override;  // linear.cpp
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) override;  // norm.cpp
-  void embedding(const Tensor& ids, const Tensor& table, Tensor& y) override;          // elementwise.cpp
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& y) override;  // elementwise.cpp
   void add(const Tensor& a, const Tensor& b, Tensor& y) override;
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;
   void sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) override;

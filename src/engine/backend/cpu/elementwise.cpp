@@ -15,15 +15,15 @@ void CpuBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
   const int32_t* id = ids.data<int32_t>();
   for (int64_t t = 0; t < n; ++t)
     if (id[t] < 0 || id[t] >= vocab)
-      throw_user_error("token id ", id[t], " at position ", t, " is outside the vocabulary [0, ", vocab,
-                       "); the input was made with another tokenizer or model");
+      throw_user_error("token id ", id[t], " at position ", t, " is outside the vocabulary [0, ",
+                       vocab, "); the input was made with another tokenizer or model");
   const std::size_t row_bytes = dtype_bytes_for(table.dtype(), static_cast<std::size_t>(hidden));
   const auto* base = static_cast<const std::byte*>(table.data());
   float* out = y.mutable_data<float>();
 #pragma omp parallel for if (n * hidden > (1 << 16))
   for (int64_t t = 0; t < n; ++t)
-    convert_to_f32(table.dtype(), base + static_cast<std::size_t>(id[t]) * row_bytes, out + t * hidden,
-                   static_cast<std::size_t>(hidden));
+    convert_to_f32(table.dtype(), base + static_cast<std::size_t>(id[t]) * row_bytes,
+                   out + t * hidden, static_cast<std::size_t>(hidden));
 }
 
 void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
@@ -66,17 +66,19 @@ void CpuBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
 void CpuBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                               int64_t width) {
   REFINERY_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.size(0) == dst.size(0),
-                 "copy_columns: [R, C] tensors with equal rows expected, found ", src.describe(), " and ",
-                 dst.describe());
+                 "copy_columns: [R, C] tensors with equal rows expected, found ", src.describe(),
+                 " and ", dst.describe());
   const int64_t rows = src.size(0), cs = src.size(1), cd = dst.size(1);
-  REFINERY_CHECK(src_col >= 0 && dst_col >= 0 && width >= 0 && src_col + width <= cs && dst_col + width <= cd,
-                 "copy_columns: columns out of range");
+  REFINERY_CHECK(
+      src_col >= 0 && dst_col >= 0 && width >= 0 && src_col + width <= cs && dst_col + width <= cd,
+      "copy_columns: columns out of range");
   require_f32(src, {rows, cs}, "copy_columns src");
   require_f32(dst, {rows, cd}, "copy_columns dst");
   const float* ps = src.data<float>();
   float* pd = dst.mutable_data<float>();
   for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(pd + r * cd + dst_col, ps + r * cs + src_col, static_cast<std::size_t>(width) * sizeof(float));
+    std::memcpy(pd + r * cd + dst_col, ps + r * cs + src_col,
+                static_cast<std::size_t>(width) * sizeof(float));
 }
 
 void CpuBackend::fill_zero(Tensor& y) {

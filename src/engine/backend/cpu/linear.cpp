@@ -5,11 +5,12 @@
 // scale_inv) and multiplied with one Eigen GEMM, y[:, tile] = x · tileᵀ; f32 weights are used in
 // place. Tiles run in parallel (OpenMP), so decode (T = 1, memory bound on reading W) and prefill
 // (compute bound) both use all cores, and no permanent f32 copy of any weight exists.
+#include <omp.h>
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <omp.h>
 #include <variant>
 
 #include "engine/backend/cpu/cpu_backend.hpp"
@@ -36,7 +37,9 @@ constexpr int64_t kParallelWork = int64_t{1} << 18;
 
 // Rows per tile: about 4 MiB of f32 weights, 32..512 rows. Each tile's GEMM re-packs x, so tiles
 // must be wide enough that packing (T x in) stays small next to the product (T x in x rows).
-int64_t dense_tile_rows(int64_t in) { return std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(in, 1), 32, 512); }
+int64_t dense_tile_rows(int64_t in) {
+  return std::clamp<int64_t>((int64_t{1} << 20) / std::max<int64_t>(in, 1), 32, 512);
+}
 
 // bf16 -> f32 is a 16-bit shift; done here in a loop the compiler vectorizes (the decode path
 // converts every weight byte once per token). Other dtypes use the generic exact conversion.
@@ -69,7 +72,8 @@ void linear_dense(const ConstMap& x, const DenseWeight& dw, Map& y) {
   const DType dt = w.dtype();
   const auto* base = static_cast<const std::byte*>(w.data());
   const std::size_t row_bytes = dtype_bytes_for(dt, static_cast<std::size_t>(in));
-  const bool aligned_f32 = dt == DType::kF32 && reinterpret_cast<uintptr_t>(base) % alignof(float) == 0;
+  const bool aligned_f32 =
+      dt == DType::kF32 && reinterpret_cast<uintptr_t>(base) % alignof(float) == 0;
 #pragma omp parallel if (tiles > 1 && x.rows() * in * out >= kParallelWork && !omp_in_parallel())
   {
     std::vector<float> buffer;
@@ -95,7 +99,8 @@ void linear_fp8(const ConstMap& x, const Fp8BlockWeight& fw, Map& y) {
   const int64_t tiles = (out + bo - 1) / bo;  // one tile per block row: one scale row each
   const int64_t scale_cols = (in + bi - 1) / bi;
   const auto* q = static_cast<const uint8_t*>(fw.weight.data());
-  const std::vector<float> scale_values = to_f32_vector(fw.scale_inv);  // [ceil(out/bo), ceil(in/bi)]
+  const std::vector<float> scale_values =
+      to_f32_vector(fw.scale_inv);  // [ceil(out/bo), ceil(in/bi)]
   const float* scales = scale_values.data();
   const auto& lut = e4m3_values();
 #pragma omp parallel if (tiles > 1 && x.rows() * in * out >= kParallelWork && !omp_in_parallel())
@@ -134,8 +139,10 @@ void CpuBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
   std::visit(
       [&](const auto& storage) {
         using S = std::decay_t<decltype(storage)>;
-        if constexpr (std::is_same_v<S, DenseWeight>) linear_dense(xm, storage, ym);
-        else linear_fp8(xm, storage, ym);
+        if constexpr (std::is_same_v<S, DenseWeight>)
+          linear_dense(xm, storage, ym);
+        else
+          linear_fp8(xm, storage, ym);
       },
       w.storage);
   if (w.bias.defined()) {

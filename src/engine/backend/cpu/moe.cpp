@@ -2,8 +2,9 @@
 // SwiGLU, down GEMM), then the outputs are scatter-added with the routing weights. Experts run in
 // parallel (each expert's GEMMs single-threaded inside); the scatter-add runs afterwards in expert
 // order so that results do not depend on the thread count.
-#include <cstring>
 #include <omp.h>
+
+#include <cstring>
 #include <vector>
 
 #include "engine/backend/cpu/cpu_backend.hpp"
@@ -18,11 +19,13 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
   const int32_t* r = rows.data<int32_t>();
   for (int64_t i = 0; i < n; ++i) {
     REFINERY_CHECK(r[i] >= 0 && r[i] < t_count, "gather_rows: row ", r[i], " of ", t_count);
-    std::memcpy(y.mutable_data<float>() + i * d, x.data<float>() + r[i] * d, static_cast<std::size_t>(d) * 4);
+    std::memcpy(y.mutable_data<float>() + i * d, x.data<float>() + r[i] * d,
+                static_cast<std::size_t>(d) * 4);
   }
 }
 
-void CpuBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale, Tensor& y) {
+void CpuBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                                  Tensor& y) {
   const int64_t n = rows.numel(), d = x.size(1), t_count = y.size(0);
   require_f32(x, {n, d}, "scatter_add_rows x");
   require_i32(rows, {n}, "scatter_add_rows rows");

@@ -1,13 +1,14 @@
 // RoPE application: a table lookup per (position, pair). Half-split pairs (i, i + r/2), interleaved
-// pairs (2i, 2i + 1); dims outside [offset, offset + r) pass through (MLA nope part, partial rotary).
+// pairs (2i, 2i + 1); dims outside [offset, offset + r) pass through (MLA nope part, partial
+// rotary).
 #include <cstring>
 
 #include "engine/backend/cpu/cpu_backend.hpp"
 
 namespace refinery::backend::cpu {
 
-void CpuBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_position, int64_t offset,
-                      Tensor& y) {
+void CpuBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_position,
+                      int64_t offset, Tensor& y) {
   REFINERY_CHECK(x.ndim() == 3, "rope x must be [T, heads, D], found ", x.describe());
   const int64_t t_count = x.size(0), heads = x.size(1), d = x.size(2);
   const int64_t r = table.rotary_dim, half = r / 2;
@@ -16,7 +17,8 @@ void CpuBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_pos
   REFINERY_CHECK(offset >= 0 && offset + r <= d, "rope: rotary dims [", offset, ", ", offset + r,
                  ") exceed the head width ", d);
   REFINERY_CHECK(first_position >= 0 && first_position + t_count <= table.positions(),
-                 "rope: positions up to ", first_position + t_count, " but the table has ", table.positions());
+                 "rope: positions up to ", first_position + t_count, " but the table has ",
+                 table.positions());
   const float* px = x.data<float>();
   float* py = y.mutable_data<float>();
   const float* cos_table = table.cos.data<float>();

@@ -34,11 +34,14 @@ void CpuBackend::route(const Tensor& logits, const Tensor& correction_bias, cons
   require_f32(weights, {t_count, k}, "route weights");
   REFINERY_CHECK(k > 0 && k <= e_count, "route: top-k ", k, " of ", e_count, " experts");
   const bool grouped = spec.grouping != RouterGrouping::kNone;
-  REFINERY_CHECK(!grouped || (spec.n_group > 0 && e_count % spec.n_group == 0 && spec.topk_group <= spec.n_group),
-                 "route: ", e_count, " experts in ", spec.n_group, " groups, keeping ", spec.topk_group);
+  REFINERY_CHECK(
+      !grouped ||
+          (spec.n_group > 0 && e_count % spec.n_group == 0 && spec.topk_group <= spec.n_group),
+      "route: ", e_count, " experts in ", spec.n_group, " groups, keeping ", spec.topk_group);
   std::vector<float> bias;
   if (correction_bias.defined()) {
-    REFINERY_CHECK(correction_bias.numel() == e_count, "route: correction bias must have ", e_count, " values");
+    REFINERY_CHECK(correction_bias.numel() == e_count, "route: correction bias must have ", e_count,
+                   " values");
     bias = to_f32_vector(correction_bias);
   }
   const float* pl = logits.data<float>();
@@ -66,13 +69,15 @@ void CpuBackend::route(const Tensor& logits, const Tensor& correction_bias, cons
       for (int g = 0; g < spec.n_group; ++g) {
         std::vector<float> members(choice.begin() + g * per, choice.begin() + (g + 1) * per);
         std::sort(members.begin(), members.end(), std::greater<>());
-        group_score[g] = spec.grouping == RouterGrouping::kGroupMax ? members[0]
-                                                                     : members[0] + (per > 1 ? members[1] : 0.0f);
+        group_score[g] = spec.grouping == RouterGrouping::kGroupMax
+                             ? members[0]
+                             : members[0] + (per > 1 ? members[1] : 0.0f);
       }
       const std::vector<int> kept = top_k_indices(group_score, spec.topk_group);
       for (int g = 0; g < spec.n_group; ++g)
         if (std::find(kept.begin(), kept.end(), g) == kept.end())
-          for (int e = g * per; e < (g + 1) * per; ++e) choice[e] = -std::numeric_limits<float>::infinity();
+          for (int e = g * per; e < (g + 1) * per; ++e)
+            choice[e] = -std::numeric_limits<float>::infinity();
     }
     const std::vector<int> chosen = top_k_indices(choice, k);
     float sum = 0.0f;

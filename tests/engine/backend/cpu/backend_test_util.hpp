@@ -24,7 +24,8 @@ inline Tensor random_f32(std::vector<int64_t> shape, uint64_t seed, float scale 
 // `src` rounded to `dtype` (f32/bf16/f16/f8e4m3) as a new tensor of that dtype.
 inline Tensor convert(const Tensor& src, DType dtype) {
   Tensor t = Tensor::empty(dtype, src.shape());
-  convert_from_f32(dtype, src.data<float>(), t.mutable_data(), static_cast<std::size_t>(src.numel()));
+  convert_from_f32(dtype, src.data<float>(), t.mutable_data(),
+                   static_cast<std::size_t>(src.numel()));
   return t;
 }
 

@@ -1,7 +1,7 @@
 #include <cstring>
 
-#include "engine/backend/cpu/cpu_backend.hpp"
 #include "backend_test_util.hpp"
+#include "engine/backend/cpu/cpu_backend.hpp"
 
 namespace refinery::backend {
 namespace {
@@ -39,21 +39,26 @@ TEST_P(LinearDtype, MatchesNaiveLoopOnAwkwardShapes) {
       LinearWeight lw{DenseWeight{w}, with_bias ? b : Tensor(), "test"};
       Tensor y = test::poisoned({t, out});
       be->linear(x, lw, y);
-      const auto ref = naive_linear(x, values(w), out, with_bias ? values(b) : std::vector<float>{});
+      const auto ref =
+          naive_linear(x, values(w), out, with_bias ? values(b) : std::vector<float>{});
       EXPECT_LT(max_abs_diff(values(y), ref), 2e-5 * std::sqrt(double(in)) * 4)
           << dtype_name(GetParam()) << " t=" << t << " in=" << in << " out=" << out;
     }
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(CpuLinear, LinearDtype, ::testing::Values(DType::kF32, DType::kBF16, DType::kF16));
+INSTANTIATE_TEST_SUITE_P(CpuLinear, LinearDtype,
+                         ::testing::Values(DType::kF32, DType::kBF16, DType::kF16));
 
 // FP8 block: dequantize (w8 * scale per block) then matmul, with partial edge blocks.
 TEST(CpuLinear, Fp8BlockMatchesDequantizeThenMatmul) {
   auto be = make_cpu_backend();
-  struct Case { int64_t t, in, out; int bo, bi; };
-  for (const Case c : {Case{5, 160, 200, 128, 128}, Case{1, 37, 45, 16, 8}, Case{9, 300, 129, 128, 128},
-                       Case{3, 20, 13, 4, 7}}) {
+  struct Case {
+    int64_t t, in, out;
+    int bo, bi;
+  };
+  for (const Case c : {Case{5, 160, 200, 128, 128}, Case{1, 37, 45, 16, 8},
+                       Case{9, 300, 129, 128, 128}, Case{3, 20, 13, 4, 7}}) {
     const Tensor x = random_f32({c.t, c.in}, 11);
     const Tensor w8 = convert(random_f32({c.out, c.in}, 12, 30.0f), DType::kF8E4M3);
     const int64_t rows = (c.out + c.bo - 1) / c.bo, cols = (c.in + c.bi - 1) / c.bi;
@@ -83,15 +88,19 @@ TEST(CpuLinear, Fp8DecodesEveryCodeExactly) {
   for (int b = 0; b < 256; ++b) w8.mutable_data<uint8_t>()[b] = static_cast<uint8_t>(b);
   const float one = 1.0f;
   Tensor y = test::poisoned({1, 256});
-  be->linear(Tensor::copy_of(DType::kF32, {1, 1}, &one), LinearWeight{Fp8BlockWeight{w8, Tensor::zeros(DType::kF32, {2, 1})}, {}, "z"}, y);
+  be->linear(Tensor::copy_of(DType::kF32, {1, 1}, &one),
+             LinearWeight{Fp8BlockWeight{w8, Tensor::zeros(DType::kF32, {2, 1})}, {}, "z"}, y);
   // scale 0 gives 0 (or NaN for NaN codes); with scale 1:
   Tensor ones = Tensor::empty(DType::kF32, {2, 1});
   ones.mutable_data<float>()[0] = ones.mutable_data<float>()[1] = 1.0f;
-  be->linear(Tensor::copy_of(DType::kF32, {1, 1}, &one), LinearWeight{Fp8BlockWeight{w8, ones}, {}, "one"}, y);
+  be->linear(Tensor::copy_of(DType::kF32, {1, 1}, &one),
+             LinearWeight{Fp8BlockWeight{w8, ones}, {}, "one"}, y);
   for (int b = 0; b < 256; ++b) {
     const float want = f8e4m3_to_f32(static_cast<uint8_t>(b)), got = y.data<float>()[b];
-    if (std::isnan(want)) EXPECT_TRUE(std::isnan(got)) << b;
-    else EXPECT_EQ(got, want) << "code " << b;
+    if (std::isnan(want))
+      EXPECT_TRUE(std::isnan(got)) << b;
+    else
+      EXPECT_EQ(got, want) << "code " << b;
   }
 }
 
@@ -104,14 +113,16 @@ TEST(CpuLinear, Fp8ScaleGridMismatchIsAUserError) {
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUser);
     EXPECT_NE(std::string(e.what()).find("f32[2, 2]"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("model.layers.0.mlp.up_proj"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("model.layers.0.mlp.up_proj"), std::string::npos)
+        << e.what();
   }
 }
 
 TEST(CpuLinear, LinearWeightDescribesItself) {
   const Tensor w8 = convert(random_f32({3, 5}, 1), DType::kF8E4M3);
-  EXPECT_EQ((LinearWeight{Fp8BlockWeight{w8, Tensor::zeros(DType::kF32, {1, 1})}, {}, "x"}).describe(),
-            "fp8-block128x128[3, 5]");
+  EXPECT_EQ(
+      (LinearWeight{Fp8BlockWeight{w8, Tensor::zeros(DType::kF32, {1, 1})}, {}, "x"}).describe(),
+      "fp8-block128x128[3, 5]");
   LinearWeight d{DenseWeight{convert(random_f32({3, 5}, 1), DType::kBF16)}, {}, "y"};
   EXPECT_EQ(d.out_features(), 3);
   EXPECT_EQ(d.in_features(), 5);

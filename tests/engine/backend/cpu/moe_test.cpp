@@ -16,7 +16,8 @@ struct Routing {
 Routing run_route(Backend& be, const std::vector<float>& logits, int64_t t, const RouterSpec& spec,
                   const std::vector<float>& bias = {}) {
   Tensor e = test::poisoned({t, spec.top_k}, DType::kI32), w = test::poisoned({t, spec.top_k});
-  const Tensor b = bias.empty() ? Tensor() : Tensor::copy_of(DType::kF32, {int64_t(bias.size())}, bias.data());
+  const Tensor b =
+      bias.empty() ? Tensor() : Tensor::copy_of(DType::kF32, {int64_t(bias.size())}, bias.data());
   be.route(Tensor::copy_of(DType::kF32, {t, spec.num_experts}, logits.data()), b, spec, e, w);
   Routing r{std::vector<int32_t>(e.data<int32_t>(), e.data<int32_t>() + e.numel()),
             std::vector<float>(w.data<float>(), w.data<float>() + w.numel())};
@@ -75,8 +76,8 @@ TEST(CpuRouter, DeepseekV3BiasSelectsButDoesNotWeigh) {
   RouterSpec s{8, 3, RouterScoring::kSigmoid, RouterGrouping::kGroupTop2, 4, 2, true, 2.5};
   const auto r = sorted(run_route(*be, l, 1, s, bias));
   auto sig = [](double x) { return 1.0 / (1.0 + std::exp(-x)); };
-  // Group scores: g0 = σ2+σ1.9 ≈ 1.75, g1 ≈ 1.02, g2 ≈ 0.78, g3 = σ(-1)+1 + σ(-1.2)+0.9 ≈ 2.37 -> keep g3, g0.
-  // Choice values: e0 .88, e1 .87, e6 1.27, e7 1.13 -> top-3 = {6, 7, 0}.
+  // Group scores: g0 = σ2+σ1.9 ≈ 1.75, g1 ≈ 1.02, g2 ≈ 0.78, g3 = σ(-1)+1 + σ(-1.2)+0.9 ≈ 2.37 ->
+  // keep g3, g0. Choice values: e0 .88, e1 .87, e6 1.27, e7 1.13 -> top-3 = {6, 7, 0}.
   ASSERT_EQ(r.size(), 3u);
   EXPECT_EQ(r[0].first, 0);
   EXPECT_EQ(r[1].first, 6);

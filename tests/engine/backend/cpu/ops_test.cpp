@@ -21,9 +21,11 @@ TEST(CpuOps, RmsNormMatchesNaive) {
     const auto wv = values(w);
     for (int64_t r = 0; r < 13; ++r) {
       double ss = 0;
-      for (int64_t i = 0; i < d; ++i) ss += double(x.data<float>()[r * d + i]) * x.data<float>()[r * d + i];
+      for (int64_t i = 0; i < d; ++i)
+        ss += double(x.data<float>()[r * d + i]) * x.data<float>()[r * d + i];
       const double inv = 1.0 / std::sqrt(ss / d + 1e-6);
-      for (int64_t i = 0; i < d; ++i) ref[r * d + i] = float(x.data<float>()[r * d + i] * inv * wv[i]);
+      for (int64_t i = 0; i < d; ++i)
+        ref[r * d + i] = float(x.data<float>()[r * d + i] * inv * wv[i]);
     }
     EXPECT_LT(max_abs_diff(values(y), ref), 1e-5 * test::max_abs(ref));
   }
@@ -75,7 +77,8 @@ TEST(CpuOps, CopyColumnsAndRowGatherScatter) {
   be->copy_columns(src, 6, dst, 2, 3);
   for (int r = 0; r < 4; ++r)
     for (int c = 0; c < 7; ++c)
-      EXPECT_EQ(dst.data<float>()[r * 7 + c], (c >= 2 && c < 5) ? src.data<float>()[r * 10 + 6 + c - 2] : 0.0f);
+      EXPECT_EQ(dst.data<float>()[r * 7 + c],
+                (c >= 2 && c < 5) ? src.data<float>()[r * 10 + 6 + c - 2] : 0.0f);
   const std::vector<int32_t> rows = {2, 0, 2};
   const Tensor idx = Tensor::copy_of(DType::kI32, {3}, rows.data());
   Tensor g = test::poisoned({3, 10});

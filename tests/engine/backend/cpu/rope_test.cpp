@@ -20,10 +20,13 @@ TEST(CpuRope, InvFreqMatchesTransformers) {
   ASSERT_GE(golden["cases"].size(), 7u);
   for (const auto& c : golden["cases"]) {
     // Through the real config parser: a llama config.json with these rope_parameters.
-    nlohmann::json cfg = {{"model_type", "llama"},          {"vocab_size", 10},
+    nlohmann::json cfg = {{"model_type", "llama"},
+                          {"vocab_size", 10},
                           {"hidden_size", 2 * c["head_dim"].get<int>()},
-                          {"num_hidden_layers", 1},         {"intermediate_size", 4},
-                          {"num_attention_heads", 2},       {"head_dim", c["head_dim"]},
+                          {"num_hidden_layers", 1},
+                          {"intermediate_size", 4},
+                          {"num_attention_heads", 2},
+                          {"head_dim", c["head_dim"]},
                           {"max_position_embeddings", c["max_position_embeddings"]},
                           {"rope_parameters", c["rope_parameters"]}};
     const model::ModelConfig mc = model::parse_model_config(cfg, c["name"].get<std::string>());
@@ -39,23 +42,28 @@ TEST(CpuRope, InvFreqMatchesTransformers) {
     for (int64_t p : {0, 1, 17, 49})
       for (std::size_t i = 0; i < inv.size(); ++i) {
         const double a = double(float(p) * float(expected[i]));
-        EXPECT_NEAR(table.cos.data<float>()[p * inv.size() + i], std::cos(a) * mc.rope.attention_factor, 3e-6);
-        EXPECT_NEAR(table.sin.data<float>()[p * inv.size() + i], std::sin(a) * mc.rope.attention_factor, 3e-6);
+        EXPECT_NEAR(table.cos.data<float>()[p * inv.size() + i],
+                    std::cos(a) * mc.rope.attention_factor, 3e-6);
+        EXPECT_NEAR(table.sin.data<float>()[p * inv.size() + i],
+                    std::sin(a) * mc.rope.attention_factor, 3e-6);
       }
   }
 }
 
 // Naive rotation with the closed-form angles.
-std::vector<float> naive_rope(const Tensor& x, const std::vector<float>& inv, double af, bool interleaved,
-                              int64_t p0, int64_t offset) {
-  const int64_t t = x.size(0), h = x.size(1), d = x.size(2), half = static_cast<int64_t>(inv.size());
+std::vector<float> naive_rope(const Tensor& x, const std::vector<float>& inv, double af,
+                              bool interleaved, int64_t p0, int64_t offset) {
+  const int64_t t = x.size(0), h = x.size(1), d = x.size(2),
+                half = static_cast<int64_t>(inv.size());
   std::vector<float> y = test::values(x);
   for (int64_t ti = 0; ti < t; ++ti)
     for (int64_t hi = 0; hi < h; ++hi)
       for (int64_t i = 0; i < half; ++i) {
         const double a = double(float(p0 + ti) * inv[i]);
-        const int64_t ia = offset + (interleaved ? 2 * i : i), ib = offset + (interleaved ? 2 * i + 1 : i + half);
-        const double x0 = x.data<float>()[(ti * h + hi) * d + ia], x1 = x.data<float>()[(ti * h + hi) * d + ib];
+        const int64_t ia = offset + (interleaved ? 2 * i : i),
+                      ib = offset + (interleaved ? 2 * i + 1 : i + half);
+        const double x0 = x.data<float>()[(ti * h + hi) * d + ia],
+                     x1 = x.data<float>()[(ti * h + hi) * d + ib];
         y[(ti * h + hi) * d + ia] = float((x0 * std::cos(a) - x1 * std::sin(a)) * af);
         y[(ti * h + hi) * d + ib] = float((x1 * std::cos(a) + x0 * std::sin(a)) * af);
       }

@@ -207,7 +207,8 @@ void run_eval(const EvalCliOptions& o) {
     const auto r = eval::evaluate_multiple_choice(*model, items, encode, mc);
     j["tasks"] = {{"file", o.tasks},          {"items", r.items},
                   {"acc", r.acc},             {"acc_stderr", r.acc_stderr},
-                  {"acc_norm", r.acc_norm},   {"acc_norm_stderr", r.acc_norm_stderr}};
+                  {"acc_norm", r.acc_norm},   {"acc_norm_stderr", r.acc_norm_stderr},
+                  {"loglikelihoods", r.loglikelihoods}};  // [items][choices], for checking
   }
   if (o.json)
     std::cout << j.dump(2) << "\n";

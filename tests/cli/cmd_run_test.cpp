@@ -8,31 +8,13 @@
 #include <fstream>
 #include <string>
 
+#include "tests/support/run_refine.hpp"
+
 namespace refinery {
 namespace {
 
-struct RunResult {
-  int exit_code;
-  std::string out, err;
-};
-
-RunResult run(const std::string& args) {
-  const auto err_file =
-      std::filesystem::temp_directory_path() / ("cmd_run_test_" + std::to_string(getpid()));
-  const std::string command =
-      std::string(REFINERY_REFINE_BINARY) + " run " + args + " 2>" + err_file.string();
-  RunResult r;
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) r.out.append(buffer, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream err(err_file);
-  r.err.assign(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
-  std::filesystem::remove(err_file);
-  return r;
-}
+// `refine run ARGS`.
+test::RefineRun run(const std::string& args) { return test::run_refine("run " + args); }
 
 const std::string kDemo = std::string(REFINERY_SOURCE_DIR) + "/models/demo-tiny-deepseek-v3";
 

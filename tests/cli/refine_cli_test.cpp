@@ -10,6 +10,7 @@
 #include <string>
 
 #include "engine/io/token_dataset.hpp"
+#include "tests/support/run_refine.hpp"
 #include "tests/support/scratch_dir.hpp"
 
 namespace refinery {
@@ -22,28 +23,7 @@ namespace fs = std::filesystem;
 const std::string kSource = REFINERY_SOURCE_DIR;
 const std::string kDemoModel = kSource + "/models/demo-tiny-deepseek-v3";
 
-struct RunResult {
-  int exit_code;
-  std::string out;
-  std::string err;
-};
-
-// Runs `refine ARGS` through the shell, capturing stdout and stderr separately.
-RunResult run_refine(const std::string& args) {
-  const fs::path err_file = fs::temp_directory_path() / ("refine_cli_test_" + std::to_string(getpid()));
-  const std::string command = std::string(REFINERY_REFINE_BINARY) + " " + args + " 2>" + err_file.string();
-  RunResult result;
-  FILE* pipe = popen(command.c_str(), "r");
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) result.out.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream err(err_file);
-  result.err.assign(std::istreambuf_iterator<char>(err), std::istreambuf_iterator<char>());
-  fs::remove(err_file);
-  return result;
-}
+using test::run_refine;
 
 TEST(RefineCli, HelpListsVerbsAndExitsZero) {
   const auto r = run_refine("--help");

@@ -10,6 +10,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "tests/support/run_refine.hpp"
+
 namespace {
 
 struct RefineResult {
@@ -18,13 +20,8 @@ struct RefineResult {
 };
 
 RefineResult run_refine(const std::string& args) {
-  const std::string command = std::string(REFINERY_REFINE_BINARY) + " " + args + " 2>&1";
-  FILE* pipe = popen(command.c_str(), "r");
-  std::string output;
-  std::array<char, 4096> buffer{};
-  while (pipe != nullptr && fgets(buffer.data(), buffer.size(), pipe) != nullptr) output += buffer.data();
-  const int status = pipe != nullptr ? pclose(pipe) : -1;
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+  const refinery::test::RefineRun r = refinery::test::run_refine(args);
+  return {r.exit_code, r.out + r.err};
 }
 
 TEST(EvalCli, HelpHasAnExample) {

@@ -52,7 +52,7 @@ __global__ void attention_kernel(const float* q, const float* k, const float* v,
     for (int jj = 0; jj < n; ++jj) chunk_max = fmaxf(chunk_max, p[jj]);
     const float m_new = fmaxf(m, chunk_max);
     const float correction = expf(m - m_new);  // 0 on the first chunk (m = -inf)
-    __syncthreads();  // every thread has read the raw scores
+    __syncthreads();                           // every thread has read the raw scores
     for (int jj = threadIdx.x; jj < n; jj += blockDim.x) p[jj] = expf(p[jj] - m_new);
     __syncthreads();
     float chunk_sum = 0.0f;
@@ -91,8 +91,8 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
   REFINERY_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads over ",
                  kv_heads, " kv heads");
   REFINERY_CHECK(s_count >= t_count, "attention: ", s_count, " keys for ", t_count, " queries");
-  REFINERY_CHECK(dk <= kMaxHeadDim && dv <= kMaxHeadDim, "attention: head widths dk ", dk,
-                 ", dv ", dv, " exceed the CUDA kernel's limit of ", kMaxHeadDim);
+  REFINERY_CHECK(dk <= kMaxHeadDim && dv <= kMaxHeadDim, "attention: head widths dk ", dk, ", dv ",
+                 dv, " exceed the CUDA kernel's limit of ", kMaxHeadDim);
   REFINERY_CHECK(heads <= 65535 && t_count < (int64_t{1} << 31), "attention: grid of ", t_count,
                  " x ", heads, " exceeds the launch limits");
   if (t_count == 0 || heads == 0) return;

@@ -6,10 +6,10 @@
 
 #include "engine/core/error.hpp"
 
-#define REFINERY_CUBLAS_CHECK(call)                                                           \
-  do {                                                                                        \
-    cublasStatus_t refinery_status_ = (call);                                                 \
-    if (refinery_status_ != CUBLAS_STATUS_SUCCESS)                                            \
-      ::refinery::throw_internal_error("cuBLAS error in ", #call, " at ", __FILE__, ":",      \
-                                       __LINE__, ": ", cublasGetStatusString(refinery_status_)); \
+#define REFINERY_CUBLAS_CHECK(call)                                                                \
+  do {                                                                                             \
+    cublasStatus_t refinery_status_ = (call);                                                      \
+    if (refinery_status_ != CUBLAS_STATUS_SUCCESS)                                                 \
+      ::refinery::throw_internal_error("cuBLAS error in ", #call, " at ", __FILE__, ":", __LINE__, \
+                                       ": ", cublasGetStatusString(refinery_status_));             \
   } while (0)

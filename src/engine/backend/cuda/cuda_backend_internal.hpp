@@ -42,7 +42,7 @@ class CudaBackend final : public Backend {
   Tensor upload(const Tensor& host) override;
   Tensor download(const Tensor& t) override;
 
-  void linear(const Tensor& x, const LinearWeight& w, Tensor& y) override;  // linear.cu
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& y) override;              // linear.cu
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) override;  // norm.cu
   void embedding(const Tensor& ids, const Tensor& table, Tensor& y) override;  // elementwise.cu
   void add(const Tensor& a, const Tensor& b, Tensor& y) override;
@@ -59,7 +59,7 @@ class CudaBackend final : public Backend {
              Tensor& experts, Tensor& weights) override;  // router.cu
   void moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
                    std::span<const ExpertWeights> expert_weights, Tensor& y) override;  // moe.cu
-  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;  // rows.cu
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;            // rows.cu
   void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                         Tensor& y) override;
 
@@ -82,8 +82,8 @@ class CudaBackend final : public Backend {
   // for each target u, y[targets[u]] += Σ_{e in offsets[u]..offsets[u+1]} scale[entry[e]] *
   // x[entry[e]], summed in entry order (deterministic, no atomics). All arrays on the device.
   void scatter_add_csr(const float* x, int64_t d, const int32_t* entry, const float* scale,
-                       const int32_t* offsets, const int32_t* targets, int64_t n_targets,
-                       float* y, const char* op);
+                       const int32_t* offsets, const int32_t* targets, int64_t n_targets, float* y,
+                       const char* op);
 
  private:
   // (storage, byte offset, dtype, shape) of a cached host tensor.

@@ -8,8 +8,8 @@ namespace refinery::backend::cuda {
 
 namespace {
 
-__global__ void embedding_kernel(const int32_t* ids, const void* table, ElementType type,
-                                 int64_t n, int64_t hidden, float* y) {
+__global__ void embedding_kernel(const int32_t* ids, const void* table, ElementType type, int64_t n,
+                                 int64_t hidden, float* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n * hidden;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / hidden, c = i % hidden;
@@ -81,7 +81,7 @@ void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
   const int64_t n = y.numel();
   if (n == 0) return;
   add_kernel<<<grid_for(n), kThreads, 0, stream_>>>(a.data<float>(), b.data<float>(), n,
-                                                     y.mutable_data<float>());
+                                                    y.mutable_data<float>());
   REFINERY_CUDA_AFTER_LAUNCH(*this, "add");
 }
 
@@ -92,7 +92,7 @@ void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
   const int64_t n = y.numel();
   if (n == 0) return;
   swiglu_kernel<<<grid_for(n), kThreads, 0, stream_>>>(gate.data<float>(), up.data<float>(), n,
-                                                        y.mutable_data<float>());
+                                                       y.mutable_data<float>());
   REFINERY_CUDA_AFTER_LAUNCH(*this, "swiglu");
 }
 

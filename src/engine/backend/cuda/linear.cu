@@ -117,8 +117,8 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
     chunk = std::min(chunk, out);
     Tensor scratch = empty(DType::kF32, {chunk, in});
     const ElementType wt = element_type(wd.dtype(), "linear weight");
-    const ElementType st = scale.defined() ? element_type(scale.dtype(), "linear scale_inv")
-                                           : ElementType::kF32;
+    const ElementType st =
+        scale.defined() ? element_type(scale.dtype(), "linear scale_inv") : ElementType::kF32;
     for (int64_t r0 = 0; r0 < out; r0 += chunk) {
       const int64_t n = std::min(chunk, out - r0);
       widen_rows_kernel<<<grid_for(n * in), kThreads, 0, stream_>>>(
@@ -130,8 +130,7 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
     }
   }
   if (w.bias.defined()) {
-    REFINERY_CHECK(w.bias.numel() == out, "linear ", w.name, ": bias must have ", out,
-                   " elements");
+    REFINERY_CHECK(w.bias.numel() == out, "linear ", w.name, ": bias must have ", out, " elements");
     const Tensor b = on_device(w.bias);
     add_bias_kernel<<<grid_for(rows * out), kThreads, 0, stream_>>>(
         y.mutable_data<float>(), b.data(), element_type(b.dtype(), "linear bias"), rows, out);

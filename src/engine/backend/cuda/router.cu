@@ -154,8 +154,8 @@ __global__ void route_kernel(const float* logits, const void* bias, ElementType 
 
 }  // namespace
 
-void CudaBackend::route(const Tensor& logits, const Tensor& correction_bias,
-                        const RouterSpec& spec, Tensor& experts, Tensor& weights) {
+void CudaBackend::route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
+                        Tensor& experts, Tensor& weights) {
   const int64_t t_count = logits.size(0);
   const int e_count = spec.num_experts, k = spec.top_k;
   require_f32(logits, {t_count, e_count}, "route logits");
@@ -172,8 +172,8 @@ void CudaBackend::route(const Tensor& logits, const Tensor& correction_bias,
   REFINERY_CHECK(t_count < (int64_t{1} << 31), "route: too many tokens");
   Tensor bias;
   if (correction_bias.defined()) {
-    REFINERY_CHECK(correction_bias.numel() == e_count, "route: correction bias must have ",
-                   e_count, " values");
+    REFINERY_CHECK(correction_bias.numel() == e_count, "route: correction bias must have ", e_count,
+                   " values");
     bias = on_device(correction_bias);
   }
   if (t_count == 0) return;

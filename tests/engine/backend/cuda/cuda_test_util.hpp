@@ -92,8 +92,7 @@ inline ::testing::AssertionResult close(const std::string& what, const Tensor& g
       at = static_cast<int64_t>(i);
     }
   }
-  if (at < 0 || worst <= 0.0)
-    return ::testing::AssertionSuccess();
+  if (at < 0 || worst <= 0.0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
          << what << " shape " << shape_to_string(want.shape()) << ": error " << worst_err
          << " exceeds the bound by " << worst << " at " << index_string(at, want.shape())
@@ -107,4 +106,3 @@ inline double max_abs(const Tensor& t) {
 }
 
 }  // namespace refinery::cuda_test
-

@@ -89,9 +89,8 @@ TEST(LinearGpu, Fp8BlockWeightsMatchCpu) {
   auto be = backend::make_cuda_backend(0);
   uint64_t seed = 500;
   // Partial last blocks in both directions, and a small block size for many blocks.
-  for (auto [in, out, block] : {std::tuple<int64_t, int64_t, int>{300, 200, 128},
-                                {72, 200, 16},
-                                {256, 128, 128}})
+  for (auto [in, out, block] :
+       {std::tuple<int64_t, int64_t, int>{300, 200, 128}, {72, 200, 16}, {256, 128, 128}})
     for (int64_t t : {1, 7, 33}) {
       LinearWeight w;
       w.name = "test.fp8";

@@ -37,18 +37,18 @@ TEST(RouteGpu, MatchesCpuForEveryRouterVariant) {
     bool bias;
   };
   const Case cases[] = {
-      {"mixtral softmax top-2 of 8", spec(8, 2, RouterScoring::kSoftmax, RouterGrouping::kNone, 1,
-                                          1, true, 1.0), false},
+      {"mixtral softmax top-2 of 8",
+       spec(8, 2, RouterScoring::kSoftmax, RouterGrouping::kNone, 1, 1, true, 1.0), false},
       {"qwen2_moe softmax top-4 of 60 unnormalized",
        spec(60, 4, RouterScoring::kSoftmax, RouterGrouping::kNone, 1, 1, false, 1.0), false},
-      {"deepseek_v2 group max", spec(64, 6, RouterScoring::kSoftmax, RouterGrouping::kGroupMax, 8,
-                                     3, false, 16.0), false},
-      {"deepseek_v3 noaux_tc", spec(256, 8, RouterScoring::kSigmoid, RouterGrouping::kGroupTop2,
-                                    8, 4, true, 2.5), true},
-      {"sigmoid one expert per group", spec(12, 3, RouterScoring::kSigmoid,
-                                            RouterGrouping::kGroupTop2, 12, 5, true, 1.0), true},
-      {"top-k of all", spec(5, 5, RouterScoring::kSoftmax, RouterGrouping::kNone, 1, 1, true,
-                            1.0), false},
+      {"deepseek_v2 group max",
+       spec(64, 6, RouterScoring::kSoftmax, RouterGrouping::kGroupMax, 8, 3, false, 16.0), false},
+      {"deepseek_v3 noaux_tc",
+       spec(256, 8, RouterScoring::kSigmoid, RouterGrouping::kGroupTop2, 8, 4, true, 2.5), true},
+      {"sigmoid one expert per group",
+       spec(12, 3, RouterScoring::kSigmoid, RouterGrouping::kGroupTop2, 12, 5, true, 1.0), true},
+      {"top-k of all", spec(5, 5, RouterScoring::kSoftmax, RouterGrouping::kNone, 1, 1, true, 1.0),
+       false},
   };
   uint64_t seed = 3000;
   for (const Case& c : cases)
@@ -57,7 +57,8 @@ TEST(RouteGpu, MatchesCpuForEveryRouterVariant) {
       const Tensor logits = random_f32({t, e}, ++seed, 2.0f);
       Tensor bias;
       if (c.bias) bias = convert(random_f32({e}, ++seed, 0.1f), DType::kBF16);
-      Tensor want_e = Tensor::empty(DType::kI32, {t, k}), want_w = Tensor::empty(DType::kF32, {t, k});
+      Tensor want_e = Tensor::empty(DType::kI32, {t, k}),
+             want_w = Tensor::empty(DType::kF32, {t, k});
       cpu->route(logits, bias, c.spec, want_e, want_w);
       Tensor got_e = poisoned_gpu({t, k}, DType::kI32), got_w = poisoned_gpu({t, k});
       be->route(gpu(logits), bias, c.spec, got_e, got_w);
@@ -76,9 +77,11 @@ TEST(MoeGpu, ExpertsMatchCpu) {
   for (DType dt : {DType::kF32, DType::kBF16}) {
     std::vector<backend::ExpertWeights> experts(e_count);
     for (auto& ew : experts) {
-      ew.gate.storage = backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, 0.2f), dt)};
+      ew.gate.storage =
+          backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, 0.2f), dt)};
       ew.up.storage = backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, 0.2f), dt)};
-      ew.down.storage = backend::DenseWeight{convert(random_f32({hidden, inter}, ++seed, 0.2f), dt)};
+      ew.down.storage =
+          backend::DenseWeight{convert(random_f32({hidden, inter}, ++seed, 0.2f), dt)};
       ew.gate.name = "gate";
       ew.up.name = "up";
       ew.down.name = "down";
@@ -100,8 +103,8 @@ TEST(MoeGpu, ExpertsMatchCpu) {
       Tensor got = poisoned_gpu({t, hidden});
       be->moe_experts(gpu(x), gpu(ids), gpu(w), experts, got);
       const double rel = dt == DType::kBF16 ? 2e-2 : 1e-5;
-      EXPECT_TRUE(close(str("moe_experts ", dtype_name(dt), " T=", t), got, want,
-                        rel * max_abs(want)));
+      EXPECT_TRUE(
+          close(str("moe_experts ", dtype_name(dt), " T=", t), got, want, rel * max_abs(want)));
     }
   }
 }

@@ -44,10 +44,10 @@ TEST(RopeGpu, MatchesCpuForEveryLayout) {
     const Tensor x = random_f32({c.t, c.heads, c.d}, ++seed);
     Tensor want = Tensor::empty(DType::kF32, {c.t, c.heads, c.d});
     cpu->rope(x, table, c.first, c.offset, want);
-    const std::string what = str("rope T=", c.t, " heads=", c.heads, " D=", c.d, " offset=",
-                                 c.offset, " rotary=", c.rotary, " first=", c.first,
-                                 c.pairing == model::RopePairing::kInterleaved ? " interleaved"
-                                                                               : " half-split");
+    const std::string what =
+        str("rope T=", c.t, " heads=", c.heads, " D=", c.d, " offset=", c.offset,
+            " rotary=", c.rotary, " first=", c.first,
+            c.pairing == model::RopePairing::kInterleaved ? " interleaved" : " half-split");
     const double tol = 1e-6 * max_abs(want);
     Tensor got = poisoned_gpu({c.t, c.heads, c.d});
     be->rope(gpu(x), table, c.first, c.offset, got);  // host table
@@ -69,14 +69,14 @@ TEST(AttentionGpu, MatchesCpuForGqaMlaAndCachedKeys) {
     int64_t t, s, heads, kv, dk, dv;
   };
   const Case cases[] = {
-      {1, 1, 5, 1, 64, 64},       // first token
-      {7, 7, 5, 1, 64, 64},       // MQA prefill
-      {33, 33, 8, 2, 72, 72},     // GQA, odd head width
-      {1, 40, 4, 4, 128, 128},    // decode against a cache
-      {7, 300, 6, 3, 32, 48},     // several key chunks, dk != dv
-      {33, 40, 5, 5, 192, 128},   // MLA widths
-      {3, 129, 2, 1, 256, 256},   // the kernel's widest heads, a chunk boundary
-      {130, 130, 1, 1, 16, 8},    // more queries than a chunk
+      {1, 1, 5, 1, 64, 64},      // first token
+      {7, 7, 5, 1, 64, 64},      // MQA prefill
+      {33, 33, 8, 2, 72, 72},    // GQA, odd head width
+      {1, 40, 4, 4, 128, 128},   // decode against a cache
+      {7, 300, 6, 3, 32, 48},    // several key chunks, dk != dv
+      {33, 40, 5, 5, 192, 128},  // MLA widths
+      {3, 129, 2, 1, 256, 256},  // the kernel's widest heads, a chunk boundary
+      {130, 130, 1, 1, 16, 8},   // more queries than a chunk
   };
   uint64_t seed = 2000;
   for (const Case& c : cases) {
@@ -88,8 +88,8 @@ TEST(AttentionGpu, MatchesCpuForGqaMlaAndCachedKeys) {
     cpu->attention(q, k, v, scale, want);
     Tensor got = poisoned_gpu({c.t, c.heads, c.dv});
     be->attention(gpu(q), gpu(k), gpu(v), scale, got);
-    EXPECT_TRUE(close(str("attention T=", c.t, " S=", c.s, " H=", c.heads, " KV=", c.kv, " dk=",
-                          c.dk, " dv=", c.dv),
+    EXPECT_TRUE(close(str("attention T=", c.t, " S=", c.s, " H=", c.heads, " KV=", c.kv,
+                          " dk=", c.dk, " dv=", c.dv),
                       got, want, 1e-5 * max_abs(want)));
   }
 }

@@ -1,8 +1,9 @@
-// open_language_model: the Transformer on the CPU backend behind the LanguageModel seam.
+// open_language_model: the Transformer on the CPU or CUDA backend behind the LanguageModel seam.
 #include "engine/model/language_model.hpp"
 
 #include <algorithm>
 
+#include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/model/transformer.hpp"
 
 namespace refinery::model {
@@ -45,11 +46,11 @@ class TransformerLanguageModel final : public LanguageModel {
 
 std::unique_ptr<LanguageModel> open_language_model(const std::filesystem::path& model_dir,
                                                    const LanguageModelOptions& options) {
-  if (options.device == "cuda")
-    throw_user_error("--device cuda: the CUDA engine is not built yet; use --device cpu");
-  if (options.device != "cpu")
+  if (options.device != "cpu" && options.device != "cuda")
     throw_user_error("unknown device \"", options.device, "\"; expected cpu or cuda");
-  auto backend = backend::make_cpu_backend(options.threads);
+  // CUDA: device 0 (a user error in a build without CUDA or on a machine without a GPU).
+  auto backend = options.device == "cuda" ? backend::make_cuda_backend(0)
+                                          : backend::make_cpu_backend(options.threads);
   return std::make_unique<TransformerLanguageModel>(
       Transformer::load(model_dir, std::move(backend)));
 }

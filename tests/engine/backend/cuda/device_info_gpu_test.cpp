@@ -1,4 +1,5 @@
-// GPU tests (label `gpu`): they skip with the reason where this build or machine has no CUDA device.
+// GPU tests (label `gpu`): they skip with the reason where this build or machine has no CUDA
+// device.
 #include <gtest/gtest.h>
 
 #include "engine/backend/cuda/device_info.hpp"

@@ -1,0 +1,107 @@
+// Causal attention on the GPU, the straightforward correct kernel (tiled flash attention comes
+// with the performance work). One thread block per (query t, head h); keys are processed in
+// chunks of kChunk with an online softmax in f32:
+//   1. scores: each warp takes keys of the chunk, lanes split the dk dims (coalesced K reads),
+//      a shuffle reduction gives q·k; times `scale` into shared memory;
+//   2. the chunk max updates the running max m; the running sum l and the accumulators are
+//      rescaled by exp(m_old - m_new);
+//   3. each thread owns up to kDvPerThread output dims and accumulates Σ p_j v_j[d] (coalesced V
+//      reads across threads).
+// GQA: query head h reads kv head h / (H / KV). Query t sees keys [0, S - T + t].
+// Bound: memory (K and V are read once per query and head); dk, dv <= 256.
+#include "engine/backend/cuda/kernel_util.cuh"
+
+namespace refinery::backend::cuda {
+
+namespace {
+
+constexpr int kAttnThreads = 128;
+constexpr int kChunk = 128;
+constexpr int kMaxHeadDim = 256;
+constexpr int kDvPerThread = kMaxHeadDim / kAttnThreads;
+
+__global__ void attention_kernel(const float* q, const float* k, const float* v, int64_t t_count,
+                                 int64_t heads, int64_t kv_heads, int64_t s_count, int dk, int dv,
+                                 float scale, float* out) {
+  __shared__ float q_row[kMaxHeadDim];
+  __shared__ float p[kChunk];
+  const int64_t t = blockIdx.x, h = blockIdx.y;
+  const int64_t kvh = h / (heads / kv_heads);
+  const int64_t visible = s_count - t_count + t + 1;  // >= 1 since S >= T
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+
+  const float* qr = q + (t * heads + h) * dk;
+  for (int c = threadIdx.x; c < dk; c += blockDim.x) q_row[c] = qr[c];
+  __syncthreads();
+
+  float m = -INFINITY, l = 0.0f;
+  float acc[kDvPerThread];
+  for (int r = 0; r < kDvPerThread; ++r) acc[r] = 0.0f;
+
+  for (int64_t j0 = 0; j0 < visible; j0 += kChunk) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(kChunk), visible - j0));
+    for (int jj = warp; jj < n; jj += warps) {
+      const float* kr = k + ((j0 + jj) * kv_heads + kvh) * dk;
+      float dot = 0.0f;
+      for (int c = lane; c < dk; c += 32) dot += q_row[c] * kr[c];
+      for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+      if (lane == 0) p[jj] = dot * scale;
+    }
+    __syncthreads();
+    float chunk_max = -INFINITY;
+    for (int jj = 0; jj < n; ++jj) chunk_max = fmaxf(chunk_max, p[jj]);
+    const float m_new = fmaxf(m, chunk_max);
+    const float correction = expf(m - m_new);  // 0 on the first chunk (m = -inf)
+    __syncthreads();                           // every thread has read the raw scores
+    for (int jj = threadIdx.x; jj < n; jj += blockDim.x) p[jj] = expf(p[jj] - m_new);
+    __syncthreads();
+    float chunk_sum = 0.0f;
+    for (int jj = 0; jj < n; ++jj) chunk_sum += p[jj];
+    l = l * correction + chunk_sum;
+    for (int r = 0; r < kDvPerThread; ++r) {
+      const int d = threadIdx.x + r * blockDim.x;
+      if (d >= dv) break;
+      float a = acc[r] * correction;
+      for (int jj = 0; jj < n; ++jj) a += p[jj] * v[((j0 + jj) * kv_heads + kvh) * dv + d];
+      acc[r] = a;
+    }
+    m = m_new;
+    __syncthreads();  // p is overwritten by the next chunk
+  }
+  float* o = out + (t * heads + h) * dv;
+  const float inv = 1.0f / l;
+  for (int r = 0; r < kDvPerThread; ++r) {
+    const int d = threadIdx.x + r * blockDim.x;
+    if (d < dv) o[d] = acc[r] * inv;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                            Tensor& out) {
+  REFINERY_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3,
+                 "attention: 3-D q, k, v expected");
+  const int64_t t_count = q.size(0), heads = q.size(1), dk = q.size(2);
+  const int64_t s_count = k.size(0), kv_heads = k.size(1), dv = v.size(2);
+  require_f32(q, {t_count, heads, dk}, "attention q");
+  require_f32(k, {s_count, kv_heads, dk}, "attention k");
+  require_f32(v, {s_count, kv_heads, dv}, "attention v");
+  require_f32(out, {t_count, heads, dv}, "attention out");
+  REFINERY_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads over ",
+                 kv_heads, " kv heads");
+  REFINERY_CHECK(s_count >= t_count, "attention: ", s_count, " keys for ", t_count, " queries");
+  REFINERY_CHECK(dk <= kMaxHeadDim && dv <= kMaxHeadDim, "attention: head widths dk ", dk, ", dv ",
+                 dv, " exceed the CUDA kernel's limit of ", kMaxHeadDim);
+  REFINERY_CHECK(heads <= 65535 && t_count < (int64_t{1} << 31), "attention: grid of ", t_count,
+                 " x ", heads, " exceeds the launch limits");
+  if (t_count == 0 || heads == 0) return;
+  if (dv == 0) return;
+  const dim3 grid(static_cast<unsigned>(t_count), static_cast<unsigned>(heads));
+  attention_kernel<<<grid, kAttnThreads, 0, stream_>>>(
+      q.data<float>(), k.data<float>(), v.data<float>(), t_count, heads, kv_heads, s_count,
+      static_cast<int>(dk), static_cast<int>(dv), scale, out.mutable_data<float>());
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "attention");
+}
+
+}  // namespace refinery::backend::cuda

@@ -1,0 +1,121 @@
+#pragma once
+// The CUDA backend class and what its op files (*.cu in this folder) share. Included by .cu files
+// only: it names CUDA and cuBLAS types. Design notes per concern live at the top of each op file.
+//
+// Execution model: every op enqueues its kernels and cuBLAS calls on the backend's one stream and
+// returns without synchronizing, except where it needs host values (index checks, MoE routing
+// tables; each such op says so). The stream is a blocking stream, so the synchronous copies of
+// Tensor (to, copy_from: cudaMemcpy on the legacy default stream) are ordered after the op's work.
+// Scratch tensors are plain device tensors freed at the end of the op (cudaFree synchronizes);
+// a caching allocator comes with the performance work.
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include "engine/backend/backend.hpp"
+#include "engine/backend/cuda/cuda_check.hpp"
+
+namespace refinery::backend::cuda {
+
+// Element types a kernel can read weights and small vectors in (converted to f32 on load).
+enum class ElementType : int { kF32 = 0, kBF16 = 1, kF16 = 2, kF8E4M3 = 3 };
+// Throws an internal error naming `what` for a dtype the kernels do not read.
+ElementType element_type(DType dtype, const char* what);
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device_index);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  Device device() const override { return Device::kCUDA; }
+  std::string_view name() const override { return "cuda"; }
+
+  Tensor empty(DType dtype, std::vector<int64_t> shape) override;
+  Tensor upload(const Tensor& host) override;
+  Tensor download(const Tensor& t) override;
+
+  void linear(const Tensor& x, const LinearWeight& w, Tensor& y) override;              // linear.cu
+  void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) override;  // norm.cu
+  void embedding(const Tensor& ids, const Tensor& table, Tensor& y) override;  // elementwise.cu
+  void add(const Tensor& a, const Tensor& b, Tensor& y) override;
+  void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;
+  void sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) override;
+  void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                    int64_t width) override;
+  void fill_zero(Tensor& y) override;
+  void rope(const Tensor& x, const RopeTable& table, int64_t first_position, int64_t offset,
+            Tensor& y) override;  // rope.cu
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                 Tensor& out) override;  // attention.cu
+  void route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
+             Tensor& experts, Tensor& weights) override;  // router.cu
+  void moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
+                   std::span<const ExpertWeights> expert_weights, Tensor& y) override;  // moe.cu
+  void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;            // rows.cu
+  void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                        Tensor& y) override;
+
+  // ---- for the op files ----
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  // The contents of `t` on this device: `t` itself when it is already there; for a read-only host
+  // tensor (memory-mapped checkpoint weights) a device copy made on first use and kept for the
+  // backend's lifetime (the entry holds the host tensor, so its storage cannot be freed and its
+  // address reused while cached); for a writable host tensor a fresh copy, since it may change.
+  Tensor on_device(const Tensor& t);
+  // After REFINERY_CUDA_CHECK_LAUNCH: with REFINERY_CUDA_SYNC=1 in the environment, waits for the
+  // stream so that an asynchronous fault is reported by the op that caused it (debugging aid).
+  void sync_if_debugging(const char* op);
+
+  // y[i] = x[rows[i]] for i < n, rows of width d; indices already checked (rows.cu).
+  void gather_rows_device(const float* x, const int32_t* rows, int64_t n, int64_t d, float* y,
+                          const char* op);
+  // CSR-ordered weighted scatter-add, shared by scatter_add_rows and moe_experts (rows.cu):
+  // for each target u, y[targets[u]] += Σ_{e in offsets[u]..offsets[u+1]} scale[entry[e]] *
+  // x[entry[e]], summed in entry order (deterministic, no atomics). All arrays on the device.
+  void scatter_add_csr(const float* x, int64_t d, const int32_t* entry, const float* scale,
+                       const int32_t* offsets, const int32_t* targets, int64_t n_targets, float* y,
+                       const char* op);
+
+ private:
+  // (storage, byte offset, dtype, shape) of a cached host tensor.
+  using ResidentKey = std::tuple<const void*, std::size_t, DType, std::vector<int64_t>>;
+  struct Resident {
+    Tensor host;    // keeps the host storage alive (see on_device)
+    Tensor device;  // its copy
+  };
+
+  int device_index_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  bool sync_debug_ = false;
+  std::mutex resident_mutex_;
+  std::map<ResidentKey, Resident> resident_;
+};
+
+// Throws an internal error unless `t` is a device tensor of dtype f32 / i32 and `shape`.
+void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
+void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
+// A device i32/f32 tensor holding a copy of host values (synchronous upload).
+Tensor device_i32(const std::vector<int32_t>& values);
+Tensor device_f32(const std::vector<float>& values);
+// The host values of a small i32 tensor on either device (synchronous download).
+std::vector<int32_t> host_i32(const Tensor& t);
+
+}  // namespace refinery::backend::cuda
+
+// Every kernel launch in the op files is followed by this: launch check with the op's name, then
+// the optional debugging synchronization.
+#define REFINERY_CUDA_AFTER_LAUNCH(backend, op_name) \
+  do {                                               \
+    REFINERY_CUDA_CHECK_LAUNCH(op_name);             \
+    (backend).sync_if_debugging(op_name);            \
+  } while (0)

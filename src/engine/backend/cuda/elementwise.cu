@@ -1,0 +1,128 @@
+// Element-wise and copy ops on the GPU: embedding lookup, residual add, SwiGLU, sigmoid gate,
+// column copies. All memory bound: grid-stride loops, one element per thread step, 64-bit indices.
+// Each output element depends only on the same element of the inputs (or on a row scalar), so
+// outputs may alias inputs where the interface allows it.
+#include "engine/backend/cuda/kernel_util.cuh"
+
+namespace refinery::backend::cuda {
+
+namespace {
+
+__global__ void embedding_kernel(const int32_t* ids, const void* table, ElementType type, int64_t n,
+                                 int64_t hidden, float* y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n * hidden;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / hidden, c = i % hidden;
+    y[i] = load_f32(table, type, static_cast<int64_t>(ids[t]) * hidden + c);
+  }
+}
+
+__global__ void add_kernel(const float* a, const float* b, int64_t n, float* y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x)
+    y[i] = a[i] + b[i];
+}
+
+__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float g = gate[i];
+    y[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void sigmoid_gate_kernel(const float* x, const float* g, int64_t rows, int64_t d,
+                                    float* y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * d;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float s = 1.0f / (1.0f + expf(-g[i / d]));
+    y[i] = s * x[i];
+  }
+}
+
+__global__ void copy_columns_kernel(const float* src, int64_t src_stride, float* dst,
+                                    int64_t dst_stride, int64_t rows, int64_t width) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * width;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / width, j = i % width;
+    dst[r * dst_stride + j] = src[r * src_stride + j];
+  }
+}
+
+}  // namespace
+
+// Ids are checked on the host before the launch (one small synchronous download), so a bad id is
+// a user error naming its position rather than a device fault.
+void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
+  REFINERY_CHECK(table.ndim() == 2, "embedding table must be 2-D, found ", table.describe());
+  const int64_t n = ids.numel(), vocab = table.size(0), hidden = table.size(1);
+  REFINERY_CHECK(ids.dtype() == DType::kI32 && ids.ndim() == 1,
+                 "embedding ids: expected i32 [T], found ", ids.describe());
+  require_f32(y, {n, hidden}, "embedding output");
+  const std::vector<int32_t> host_ids = host_i32(ids);
+  for (int64_t t = 0; t < n; ++t)
+    if (host_ids[t] < 0 || host_ids[t] >= vocab)
+      throw_user_error("token id ", host_ids[t], " at position ", t,
+                       " is outside the vocabulary [0, ", vocab,
+                       "); the input was made with another tokenizer or model");
+  if (n == 0 || hidden == 0) return;
+  const Tensor device_ids = on_device(ids);
+  const Tensor device_table = on_device(table);
+  embedding_kernel<<<grid_for(n * hidden), kThreads, 0, stream_>>>(
+      device_ids.data<int32_t>(), device_table.data(),
+      element_type(device_table.dtype(), "embedding table"), n, hidden, y.mutable_data<float>());
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "embedding");
+}
+
+void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
+  require_f32(a, y.shape(), "add a");
+  require_f32(b, y.shape(), "add b");
+  require_f32(y, y.shape(), "add y");
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  add_kernel<<<grid_for(n), kThreads, 0, stream_>>>(a.data<float>(), b.data<float>(), n,
+                                                    y.mutable_data<float>());
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "add");
+}
+
+void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
+  require_f32(gate, y.shape(), "swiglu gate");
+  require_f32(up, y.shape(), "swiglu up");
+  require_f32(y, y.shape(), "swiglu y");
+  const int64_t n = y.numel();
+  if (n == 0) return;
+  swiglu_kernel<<<grid_for(n), kThreads, 0, stream_>>>(gate.data<float>(), up.data<float>(), n,
+                                                       y.mutable_data<float>());
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "swiglu");
+}
+
+void CudaBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
+  REFINERY_CHECK(x.ndim() == 2, "sigmoid_gate x must be [T, D], found ", x.describe());
+  const int64_t rows = x.size(0), d = x.size(1);
+  require_f32(x, {rows, d}, "sigmoid_gate x");
+  require_f32(g, {rows, 1}, "sigmoid_gate g");
+  require_f32(y, {rows, d}, "sigmoid_gate y");
+  if (rows * d == 0) return;
+  sigmoid_gate_kernel<<<grid_for(rows * d), kThreads, 0, stream_>>>(
+      x.data<float>(), g.data<float>(), rows, d, y.mutable_data<float>());
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "sigmoid_gate");
+}
+
+void CudaBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
+                               int64_t width) {
+  REFINERY_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.size(0) == dst.size(0),
+                 "copy_columns: [R, C] tensors with equal rows expected, found ", src.describe(),
+                 " and ", dst.describe());
+  const int64_t rows = src.size(0), cs = src.size(1), cd = dst.size(1);
+  REFINERY_CHECK(
+      src_col >= 0 && dst_col >= 0 && width >= 0 && src_col + width <= cs && dst_col + width <= cd,
+      "copy_columns: columns out of range");
+  require_f32(src, {rows, cs}, "copy_columns src");
+  require_f32(dst, {rows, cd}, "copy_columns dst");
+  if (rows * width == 0) return;
+  copy_columns_kernel<<<grid_for(rows * width), kThreads, 0, stream_>>>(
+      src.data<float>() + src_col, cs, dst.mutable_data<float>() + dst_col, cd, rows, width);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "copy_columns");
+}
+
+}  // namespace refinery::backend::cuda

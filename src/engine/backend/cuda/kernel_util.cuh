@@ -1,0 +1,49 @@
+#pragma once
+// Device-side helpers shared by the kernels: element loads in any weight dtype, launch sizes.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "engine/backend/cuda/cuda_backend_internal.hpp"
+
+namespace refinery::backend::cuda {
+
+// Exact E4M3 ("fn") decode: no infinities, S.1111.111 is NaN, subnormals below 2^-6.
+__device__ inline float e4m3_to_f32(uint8_t b) {
+  const int exponent = (b >> 3) & 0xF, mantissa = b & 0x7;
+  float magnitude;
+  if (exponent == 0xF && mantissa == 0x7)
+    magnitude = __int_as_float(0x7fc00000);
+  else if (exponent == 0)
+    magnitude = ldexpf(static_cast<float>(mantissa), -9);
+  else
+    magnitude = ldexpf(static_cast<float>(8 + mantissa), exponent - 10);
+  return (b & 0x80) ? -magnitude : magnitude;
+}
+
+// Element i of a vector/matrix of element type `type`, as f32 (exact).
+__device__ inline float load_f32(const void* p, ElementType type, int64_t i) {
+  switch (type) {
+    case ElementType::kF32:
+      return static_cast<const float*>(p)[i];
+    case ElementType::kBF16:
+      return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16);
+    case ElementType::kF16:
+      return __half2float(static_cast<const __half*>(p)[i]);
+    default:
+      return e4m3_to_f32(static_cast<const uint8_t*>(p)[i]);
+  }
+}
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n elements (kernels loop, so the grid may be capped).
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 16));
+}
+
+}  // namespace refinery::backend::cuda

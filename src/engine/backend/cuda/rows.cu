@@ -1,0 +1,104 @@
+// Row gather and weighted scatter-add on the GPU (MoE permute / un-permute).
+//
+// Both check their row indices on the host first (one small synchronous download), so a bad index
+// is an error, never an out-of-bounds device access. scatter_add_rows is deterministic: the host
+// groups the entries by target row (CSR, entries in their original order), and one thread per
+// (target row, column) adds them in that order, exactly the CPU's summation order; no atomics.
+// Memory bound.
+#include <algorithm>
+#include <numeric>
+
+#include "engine/backend/cuda/kernel_util.cuh"
+
+namespace refinery::backend::cuda {
+
+namespace {
+
+__global__ void gather_rows_kernel(const float* x, const int32_t* rows, int64_t n, int64_t d,
+                                   float* y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n * d;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / d, c = i % d;
+    y[i] = x[static_cast<int64_t>(rows[r]) * d + c];
+  }
+}
+
+__global__ void scatter_add_csr_kernel(const float* x, int64_t d, const int32_t* entry,
+                                       const float* scale, const int32_t* offsets,
+                                       const int32_t* targets, int64_t n_targets, float* y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n_targets * d;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t u = i / d, c = i % d;
+    float* out = y + static_cast<int64_t>(targets[u]) * d + c;
+    float acc = *out;
+    for (int32_t e = offsets[u]; e < offsets[u + 1]; ++e) {
+      const int64_t src = entry[e];
+      acc += scale[src] * x[src * d + c];
+    }
+    *out = acc;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::scatter_add_csr(const float* x, int64_t d, const int32_t* entry,
+                                  const float* scale, const int32_t* offsets,
+                                  const int32_t* targets, int64_t n_targets, float* y,
+                                  const char* op) {
+  if (n_targets * d == 0) return;
+  scatter_add_csr_kernel<<<grid_for(n_targets * d), kThreads, 0, stream_>>>(
+      x, d, entry, scale, offsets, targets, n_targets, y);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, op);
+}
+
+void CudaBackend::gather_rows_device(const float* x, const int32_t* rows, int64_t n, int64_t d,
+                                     float* y, const char* op) {
+  if (n * d == 0) return;
+  gather_rows_kernel<<<grid_for(n * d), kThreads, 0, stream_>>>(x, rows, n, d, y);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, op);
+}
+
+void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
+  const int64_t n = rows.numel(), t_count = x.size(0), d = x.size(1);
+  require_f32(x, {t_count, d}, "gather_rows x");
+  require_i32(rows, {n}, "gather_rows rows");
+  require_f32(y, {n, d}, "gather_rows y");
+  const std::vector<int32_t> r = host_i32(rows);
+  for (int64_t i = 0; i < n; ++i)
+    REFINERY_CHECK(r[i] >= 0 && r[i] < t_count, "gather_rows: row ", r[i], " of ", t_count);
+  gather_rows_device(x.data<float>(), rows.data<int32_t>(), n, d, y.mutable_data<float>(),
+                     "gather_rows");
+}
+
+void CudaBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                                   Tensor& y) {
+  const int64_t n = rows.numel(), d = x.size(1), t_count = y.size(0);
+  require_f32(x, {n, d}, "scatter_add_rows x");
+  require_i32(rows, {n}, "scatter_add_rows rows");
+  require_f32(scale, {n}, "scatter_add_rows scale");
+  require_f32(y, {t_count, d}, "scatter_add_rows y");
+  const std::vector<int32_t> r = host_i32(rows);
+  for (int64_t i = 0; i < n; ++i)
+    REFINERY_CHECK(r[i] >= 0 && r[i] < t_count, "scatter_add_rows: row ", r[i], " of ", t_count);
+  if (n == 0 || d == 0) return;
+  // CSR by target row: entries of each target in their original order (stable sort).
+  std::vector<int32_t> entry(static_cast<std::size_t>(n));
+  std::iota(entry.begin(), entry.end(), 0);
+  std::stable_sort(entry.begin(), entry.end(), [&](int32_t a, int32_t b) { return r[a] < r[b]; });
+  std::vector<int32_t> offsets{0}, targets;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i > 0 && r[entry[i]] != r[entry[i - 1]]) {
+      offsets.push_back(static_cast<int32_t>(i));
+    }
+    if (i == 0 || r[entry[i]] != r[entry[i - 1]]) targets.push_back(r[entry[i]]);
+  }
+  offsets.push_back(static_cast<int32_t>(n));
+  const Tensor entry_d = device_i32(entry), offsets_d = device_i32(offsets),
+               targets_d = device_i32(targets);
+  scatter_add_csr(x.data<float>(), d, entry_d.data<int32_t>(), scale.data<float>(),
+                  offsets_d.data<int32_t>(), targets_d.data<int32_t>(),
+                  static_cast<int64_t>(targets.size()), y.mutable_data<float>(),
+                  "scatter_add_rows");
+}
+
+}  // namespace refinery::backend::cuda

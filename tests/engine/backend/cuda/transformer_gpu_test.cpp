@@ -42,7 +42,8 @@ TEST_P(TransformerGpu, DecodeStepMatchesCpuBackend) {
   const auto dir = model::test::fixtures_dir() / name;
   auto on_cpu = model::Transformer::load(dir, backend::make_cpu_backend(0));
   auto on_gpu = model::Transformer::load(dir, backend::make_cuda_backend(0));
-  const auto ids = model::test::Reference(name).ids("input_ids_0");
+  // The longest stored sequence (23 tokens): 22 of prefill, then one decode step.
+  const auto ids = model::test::Reference(name).ids("input_ids_2");
   ASSERT_GE(ids.size(), 2u);
   const std::vector<int32_t> prefix(ids.begin(), ids.end() - 1), last{ids.back()};
   auto cache_cpu = on_cpu->make_cache(static_cast<int64_t>(ids.size()));

@@ -34,6 +34,31 @@ H5Handle access_plist_for(uint64_t chunk_bytes) {
 
 hid_t plist_or_default(const H5Handle& h) { return h.valid() ? h.get() : H5P_DEFAULT; }
 
+// The dataspaces that move rows [begin, begin + count) of dataset `dataset`, whose rows have the
+// shape shape[1:]: the dataset's space with those rows selected, and a memory space of shape
+// [count, shape[1:]...]. Failures are errors of `kind` naming `file` and `object`; `direction` is
+// "read" or "write".
+struct RowSpaces {
+  H5Handle file_space;
+  H5Handle mem_space;
+};
+RowSpaces row_spaces(hid_t dataset, const std::vector<uint64_t>& shape, uint64_t begin,
+                     uint64_t count, ErrorKind kind, const std::string& file,
+                     const std::string& object, const char* direction) {
+  std::vector<hsize_t> start(shape.size(), 0), counts(shape.begin(), shape.end());
+  start[0] = begin;
+  counts[0] = count;
+  H5Handle file_space =
+      h5_check_id(H5Dget_space(dataset), H5Sclose, kind, file, object, "H5Dget_space");
+  h5_check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
+                               counts.data(), nullptr),
+           kind, file, object, str("cannot select the rows to ", direction));
+  H5Handle mem_space =
+      h5_check_id(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr),
+                  H5Sclose, kind, file, object, "H5Screate_simple");
+  return {std::move(file_space), std::move(mem_space)};
+}
+
 }  // namespace
 
 // ---- H5File
@@ -316,17 +341,8 @@ void H5Dataset::write_rows(uint64_t begin, const void* data, DType mem_dtype, ui
     h5_check(H5Dset_extent(id(), dims.data()), k, file_path_, name_,
              str("cannot grow the dataset to ", dims[0], " rows"));
   }
-  std::vector<hsize_t> start(dims.size(), 0), counts(dims.begin(), dims.end());
-  start[0] = begin;
-  counts[0] = count;
-  H5Handle file_space =
-      h5_check_id(H5Dget_space(id()), H5Sclose, k, file_path_, name_, "H5Dget_space");
-  h5_check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
-                               counts.data(), nullptr),
-           k, file_path_, name_, "cannot select the rows to write");
-  H5Handle mem_space =
-      h5_check_id(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr),
-                  H5Sclose, k, file_path_, name_, "H5Screate_simple");
+  const auto [file_space, mem_space] =
+      row_spaces(id(), s, begin, count, k, file_path_, name_, "write");
   H5Handle mem_type = h5_memory_type(mem_dtype);
   h5_check(H5Dwrite(id(), mem_type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, data), k,
            file_path_, name_,
@@ -344,17 +360,8 @@ void H5Dataset::read_rows(uint64_t begin, uint64_t count, DType mem_dtype, void*
   }
   if (count == 0) return;
   const ErrorKind k = ErrorKind::kUser;
-  std::vector<hsize_t> start(s.size(), 0), counts(s.begin(), s.end());
-  start[0] = begin;
-  counts[0] = count;
-  H5Handle file_space =
-      h5_check_id(H5Dget_space(id()), H5Sclose, k, file_path_, name_, "H5Dget_space");
-  h5_check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr,
-                               counts.data(), nullptr),
-           k, file_path_, name_, "cannot select the rows to read");
-  H5Handle mem_space =
-      h5_check_id(H5Screate_simple(static_cast<int>(counts.size()), counts.data(), nullptr),
-                  H5Sclose, k, file_path_, name_, "H5Screate_simple");
+  const auto [file_space, mem_space] =
+      row_spaces(id(), s, begin, count, k, file_path_, name_, "read");
   H5Handle mem_type = h5_memory_type(mem_dtype);
   h5_check(H5Dread(id(), mem_type.get(), mem_space.get(), file_space.get(), H5P_DEFAULT, out), k,
            file_path_, name_,

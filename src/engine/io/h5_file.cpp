@@ -326,38 +326,37 @@ bool H5Object::has_attribute(const std::string& attr) const {
   return exists > 0;
 }
 
-void H5Object::set_string_attribute(const std::string& attr, const std::string& value) {
+H5Handle H5Object::create_scalar_attribute(const std::string& attr, hid_t type) {
   h5_silence_errors();
   if (has_attribute(attr) && H5Adelete(id(), attr.c_str()) < 0)
     fail(ErrorKind::kInternal, str("cannot replace ", attribute_context(attr)));
+  H5Handle space = h5_check_id(H5Screate(H5S_SCALAR), H5Sclose, ErrorKind::kInternal, file_path_,
+                               name_, "H5Screate failed");
+  return h5_check_id(H5Acreate2(id(), attr.c_str(), type, space.get(), H5P_DEFAULT, H5P_DEFAULT),
+                     H5Aclose, ErrorKind::kInternal, file_path_, name_,
+                     str("cannot create ", attribute_context(attr)));
+}
+
+void H5Object::set_string_attribute(const std::string& attr, const std::string& value) {
+  h5_silence_errors();
   H5Handle type = copy_type(H5T_C_S1);
   if (H5Tset_size(type.get(), H5T_VARIABLE) < 0 || H5Tset_cset(type.get(), H5T_CSET_UTF8) < 0)
     fail(ErrorKind::kInternal, "cannot build the string type");
-  H5Handle space = h5_check_id(H5Screate(H5S_SCALAR), H5Sclose, ErrorKind::kInternal, file_path_,
-                               name_, "H5Screate failed");
-  H5Handle a = h5_check_id(
-      H5Acreate2(id(), attr.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
-      ErrorKind::kInternal, file_path_, name_, str("cannot create ", attribute_context(attr)));
+  H5Handle a = create_scalar_attribute(attr, type.get());
   const char* data = value.c_str();
   h5_check(H5Awrite(a.get(), type.get(), &data), ErrorKind::kInternal, file_path_, name_,
            str("cannot write ", attribute_context(attr)));
 }
 
 void H5Object::set_int_attribute(const std::string& attr, int64_t value) {
-  h5_silence_errors();
-  if (has_attribute(attr) && H5Adelete(id(), attr.c_str()) < 0)
-    fail(ErrorKind::kInternal, str("cannot replace ", attribute_context(attr)));
-  H5Handle space = h5_check_id(H5Screate(H5S_SCALAR), H5Sclose, ErrorKind::kInternal, file_path_,
-                               name_, "H5Screate failed");
-  H5Handle a = h5_check_id(
-      H5Acreate2(id(), attr.c_str(), H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT),
-      H5Aclose, ErrorKind::kInternal, file_path_, name_,
-      str("cannot create ", attribute_context(attr)));
+  H5Handle a = create_scalar_attribute(attr, H5T_STD_I64LE);
   h5_check(H5Awrite(a.get(), H5T_NATIVE_INT64, &value), ErrorKind::kInternal, file_path_, name_,
            str("cannot write ", attribute_context(attr)));
 }
 
-std::string H5Object::string_attribute(const std::string& attr) const {
+H5Object::OpenAttribute H5Object::open_scalar_attribute(const std::string& attr,
+                                                        H5T_class_t type_class,
+                                                        const char* expected) const {
   if (!has_attribute(attr))
     fail(ErrorKind::kUser,
          str("missing ", attribute_context(attr), " (was the file written by refinery?)"));
@@ -367,11 +366,16 @@ std::string H5Object::string_attribute(const std::string& attr) const {
                               str("cannot read the type of ", attribute_context(attr)));
   H5Handle space = h5_check_id(H5Aget_space(a.get()), H5Sclose, ErrorKind::kUser, file_path_, name_,
                                str("cannot read the shape of ", attribute_context(attr)));
-  if (H5Tget_class(type.get()) != H5T_STRING || H5Sget_simple_extent_npoints(space.get()) != 1) {
-    fail(ErrorKind::kUser, str(attribute_context(attr), " should be one string, found ",
+  if (H5Tget_class(type.get()) != type_class || H5Sget_simple_extent_npoints(space.get()) != 1) {
+    fail(ErrorKind::kUser, str(attribute_context(attr), " should be ", expected, ", found ",
                                H5Sget_simple_extent_npoints(space.get()), " element(s) of type ",
                                h5_describe_type(type.get())));
   }
+  return {std::move(a), std::move(type)};
+}
+
+std::string H5Object::string_attribute(const std::string& attr) const {
+  const auto [a, type] = open_scalar_attribute(attr, H5T_STRING, "one string");
   H5T_cset_t cset = H5Tget_cset(type.get());
   H5Handle mem = copy_type(H5T_C_S1);
   if (H5Tis_variable_str(type.get()) > 0) {
@@ -398,20 +402,7 @@ std::string H5Object::string_attribute(const std::string& attr) const {
 }
 
 int64_t H5Object::int_attribute(const std::string& attr) const {
-  if (!has_attribute(attr))
-    fail(ErrorKind::kUser,
-         str("missing ", attribute_context(attr), " (was the file written by refinery?)"));
-  H5Handle a = h5_check_id(H5Aopen(id(), attr.c_str(), H5P_DEFAULT), H5Aclose, ErrorKind::kUser,
-                           file_path_, name_, str("cannot open ", attribute_context(attr)));
-  H5Handle type = h5_check_id(H5Aget_type(a.get()), H5Tclose, ErrorKind::kUser, file_path_, name_,
-                              str("cannot read the type of ", attribute_context(attr)));
-  H5Handle space = h5_check_id(H5Aget_space(a.get()), H5Sclose, ErrorKind::kUser, file_path_, name_,
-                               str("cannot read the shape of ", attribute_context(attr)));
-  if (H5Tget_class(type.get()) != H5T_INTEGER || H5Sget_simple_extent_npoints(space.get()) != 1) {
-    fail(ErrorKind::kUser, str(attribute_context(attr), " should be one integer, found ",
-                               H5Sget_simple_extent_npoints(space.get()), " element(s) of type ",
-                               h5_describe_type(type.get())));
-  }
+  const auto [a, type] = open_scalar_attribute(attr, H5T_INTEGER, "one integer");
   if (H5Tget_sign(type.get()) == H5T_SGN_NONE && H5Tget_size(type.get()) >= 8) {
     uint64_t value = 0;
     h5_check(H5Aread(a.get(), H5T_NATIVE_UINT64, &value), ErrorKind::kUser, file_path_, name_,

@@ -144,6 +144,19 @@ class H5Object {
   H5Handle handle_;
   std::string file_path_;
   std::string name_;
+
+ private:
+  // An open attribute and its stored type.
+  struct OpenAttribute {
+    H5Handle attr;
+    H5Handle type;
+  };
+  // Opens attribute `attr`, which must exist and hold one element of type class `type_class`;
+  // user error otherwise ("... should be <expected>, found ...", e.g. expected = "one string").
+  OpenAttribute open_scalar_attribute(const std::string& attr, H5T_class_t type_class,
+                                      const char* expected) const;
+  // Creates attribute `attr` as a scalar of stored type `type`, deleting an existing one first.
+  H5Handle create_scalar_attribute(const std::string& attr, hid_t type);
 };
 
 // How a new dataset is laid out: [rows, row_shape...], first dimension unlimited, chunked by rows.

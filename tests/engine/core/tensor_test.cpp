@@ -11,19 +11,16 @@
 #include <vector>
 
 #include "engine/core/error.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery {
 namespace {
 
+// `f` must throw a refinery::Error of `kind` whose message contains `must_contain`.
 template <typename F>
 void expect_error(ErrorKind kind, F&& f, const std::string& must_contain = "") {
-  try {
-    f();
-    ADD_FAILURE() << "no refinery::Error thrown";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    EXPECT_NE(std::string(e.what()).find(must_contain), std::string::npos) << e.what();
-  }
+  const std::string message = refinery::test::error_message_of(std::forward<F>(f), kind);
+  EXPECT_NE(message.find(must_contain), std::string::npos) << message;
 }
 
 Tensor arange_f32(std::vector<int64_t> shape) {

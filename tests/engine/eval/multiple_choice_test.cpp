@@ -8,10 +8,12 @@
 #include "engine/core/error.hpp"
 #include "engine/eval/multiple_choice.hpp"
 #include "table_model.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery::eval {
 namespace {
 
+using refinery::test::error_message_of;
 using testing::TableModel;
 
 class EvalMultipleChoice : public ::testing::Test {
@@ -75,14 +77,10 @@ TEST_F(EvalMultipleChoice, ContinuationIsScoredFromTheRightPositions) {
 
 TEST_F(EvalMultipleChoice, BadItemsAreUserErrorsWithTheLine) {
   auto expect_error = [&](const std::string& text, const std::string& needle) {
+    SCOPED_TRACE(text);
     write(text);
-    try {
-      load_multiple_choice(path_.string());
-      FAIL() << "expected an error for " << text;
-    } catch (const Error& e) {
-      EXPECT_EQ(e.kind(), ErrorKind::kUser);
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
+    const std::string message = error_message_of([&] { load_multiple_choice(path_.string()); });
+    EXPECT_NE(message.find(needle), std::string::npos) << message;
   };
   expect_error("{\"context\": \"a\", \"choices\": [\"b\", \"c\"], \"answer\": 2}\n", ":1:");
   expect_error("\n{\"context\": \"a\", \"choices\": [\"b\"], \"answer\": 0}\n", ":2:");

@@ -8,29 +8,18 @@
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include "tests/support/expect_error.hpp"
 #include "tests/support/scratch_dir.hpp"
 
 namespace refinery::io {
 namespace {
 
+using refinery::test::error_message_of;
 using test::ScratchDir;
 
 namespace fs = std::filesystem;
 
 const std::string kData = std::string(REFINERY_SOURCE_DIR) + "/tests/engine/io/h5data/";
-
-// Runs f, expects a refinery::Error of `kind`, returns its message.
-template <typename F>
-std::string error_of(F&& f, ErrorKind kind = ErrorKind::kUser) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a refinery::Error";
-  return "";
-}
 
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);
@@ -56,10 +45,10 @@ TEST(H5Handle, ClosesOnDestructionAndMoves) {
 TEST(H5File, MissingAndNonHdf5FilesAreUserErrorsWithoutHdf5Noise) {
   ScratchDir dir;
   testing::internal::CaptureStderr();
-  std::string missing = error_of([&] { H5File::open(dir.file("nope.h5")); });
-  std::string not_h5 = error_of([&] { H5File::open(kData + "bad_not_hdf5.h5"); });
-  std::string truncated = error_of([&] { H5File::open(kData + "bad_truncated.h5"); });
-  std::string no_dir = error_of([&] { H5File::create(dir.file("no/such/dir/x.h5")); });
+  std::string missing = error_message_of([&] { H5File::open(dir.file("nope.h5")); });
+  std::string not_h5 = error_message_of([&] { H5File::open(kData + "bad_not_hdf5.h5"); });
+  std::string truncated = error_message_of([&] { H5File::open(kData + "bad_truncated.h5"); });
+  std::string no_dir = error_message_of([&] { H5File::create(dir.file("no/such/dir/x.h5")); });
   std::string stderr_text = testing::internal::GetCapturedStderr();
   EXPECT_NE(missing.find("nope.h5"), std::string::npos) << missing;
   EXPECT_NE(missing.find("does not exist"), std::string::npos) << missing;
@@ -202,13 +191,13 @@ TEST(H5Dataset, OnlyLosslessConversions) {
   const std::vector<int32_t> v = {-5, 0, 7};
   i32.append(std::span<const int32_t>(v));
   EXPECT_EQ(i32.read_all<int64_t>(), (std::vector<int64_t>{-5, 0, 7}));  // widening: fine
-  std::string narrow = error_of([&] { i32.read_all<int16_t>(); });
+  std::string narrow = error_message_of([&] { i32.read_all<int16_t>(); });
   EXPECT_NE(narrow.find("/i32"), std::string::npos) << narrow;
   EXPECT_NE(narrow.find("stores int32, expected int16"), std::string::npos) << narrow;
-  error_of([&] { i32.read_all<uint32_t>(); });  // signed -> unsigned loses negatives
+  error_message_of([&] { i32.read_all<uint32_t>(); });  // signed -> unsigned loses negatives
   H5Dataset f16 = file.create_dataset("/f16", DType::kF16, {});
   const std::vector<float> f = {1.f};
-  error_of([&] { f16.append(std::span<const float>(f)); }, ErrorKind::kInternal);
+  error_message_of([&] { f16.append(std::span<const float>(f)); }, ErrorKind::kInternal);
   EXPECT_TRUE(h5_lossless_conversion(DType::kU32, DType::kI64));
   EXPECT_FALSE(h5_lossless_conversion(DType::kU32, DType::kI32));
   EXPECT_FALSE(h5_lossless_conversion(DType::kF32, DType::kF16));
@@ -220,7 +209,7 @@ TEST(H5Dataset, OutOfRangeReadNamesFileDatasetAndRows) {
   H5Dataset ds = file.create_dataset("/x", DType::kU64, {});
   const std::vector<uint64_t> v = {1, 2, 3};
   ds.append(std::span<const uint64_t>(v));
-  std::string msg = error_of([&] { ds.read_rows<uint64_t>(2, 2); });
+  std::string msg = error_message_of([&] { ds.read_rows<uint64_t>(2, 2); });
   EXPECT_NE(msg.find("rows [2, 4)"), std::string::npos) << msg;
   EXPECT_NE(msg.find("range.h5"), std::string::npos) << msg;
   EXPECT_NE(msg.find("has 3 rows"), std::string::npos) << msg;
@@ -271,9 +260,9 @@ TEST(H5File, NestedPathsAndExistence) {
   EXPECT_FALSE(file.is_dataset("/a/b"));
   EXPECT_FALSE(file.exists("/x/y/z"));  // missing intermediate group: false, not an error
   EXPECT_FALSE(file.is_dataset("/x"));
-  std::string msg = error_of([&] { file.open_dataset("/a/b"); });
+  std::string msg = error_message_of([&] { file.open_dataset("/a/b"); });
   EXPECT_NE(msg.find("no dataset /a/b"), std::string::npos) << msg;
-  error_of([&] { file.create_dataset("/a/b/c", DType::kU8, {}); }, ErrorKind::kInternal);
+  error_message_of([&] { file.create_dataset("/a/b/c", DType::kU8, {}); }, ErrorKind::kInternal);
 }
 
 TEST(H5Object, AttributesRoundTripAndReportMisuse) {
@@ -298,10 +287,10 @@ TEST(H5Object, AttributesRoundTripAndReportMisuse) {
   H5Dataset ds = file.open_dataset("/d");
   EXPECT_EQ(ds.string_attribute("unit"), "nats");
   EXPECT_EQ(ds.int_attribute("k"), 64);
-  std::string missing = error_of([&] { file.string_attribute("absent"); });
+  std::string missing = error_message_of([&] { file.string_attribute("absent"); });
   EXPECT_NE(missing.find("attribute 'absent'"), std::string::npos) << missing;
   EXPECT_NE(missing.find("attrs.h5"), std::string::npos) << missing;
-  std::string wrong = error_of([&] { file.int_attribute("name"); });
+  std::string wrong = error_message_of([&] { file.int_attribute("name"); });
   EXPECT_NE(wrong.find("should be one integer"), std::string::npos) << wrong;
   EXPECT_NE(wrong.find("string"), std::string::npos) << wrong;
 }
@@ -323,7 +312,7 @@ TEST(H5Dataset, UnsupportedTypeIsAUserError) {
   }
   H5File file = H5File::open(path);
   H5Dataset ds = file.open_dataset("/s");
-  std::string msg = error_of([&] { ds.dtype(); });
+  std::string msg = error_message_of([&] { ds.dtype(); });
   EXPECT_NE(msg.find("/s"), std::string::npos) << msg;
   EXPECT_NE(msg.find("string"), std::string::npos) << msg;
 }

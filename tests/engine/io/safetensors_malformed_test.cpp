@@ -8,21 +8,13 @@
 #include "engine/io/checkpoint.hpp"
 #include "engine/io/safetensors_file.hpp"
 #include "safetensors_test_util.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery::io {
 namespace {
 
+using refinery::test::error_message_of;
 using test::io_fixture;
-
-std::string user_error(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser) << e.what();
-    return e.what();
-  }
-  return "(no error)";
-}
 
 TEST(SafetensorsMalformed, EveryInputGivesItsExpectedError) {
   const auto dir = io_fixture("malformed");
@@ -34,18 +26,18 @@ TEST(SafetensorsMalformed, EveryInputGivesItsExpectedError) {
     ASSERT_TRUE(std::filesystem::exists(path));
     const std::string text = message.get<std::string>();
     if (std::filesystem::is_directory(path)) {
-      const std::string error = user_error([&] { Checkpoint::open(path); });
+      const std::string error = error_message_of([&] { Checkpoint::open(path); });
       EXPECT_NE(error.find(text), std::string::npos) << "got: " << error;
       EXPECT_NE(error.find(path.string()), std::string::npos) << "the message must name the input: " << error;
     } else {
-      const std::string from_file = user_error([&] { SafetensorsFile::open(path); });
+      const std::string from_file = error_message_of([&] { SafetensorsFile::open(path); });
       EXPECT_NE(from_file.find(text), std::string::npos) << "got: " << from_file;
       EXPECT_EQ(from_file.rfind(path.string() + ": ", 0), 0u) << "the message must start with the file: " << from_file;
       // The in-memory parser (used by the fuzz target) gives the same message.
       const auto bytes = test::read_bytes(path);
-      EXPECT_EQ(user_error([&] { SafetensorsFile::parse(bytes, path.string()); }), from_file);
+      EXPECT_EQ(error_message_of([&] { SafetensorsFile::parse(bytes, path.string()); }), from_file);
       // And so does opening it as a checkpoint.
-      EXPECT_EQ(user_error([&] { Checkpoint::open(path); }), from_file);
+      EXPECT_EQ(error_message_of([&] { Checkpoint::open(path); }), from_file);
     }
   }
 }
@@ -62,9 +54,9 @@ TEST(SafetensorsMalformed, EveryFileInTheFolderHasAnExpectedError) {
 
 TEST(SafetensorsMalformed, MissingFileAndDirectoryErrors) {
   const auto missing = io_fixture("malformed/does_not_exist.safetensors");
-  EXPECT_NE(user_error([&] { SafetensorsFile::open(missing); }).find("no such file"), std::string::npos);
-  EXPECT_NE(user_error([&] { Checkpoint::open(missing); }).find("no such file or directory"), std::string::npos);
-  EXPECT_NE(user_error([&] { SafetensorsFile::open(io_fixture("malformed")); }).find("not a regular file"),
+  EXPECT_NE(error_message_of([&] { SafetensorsFile::open(missing); }).find("no such file"), std::string::npos);
+  EXPECT_NE(error_message_of([&] { Checkpoint::open(missing); }).find("no such file or directory"), std::string::npos);
+  EXPECT_NE(error_message_of([&] { SafetensorsFile::open(io_fixture("malformed")); }).find("not a regular file"),
             std::string::npos);
 }
 

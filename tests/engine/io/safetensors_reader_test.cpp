@@ -9,6 +9,7 @@
 #include "engine/core/error.hpp"
 #include "engine/io/safetensors_file.hpp"
 #include "safetensors_test_util.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery::io {
 namespace {
@@ -125,14 +126,10 @@ std::vector<std::byte> make_file(const std::string& header, std::size_t data_byt
   return out;
 }
 
+// The user error parsing `bytes` gives.
 std::string error_of(const std::vector<std::byte>& bytes) {
-  try {
-    SafetensorsFile::parse(bytes, "mem.safetensors");
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser);
-    return e.what();
-  }
-  return "";
+  return refinery::test::error_message_of(
+      [&] { SafetensorsFile::parse(bytes, "mem.safetensors"); });
 }
 
 TEST(SafetensorsReader, AcceptsEmptyHeaderAndTrailingSpaces) {

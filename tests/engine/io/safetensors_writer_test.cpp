@@ -9,11 +9,13 @@
 #include "engine/io/safetensors_file.hpp"
 #include "engine/io/safetensors_writer.hpp"
 #include "safetensors_test_util.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery::io {
 namespace {
 
 namespace fs = std::filesystem;
+using refinery::test::error_message_of;
 using test::TempDir;
 
 std::span<const std::byte> as_bytes_of(const std::vector<float>& v) { return std::as_bytes(std::span(v)); }
@@ -77,34 +79,24 @@ TEST(SafetensorsWriter, RoundTripsSpansAndFillCallbacks) {
   EXPECT_EQ(std::distance(fs::directory_iterator(dir.path()), fs::directory_iterator()), 1);
 }
 
-std::string user_error(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser);
-    return e.what();
-  }
-  return "(no error)";
-}
-
 TEST(SafetensorsWriter, RejectsBadEntriesAndLeavesNoFile) {
   TempDir dir;
   const fs::path path = dir.path() / "bad.safetensors";
   const std::vector<float> four(4);
-  EXPECT_NE(user_error([&] { write_safetensors(path, {{"w", DType::kF32, {2, 3}, as_bytes_of(four), nullptr}}); })
+  EXPECT_NE(error_message_of([&] { write_safetensors(path, {{"w", DType::kF32, {2, 3}, as_bytes_of(four), nullptr}}); })
                 .find("need 24 bytes, but the data has 16"),
             std::string::npos);
-  EXPECT_NE(user_error([&] {
+  EXPECT_NE(error_message_of([&] {
               write_safetensors(path, {{"w", DType::kF32, {4}, as_bytes_of(four), nullptr},
                                        {"w", DType::kF32, {4}, as_bytes_of(four), nullptr}});
             }).find("tensor 'w' is given twice"),
             std::string::npos);
-  EXPECT_NE(user_error([&] { write_safetensors(path, {{"w", DType::kF32, {-1}, {}, nullptr}}); }).find("negative dimension"),
+  EXPECT_NE(error_message_of([&] { write_safetensors(path, {{"w", DType::kF32, {-1}, {}, nullptr}}); }).find("negative dimension"),
             std::string::npos);
-  EXPECT_NE(user_error([&] { write_safetensors(path, {{"w", DType::kF4, {3}, {}, nullptr}}); })
+  EXPECT_NE(error_message_of([&] { write_safetensors(path, {{"w", DType::kF4, {3}, {}, nullptr}}); })
                 .find("do not fill a whole number of bytes"),
             std::string::npos);
-  EXPECT_NE(user_error([&] { write_safetensors(dir.path() / "no/such/dir/x.safetensors", {}); }).find("does not exist"),
+  EXPECT_NE(error_message_of([&] { write_safetensors(dir.path() / "no/such/dir/x.safetensors", {}); }).find("does not exist"),
             std::string::npos);
   EXPECT_TRUE(fs::is_empty(dir.path()));
 }

@@ -8,28 +8,18 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/core/error.hpp"
+#include "tests/support/expect_error.hpp"
 #include "tests/support/scratch_dir.hpp"
 
 namespace refinery::io {
 namespace {
 
+using refinery::test::error_message_of;
 using test::ScratchDir;
 
 namespace fs = std::filesystem;
 
 const std::string kData = std::string(REFINERY_SOURCE_DIR) + "/tests/engine/io/h5data/";
-
-template <typename F>
-std::string user_error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a user error";
-  return "";
-}
 
 std::vector<Document> read_all(std::vector<std::string> paths) {
   TextSource source(std::move(paths));
@@ -42,7 +32,7 @@ std::vector<Document> read_all(std::vector<std::string> paths) {
 
 // Reads documents until the error, returning its message.
 std::string error_while_reading(std::vector<std::string> paths) {
-  return user_error_of([&] { read_all(std::move(paths)); });
+  return error_message_of([&] { read_all(std::move(paths)); });
 }
 
 TEST(TextSource, TxtFileIsOneWholeDocument) {
@@ -156,7 +146,7 @@ TEST(TextSource, TokensJsonRejectsNonIdsBeforeYieldingAnything) {
   for (const auto& c : cases) {
     const std::string path = dir.write("bad.json", c.content);
     TextSource source({path});
-    std::string msg = user_error_of([&] { source.next(); });  // the first next() already fails
+    std::string msg = error_message_of([&] { source.next(); });  // the first next() already fails
     EXPECT_NE(msg.find(path), std::string::npos) << msg;
     EXPECT_NE(msg.find(c.message_part), std::string::npos) << c.content << " -> " << msg;
   }
@@ -195,23 +185,23 @@ TEST(TextSource, SeveralFilesInOrder) {
 TEST(TextSource, BadPathsFailAtConstruction) {
   ScratchDir dir;
   const std::string good = dir.write("good.txt", "x");
-  std::string msg = user_error_of([&] { TextSource({good, dir.write("data.csv", "a,b")}); });
+  std::string msg = error_message_of([&] { TextSource({good, dir.write("data.csv", "a,b")}); });
   EXPECT_NE(msg.find("data.csv"), std::string::npos) << msg;
   EXPECT_NE(msg.find("unsupported extension .csv"), std::string::npos) << msg;
   for (const char* ext : {".txt", ".jsonl", ".json", ".h5"})
     EXPECT_NE(msg.find(ext), std::string::npos) << "should list " << ext << ": " << msg;
 
-  msg = user_error_of([&] { TextSource({good, dir.file("absent.jsonl")}); });
+  msg = error_message_of([&] { TextSource({good, dir.file("absent.jsonl")}); });
   EXPECT_NE(msg.find("absent.jsonl does not exist"), std::string::npos) << msg;
 
-  msg = user_error_of([&] { TextSource({dir.write("README", "x")}); });
+  msg = error_message_of([&] { TextSource({dir.write("README", "x")}); });
   EXPECT_NE(msg.find("no extension"), std::string::npos) << msg;
 
   fs::create_directories(dir.file("folder.txt"));
-  msg = user_error_of([&] { TextSource({dir.file("folder.txt")}); });
+  msg = error_message_of([&] { TextSource({dir.file("folder.txt")}); });
   EXPECT_NE(msg.find("not a regular file"), std::string::npos) << msg;
 
-  msg = user_error_of([&] { TextSource(std::vector<std::string>{}); });
+  msg = error_message_of([&] { TextSource(std::vector<std::string>{}); });
   EXPECT_NE(msg.find("no input files"), std::string::npos) << msg;
 
   EXPECT_EQ(text_source_kind("x/y.HDF5"), TextSourceKind::kTokenDataset);

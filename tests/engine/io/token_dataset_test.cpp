@@ -7,28 +7,18 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include "tests/support/expect_error.hpp"
 #include "tests/support/scratch_dir.hpp"
 
 namespace refinery::io {
 namespace {
 
+using refinery::test::error_message_of;
 using test::ScratchDir;
 
 namespace fs = std::filesystem;
 
 const std::string kData = std::string(REFINERY_SOURCE_DIR) + "/tests/engine/io/h5data/";
-
-template <typename F>
-std::string user_error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a user error";
-  return "";
-}
 
 TokenDatasetInfo small_info(uint32_t vocab = 8) {
   TokenDatasetInfo info;
@@ -74,7 +64,7 @@ TEST(TokenDataset, RoundTripAcrossChunksWithEmptyDocuments) {
   EXPECT_EQ(ds.string_attribute("format"), "refinery.tokens");
   EXPECT_EQ(ds.int_attribute("n_docs"), 7);
   EXPECT_EQ(ds.int_attribute("n_tokens"), 56);
-  std::string msg = user_error_of([&] { ds.document(7); });
+  std::string msg = error_message_of([&] { ds.document(7); });
   EXPECT_NE(msg.find("document 7 is out of range"), std::string::npos) << msg;
 }
 
@@ -142,7 +132,7 @@ TEST(TokenDatasetWriter, AbandonedWriterRemovesTempAndKeepsOldOutput) {
 TEST(TokenDatasetWriter, IdOutsideVocabularyIsAUserErrorAndLeavesNoFile) {
   ScratchDir dir;
   const std::string out = dir.file("out.h5");
-  std::string msg = user_error_of([&] {
+  std::string msg = error_message_of([&] {
     TokenDatasetWriter writer(out, small_info(8));
     writer.add_document(std::vector<uint32_t>{1, 2});
     writer.add_document(std::vector<uint32_t>{3, 8}, "c.json[1]");
@@ -157,7 +147,7 @@ TEST(TokenDatasetWriter, IdOutsideVocabularyIsAUserErrorAndLeavesNoFile) {
 TEST(TokenDatasetWriter, MissingOutputDirectoryIsAUserError) {
   ScratchDir dir;
   std::string msg =
-      user_error_of([&] { TokenDatasetWriter(dir.file("no/dir/out.h5"), small_info()); });
+      error_message_of([&] { TokenDatasetWriter(dir.file("no/dir/out.h5"), small_info()); });
   EXPECT_NE(msg.find("does not exist"), std::string::npos) << msg;
 }
 
@@ -210,7 +200,7 @@ TEST(TokenDataset, RejectsTamperedFilesWithClearErrors) {
       {"bad_not_hdf5.h5", "not an HDF5 file"},
   };
   for (const auto& c : cases) {
-    std::string msg = user_error_of([&] { TokenDataset ds(kData + c.file); });
+    std::string msg = error_message_of([&] { TokenDataset ds(kData + c.file); });
     EXPECT_NE(msg.find(c.file), std::string::npos) << "the error should name the file: " << msg;
     EXPECT_NE(msg.find(c.message_part), std::string::npos) << c.file << ": " << msg;
   }
@@ -231,14 +221,14 @@ TEST(TokenDataset, RejectsOurFileAfterTampering) {
     const uint64_t bad[] = {5};
     offsets.write_rows(1, bad, DType::kU64, 1);  // 0 5 3 6
   }
-  std::string msg = user_error_of([&] { TokenDataset ds(path); });
+  std::string msg = error_message_of([&] { TokenDataset ds(path); });
   EXPECT_NE(msg.find("decreases at index 2 (5 then 3)"), std::string::npos) << msg;
 
   // Cut the file short, as an interrupted copy would.
   write(path, {{1, 2}, {3}, {4, 5, 6}}, small_info());
   const auto size = fs::file_size(path);
   fs::resize_file(path, size * 2 / 3);
-  msg = user_error_of([&] { TokenDataset ds(path); });
+  msg = error_message_of([&] { TokenDataset ds(path); });
   EXPECT_NE(msg.find("t.h5"), std::string::npos) << msg;
 
   // /tokens of the wrong element type.
@@ -252,7 +242,7 @@ TEST(TokenDataset, RejectsOurFileAfterTampering) {
     file.set_int_attribute("format_version", 1);
     file.set_int_attribute("vocab_size", 8);
   }
-  msg = user_error_of([&] { TokenDataset ds(path); });
+  msg = error_message_of([&] { TokenDataset ds(path); });
   EXPECT_NE(msg.find("found rank 1 of int32"), std::string::npos) << msg;
 }
 

@@ -7,27 +7,17 @@
 #include <string>
 
 #include "engine/core/error.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery::model {
 namespace {
+
+using refinery::test::error_message_of;
 
 std::string config_path(const std::string& name) {
   return std::string(REFINERY_SOURCE_DIR) + "/tests/engine/model/configs/" + name + ".json";
 }
 ModelConfig load(const std::string& name) { return load_model_config(config_path(name)); }
-
-// The message of the user error `fn` throws ("" and a test failure when it does not).
-template <typename Fn>
-std::string user_error(Fn&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser) << e.what();
-    return e.what();
-  }
-  ADD_FAILURE() << "no error thrown";
-  return "";
-}
 
 nlohmann::json minimal_llama() {
   return nlohmann::json{{"model_type", "llama"},       {"vocab_size", 1000},           {"hidden_size", 64},
@@ -311,7 +301,7 @@ TEST(ModelConfig, DefaultsWhenOptionalFieldsAreAbsent) {
 TEST(ModelConfigErrors, UnknownModelTypeListsSupported) {
   nlohmann::json j = minimal_llama();
   j["model_type"] = "gpt2";
-  std::string msg = user_error([&] { parse_model_config(j, "cfg.json"); });
+  std::string msg = error_message_of([&] { parse_model_config(j, "cfg.json"); });
   EXPECT_NE(msg.find("cfg.json"), std::string::npos) << msg;
   EXPECT_NE(msg.find("\"gpt2\""), std::string::npos) << msg;
   for (const auto& t : supported_model_types()) EXPECT_NE(msg.find(t), std::string::npos) << t << ": " << msg;
@@ -320,7 +310,7 @@ TEST(ModelConfigErrors, UnknownModelTypeListsSupported) {
 TEST(ModelConfigErrors, MissingFieldNamesFileFieldAndMeaning) {
   nlohmann::json j = minimal_llama();
   j.erase("hidden_size");
-  std::string msg = user_error([&] { parse_model_config(j, "dir/config.json"); });
+  std::string msg = error_message_of([&] { parse_model_config(j, "dir/config.json"); });
   EXPECT_NE(msg.find("dir/config.json"), std::string::npos) << msg;
   EXPECT_NE(msg.find("`hidden_size`"), std::string::npos) << msg;
   EXPECT_NE(msg.find("residual stream"), std::string::npos) << msg;
@@ -328,75 +318,75 @@ TEST(ModelConfigErrors, MissingFieldNamesFileFieldAndMeaning) {
 
   nlohmann::json ds = nlohmann::json::parse(std::ifstream(config_path("deepseek_v3")));
   ds.erase("q_lora_rank");
-  msg = user_error([&] { parse_model_config(ds, "ds.json"); });
+  msg = error_message_of([&] { parse_model_config(ds, "ds.json"); });
   EXPECT_NE(msg.find("q_lora_rank"), std::string::npos) << msg;
 }
 
 TEST(ModelConfigErrors, WrongTypeSaysExpectedAndFound) {
   nlohmann::json j = minimal_llama();
   j["num_hidden_layers"] = "32";
-  std::string msg = user_error([&] { parse_model_config(j, "c.json"); });
+  std::string msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("`num_hidden_layers`"), std::string::npos) << msg;
   EXPECT_NE(msg.find("expected an integer"), std::string::npos) << msg;
   EXPECT_NE(msg.find("found a string (\"32\")"), std::string::npos) << msg;
 
   j = minimal_llama();
   j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", "2"}};
-  msg = user_error([&] { parse_model_config(j, "c.json"); });
+  msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("`rope_scaling.factor`"), std::string::npos) << msg;
   EXPECT_NE(msg.find("expected a number"), std::string::npos) << msg;
 
   j = minimal_llama();
   j["tie_word_embeddings"] = 1;
-  msg = user_error([&] { parse_model_config(j, "c.json"); });
+  msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("expected a boolean"), std::string::npos) << msg;
 
-  msg = user_error([&] { parse_model_config(nlohmann::json::array(), "arr.json"); });
+  msg = error_message_of([&] { parse_model_config(nlohmann::json::array(), "arr.json"); });
   EXPECT_NE(msg.find("expected a JSON object"), std::string::npos) << msg;
 }
 
 TEST(ModelConfigErrors, UnsupportedRopeTypes) {
   nlohmann::json j = minimal_llama();
   j["rope_scaling"] = {{"type", "dynamic"}, {"factor", 2.0}};
-  std::string msg = user_error([&] { parse_model_config(j, "c.json"); });
+  std::string msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("dynamic"), std::string::npos) << msg;
   EXPECT_NE(msg.find("not supported"), std::string::npos) << msg;
   EXPECT_NE(msg.find("yarn"), std::string::npos) << msg;
   j["rope_scaling"] = {{"rope_type", "longrope"}, {"factor", 2.0}};
-  msg = user_error([&] { parse_model_config(j, "c.json"); });
+  msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("longrope"), std::string::npos) << msg;
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
-  msg = user_error([&] { parse_model_config(j, "c.json"); });
+  msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("low_freq_factor"), std::string::npos) << msg;
 }
 
 TEST(ModelConfigErrors, UnsupportedQuantizationAndRouting) {
   nlohmann::json j = minimal_llama();
   j["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}};
-  std::string msg = user_error([&] { parse_model_config(j, "c.json"); });
+  std::string msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("gptq"), std::string::npos) << msg;
   EXPECT_NE(msg.find("awq"), std::string::npos) << msg;
   j["quantization_config"] = {{"quant_method", "fp8"}};
-  msg = user_error([&] { parse_model_config(j, "c.json"); });
+  msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("weight_block_size"), std::string::npos) << msg;
   j["quantization_config"] = {{"quant_method", "awq"}, {"version", "exllama"}};
-  msg = user_error([&] { parse_model_config(j, "c.json"); });
+  msg = error_message_of([&] { parse_model_config(j, "c.json"); });
   EXPECT_NE(msg.find("exllama"), std::string::npos) << msg;
 
   nlohmann::json ds = nlohmann::json::parse(std::ifstream(config_path("deepseek_v3")));
   ds["topk_method"] = "greedy";
-  msg = user_error([&] { parse_model_config(ds, "ds.json"); });
+  msg = error_message_of([&] { parse_model_config(ds, "ds.json"); });
   EXPECT_NE(msg.find("noaux_tc"), std::string::npos) << msg;
   ds = nlohmann::json::parse(std::ifstream(config_path("deepseek_v3")));
   ds["num_experts_per_tok"] = 300;
-  msg = user_error([&] { parse_model_config(ds, "ds.json"); });
+  msg = error_message_of([&] { parse_model_config(ds, "ds.json"); });
   EXPECT_NE(msg.find("num_experts_per_tok"), std::string::npos) << msg;
 }
 
 TEST(ModelConfigErrors, MissingFileAndBadJson) {
-  std::string msg = user_error([] { load_model_config("/nonexistent/model"); });
+  std::string msg = error_message_of([] { load_model_config("/nonexistent/model"); });
   EXPECT_NE(msg.find("/nonexistent/model"), std::string::npos) << msg;
-  msg = user_error([] {
+  msg = error_message_of([] {
     parse_model_config(nlohmann::json{{"model_type", "llama"}, {"hidden_size", -5}}, "neg.json");
   });
   EXPECT_NE(msg.find("neg.json"), std::string::npos) << msg;

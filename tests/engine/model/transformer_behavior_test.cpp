@@ -8,6 +8,7 @@
 #include "engine/model/language_model.hpp"
 #include "engine/model/model_weights.hpp"
 #include "model_test_util.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery::model {
 namespace {
@@ -183,13 +184,7 @@ std::string load_error(const std::string& fixture, const std::string& key,
   cfg[key] = value;
   const ModelConfig c = parse_model_config(cfg, "edited config.json");
   const io::Checkpoint ckpt = io::Checkpoint::open(test::fixtures_dir() / fixture);
-  try {
-    ModelWeights::load(ckpt, c);
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser);
-    return e.what();
-  }
-  return "";
+  return refinery::test::error_message_of([&] { ModelWeights::load(ckpt, c); });
 }
 
 TEST(EngineWeights, MissingOrMisShapedTensorIsAUserErrorNamingIt) {

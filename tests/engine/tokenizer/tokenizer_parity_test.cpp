@@ -4,39 +4,28 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "engine/tokenizer/tokenizer.hpp"
 #include "engine/tokenizer/utf8.hpp"
+#include "golden_support.hpp"
 
 namespace refinery::tokenizer {
 namespace {
 
-const std::string kRoot = REFINERY_SOURCE_DIR;
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << path;
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return nlohmann::json::parse(buffer.str());
-}
+using test::apply_tokenizer_patch;
+using test::golden_case_mismatch;
+using test::kRoot;
+using test::read_json;
+using test::show;
 
 std::string from_hex(const std::string& hex) {
   std::string out;
   for (std::size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16)));
   return out;
-}
-
-std::string show(const std::vector<int32_t>& ids) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  return s + "]";
 }
 
 // Fixture data shared by the tests of one tokenizer (parsed once: the files are large).
@@ -67,22 +56,10 @@ TEST_P(TokenizerParity, EncodeAndDecodeMatchReference) {
   int failures = 0;
   for (std::size_t i = 0; i < texts.size(); ++i) {
     const std::string text = texts[i].get<std::string>();
-    const auto expected = cases[i]["ids"].get<std::vector<int32_t>>();
-    const auto expected_special = cases[i]["ids_special"].get<std::vector<int32_t>>();
-    const auto ids = tok.encode(text);
-    const auto ids_special = tok.encode(text, true);
-    const std::string decoded = tok.decode(ids);
-    const std::string decoded_skip = tok.decode(ids_special, true);
-    const bool ok = ids == expected && ids_special == expected_special &&
-                    decoded == cases[i]["decoded"].get<std::string>() &&
-                    decoded_skip == cases[i]["decoded_skip"].get<std::string>();
-    if (!ok && ++failures <= 8) {
+    const std::string mismatch = golden_case_mismatch(tok, text, cases[i]);
+    if (!mismatch.empty() && ++failures <= 8)
       ADD_FAILURE() << GetParam() << " text #" << i << " " << nlohmann::json(text).dump()
-                    << "\n  ids      " << show(ids) << "\n  expected " << show(expected)
-                    << "\n  special  " << show(ids_special) << " expected " << show(expected_special)
-                    << "\n  decoded  " << nlohmann::json(decoded).dump() << " expected " << cases[i]["decoded"].dump()
-                    << "\n  skip     " << nlohmann::json(decoded_skip).dump() << " expected " << cases[i]["decoded_skip"].dump();
-    }
+                    << mismatch;
   }
   EXPECT_EQ(failures, 0) << "of " << texts.size() << " texts";
 }
@@ -103,13 +80,7 @@ TEST_P(TokenizerParity, VariantsMatchReference) {
   const auto& texts = g.texts["variant_texts"];
   for (const auto& variant : g.golden["variants"]) {
     nlohmann::json j = base;
-    const auto& change = variant["change"];
-    if (change.contains("set"))
-      for (auto it = change["set"].begin(); it != change["set"].end(); ++it) j[it.key()] = it.value();
-    if (change.contains("model"))
-      for (auto it = change["model"].begin(); it != change["model"].end(); ++it) j["model"][it.key()] = it.value();
-    if (change.contains("append_added"))
-      for (const auto& t : change["append_added"]) j["added_tokens"].push_back(t);
+    apply_tokenizer_patch(j, variant["change"]);
     const std::string name = variant["name"].get<std::string>();
     const Tokenizer tok = Tokenizer::from_json(j, nullptr, GetParam() + " variant " + name);
     const auto& cases = variant["cases"];

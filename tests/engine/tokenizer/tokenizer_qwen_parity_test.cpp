@@ -6,32 +6,19 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
-#include <vector>
 
 #include "engine/tokenizer/tokenizer.hpp"
+#include "golden_support.hpp"
 
 namespace refinery::tokenizer {
 namespace {
 
-const std::string kRoot = REFINERY_SOURCE_DIR;
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  EXPECT_TRUE(in.good()) << path;
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  return nlohmann::json::parse(buffer.str());
-}
-
-std::string show(const std::vector<int32_t>& ids) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? "," : "") + std::to_string(ids[i]);
-  return s + "]";
-}
+using test::apply_tokenizer_patch;
+using test::golden_case_mismatch;
+using test::kRoot;
+using test::read_json;
 
 // The patched tokenizer and the golden file, built once (the DeepSeek file is 8 MB).
 struct QwenFixture {
@@ -42,8 +29,7 @@ const QwenFixture& fixture() {
   static const QwenFixture f = [] {
     const auto patch = read_json(kRoot + "/tests/fixtures/tokenizer/qwen2_style_patch.json");
     nlohmann::json j = read_json(kRoot + "/" + patch["base"].get<std::string>());
-    for (auto it = patch["set"].begin(); it != patch["set"].end(); ++it) j[it.key()] = it.value();
-    for (auto it = patch["model"].begin(); it != patch["model"].end(); ++it) j["model"][it.key()] = it.value();
+    apply_tokenizer_patch(j, patch);
     return QwenFixture{read_json(kRoot + "/tests/fixtures/tokenizer/golden_qwen2-style.json"),
                        Tokenizer::from_json(j, nullptr, "qwen2-style tokenizer.json")};
   }();
@@ -57,23 +43,10 @@ TEST(TokenizerQwenParity, EncodeAndDecodeMatchReference) {
   ASSERT_GE(cases.size(), 370u);
   int failures = 0;
   for (std::size_t i = 0; i < cases.size(); ++i) {
-    const auto& c = cases[i];
-    const std::string text = c["text"].get<std::string>();
-    const auto expected = c["ids"].get<std::vector<int32_t>>();
-    const auto expected_special = c["ids_special"].get<std::vector<int32_t>>();
-    const auto ids = tok.encode(text);
-    const auto ids_special = tok.encode(text, true);
-    const std::string decoded = tok.decode(ids);
-    const std::string decoded_skip = tok.decode(ids_special, true);
-    const bool ok = ids == expected && ids_special == expected_special && decoded == c["decoded"].get<std::string>() &&
-                    decoded_skip == c["decoded_skip"].get<std::string>();
-    if (!ok && ++failures <= 8) {
-      ADD_FAILURE() << "text #" << i << " " << nlohmann::json(text).dump() << "\n  ids      " << show(ids)
-                    << "\n  expected " << show(expected) << "\n  special  " << show(ids_special) << " expected "
-                    << show(expected_special) << "\n  decoded  " << nlohmann::json(decoded).dump() << " expected "
-                    << c["decoded"].dump() << "\n  skip     " << nlohmann::json(decoded_skip).dump() << " expected "
-                    << c["decoded_skip"].dump();
-    }
+    const std::string text = cases[i]["text"].get<std::string>();
+    const std::string mismatch = golden_case_mismatch(tok, text, cases[i]);
+    if (!mismatch.empty() && ++failures <= 8)
+      ADD_FAILURE() << "text #" << i << " " << nlohmann::json(text).dump() << mismatch;
   }
   EXPECT_EQ(failures, 0) << "of " << cases.size() << " texts";
 }

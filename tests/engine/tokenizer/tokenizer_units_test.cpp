@@ -15,6 +15,7 @@
 #include "engine/tokenizer/regex.hpp"
 #include "engine/tokenizer/tokenizer.hpp"
 #include "engine/tokenizer/utf8.hpp"
+#include "tests/support/expect_error.hpp"
 
 namespace refinery::tokenizer {
 namespace {
@@ -158,14 +159,9 @@ TEST(TokenizerLoad, RealTokenizersBosEos) {
   EXPECT_EQ(llama.id_to_token(13), "<0x0A>");
 }
 
+// The user error loading tokenizer JSON `j` gives.
 std::string error_of(const json& j) {
-  try {
-    Tokenizer::from_json(j, nullptr, "bad.json");
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUser);
-    return e.what();
-  }
-  return "no error";
+  return refinery::test::error_message_of([&] { Tokenizer::from_json(j, nullptr, "bad.json"); });
 }
 
 TEST(TokenizerLoad, ErrorsNameFileAndJsonPath) {

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 build_dir=${1:-build}
 shift || true
 jobs=$(nproc)
+# ccache keys on paths relative to the repo, so clones in other folders share the cache.
+export CCACHE_BASEDIR="$PWD"
 if [ -z "${CUDACXX:-}" ] && ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
   export CUDACXX=/usr/local/cuda/bin/nvcc
 fi

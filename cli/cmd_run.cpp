@@ -6,6 +6,7 @@
 
 #include "cli/commands.hpp"
 #include "engine/backend/backend.hpp"
+#include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/core/error.hpp"
 #include "engine/model/generate.hpp"
 #include "engine/model/transformer.hpp"
@@ -68,15 +69,16 @@ void register_run(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed for sampling")->capture_default_str();
   cmd->add_option("--threads", o->threads, "CPU threads (0 = all cores)")->capture_default_str();
-  cmd->add_option("--device", o->device, "cpu (cuda: not built yet)")->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu or cuda")->capture_default_str();
 
   cmd->callback([o] {
-    if (o->device == "cuda")
-      throw_user_error("--device cuda: the CUDA engine is not built yet; use --device cpu");
-    if (o->device != "cpu") throw_user_error("--device ", o->device, ": expected cpu or cuda");
+    if (o->device != "cpu" && o->device != "cuda")
+      throw_user_error("--device ", o->device, ": expected cpu or cuda");
     const std::filesystem::path dir = o->model;
     const auto tok = tokenizer::Tokenizer::load(dir);
-    auto model = model::Transformer::load(dir, backend::make_cpu_backend(o->threads));
+    auto model = model::Transformer::load(dir, o->device == "cuda"
+                                                   ? backend::make_cuda_backend(0)
+                                                   : backend::make_cpu_backend(o->threads));
     const std::vector<int32_t> prompt = tok.encode(o->prompt, /*add_special_tokens=*/true);
     if (prompt.empty()) throw_user_error("--prompt encodes to no tokens; give a non-empty prompt");
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <string>
 
+#include "engine/backend/cuda/device_info.hpp"
 #include "tests/support/run_refine.hpp"
 
 namespace refinery {
@@ -35,9 +36,13 @@ TEST(RefineRun, GreedyContinuationIsDeterministicWithStatsOnStderr) {
 }
 
 TEST(RefineRun, UserErrorsExitOne) {
-  const auto cuda = run(kDemo + " --prompt hi --device cuda");
-  EXPECT_EQ(cuda.exit_code, 1);
-  EXPECT_NE(cuda.err.find("--device cpu"), std::string::npos) << cuda.err;
+  if (cuda::list_devices().empty()) {  // without a GPU, --device cuda is a user error
+    const auto cuda = run(kDemo + " --prompt hi --device cuda");
+    EXPECT_EQ(cuda.exit_code, 1);
+    EXPECT_NE(cuda.err.find("--device cpu"), std::string::npos) << cuda.err;
+  }
+  const auto bad_device = run(kDemo + " --prompt hi --device tpu");
+  EXPECT_EQ(bad_device.exit_code, 1);
   const auto missing = run("/nonexistent/model --prompt hi");
   EXPECT_EQ(missing.exit_code, 1) << missing.err;
   const auto help = run("--help");

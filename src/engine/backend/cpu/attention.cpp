@@ -24,17 +24,9 @@ constexpr int64_t kQueryBlock = 64;
 
 void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            Tensor& out) {
-  REFINERY_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3,
-                 "attention: 3-D q, k, v expected");
-  const int64_t t_count = q.size(0), heads = q.size(1), dk = q.size(2);
-  const int64_t s_count = k.size(0), kv_heads = k.size(1), dv = v.size(2);
-  require_f32(q, {t_count, heads, dk}, "attention q");
-  require_f32(k, {s_count, kv_heads, dk}, "attention k");
-  require_f32(v, {s_count, kv_heads, dv}, "attention v");
-  require_f32(out, {t_count, heads, dv}, "attention out");
-  REFINERY_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads over ",
-                 kv_heads, " kv heads");
-  REFINERY_CHECK(s_count >= t_count, "attention: ", s_count, " keys for ", t_count, " queries");
+  const AttentionSizes sizes = check_attention(Device::kCPU, q, k, v, out);
+  const int64_t t_count = sizes.t_count, heads = sizes.heads, dk = sizes.dk;
+  const int64_t s_count = sizes.s_count, kv_heads = sizes.kv_heads, dv = sizes.dv;
   const int64_t group = heads / kv_heads;
   const int64_t past = s_count - t_count;  // keys before the first query
   const int64_t blocks = (t_count + kQueryBlock - 1) / kQueryBlock;

@@ -33,17 +33,5 @@ std::vector<float> to_f32_vector(const Tensor& t) {
   return out;
 }
 
-void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
-  REFINERY_CHECK(
-      t.defined() && t.device() == Device::kCPU && t.dtype() == DType::kF32 && t.shape() == shape,
-      what, ": expected f32", shape_to_string(shape), ", found ", t.describe());
-}
-
-void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
-  REFINERY_CHECK(
-      t.defined() && t.device() == Device::kCPU && t.dtype() == DType::kI32 && t.shape() == shape,
-      what, ": expected i32", shape_to_string(shape), ", found ", t.describe());
-}
-
 }  // namespace cpu
 }  // namespace refinery::backend

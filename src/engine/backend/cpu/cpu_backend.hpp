@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/backend/backend.hpp"
+#include "engine/backend/op_checks.hpp"
 
 namespace refinery::backend::cpu {
 
@@ -45,8 +46,12 @@ class CpuBackend final : public Backend {
 // Small helpers shared by the op files.
 // Any float vector/matrix (f32/bf16/f16/fp8) as f32 values.
 std::vector<float> to_f32_vector(const Tensor& t);
-// Throws an internal error unless `t` is an f32 CPU tensor of `shape`.
-void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
-void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
+// Throws an internal error unless `t` is an f32 / i32 CPU tensor of `shape` (op_checks.hpp).
+inline void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
+  backend::require_f32(Device::kCPU, t, shape, what);
+}
+inline void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
+  backend::require_i32(Device::kCPU, t, shape, what);
+}
 
 }  // namespace refinery::backend::cpu

@@ -27,8 +27,7 @@ void CpuBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
 }
 
 void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
-  require_f32(a, y.shape(), "add a");
-  require_f32(b, y.shape(), "add b");
+  check_add(Device::kCPU, a, b, y);
   const float* pa = a.data<float>();
   const float* pb = b.data<float>();
   float* py = y.mutable_data<float>();
@@ -38,8 +37,7 @@ void CpuBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
 }
 
 void CpuBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
-  require_f32(gate, y.shape(), "swiglu gate");
-  require_f32(up, y.shape(), "swiglu up");
+  check_swiglu(Device::kCPU, gate, up, y);
   const float* g = gate.data<float>();
   const float* u = up.data<float>();
   float* py = y.mutable_data<float>();
@@ -49,11 +47,8 @@ void CpuBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
 }
 
 void CpuBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
-  REFINERY_CHECK(x.ndim() == 2, "sigmoid_gate x must be [T, D], found ", x.describe());
-  const int64_t rows = x.size(0), d = x.size(1);
-  require_f32(x, {rows, d}, "sigmoid_gate x");
-  require_f32(g, {rows, 1}, "sigmoid_gate g");
-  require_f32(y, {rows, d}, "sigmoid_gate y");
+  const RowsCols sizes = check_sigmoid_gate(Device::kCPU, x, g, y);
+  const int64_t rows = sizes.rows, d = sizes.cols;
   const float* px = x.data<float>();
   const float* pg = g.data<float>();
   float* py = y.mutable_data<float>();
@@ -65,15 +60,8 @@ void CpuBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
 
 void CpuBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                               int64_t width) {
-  REFINERY_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.size(0) == dst.size(0),
-                 "copy_columns: [R, C] tensors with equal rows expected, found ", src.describe(),
-                 " and ", dst.describe());
-  const int64_t rows = src.size(0), cs = src.size(1), cd = dst.size(1);
-  REFINERY_CHECK(
-      src_col >= 0 && dst_col >= 0 && width >= 0 && src_col + width <= cs && dst_col + width <= cd,
-      "copy_columns: columns out of range");
-  require_f32(src, {rows, cs}, "copy_columns src");
-  require_f32(dst, {rows, cd}, "copy_columns dst");
+  const CopyColumnsSizes sizes = check_copy_columns(Device::kCPU, src, src_col, dst, dst_col, width);
+  const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols;
   const float* ps = src.data<float>();
   float* pd = dst.mutable_data<float>();
   for (int64_t r = 0; r < rows; ++r)

@@ -128,11 +128,8 @@ void linear_fp8(const ConstMap& x, const Fp8BlockWeight& fw, Map& y) {
 }  // namespace
 
 void CpuBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
-  REFINERY_CHECK(w.defined(), "linear: undefined weight ", w.name);
-  REFINERY_CHECK(x.ndim() == 2, "linear ", w.name, ": x must be [T, in], found ", x.describe());
-  const int64_t rows = x.size(0), in = w.in_features(), out = w.out_features();
-  require_f32(x, {rows, in}, w.name.c_str());
-  require_f32(y, {rows, out}, w.name.c_str());
+  const LinearSizes sizes = check_linear(Device::kCPU, x, w, y);
+  const int64_t rows = sizes.rows, in = sizes.in, out = sizes.out;
   ConstMap xm(x.data<float>(), rows, in);
   Map ym(y.mutable_data<float>(), rows, out);
   if (rows == 0) return;

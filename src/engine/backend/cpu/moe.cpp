@@ -12,10 +12,8 @@
 namespace refinery::backend::cpu {
 
 void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
-  const int64_t n = rows.numel(), t_count = x.size(0), d = x.size(1);
-  require_f32(x, {t_count, d}, "gather_rows x");
-  require_i32(rows, {n}, "gather_rows rows");
-  require_f32(y, {n, d}, "gather_rows y");
+  const RowsSizes sizes = check_gather_rows(Device::kCPU, x, rows, y);
+  const int64_t n = sizes.n, t_count = sizes.t_count, d = sizes.d;
   const int32_t* r = rows.data<int32_t>();
   for (int64_t i = 0; i < n; ++i) {
     REFINERY_CHECK(r[i] >= 0 && r[i] < t_count, "gather_rows: row ", r[i], " of ", t_count);
@@ -26,11 +24,8 @@ void CpuBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
 
 void CpuBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                                   Tensor& y) {
-  const int64_t n = rows.numel(), d = x.size(1), t_count = y.size(0);
-  require_f32(x, {n, d}, "scatter_add_rows x");
-  require_i32(rows, {n}, "scatter_add_rows rows");
-  require_f32(scale, {n}, "scatter_add_rows scale");
-  require_f32(y, {t_count, d}, "scatter_add_rows y");
+  const RowsSizes sizes = check_scatter_add_rows(Device::kCPU, x, rows, scale, y);
+  const int64_t n = sizes.n, d = sizes.d, t_count = sizes.t_count;
   const int32_t* r = rows.data<int32_t>();
   const float* s = scale.data<float>();
   const float* px = x.data<float>();
@@ -43,12 +38,9 @@ void CpuBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Ten
 
 void CpuBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
                              std::span<const ExpertWeights> expert_weights, Tensor& y) {
-  const int64_t t_count = x.size(0), hidden = x.size(1), k = experts.size(1);
-  const int64_t e_count = static_cast<int64_t>(expert_weights.size());
-  require_f32(x, {t_count, hidden}, "moe x");
-  require_i32(experts, {t_count, k}, "moe experts");
-  require_f32(weights, {t_count, k}, "moe weights");
-  require_f32(y, {t_count, hidden}, "moe y");
+  const MoeSizes sizes = check_moe(Device::kCPU, x, experts, weights, expert_weights, y);
+  const int64_t t_count = sizes.t_count, hidden = sizes.hidden, k = sizes.k;
+  const int64_t e_count = sizes.e_count;
 
   // Token lists per expert, in token order.
   std::vector<std::vector<int32_t>> rows(static_cast<std::size_t>(e_count));

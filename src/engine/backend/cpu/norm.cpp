@@ -6,12 +6,8 @@
 namespace refinery::backend::cpu {
 
 void CpuBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
-  REFINERY_CHECK(x.ndim() == 2, "rms_norm x must be [R, D], found ", x.describe());
-  const int64_t rows = x.size(0), d = x.size(1);
-  require_f32(x, {rows, d}, "rms_norm x");
-  require_f32(y, {rows, d}, "rms_norm y");
-  REFINERY_CHECK(weight.numel() == d, "rms_norm weight must have ", d, " elements, found ",
-                 weight.describe());
+  const RowsCols sizes = check_rms_norm(Device::kCPU, x, weight, y);
+  const int64_t rows = sizes.rows, d = sizes.cols;
   const std::vector<float> w = to_f32_vector(weight);
   const float* px = x.data<float>();
   float* py = y.mutable_data<float>();

@@ -9,16 +9,9 @@ namespace refinery::backend::cpu {
 
 void CpuBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_position,
                       int64_t offset, Tensor& y) {
-  REFINERY_CHECK(x.ndim() == 3, "rope x must be [T, heads, D], found ", x.describe());
-  const int64_t t_count = x.size(0), heads = x.size(1), d = x.size(2);
-  const int64_t r = table.rotary_dim, half = r / 2;
-  require_f32(x, {t_count, heads, d}, "rope x");
-  require_f32(y, {t_count, heads, d}, "rope y");
-  REFINERY_CHECK(offset >= 0 && offset + r <= d, "rope: rotary dims [", offset, ", ", offset + r,
-                 ") exceed the head width ", d);
-  REFINERY_CHECK(first_position >= 0 && first_position + t_count <= table.positions(),
-                 "rope: positions up to ", first_position + t_count, " but the table has ",
-                 table.positions());
+  const RopeSizes sizes = check_rope(Device::kCPU, x, table, first_position, offset, y);
+  const int64_t t_count = sizes.t_count, heads = sizes.heads, d = sizes.d;
+  const int64_t half = sizes.half;
   const float* px = x.data<float>();
   float* py = y.mutable_data<float>();
   const float* cos_table = table.cos.data<float>();

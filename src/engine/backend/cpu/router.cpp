@@ -27,12 +27,9 @@ std::vector<int> top_k_indices(const std::vector<float>& v, int k) {
 
 void CpuBackend::route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
                        Tensor& experts, Tensor& weights) {
-  const int64_t t_count = logits.size(0);
-  const int e_count = spec.num_experts, k = spec.top_k;
-  require_f32(logits, {t_count, e_count}, "route logits");
-  require_i32(experts, {t_count, k}, "route experts");
-  require_f32(weights, {t_count, k}, "route weights");
-  REFINERY_CHECK(k > 0 && k <= e_count, "route: top-k ", k, " of ", e_count, " experts");
+  const RouteSizes sizes = check_route(Device::kCPU, logits, spec, experts, weights);
+  const int64_t t_count = sizes.t_count;
+  const int e_count = sizes.e_count, k = sizes.k;
   const bool grouped = spec.grouping != RouterGrouping::kNone;
   REFINERY_CHECK(
       !grouped ||

@@ -110,18 +110,6 @@ void CudaBackend::fill_zero(Tensor& y) {
   REFINERY_CUDA_CHECK(cudaMemsetAsync(y.mutable_data(), 0, y.nbytes(), stream_));
 }
 
-void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
-  REFINERY_CHECK(
-      t.defined() && t.device() == Device::kCUDA && t.dtype() == DType::kF32 && t.shape() == shape,
-      what, ": expected f32", shape_to_string(shape), " (cuda), found ", t.describe());
-}
-
-void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
-  REFINERY_CHECK(
-      t.defined() && t.device() == Device::kCUDA && t.dtype() == DType::kI32 && t.shape() == shape,
-      what, ": expected i32", shape_to_string(shape), " (cuda), found ", t.describe());
-}
-
 Tensor device_i32(const std::vector<int32_t>& values) {
   return Tensor::copy_of(DType::kI32, {static_cast<int64_t>(values.size())}, values.data())
       .to(Device::kCUDA);

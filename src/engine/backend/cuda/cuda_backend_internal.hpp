@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "engine/backend/backend.hpp"
+#include "engine/backend/op_checks.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"
 
 namespace refinery::backend::cuda {
@@ -101,9 +102,14 @@ class CudaBackend final : public Backend {
   std::map<ResidentKey, Resident> resident_;
 };
 
-// Throws an internal error unless `t` is a device tensor of dtype f32 / i32 and `shape`.
-void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
-void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what);
+// Throws an internal error unless `t` is a device tensor of dtype f32 / i32 and `shape`
+// (op_checks.hpp).
+inline void require_f32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
+  backend::require_f32(Device::kCUDA, t, shape, what);
+}
+inline void require_i32(const Tensor& t, const std::vector<int64_t>& shape, const char* what) {
+  backend::require_i32(Device::kCUDA, t, shape, what);
+}
 // A device i32/f32 tensor holding a copy of host values (synchronous upload).
 Tensor device_i32(const std::vector<int32_t>& values);
 Tensor device_f32(const std::vector<float>& values);

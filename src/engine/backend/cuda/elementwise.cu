@@ -75,8 +75,7 @@ void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
 }
 
 void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
-  require_f32(a, y.shape(), "add a");
-  require_f32(b, y.shape(), "add b");
+  check_add(Device::kCUDA, a, b, y);
   require_f32(y, y.shape(), "add y");
   const int64_t n = y.numel();
   if (n == 0) return;
@@ -86,8 +85,7 @@ void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
 }
 
 void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
-  require_f32(gate, y.shape(), "swiglu gate");
-  require_f32(up, y.shape(), "swiglu up");
+  check_swiglu(Device::kCUDA, gate, up, y);
   require_f32(y, y.shape(), "swiglu y");
   const int64_t n = y.numel();
   if (n == 0) return;
@@ -97,11 +95,8 @@ void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
 }
 
 void CudaBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
-  REFINERY_CHECK(x.ndim() == 2, "sigmoid_gate x must be [T, D], found ", x.describe());
-  const int64_t rows = x.size(0), d = x.size(1);
-  require_f32(x, {rows, d}, "sigmoid_gate x");
-  require_f32(g, {rows, 1}, "sigmoid_gate g");
-  require_f32(y, {rows, d}, "sigmoid_gate y");
+  const RowsCols sizes = check_sigmoid_gate(Device::kCUDA, x, g, y);
+  const int64_t rows = sizes.rows, d = sizes.cols;
   if (rows * d == 0) return;
   sigmoid_gate_kernel<<<grid_for(rows * d), kThreads, 0, stream_>>>(
       x.data<float>(), g.data<float>(), rows, d, y.mutable_data<float>());
@@ -110,15 +105,8 @@ void CudaBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
 
 void CudaBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                                int64_t width) {
-  REFINERY_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.size(0) == dst.size(0),
-                 "copy_columns: [R, C] tensors with equal rows expected, found ", src.describe(),
-                 " and ", dst.describe());
-  const int64_t rows = src.size(0), cs = src.size(1), cd = dst.size(1);
-  REFINERY_CHECK(
-      src_col >= 0 && dst_col >= 0 && width >= 0 && src_col + width <= cs && dst_col + width <= cd,
-      "copy_columns: columns out of range");
-  require_f32(src, {rows, cs}, "copy_columns src");
-  require_f32(dst, {rows, cd}, "copy_columns dst");
+  const CopyColumnsSizes sizes = check_copy_columns(Device::kCUDA, src, src_col, dst, dst_col, width);
+  const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols;
   if (rows * width == 0) return;
   copy_columns_kernel<<<grid_for(rows * width), kThreads, 0, stream_>>>(
       src.data<float>() + src_col, cs, dst.mutable_data<float>() + dst_col, cd, rows, width);

@@ -70,11 +70,8 @@ void gemm(cublasHandle_t handle, const void* w, cudaDataType w_type, const void*
 }  // namespace
 
 void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
-  REFINERY_CHECK(w.defined(), "linear: undefined weight ", w.name);
-  REFINERY_CHECK(x.ndim() == 2, "linear ", w.name, ": x must be [T, in], found ", x.describe());
-  const int64_t rows = x.size(0), in = w.in_features(), out = w.out_features();
-  require_f32(x, {rows, in}, w.name.c_str());
-  require_f32(y, {rows, out}, w.name.c_str());
+  const LinearSizes sizes = check_linear(Device::kCUDA, x, w, y);
+  const int64_t rows = sizes.rows, in = sizes.in, out = sizes.out;
   if (rows == 0 || out == 0) return;
   if (in == 0) {
     fill_zero(y);

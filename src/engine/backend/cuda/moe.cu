@@ -14,12 +14,9 @@ namespace refinery::backend::cuda {
 
 void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
                               std::span<const ExpertWeights> expert_weights, Tensor& y) {
-  const int64_t t_count = x.size(0), hidden = x.size(1), k = experts.size(1);
-  const int64_t e_count = static_cast<int64_t>(expert_weights.size());
-  require_f32(x, {t_count, hidden}, "moe x");
-  require_i32(experts, {t_count, k}, "moe experts");
-  require_f32(weights, {t_count, k}, "moe weights");
-  require_f32(y, {t_count, hidden}, "moe y");
+  const MoeSizes sizes = check_moe(Device::kCUDA, x, experts, weights, expert_weights, y);
+  const int64_t t_count = sizes.t_count, hidden = sizes.hidden, k = sizes.k;
+  const int64_t e_count = sizes.e_count;
   const int64_t n = t_count * k;
   REFINERY_CHECK(n < (int64_t{1} << 31), "moe: too many token-expert pairs: ", n);
   if (t_count == 0) return;

@@ -36,12 +36,8 @@ __global__ void rms_norm_kernel(const float* x, const void* weight, ElementType 
 }  // namespace
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
-  REFINERY_CHECK(x.ndim() == 2, "rms_norm x must be [R, D], found ", x.describe());
-  const int64_t rows = x.size(0), d = x.size(1);
-  require_f32(x, {rows, d}, "rms_norm x");
-  require_f32(y, {rows, d}, "rms_norm y");
-  REFINERY_CHECK(weight.numel() == d, "rms_norm weight must have ", d, " elements, found ",
-                 weight.describe());
+  const RowsCols sizes = check_rms_norm(Device::kCUDA, x, weight, y);
+  const int64_t rows = sizes.rows, d = sizes.cols;
   REFINERY_CHECK(rows < (int64_t{1} << 31), "rms_norm: too many rows: ", rows);
   if (rows == 0 || d == 0) return;
   const Tensor w = on_device(weight);

@@ -38,16 +38,9 @@ __global__ void rope_kernel(const float* x, const float* cos_table, const float*
 
 void CudaBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_position,
                        int64_t offset, Tensor& y) {
-  REFINERY_CHECK(x.ndim() == 3, "rope x must be [T, heads, D], found ", x.describe());
-  const int64_t t_count = x.size(0), heads = x.size(1), d = x.size(2);
-  const int64_t r = table.rotary_dim, half = r / 2;
-  require_f32(x, {t_count, heads, d}, "rope x");
-  require_f32(y, {t_count, heads, d}, "rope y");
-  REFINERY_CHECK(offset >= 0 && offset + r <= d, "rope: rotary dims [", offset, ", ", offset + r,
-                 ") exceed the head width ", d);
-  REFINERY_CHECK(first_position >= 0 && first_position + t_count <= table.positions(),
-                 "rope: positions up to ", first_position + t_count, " but the table has ",
-                 table.positions());
+  const RopeSizes sizes = check_rope(Device::kCUDA, x, table, first_position, offset, y);
+  const int64_t t_count = sizes.t_count, heads = sizes.heads, d = sizes.d;
+  const int64_t half = sizes.half;
   REFINERY_CHECK(table.cos.dtype() == DType::kF32 && table.sin.dtype() == DType::kF32 &&
                      table.cos.ndim() == 2 && table.cos.size(1) == half &&
                      table.sin.shape() == table.cos.shape(),

@@ -156,12 +156,9 @@ __global__ void route_kernel(const float* logits, const void* bias, ElementType 
 
 void CudaBackend::route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
                         Tensor& experts, Tensor& weights) {
-  const int64_t t_count = logits.size(0);
-  const int e_count = spec.num_experts, k = spec.top_k;
-  require_f32(logits, {t_count, e_count}, "route logits");
-  require_i32(experts, {t_count, k}, "route experts");
-  require_f32(weights, {t_count, k}, "route weights");
-  REFINERY_CHECK(k > 0 && k <= e_count, "route: top-k ", k, " of ", e_count, " experts");
+  const RouteSizes sizes = check_route(Device::kCUDA, logits, spec, experts, weights);
+  const int64_t t_count = sizes.t_count;
+  const int e_count = sizes.e_count, k = sizes.k;
   REFINERY_CHECK(e_count <= kMaxExperts && k <= kMaxTopK, "route: the CUDA router handles up to ",
                  kMaxExperts, " experts and top-", kMaxTopK, ", found ", e_count, " and top-", k);
   const bool grouped = spec.grouping != RouterGrouping::kNone;

@@ -59,10 +59,8 @@ void CudaBackend::gather_rows_device(const float* x, const int32_t* rows, int64_
 }
 
 void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
-  const int64_t n = rows.numel(), t_count = x.size(0), d = x.size(1);
-  require_f32(x, {t_count, d}, "gather_rows x");
-  require_i32(rows, {n}, "gather_rows rows");
-  require_f32(y, {n, d}, "gather_rows y");
+  const RowsSizes sizes = check_gather_rows(Device::kCUDA, x, rows, y);
+  const int64_t n = sizes.n, t_count = sizes.t_count, d = sizes.d;
   const std::vector<int32_t> r = host_i32(rows);
   for (int64_t i = 0; i < n; ++i)
     REFINERY_CHECK(r[i] >= 0 && r[i] < t_count, "gather_rows: row ", r[i], " of ", t_count);
@@ -72,11 +70,8 @@ void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
 
 void CudaBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                                    Tensor& y) {
-  const int64_t n = rows.numel(), d = x.size(1), t_count = y.size(0);
-  require_f32(x, {n, d}, "scatter_add_rows x");
-  require_i32(rows, {n}, "scatter_add_rows rows");
-  require_f32(scale, {n}, "scatter_add_rows scale");
-  require_f32(y, {t_count, d}, "scatter_add_rows y");
+  const RowsSizes sizes = check_scatter_add_rows(Device::kCUDA, x, rows, scale, y);
+  const int64_t n = sizes.n, d = sizes.d, t_count = sizes.t_count;
   const std::vector<int32_t> r = host_i32(rows);
   for (int64_t i = 0; i < n; ++i)
     REFINERY_CHECK(r[i] >= 0 && r[i] < t_count, "scatter_add_rows: row ", r[i], " of ", t_count);

@@ -1,0 +1,150 @@
+// Shared argument checks of the backend ops (see op_checks.hpp).
+#include "engine/backend/op_checks.hpp"
+
+namespace refinery::backend {
+
+namespace {
+// The CUDA messages name the device so that a host tensor passed to a device op is obvious.
+const char* device_note(Device device) { return device == Device::kCUDA ? " (cuda)" : ""; }
+}  // namespace
+
+void require_f32(Device device, const Tensor& t, const std::vector<int64_t>& shape,
+                 const char* what) {
+  REFINERY_CHECK(
+      t.defined() && t.device() == device && t.dtype() == DType::kF32 && t.shape() == shape,
+      what, ": expected f32", shape_to_string(shape), device_note(device), ", found ",
+      t.describe());
+}
+
+void require_i32(Device device, const Tensor& t, const std::vector<int64_t>& shape,
+                 const char* what) {
+  REFINERY_CHECK(
+      t.defined() && t.device() == device && t.dtype() == DType::kI32 && t.shape() == shape,
+      what, ": expected i32", shape_to_string(shape), device_note(device), ", found ",
+      t.describe());
+}
+
+LinearSizes check_linear(Device device, const Tensor& x, const LinearWeight& w, const Tensor& y) {
+  REFINERY_CHECK(w.defined(), "linear: undefined weight ", w.name);
+  REFINERY_CHECK(x.ndim() == 2, "linear ", w.name, ": x must be [T, in], found ", x.describe());
+  const int64_t rows = x.size(0), in = w.in_features(), out = w.out_features();
+  require_f32(device, x, {rows, in}, w.name.c_str());
+  require_f32(device, y, {rows, out}, w.name.c_str());
+  return {rows, in, out};
+}
+
+RowsCols check_rms_norm(Device device, const Tensor& x, const Tensor& weight, const Tensor& y) {
+  REFINERY_CHECK(x.ndim() == 2, "rms_norm x must be [R, D], found ", x.describe());
+  const int64_t rows = x.size(0), d = x.size(1);
+  require_f32(device, x, {rows, d}, "rms_norm x");
+  require_f32(device, y, {rows, d}, "rms_norm y");
+  REFINERY_CHECK(weight.numel() == d, "rms_norm weight must have ", d, " elements, found ",
+                 weight.describe());
+  return {rows, d};
+}
+
+void check_add(Device device, const Tensor& a, const Tensor& b, const Tensor& y) {
+  require_f32(device, a, y.shape(), "add a");
+  require_f32(device, b, y.shape(), "add b");
+}
+
+void check_swiglu(Device device, const Tensor& gate, const Tensor& up, const Tensor& y) {
+  require_f32(device, gate, y.shape(), "swiglu gate");
+  require_f32(device, up, y.shape(), "swiglu up");
+}
+
+RowsCols check_sigmoid_gate(Device device, const Tensor& x, const Tensor& g, const Tensor& y) {
+  REFINERY_CHECK(x.ndim() == 2, "sigmoid_gate x must be [T, D], found ", x.describe());
+  const int64_t rows = x.size(0), d = x.size(1);
+  require_f32(device, x, {rows, d}, "sigmoid_gate x");
+  require_f32(device, g, {rows, 1}, "sigmoid_gate g");
+  require_f32(device, y, {rows, d}, "sigmoid_gate y");
+  return {rows, d};
+}
+
+CopyColumnsSizes check_copy_columns(Device device, const Tensor& src, int64_t src_col,
+                                    const Tensor& dst, int64_t dst_col, int64_t width) {
+  REFINERY_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.size(0) == dst.size(0),
+                 "copy_columns: [R, C] tensors with equal rows expected, found ", src.describe(),
+                 " and ", dst.describe());
+  const int64_t rows = src.size(0), cs = src.size(1), cd = dst.size(1);
+  REFINERY_CHECK(
+      src_col >= 0 && dst_col >= 0 && width >= 0 && src_col + width <= cs && dst_col + width <= cd,
+      "copy_columns: columns out of range");
+  require_f32(device, src, {rows, cs}, "copy_columns src");
+  require_f32(device, dst, {rows, cd}, "copy_columns dst");
+  return {rows, cs, cd};
+}
+
+RopeSizes check_rope(Device device, const Tensor& x, const RopeTable& table,
+                     int64_t first_position, int64_t offset, const Tensor& y) {
+  REFINERY_CHECK(x.ndim() == 3, "rope x must be [T, heads, D], found ", x.describe());
+  const int64_t t_count = x.size(0), heads = x.size(1), d = x.size(2);
+  const int64_t r = table.rotary_dim, half = r / 2;
+  require_f32(device, x, {t_count, heads, d}, "rope x");
+  require_f32(device, y, {t_count, heads, d}, "rope y");
+  REFINERY_CHECK(offset >= 0 && offset + r <= d, "rope: rotary dims [", offset, ", ", offset + r,
+                 ") exceed the head width ", d);
+  REFINERY_CHECK(first_position >= 0 && first_position + t_count <= table.positions(),
+                 "rope: positions up to ", first_position + t_count, " but the table has ",
+                 table.positions());
+  return {t_count, heads, d, r, half};
+}
+
+AttentionSizes check_attention(Device device, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& out) {
+  REFINERY_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3,
+                 "attention: 3-D q, k, v expected");
+  const int64_t t_count = q.size(0), heads = q.size(1), dk = q.size(2);
+  const int64_t s_count = k.size(0), kv_heads = k.size(1), dv = v.size(2);
+  require_f32(device, q, {t_count, heads, dk}, "attention q");
+  require_f32(device, k, {s_count, kv_heads, dk}, "attention k");
+  require_f32(device, v, {s_count, kv_heads, dv}, "attention v");
+  require_f32(device, out, {t_count, heads, dv}, "attention out");
+  REFINERY_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads over ",
+                 kv_heads, " kv heads");
+  REFINERY_CHECK(s_count >= t_count, "attention: ", s_count, " keys for ", t_count, " queries");
+  return {t_count, heads, dk, s_count, kv_heads, dv};
+}
+
+RouteSizes check_route(Device device, const Tensor& logits, const RouterSpec& spec,
+                       const Tensor& experts, const Tensor& weights) {
+  const int64_t t_count = logits.size(0);
+  const int e_count = spec.num_experts, k = spec.top_k;
+  require_f32(device, logits, {t_count, e_count}, "route logits");
+  require_i32(device, experts, {t_count, k}, "route experts");
+  require_f32(device, weights, {t_count, k}, "route weights");
+  REFINERY_CHECK(k > 0 && k <= e_count, "route: top-k ", k, " of ", e_count, " experts");
+  return {t_count, e_count, k};
+}
+
+MoeSizes check_moe(Device device, const Tensor& x, const Tensor& experts, const Tensor& weights,
+                   std::span<const ExpertWeights> expert_weights, const Tensor& y) {
+  const int64_t t_count = x.size(0), hidden = x.size(1), k = experts.size(1);
+  const int64_t e_count = static_cast<int64_t>(expert_weights.size());
+  require_f32(device, x, {t_count, hidden}, "moe x");
+  require_i32(device, experts, {t_count, k}, "moe experts");
+  require_f32(device, weights, {t_count, k}, "moe weights");
+  require_f32(device, y, {t_count, hidden}, "moe y");
+  return {t_count, hidden, k, e_count};
+}
+
+RowsSizes check_gather_rows(Device device, const Tensor& x, const Tensor& rows, const Tensor& y) {
+  const int64_t n = rows.numel(), t_count = x.size(0), d = x.size(1);
+  require_f32(device, x, {t_count, d}, "gather_rows x");
+  require_i32(device, rows, {n}, "gather_rows rows");
+  require_f32(device, y, {n, d}, "gather_rows y");
+  return {n, t_count, d};
+}
+
+RowsSizes check_scatter_add_rows(Device device, const Tensor& x, const Tensor& rows,
+                                 const Tensor& scale, const Tensor& y) {
+  const int64_t n = rows.numel(), d = x.size(1), t_count = y.size(0);
+  require_f32(device, x, {n, d}, "scatter_add_rows x");
+  require_i32(device, rows, {n}, "scatter_add_rows rows");
+  require_f32(device, scale, {n}, "scatter_add_rows scale");
+  require_f32(device, y, {t_count, d}, "scatter_add_rows y");
+  return {n, t_count, d};
+}
+
+}  // namespace refinery::backend

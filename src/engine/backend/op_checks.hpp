@@ -1,0 +1,90 @@
+#pragma once
+// Argument validation shared by the CPU and CUDA backends. Each op's shape/dtype/device contract
+// is checked once here, so both backends reject the same arguments with the same messages; each
+// check returns the sizes it derived, which the backend then uses. Checks only one backend needs
+// (e.g. the CUDA kernels' launch limits) stay in that backend, after the shared check.
+// All failures are internal errors (REFINERY_CHECK): the model code allocates these tensors.
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/backend/backend.hpp"
+
+namespace refinery::backend {
+
+// Throws an internal error naming `what` unless `t` is an f32 / i32 tensor on `device` of `shape`.
+void require_f32(Device device, const Tensor& t, const std::vector<int64_t>& shape,
+                 const char* what);
+void require_i32(Device device, const Tensor& t, const std::vector<int64_t>& shape,
+                 const char* what);
+
+// linear: x [T, in] f32, y [T, out] f32 for a defined weight [out, in].
+struct LinearSizes {
+  int64_t rows, in, out;
+};
+LinearSizes check_linear(Device device, const Tensor& x, const LinearWeight& w, const Tensor& y);
+
+// rms_norm: x, y [R, D] f32, weight with D values (any float dtype).
+struct RowsCols {
+  int64_t rows, cols;
+};
+RowsCols check_rms_norm(Device device, const Tensor& x, const Tensor& weight, const Tensor& y);
+
+// add / swiglu: both inputs f32 with y's shape (y's own dtype/device is not checked here).
+void check_add(Device device, const Tensor& a, const Tensor& b, const Tensor& y);
+void check_swiglu(Device device, const Tensor& gate, const Tensor& up, const Tensor& y);
+
+// sigmoid_gate: x, y [T, D] f32, g [T, 1] f32.
+RowsCols check_sigmoid_gate(Device device, const Tensor& x, const Tensor& g, const Tensor& y);
+
+// copy_columns: src [R, Cs], dst [R, Cd] f32; columns [col, col + width) inside both.
+struct CopyColumnsSizes {
+  int64_t rows, src_cols, dst_cols;
+};
+CopyColumnsSizes check_copy_columns(Device device, const Tensor& src, int64_t src_col,
+                                    const Tensor& dst, int64_t dst_col, int64_t width);
+
+// rope: x, y [T, heads, D] f32; rotary dims [offset, offset + r) inside D; positions
+// [first_position, first_position + T) inside the table.
+struct RopeSizes {
+  int64_t t_count, heads, d, rotary, half;
+};
+RopeSizes check_rope(Device device, const Tensor& x, const RopeTable& table,
+                     int64_t first_position, int64_t offset, const Tensor& y);
+
+// attention: q [T, H, dk], k [S, KV, dk], v [S, KV, dv], out [T, H, dv], all f32; H % KV == 0,
+// S >= T.
+struct AttentionSizes {
+  int64_t t_count, heads, dk, s_count, kv_heads, dv;
+};
+AttentionSizes check_attention(Device device, const Tensor& q, const Tensor& k, const Tensor& v,
+                               const Tensor& out);
+
+// route: logits [T, E] f32, experts [T, k] i32, weights [T, k] f32, 0 < k <= E. The group
+// constraints differ between the backends and stay there.
+struct RouteSizes {
+  int64_t t_count;
+  int e_count, k;
+};
+RouteSizes check_route(Device device, const Tensor& logits, const RouterSpec& spec,
+                       const Tensor& experts, const Tensor& weights);
+
+// moe_experts: x, y [T, hidden] f32, experts [T, k] i32, weights [T, k] f32; E = expert count.
+struct MoeSizes {
+  int64_t t_count, hidden, k, e_count;
+};
+MoeSizes check_moe(Device device, const Tensor& x, const Tensor& experts, const Tensor& weights,
+                   std::span<const ExpertWeights> expert_weights, const Tensor& y);
+
+// gather_rows: x [T, D] f32, rows [n] i32, y [n, D] f32.
+// scatter_add_rows: x [n, D] f32, rows [n] i32, scale [n] f32, y [T, D] f32.
+// The row indices themselves are checked by the backends (they live on the backend's device).
+struct RowsSizes {
+  int64_t n, t_count, d;
+};
+RowsSizes check_gather_rows(Device device, const Tensor& x, const Tensor& rows, const Tensor& y);
+RowsSizes check_scatter_add_rows(Device device, const Tensor& x, const Tensor& rows,
+                                 const Tensor& scale, const Tensor& y);
+
+}  // namespace refinery::backend

@@ -29,9 +29,11 @@ inline Tensor convert(const Tensor& src, DType dtype) {
   return t;
 }
 
+// The elements of `t` as f32 (downloaded first when `t` lives on a device).
 inline std::vector<float> values(const Tensor& t) {
-  std::vector<float> v(static_cast<std::size_t>(t.numel()));
-  convert_to_f32(t.dtype(), t.data(), v.data(), v.size());
+  const Tensor h = t.device() == Device::kCPU ? t : t.to(Device::kCPU);
+  std::vector<float> v(static_cast<std::size_t>(h.numel()));
+  convert_to_f32(h.dtype(), h.data(), v.data(), v.size());
   return v;
 }
 

@@ -14,34 +14,16 @@
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/backend/cuda/device_info.hpp"
 #include "engine/core/tensor.hpp"
+#include "tests/engine/backend/cpu/backend_test_util.hpp"
 
 namespace refinery::cuda_test {
 
 using backend::Backend;
 
-inline Tensor random_f32(std::vector<int64_t> shape, uint64_t seed, float scale = 1.0f) {
-  Tensor t = Tensor::empty(DType::kF32, std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n(0.0f, scale);
-  float* p = t.mutable_data<float>();
-  for (int64_t i = 0; i < t.numel(); ++i) p[i] = n(rng);
-  return t;
-}
-
-// `src` (f32) rounded to `dtype` as a new host tensor.
-inline Tensor convert(const Tensor& src, DType dtype) {
-  Tensor t = Tensor::empty(dtype, src.shape());
-  convert_from_f32(dtype, src.data<float>(), t.mutable_data(),
-                   static_cast<std::size_t>(src.numel()));
-  return t;
-}
-
-inline std::vector<float> values(const Tensor& t) {
-  const Tensor h = t.device() == Device::kCPU ? t : t.to(Device::kCPU);
-  std::vector<float> v(static_cast<std::size_t>(h.numel()));
-  convert_to_f32(h.dtype(), h.data(), v.data(), v.size());
-  return v;
-}
+// Seeded random tensors, dtype rounding and element access shared with the CPU op tests.
+using backend::test::convert;
+using backend::test::random_f32;
+using backend::test::values;
 
 inline std::vector<int32_t> ints(const Tensor& t) {
   const Tensor h = t.device() == Device::kCPU ? t : t.to(Device::kCPU);

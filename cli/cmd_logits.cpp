@@ -7,7 +7,6 @@
 #include "cli/commands.hpp"
 #include "engine/core/log.hpp"
 #include "engine/core/progress.hpp"
-#include "engine/eval/log_softmax.hpp"
 #include "engine/eval/token_stream.hpp"
 #include "engine/eval/token_windows.hpp"
 #include "engine/io/logit_cache.hpp"
@@ -75,27 +74,27 @@ void run_logits(const LogitsOptions& o) {
   if (start > 0)
     log::info("resuming ", o.out, " at sequence ", start, " of ", windows.size());
   Progress progress("logits", static_cast<uint64_t>((windows.size() - start) * seq_len), "tokens");
-  std::vector<int32_t> indices;
-  std::vector<float> log_probs;
   for (size_t w = static_cast<size_t>(start); w < windows.size(); ++w) {
     const auto tokens = kept.subspan(w * seq_len, static_cast<size_t>(seq_len));
     writer.begin_sequence(tokens);
-    model->score(
-        tokens,
-        [&](int64_t, const float* logits, int64_t rows) {
-          if (o.top_k == 0) {
+    if (o.top_k == 0) {
+      model->score(
+          tokens,
+          [&](int64_t, const float* logits, int64_t rows) {
             writer.add_full(logits, rows);
-          } else {
-            indices.resize(static_cast<size_t>(rows * o.top_k));
-            log_probs.resize(indices.size());
-            for (int64_t r = 0; r < rows; ++r)
-              eval::top_k_log_probs(logits + r * vocab, vocab, o.top_k,
-                                    indices.data() + r * o.top_k, log_probs.data() + r * o.top_k);
-            writer.add_top_k(indices.data(), log_probs.data(), rows);
-          }
-          progress.advance(static_cast<uint64_t>(rows));
-        },
-        kChunkRows);
+            progress.advance(static_cast<uint64_t>(rows));
+          },
+          kChunkRows);
+    } else {
+      // The engine fuses the top-k into the LM head (on the GPU: never [tokens x vocab] in f32).
+      model->score_top_k(
+          tokens, o.top_k,
+          [&](int64_t, const int32_t* indices, const float* log_probs, int64_t rows) {
+            writer.add_top_k(indices, log_probs, rows);
+            progress.advance(static_cast<uint64_t>(rows));
+          },
+          kChunkRows);
+    }
     writer.end_sequence();
   }
   writer.finish();

@@ -5,8 +5,10 @@
 // allocated with the shape the op documents, through empty()), nothing is cached between calls.
 // That keeps each op a pure map a training backend can pair with an `*_backward` sibling taking
 // the same inputs plus the output gradient, and lets a CUDA backend implement the same interface
-// (bf16 storage, f32 accumulation). Activations are f32 on the backend's device; weights may be
-// f32/bf16/f16/fp8 (LinearWeight) and small vectors (norm weights, biases) any float dtype.
+// (bf16 storage, f32 accumulation). Activations have the backend's activation_dtype() (f32 on the
+// CPU, bf16 on CUDA; the CUDA kernels also accept f32, which the op tests use to compare with the
+// CPU exactly); weights may be f32/bf16/f16/fp8 (LinearWeight) and small vectors (norm weights,
+// biases) any float dtype. Router logits and weights, scales and log-probs are always f32.
 // Index tensors (token ids, chosen experts) are I32. Element-wise ops (rms_norm, add, swiglu,
 // sigmoid_gate, rope) accept an output that aliases an input (in-place); the others do not.
 //
@@ -38,6 +40,10 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string_view name() const = 0;
+  // The dtype the model code allocates activations in (hidden states, q/k/v, the KV cache, MLP
+  // intermediates). Element-wise ops take inputs and outputs of one dtype; linear may write f32
+  // from bf16 inputs (router logits, the LM head).
+  virtual DType activation_dtype() const = 0;
 
   // ---- memory ----
   // A new uninitialized tensor on this backend's device.
@@ -94,6 +100,14 @@ class Backend {
                                 Tensor& y) = 0;
   // y = 0.
   virtual void fill_zero(Tensor& y) = 0;
+
+  // ---- LM head ----
+  // The k most likely next tokens of every row and their log-softmax over the whole vocabulary:
+  // hidden [T, hidden] (activation dtype) · lm_headᵀ [vocab, hidden] -> indices I32 [T, k] (most
+  // likely first, ties: lower id first, as eval::top_k_log_probs) and log_probs f32 [T, k].
+  // Never holds f32 [T, vocab]: the logits are made and consumed a chunk at a time.
+  virtual void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
+                                 Tensor& indices, Tensor& log_probs) = 0;
 };
 
 // The CPU reference backend (Eigen, OpenMP). `threads` > 0 sets the OpenMP thread count.

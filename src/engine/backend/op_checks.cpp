@@ -24,41 +24,62 @@ void require_i32(Device device, const Tensor& t, const std::vector<int64_t>& sha
       t.describe());
 }
 
+void require_float(Device device, const Tensor& t, const std::vector<int64_t>& shape,
+                   const char* what) {
+  const bool dtype_ok = t.defined() && (t.dtype() == DType::kF32 ||
+                                        (device == Device::kCUDA && t.dtype() == DType::kBF16));
+  REFINERY_CHECK(dtype_ok && t.device() == device && t.shape() == shape, what, ": expected ",
+                 device == Device::kCUDA ? "f32 or bf16" : "f32", shape_to_string(shape),
+                 device_note(device), ", found ", t.describe());
+}
+
+void require_same_dtype(const Tensor& a, const Tensor& b, const char* what) {
+  REFINERY_CHECK(a.dtype() == b.dtype(), what, ": tensors of one dtype expected, found ",
+                 a.describe(), " and ", b.describe());
+}
+
 LinearSizes check_linear(Device device, const Tensor& x, const LinearWeight& w, const Tensor& y) {
   REFINERY_CHECK(w.defined(), "linear: undefined weight ", w.name);
   REFINERY_CHECK(x.ndim() == 2, "linear ", w.name, ": x must be [T, in], found ", x.describe());
   const int64_t rows = x.size(0), in = w.in_features(), out = w.out_features();
-  require_f32(device, x, {rows, in}, w.name.c_str());
-  require_f32(device, y, {rows, out}, w.name.c_str());
+  require_float(device, x, {rows, in}, w.name.c_str());
+  require_float(device, y, {rows, out}, w.name.c_str());
   return {rows, in, out};
 }
 
 RowsCols check_rms_norm(Device device, const Tensor& x, const Tensor& weight, const Tensor& y) {
   REFINERY_CHECK(x.ndim() == 2, "rms_norm x must be [R, D], found ", x.describe());
   const int64_t rows = x.size(0), d = x.size(1);
-  require_f32(device, x, {rows, d}, "rms_norm x");
-  require_f32(device, y, {rows, d}, "rms_norm y");
+  require_float(device, x, {rows, d}, "rms_norm x");
+  require_float(device, y, {rows, d}, "rms_norm y");
+  require_same_dtype(x, y, "rms_norm");
   REFINERY_CHECK(weight.numel() == d, "rms_norm weight must have ", d, " elements, found ",
                  weight.describe());
   return {rows, d};
 }
 
 void check_add(Device device, const Tensor& a, const Tensor& b, const Tensor& y) {
-  require_f32(device, a, y.shape(), "add a");
-  require_f32(device, b, y.shape(), "add b");
+  require_float(device, a, y.shape(), "add a");
+  require_float(device, b, y.shape(), "add b");
+  require_same_dtype(a, y, "add");
+  require_same_dtype(b, y, "add");
 }
 
 void check_swiglu(Device device, const Tensor& gate, const Tensor& up, const Tensor& y) {
-  require_f32(device, gate, y.shape(), "swiglu gate");
-  require_f32(device, up, y.shape(), "swiglu up");
+  require_float(device, gate, y.shape(), "swiglu gate");
+  require_float(device, up, y.shape(), "swiglu up");
+  require_same_dtype(gate, y, "swiglu");
+  require_same_dtype(up, y, "swiglu");
 }
 
 RowsCols check_sigmoid_gate(Device device, const Tensor& x, const Tensor& g, const Tensor& y) {
   REFINERY_CHECK(x.ndim() == 2, "sigmoid_gate x must be [T, D], found ", x.describe());
   const int64_t rows = x.size(0), d = x.size(1);
-  require_f32(device, x, {rows, d}, "sigmoid_gate x");
-  require_f32(device, g, {rows, 1}, "sigmoid_gate g");
-  require_f32(device, y, {rows, d}, "sigmoid_gate y");
+  require_float(device, x, {rows, d}, "sigmoid_gate x");
+  require_float(device, g, {rows, 1}, "sigmoid_gate g");
+  require_float(device, y, {rows, d}, "sigmoid_gate y");
+  require_same_dtype(x, y, "sigmoid_gate");
+  require_same_dtype(g, y, "sigmoid_gate");
   return {rows, d};
 }
 
@@ -71,8 +92,9 @@ CopyColumnsSizes check_copy_columns(Device device, const Tensor& src, int64_t sr
   REFINERY_CHECK(
       src_col >= 0 && dst_col >= 0 && width >= 0 && src_col + width <= cs && dst_col + width <= cd,
       "copy_columns: columns out of range");
-  require_f32(device, src, {rows, cs}, "copy_columns src");
-  require_f32(device, dst, {rows, cd}, "copy_columns dst");
+  require_float(device, src, {rows, cs}, "copy_columns src");
+  require_float(device, dst, {rows, cd}, "copy_columns dst");
+  require_same_dtype(src, dst, "copy_columns");
   return {rows, cs, cd};
 }
 
@@ -81,8 +103,9 @@ RopeSizes check_rope(Device device, const Tensor& x, const RopeTable& table,
   REFINERY_CHECK(x.ndim() == 3, "rope x must be [T, heads, D], found ", x.describe());
   const int64_t t_count = x.size(0), heads = x.size(1), d = x.size(2);
   const int64_t r = table.rotary_dim, half = r / 2;
-  require_f32(device, x, {t_count, heads, d}, "rope x");
-  require_f32(device, y, {t_count, heads, d}, "rope y");
+  require_float(device, x, {t_count, heads, d}, "rope x");
+  require_float(device, y, {t_count, heads, d}, "rope y");
+  require_same_dtype(x, y, "rope");
   REFINERY_CHECK(offset >= 0 && offset + r <= d, "rope: rotary dims [", offset, ", ", offset + r,
                  ") exceed the head width ", d);
   REFINERY_CHECK(first_position >= 0 && first_position + t_count <= table.positions(),
@@ -97,10 +120,13 @@ AttentionSizes check_attention(Device device, const Tensor& q, const Tensor& k, 
                  "attention: 3-D q, k, v expected");
   const int64_t t_count = q.size(0), heads = q.size(1), dk = q.size(2);
   const int64_t s_count = k.size(0), kv_heads = k.size(1), dv = v.size(2);
-  require_f32(device, q, {t_count, heads, dk}, "attention q");
-  require_f32(device, k, {s_count, kv_heads, dk}, "attention k");
-  require_f32(device, v, {s_count, kv_heads, dv}, "attention v");
-  require_f32(device, out, {t_count, heads, dv}, "attention out");
+  require_float(device, q, {t_count, heads, dk}, "attention q");
+  require_float(device, k, {s_count, kv_heads, dk}, "attention k");
+  require_float(device, v, {s_count, kv_heads, dv}, "attention v");
+  require_float(device, out, {t_count, heads, dv}, "attention out");
+  require_same_dtype(q, k, "attention");
+  require_same_dtype(q, v, "attention");
+  require_same_dtype(q, out, "attention");
   REFINERY_CHECK(kv_heads > 0 && heads % kv_heads == 0, "attention: ", heads, " query heads over ",
                  kv_heads, " kv heads");
   REFINERY_CHECK(s_count >= t_count, "attention: ", s_count, " keys for ", t_count, " queries");
@@ -122,29 +148,46 @@ MoeSizes check_moe(Device device, const Tensor& x, const Tensor& experts, const 
                    std::span<const ExpertWeights> expert_weights, const Tensor& y) {
   const int64_t t_count = x.size(0), hidden = x.size(1), k = experts.size(1);
   const int64_t e_count = static_cast<int64_t>(expert_weights.size());
-  require_f32(device, x, {t_count, hidden}, "moe x");
+  require_float(device, x, {t_count, hidden}, "moe x");
   require_i32(device, experts, {t_count, k}, "moe experts");
   require_f32(device, weights, {t_count, k}, "moe weights");
-  require_f32(device, y, {t_count, hidden}, "moe y");
+  require_float(device, y, {t_count, hidden}, "moe y");
+  require_same_dtype(x, y, "moe");
   return {t_count, hidden, k, e_count};
 }
 
 RowsSizes check_gather_rows(Device device, const Tensor& x, const Tensor& rows, const Tensor& y) {
   const int64_t n = rows.numel(), t_count = x.size(0), d = x.size(1);
-  require_f32(device, x, {t_count, d}, "gather_rows x");
+  require_float(device, x, {t_count, d}, "gather_rows x");
   require_i32(device, rows, {n}, "gather_rows rows");
-  require_f32(device, y, {n, d}, "gather_rows y");
+  require_float(device, y, {n, d}, "gather_rows y");
+  require_same_dtype(x, y, "gather_rows");
   return {n, t_count, d};
 }
 
 RowsSizes check_scatter_add_rows(Device device, const Tensor& x, const Tensor& rows,
                                  const Tensor& scale, const Tensor& y) {
   const int64_t n = rows.numel(), d = x.size(1), t_count = y.size(0);
-  require_f32(device, x, {n, d}, "scatter_add_rows x");
+  require_float(device, x, {n, d}, "scatter_add_rows x");
   require_i32(device, rows, {n}, "scatter_add_rows rows");
   require_f32(device, scale, {n}, "scatter_add_rows scale");
-  require_f32(device, y, {t_count, d}, "scatter_add_rows y");
+  require_float(device, y, {t_count, d}, "scatter_add_rows y");
+  require_same_dtype(x, y, "scatter_add_rows");
   return {n, t_count, d};
+}
+
+TopKSizes check_log_softmax_top_k(Device device, const Tensor& hidden, const LinearWeight& lm_head,
+                                  int64_t k, const Tensor& indices, const Tensor& log_probs) {
+  REFINERY_CHECK(lm_head.defined(), "log_softmax_top_k: undefined lm_head");
+  REFINERY_CHECK(hidden.ndim() == 2, "log_softmax_top_k: hidden must be [T, in], found ",
+                 hidden.describe());
+  const int64_t rows = hidden.size(0), vocab = lm_head.out_features();
+  require_float(device, hidden, {rows, lm_head.in_features()}, "log_softmax_top_k hidden");
+  REFINERY_CHECK(k > 0 && k <= vocab, "log_softmax_top_k: k = ", k, " for a vocabulary of ",
+                 vocab);
+  require_i32(device, indices, {rows, k}, "log_softmax_top_k indices");
+  require_f32(device, log_probs, {rows, k}, "log_softmax_top_k log_probs");
+  return {rows, vocab, k};
 }
 
 }  // namespace refinery::backend

@@ -18,6 +18,12 @@ void require_f32(Device device, const Tensor& t, const std::vector<int64_t>& sha
                  const char* what);
 void require_i32(Device device, const Tensor& t, const std::vector<int64_t>& shape,
                  const char* what);
+// An activation tensor: f32 on the CPU; f32 or bf16 on CUDA (the CUDA backend's kernels are
+// templated on the activation type and run bf16 by default, see Backend::activation_dtype).
+void require_float(Device device, const Tensor& t, const std::vector<int64_t>& shape,
+                   const char* what);
+// Every tensor of an element-wise op has the same activation dtype.
+void require_same_dtype(const Tensor& a, const Tensor& b, const char* what);
 
 // linear: x [T, in] f32, y [T, out] f32 for a defined weight [out, in].
 struct LinearSizes {
@@ -86,5 +92,13 @@ struct RowsSizes {
 RowsSizes check_gather_rows(Device device, const Tensor& x, const Tensor& rows, const Tensor& y);
 RowsSizes check_scatter_add_rows(Device device, const Tensor& x, const Tensor& rows,
                                  const Tensor& scale, const Tensor& y);
+
+// log_softmax_top_k: hidden [T, in] activations, indices I32 [T, k], log_probs f32 [T, k],
+// 0 < k <= vocab.
+struct TopKSizes {
+  int64_t rows, vocab, k;
+};
+TopKSizes check_log_softmax_top_k(Device device, const Tensor& hidden, const LinearWeight& lm_head,
+                                  int64_t k, const Tensor& indices, const Tensor& log_probs);
 
 }  // namespace refinery::backend

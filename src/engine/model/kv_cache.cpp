@@ -19,8 +19,8 @@ void KvCache::reserve_more(int64_t more) {
   if (needed <= capacity_) return;
   const int64_t capacity = std::max(needed, capacity_ * 2);
   for (std::size_t l = 0; l < keys_.size(); ++l) {
-    Tensor k = backend_->empty(DType::kF32, {capacity, kv_heads_, dk_});
-    Tensor v = backend_->empty(DType::kF32, {capacity, kv_heads_, dv_});
+    Tensor k = backend_->empty(backend_->activation_dtype(), {capacity, kv_heads_, dk_});
+    Tensor v = backend_->empty(backend_->activation_dtype(), {capacity, kv_heads_, dv_});
     if (length_ > 0) {
       k.slice(0, length_).copy_from(keys_[l].slice(0, length_));
       v.slice(0, length_).copy_from(values_[l].slice(0, length_));

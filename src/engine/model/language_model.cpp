@@ -2,11 +2,33 @@
 #include "engine/model/language_model.hpp"
 
 #include <algorithm>
+#include <vector>
 
 #include "engine/backend/cuda/cuda_backend.hpp"
+#include "engine/eval/log_softmax.hpp"
 #include "engine/model/transformer.hpp"
 
 namespace refinery::model {
+
+void LanguageModel::score_top_k(std::span<const int32_t> tokens, int64_t k,
+                                const TopKConsumer& consume, int64_t max_chunk_rows) {
+  const int64_t vocab = vocab_size();
+  if (k <= 0 || k > vocab)
+    throw_internal_error("score_top_k: k = ", k, " for a vocabulary of ", vocab);
+  std::vector<int32_t> indices;
+  std::vector<float> log_probs;
+  score(
+      tokens,
+      [&](int64_t first, const float* logits, int64_t rows) {
+        indices.resize(static_cast<std::size_t>(rows * k));
+        log_probs.resize(indices.size());
+        for (int64_t r = 0; r < rows; ++r)
+          eval::top_k_log_probs(logits + r * vocab, vocab, k, indices.data() + r * k,
+                                log_probs.data() + r * k);
+        consume(first, indices.data(), log_probs.data(), rows);
+      },
+      max_chunk_rows);
+}
 
 namespace {
 
@@ -22,12 +44,7 @@ class TransformerLanguageModel final : public LanguageModel {
              int64_t max_chunk_rows) override {
     const int64_t t = static_cast<int64_t>(tokens.size());
     if (t == 0) return;
-    if (t > max_sequence_length())
-      throw_user_error("a sequence of ", t, " tokens exceeds the model's context of ",
-                       max_sequence_length(), " (max_position_embeddings in ",
-                       model_->config().source, "); use a shorter --seq-len");
-    if (max_chunk_rows <= 0)
-      throw_internal_error("score: max_chunk_rows must be positive, found ", max_chunk_rows);
+    check_sequence(t, max_chunk_rows);
     KvCache cache = model_->make_cache(t);
     const Tensor hidden = model_->forward_hidden(tokens, cache);
     backend::Backend& be = model_->backend();
@@ -36,6 +53,37 @@ class TransformerLanguageModel final : public LanguageModel {
       const Tensor logits = be.download(model_->logits(hidden.slice(r0, r0 + rows)));
       consume(r0, logits.data<float>(), rows);
     }
+  }
+
+  void score_top_k(std::span<const int32_t> tokens, int64_t k, const TopKConsumer& consume,
+                   int64_t max_chunk_rows) override {
+    const int64_t t = static_cast<int64_t>(tokens.size());
+    if (t == 0) return;
+    check_sequence(t, max_chunk_rows);
+    if (k <= 0 || k > vocab_size())
+      throw_internal_error("score_top_k: k = ", k, " for a vocabulary of ", vocab_size());
+    KvCache cache = model_->make_cache(t);
+    const Tensor hidden = model_->forward_hidden(tokens, cache);
+    backend::Backend& be = model_->backend();
+    Tensor indices = be.empty(DType::kI32, {t, k});
+    Tensor log_probs = be.empty(DType::kF32, {t, k});
+    model_->top_k(hidden, k, indices, log_probs);
+    const Tensor host_indices = be.download(indices), host_log_probs = be.download(log_probs);
+    for (int64_t r0 = 0; r0 < t; r0 += max_chunk_rows) {
+      const int64_t rows = std::min(max_chunk_rows, t - r0);
+      consume(r0, host_indices.data<int32_t>() + r0 * k, host_log_probs.data<float>() + r0 * k,
+              rows);
+    }
+  }
+
+ private:
+  void check_sequence(int64_t t, int64_t max_chunk_rows) const {
+    if (t > max_sequence_length())
+      throw_user_error("a sequence of ", t, " tokens exceeds the model's context of ",
+                       max_sequence_length(), " (max_position_embeddings in ",
+                       model_->config().source, "); use a shorter --seq-len");
+    if (max_chunk_rows <= 0)
+      throw_internal_error("score: max_chunk_rows must be positive, found ", max_chunk_rows);
   }
 
  private:

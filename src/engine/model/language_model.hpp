@@ -19,6 +19,11 @@ namespace refinery::model {
 // Receives logits for positions [first_position, first_position + rows): row-major f32
 // [rows, vocab_size]. The pointer is valid only during the call.
 using LogitsConsumer = std::function<void(int64_t first_position, const float* logits, int64_t rows)>;
+// Receives, for positions [first_position, first_position + rows), the k most likely next tokens
+// (indices, most likely first; ties: lower id first) and their log-probabilities: row-major
+// [rows, k] each. The pointers are valid only during the call.
+using TopKConsumer = std::function<void(int64_t first_position, const int32_t* indices,
+                                        const float* log_probs, int64_t rows)>;
 
 class LanguageModel {
  public:
@@ -30,6 +35,11 @@ class LanguageModel {
   // logits of every position, in order, in chunks of at most `max_chunk_rows` rows.
   virtual void score(std::span<const int32_t> tokens, const LogitsConsumer& consume,
                      int64_t max_chunk_rows = 256) = 0;
+  // Like score, but delivers only the k most likely next tokens of every position with their
+  // log-softmax over the whole vocabulary (0 < k <= vocab). This default runs score and
+  // eval::top_k_log_probs; the Transformer fuses it into the LM head on its backend.
+  virtual void score_top_k(std::span<const int32_t> tokens, int64_t k,
+                           const TopKConsumer& consume, int64_t max_chunk_rows = 256);
 };
 
 struct LanguageModelOptions {

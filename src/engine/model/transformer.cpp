@@ -66,9 +66,11 @@ void Transformer::tap(Step& s, const std::string& name, const Tensor& value) {
   if (s.taps != nullptr && s.taps->wants(name)) s.taps->observe(name, value);
 }
 
-Tensor Transformer::run_linear(Step& s, const Tensor& x, const LinearWeight& w) {
+Tensor Transformer::run_linear(Step& s, const Tensor& x, const LinearWeight& w,
+                               std::optional<DType> out_dtype) {
   if (s.taps != nullptr) tap(s, module_name(w.name) + ".input", x);
-  Tensor y = backend_->empty(DType::kF32, {x.size(0), w.out_features()});
+  Tensor y = backend_->empty(out_dtype.value_or(backend_->activation_dtype()),
+                             {x.size(0), w.out_features()});
   backend_->linear(x, w, y);
   return y;
 }
@@ -90,9 +92,10 @@ Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cac
   cache.reserve_more(t_count);
 
   Tensor ids = backend_->upload(Tensor::copy_of(DType::kI32, {t_count}, tokens.data()));
-  Tensor x = backend_->empty(DType::kF32, {t_count, hidden});
+  const DType act = backend_->activation_dtype();
+  Tensor x = backend_->empty(act, {t_count, hidden});
   backend_->embedding(ids, weights_.embed_tokens, x);
-  Tensor h = backend_->empty(DType::kF32, {t_count, hidden});
+  Tensor h = backend_->empty(act, {t_count, hidden});
   for (int l = 0; l < config_.num_layers; ++l) {
     const LayerWeights& lw = weights_.layers[static_cast<std::size_t>(l)];
     const std::string prefix = "layers." + std::to_string(l);
@@ -114,7 +117,11 @@ Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cac
 
 Tensor Transformer::logits(const Tensor& hidden, TapObserver* taps) {
   Step s{nullptr, 0, hidden.size(0), taps};
-  return run_linear(s, hidden, weights_.lm_head);
+  return run_linear(s, hidden, weights_.lm_head, DType::kF32);
+}
+
+void Transformer::top_k(const Tensor& hidden, int64_t k, Tensor& indices, Tensor& log_probs) {
+  backend_->log_softmax_top_k(hidden, weights_.lm_head, k, indices, log_probs);
 }
 
 Tensor Transformer::forward(std::span<const int32_t> tokens, KvCache* cache, TapObserver* taps) {

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 
@@ -37,6 +38,10 @@ class Transformer {
                         TapObserver* taps = nullptr);
   // lm_head over hidden rows: [R, hidden] -> [R, vocab].
   Tensor logits(const Tensor& hidden, TapObserver* taps = nullptr);
+  // The k most likely next tokens per row of `hidden` [T, hidden] and their log-softmax over the
+  // whole vocabulary: indices I32 [T, k], log_probs f32 [T, k] on the backend's device, fused with
+  // the LM head (Backend::log_softmax_top_k).
+  void top_k(const Tensor& hidden, int64_t k, Tensor& indices, Tensor& log_probs);
   // Both at once: logits [T, vocab] of `tokens` (a fresh cache when `cache` is null). For tests
   // and short inputs; long inputs use forward_hidden + logits per chunk.
   Tensor forward(std::span<const int32_t> tokens, KvCache* cache = nullptr,
@@ -45,7 +50,10 @@ class Transformer {
  private:
   struct Step;  // per-call context (cache, positions, taps); defined in transformer.cpp
 
-  Tensor run_linear(Step& s, const Tensor& x, const LinearWeight& w);
+  // y = x · wᵀ, observed by the taps; y in the backend's activation dtype, or in `out_dtype` when
+  // given (f32 for router logits and the LM head).
+  Tensor run_linear(Step& s, const Tensor& x, const LinearWeight& w,
+                    std::optional<DType> out_dtype = std::nullopt);
   Tensor attention_gqa(Step& s, int layer, const Tensor& h);  // transformer_attention.cpp
   Tensor attention_mla(Step& s, int layer, const Tensor& h);
   Tensor mlp(Step& s, const MlpWeights& w, const Tensor& h);  // transformer_mlp.cpp

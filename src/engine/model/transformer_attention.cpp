@@ -32,7 +32,7 @@ Tensor Transformer::attention_gqa(Step& s, int layer, const Tensor& h) {
   be.rope(k, rope_, p0, 0, k_cache);
   v_cache.copy_from(v);
 
-  Tensor out = be.empty(DType::kF32, {t, heads, d});
+  Tensor out = be.empty(be.activation_dtype(), {t, heads, d});
   be.attention(q, s.cache->keys(layer).slice(0, p0 + t), s.cache->values(layer).slice(0, p0 + t),
                static_cast<float>(a.softmax_scale), out);
   return run_linear(s, out.view({t, heads * d}), w.o_proj);
@@ -61,10 +61,10 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
 
   // Compressed kv [T, r + dr]: latent c (normed) and one shared rope key.
   Tensor ckv = run_linear(s, h, w.kv_a_proj_with_mqa);
-  Tensor c = be.empty(DType::kF32, {t, r});
+  Tensor c = be.empty(be.activation_dtype(), {t, r});
   be.copy_columns(ckv, 0, c, 0, r);
   be.rms_norm(c, w.kv_a_layernorm, kMlaLoraNormEps, c);
-  Tensor k_pe = be.empty(DType::kF32, {t, 1, dr});
+  Tensor k_pe = be.empty(be.activation_dtype(), {t, 1, dr});
   Tensor k_pe2 = k_pe.view({t, dr});
   be.copy_columns(ckv, r, k_pe2, 0, dr);
   be.rope(k_pe, rope_, p0, 0, k_pe);
@@ -79,7 +79,7 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
     be.copy_columns(kv, hd * (dn + dv) + dn, v_rows, hd * dv, dv);
   }
 
-  Tensor out = be.empty(DType::kF32, {t, heads, dv});
+  Tensor out = be.empty(be.activation_dtype(), {t, heads, dv});
   be.attention(q, s.cache->keys(layer).slice(0, p0 + t), s.cache->values(layer).slice(0, p0 + t),
                static_cast<float>(a.softmax_scale), out);
   return run_linear(s, out.view({t, heads * dv}), w.o_proj);

@@ -26,7 +26,7 @@ Tensor Transformer::moe(Step& s, int layer, const Tensor& h) {
   const int64_t t = s.tokens, k = router_.top_k, hidden = config_.hidden_size;
   const std::string gate = module_name(lw.mlp_prefix) + ".gate";
 
-  Tensor logits = run_linear(s, h, w.router);
+  Tensor logits = run_linear(s, h, w.router, DType::kF32);  // routing in f32, as transformers
   Tensor experts = be.empty(DType::kI32, {t, k});
   Tensor weights = be.empty(DType::kF32, {t, k});
   be.route(logits, w.correction_bias, router_, experts, weights);
@@ -36,7 +36,7 @@ Tensor Transformer::moe(Step& s, int layer, const Tensor& h) {
     tap(s, gate + ".weights", weights);
   }
 
-  Tensor y = be.empty(DType::kF32, {t, hidden});
+  Tensor y = be.empty(be.activation_dtype(), {t, hidden});
   bool expert_taps = false;
   if (s.taps)
     for (const auto& e : w.experts)
@@ -62,7 +62,7 @@ Tensor Transformer::moe(Step& s, int layer, const Tensor& h) {
       if (rows.empty()) continue;
       const int64_t n = static_cast<int64_t>(rows.size());
       Tensor idx = be.upload(Tensor::copy_of(DType::kI32, {n}, rows.data()));
-      Tensor xe = be.empty(DType::kF32, {n, hidden});
+      Tensor xe = be.empty(be.activation_dtype(), {n, hidden});
       be.gather_rows(h, idx, xe);
       const MlpWeights ew{w.experts[e].gate, w.experts[e].up, w.experts[e].down};
       Tensor out = mlp(s, ew, xe);

@@ -16,6 +16,7 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int threads);
   Device device() const override { return Device::kCPU; }
   std::string_view name() const override { return "cpu"; }
+  DType activation_dtype() const override { return DType::kF32; }
 
   Tensor empty(DType dtype, std::vector<int64_t> shape) override;
   Tensor upload(const Tensor& host) override;
@@ -41,6 +42,8 @@ class CpuBackend final : public Backend {
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;
   void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                         Tensor& y) override;
+  void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
+                         Tensor& indices, Tensor& log_probs) override;  // linear.cpp
 };
 
 // Small helpers shared by the op files.

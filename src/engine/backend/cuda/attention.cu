@@ -20,9 +20,10 @@ constexpr int kChunk = 128;
 constexpr int kMaxHeadDim = 256;
 constexpr int kDvPerThread = kMaxHeadDim / kAttnThreads;
 
-__global__ void attention_kernel(const float* q, const float* k, const float* v, int64_t t_count,
+template <typename T>
+__global__ void attention_kernel(const T* q, const T* k, const T* v, int64_t t_count,
                                  int64_t heads, int64_t kv_heads, int64_t s_count, int dk, int dv,
-                                 float scale, float* out) {
+                                 float scale, T* out) {
   __shared__ float q_row[kMaxHeadDim];
   __shared__ float p[kChunk];
   const int64_t t = blockIdx.x, h = blockIdx.y;
@@ -30,8 +31,8 @@ __global__ void attention_kernel(const float* q, const float* k, const float* v,
   const int64_t visible = s_count - t_count + t + 1;  // >= 1 since S >= T
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
 
-  const float* qr = q + (t * heads + h) * dk;
-  for (int c = threadIdx.x; c < dk; c += blockDim.x) q_row[c] = qr[c];
+  const T* qr = q + (t * heads + h) * dk;
+  for (int c = threadIdx.x; c < dk; c += blockDim.x) q_row[c] = to_f32(qr[c]);
   __syncthreads();
 
   float m = -INFINITY, l = 0.0f;
@@ -41,9 +42,9 @@ __global__ void attention_kernel(const float* q, const float* k, const float* v,
   for (int64_t j0 = 0; j0 < visible; j0 += kChunk) {
     const int n = static_cast<int>(min(static_cast<int64_t>(kChunk), visible - j0));
     for (int jj = warp; jj < n; jj += warps) {
-      const float* kr = k + ((j0 + jj) * kv_heads + kvh) * dk;
+      const T* kr = k + ((j0 + jj) * kv_heads + kvh) * dk;
       float dot = 0.0f;
-      for (int c = lane; c < dk; c += 32) dot += q_row[c] * kr[c];
+      for (int c = lane; c < dk; c += 32) dot += q_row[c] * to_f32(kr[c]);
       for (int o = 16; o > 0; o /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, o);
       if (lane == 0) p[jj] = dot * scale;
     }
@@ -62,17 +63,17 @@ __global__ void attention_kernel(const float* q, const float* k, const float* v,
       const int d = threadIdx.x + r * blockDim.x;
       if (d >= dv) break;
       float a = acc[r] * correction;
-      for (int jj = 0; jj < n; ++jj) a += p[jj] * v[((j0 + jj) * kv_heads + kvh) * dv + d];
+      for (int jj = 0; jj < n; ++jj) a += p[jj] * to_f32(v[((j0 + jj) * kv_heads + kvh) * dv + d]);
       acc[r] = a;
     }
     m = m_new;
     __syncthreads();  // p is overwritten by the next chunk
   }
-  float* o = out + (t * heads + h) * dv;
+  T* o = out + (t * heads + h) * dv;
   const float inv = 1.0f / l;
   for (int r = 0; r < kDvPerThread; ++r) {
     const int d = threadIdx.x + r * blockDim.x;
-    if (d < dv) o[d] = acc[r] * inv;
+    if (d < dv) o[d] = from_f32<T>(acc[r] * inv);
   }
 }
 
@@ -90,9 +91,13 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
   if (t_count == 0 || heads == 0) return;
   if (dv == 0) return;
   const dim3 grid(static_cast<unsigned>(t_count), static_cast<unsigned>(heads));
-  attention_kernel<<<grid, kAttnThreads, 0, stream_>>>(
-      q.data<float>(), k.data<float>(), v.data<float>(), t_count, heads, kv_heads, s_count,
-      static_cast<int>(dk), static_cast<int>(dv), scale, out.mutable_data<float>());
+  dispatch_activation(out.dtype(), "attention", [&](auto tag) {
+    using T = decltype(tag);
+    attention_kernel<T><<<grid, kAttnThreads, 0, stream_>>>(
+        static_cast<const T*>(q.data()), static_cast<const T*>(k.data()),
+        static_cast<const T*>(v.data()), t_count, heads, kv_heads, s_count, static_cast<int>(dk),
+        static_cast<int>(dv), scale, static_cast<T*>(out.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "attention");
 }
 

@@ -11,11 +11,19 @@
 
 namespace refinery::backend {
 
-std::shared_ptr<Backend> make_cuda_backend(int device_index) {
-  return std::make_shared<cuda::CudaBackend>(device_index);
+std::shared_ptr<Backend> make_cuda_backend(int device_index, DType activations) {
+  if (activations != DType::kF32 && activations != DType::kBF16)
+    throw_internal_error("make_cuda_backend: activations must be f32 or bf16, found ",
+                         dtype_name(activations));
+  return std::make_shared<cuda::CudaBackend>(device_index, activations);
 }
 
 namespace cuda {
+
+namespace {
+// cuBLASLt workspace: NVIDIA recommends 32 MiB on Hopper for the best kernels.
+constexpr int64_t kLtWorkspaceBytes = int64_t{32} << 20;
+}  // namespace
 
 ElementType element_type(DType dtype, const char* what) {
   switch (dtype) {
@@ -33,7 +41,8 @@ ElementType element_type(DType dtype, const char* what) {
   }
 }
 
-CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
+CudaBackend::CudaBackend(int device_index, DType activations)
+    : device_index_(device_index), activations_(activations) {
   const auto devices = refinery::cuda::list_devices();
   if (devices.empty())
     throw_user_error("the CUDA backend needs a GPU: ", refinery::cuda::no_device_reason(),
@@ -52,7 +61,10 @@ CudaBackend::CudaBackend(int device_index) : device_index_(device_index) {
     REFINERY_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // Default math: f32 GEMMs requested with CUBLAS_COMPUTE_32F use plain f32 (no TF32).
     REFINERY_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
+    REFINERY_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    lt_workspace_ = Tensor::empty(DType::kU8, {kLtWorkspaceBytes}, Device::kCUDA);
   } catch (...) {
+    if (lt_ != nullptr) cublasLtDestroy(lt_);
     cublasDestroy(cublas_);
     cudaStreamDestroy(stream_);
     throw;
@@ -66,6 +78,8 @@ CudaBackend::~CudaBackend() {
   // Destructors never throw: failures are logged.
   if (cudaStreamSynchronize(stream_) != cudaSuccess) cudaGetLastError();
   resident_.clear();
+  gemm_plans_.clear();
+  if (lt_ != nullptr && cublasLtDestroy(lt_) != CUBLAS_STATUS_SUCCESS) log::warn("cublasLtDestroy failed");
   if (cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS) log::warn("cublasDestroy failed");
   if (cudaStreamDestroy(stream_) != cudaSuccess) {
     cudaGetLastError();

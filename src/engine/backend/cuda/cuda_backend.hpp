@@ -9,8 +9,11 @@
 
 namespace refinery::backend {
 
-// A backend whose tensors live on CUDA device `device_index` (made current on this thread).
+// A backend whose tensors live on CUDA device `device_index` (made current on this thread), with
+// activations in `activations` (bf16, the default and what the engine runs; or f32, which the op
+// tests use to compare with the CPU backend without rounding).
 // Throws a user error when this build has no CUDA backend or the device does not exist.
-std::shared_ptr<Backend> make_cuda_backend(int device_index = 0);
+std::shared_ptr<Backend> make_cuda_backend(int device_index = 0,
+                                           DType activations = DType::kBF16);
 
 }  // namespace refinery::backend

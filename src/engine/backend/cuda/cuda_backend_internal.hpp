@@ -9,11 +9,13 @@
 // Scratch tensors are plain device tensors freed at the end of the op (cudaFree synchronizes);
 // a caching allocator comes with the performance work.
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <tuple>
 #include <vector>
@@ -31,13 +33,14 @@ ElementType element_type(DType dtype, const char* what);
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device_index);
+  CudaBackend(int device_index, DType activations);
   ~CudaBackend() override;
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   Device device() const override { return Device::kCUDA; }
   std::string_view name() const override { return "cuda"; }
+  DType activation_dtype() const override { return activations_; }
 
   Tensor empty(DType dtype, std::vector<int64_t> shape) override;
   Tensor upload(const Tensor& host) override;
@@ -63,10 +66,24 @@ class CudaBackend final : public Backend {
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;            // rows.cu
   void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                         Tensor& y) override;
+  void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
+                         Tensor& indices, Tensor& log_probs) override;  // lm_head.cu
 
   // ---- for the op files ----
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
+  // y[t, n] (row stride ldy, y_type f32 or bf16) = x[t, k] · w[n, k]ᵀ (+ beta · y), x and w bf16
+  // row-major, f32 accumulation, through cuBLASLt with a cached plan per shape (gemm.cu).
+  void gemm_bf16(const void* w, const void* x, int64_t t, int64_t k, int64_t n, void* y,
+                 cudaDataType y_type, int64_t ldy, float beta = 0.0f);
+  // x in `dtype` (f32 or bf16): x itself when it has it, else a converted copy (linear.cu).
+  Tensor as_dtype(const Tensor& x, DType dtype, const char* op);
+  // The weight as bf16 rows [r0, r0 + rows) of [out, in] on the device: the weight itself for a
+  // dense bf16 weight (no copy; `scratch` then holds the device tensor so that it outlives the
+  // GEMMs the caller enqueues), else a converted copy in `scratch` (fp8 block: e4m3 x scale_inv
+  // rounded to bf16; f32/f16 rounded to bf16), reused when large enough (linear.cu). Returns the
+  // device pointer.
+  const void* bf16_weight_rows(const LinearWeight& w, int64_t r0, int64_t rows, Tensor& scratch);
   // The contents of `t` on this device: `t` itself when it is already there; for a read-only host
   // tensor (memory-mapped checkpoint weights) a device copy made on first use and kept for the
   // backend's lifetime (the entry holds the host tensor, so its storage cannot be freed and its
@@ -76,15 +93,17 @@ class CudaBackend final : public Backend {
   // stream so that an asynchronous fault is reported by the op that caused it (debugging aid).
   void sync_if_debugging(const char* op);
 
-  // y[i] = x[rows[i]] for i < n, rows of width d; indices already checked (rows.cu).
-  void gather_rows_device(const float* x, const int32_t* rows, int64_t n, int64_t d, float* y,
+  // y[i] = x[rows[i]] for i < n; x [T, d], y [>= n, d] of one activation dtype; rows (device)
+  // already checked (rows.cu).
+  void gather_rows_device(const Tensor& x, const int32_t* rows, int64_t n, Tensor& y,
                           const char* op);
   // CSR-ordered weighted scatter-add, shared by scatter_add_rows and moe_experts (rows.cu):
   // for each target u, y[targets[u]] += Σ_{e in offsets[u]..offsets[u+1]} scale[entry[e]] *
-  // x[entry[e]], summed in entry order (deterministic, no atomics). All arrays on the device.
-  void scatter_add_csr(const float* x, int64_t d, const int32_t* entry, const float* scale,
-                       const int32_t* offsets, const int32_t* targets, int64_t n_targets, float* y,
-                       const char* op);
+  // x[entry[e]], summed in f32 in entry order (deterministic, no atomics). x [N, d], y [T, d];
+  // the index arrays on the device.
+  void scatter_add_csr(const Tensor& x, const int32_t* entry, const float* scale,
+                       const int32_t* offsets, const int32_t* targets, int64_t n_targets,
+                       Tensor& y, const char* op);
 
  private:
   // (storage, byte offset, dtype, shape) of a cached host tensor.
@@ -94,9 +113,20 @@ class CudaBackend final : public Backend {
     Tensor device;  // its copy
   };
 
+  struct GemmPlan;  // gemm.cu
+  struct GemmPlanDeleter {
+    void operator()(GemmPlan* p) const;
+  };
+  // (t, k, n, ldy, y type, pointer alignments)
+  using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int>;
+
   int device_index_;
+  DType activations_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  Tensor lt_workspace_;  // cuBLASLt workspace (kLtWorkspaceBytes)
+  std::map<GemmKey, std::unique_ptr<GemmPlan, GemmPlanDeleter>> gemm_plans_;
   bool sync_debug_ = false;
   std::mutex resident_mutex_;
   std::map<ResidentKey, Resident> resident_;

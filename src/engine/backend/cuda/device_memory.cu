@@ -1,16 +1,55 @@
-// Device memory primitives for Tensor storage (see engine/core/device_memory.hpp). Synchronous on
-// purpose: these back allocation and explicit host<->device copies, not the hot path, which runs
-// on streams inside the backend.
+// Device memory primitives for Tensor storage (see engine/core/device_memory.hpp).
+//
+// Allocation is the caching allocator of the engine: CUDA's stream-ordered pool (cudaMallocAsync /
+// cudaFreeAsync) with the release threshold raised to "never", so memory a forward frees (scratch
+// buffers, activations) goes back to the pool and the next forward gets it without a cudaMalloc
+// or a device synchronization. Allocations and frees are enqueued on the legacy default stream:
+// the backend's stream is a blocking stream, so a free is ordered after the kernels enqueued
+// before it, and work enqueued after an allocation sees it allocated. When the pool cannot grow,
+// its unused memory is returned to the device (trim) and the allocation is retried once.
+// Host<->device copies are synchronous on purpose: they are not the hot path.
+#include <cstdint>
+#include <mutex>
+
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/core/device_memory.hpp"
 #include "engine/core/log.hpp"
 
 namespace refinery {
 
+namespace {
+
+// The current device's default pool, its release threshold raised once per device.
+cudaMemPool_t caching_pool() {
+  static std::mutex mutex;
+  static bool configured[64] = {};
+  int device = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  cudaMemPool_t pool = nullptr;
+  REFINERY_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (device < 64 && !configured[device]) {
+    uint64_t threshold = UINT64_MAX;
+    REFINERY_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    configured[device] = true;
+  }
+  return pool;
+}
+
+}  // namespace
+
 void* device_malloc(std::size_t bytes) {
   if (bytes == 0) return nullptr;
   void* ptr = nullptr;
-  cudaError_t status = cudaMalloc(&ptr, bytes);
+  const cudaMemPool_t pool = caching_pool();
+  cudaError_t status = cudaMallocFromPoolAsync(&ptr, bytes, pool, cudaStreamLegacy);
+  if (status == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    // Memory freed to the pool but not reusable for this size goes back to the device first.
+    REFINERY_CUDA_CHECK(cudaDeviceSynchronize());
+    REFINERY_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+    status = cudaMallocFromPoolAsync(&ptr, bytes, pool, cudaStreamLegacy);
+  }
   if (status != cudaSuccess) {
     cudaGetLastError();  // clear the error so later calls do not report it again
     std::size_t free_bytes = 0, total_bytes = 0;
@@ -24,10 +63,10 @@ void* device_malloc(std::size_t bytes) {
 
 void device_free(void* ptr) noexcept {
   if (ptr == nullptr) return;
-  cudaError_t status = cudaFree(ptr);
+  cudaError_t status = cudaFreeAsync(ptr, cudaStreamLegacy);
   if (status != cudaSuccess) {
     cudaGetLastError();
-    log::warn("cudaFree failed: ", cudaGetErrorString(status));
+    log::warn("cudaFreeAsync failed: ", cudaGetErrorString(status));
   }
 }
 
@@ -48,7 +87,7 @@ void copy_device_to_device(void* device_dst, const void* device_src, std::size_t
 
 void device_memset_zero(void* device_ptr, std::size_t bytes) {
   if (bytes == 0) return;
-  REFINERY_CUDA_CHECK(cudaMemset(device_ptr, 0, bytes));
+  REFINERY_CUDA_CHECK(cudaMemset(device_ptr, 0, bytes));  // legacy stream, after the allocation
 }
 
 }  // namespace refinery

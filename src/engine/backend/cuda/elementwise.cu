@@ -1,47 +1,52 @@
 // Element-wise and copy ops on the GPU: embedding lookup, residual add, SwiGLU, sigmoid gate,
 // column copies. All memory bound: grid-stride loops, one element per thread step, 64-bit indices.
-// Each output element depends only on the same element of the inputs (or on a row scalar), so
-// outputs may alias inputs where the interface allows it.
+// Templated on the activation type T (f32 or bf16; math in f32, one rounding per output). Each
+// output element depends only on the same element of the inputs (or on a row scalar), so outputs
+// may alias inputs where the interface allows it.
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
 
 namespace {
 
+template <typename T>
 __global__ void embedding_kernel(const int32_t* ids, const void* table, ElementType type, int64_t n,
-                                 int64_t hidden, float* y) {
+                                 int64_t hidden, T* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n * hidden;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / hidden, c = i % hidden;
-    y[i] = load_f32(table, type, static_cast<int64_t>(ids[t]) * hidden + c);
+    y[i] = from_f32<T>(load_f32(table, type, static_cast<int64_t>(ids[t]) * hidden + c));
   }
 }
 
-__global__ void add_kernel(const float* a, const float* b, int64_t n, float* y) {
+template <typename T>
+__global__ void add_kernel(const T* a, const T* b, int64_t n, T* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x)
-    y[i] = a[i] + b[i];
+    y[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
 }
 
-__global__ void swiglu_kernel(const float* gate, const float* up, int64_t n, float* y) {
+template <typename T>
+__global__ void swiglu_kernel(const T* gate, const T* up, int64_t n, T* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const float g = gate[i];
-    y[i] = g / (1.0f + expf(-g)) * up[i];
+    const float g = to_f32(gate[i]);
+    y[i] = from_f32<T>(g / (1.0f + expf(-g)) * to_f32(up[i]));
   }
 }
 
-__global__ void sigmoid_gate_kernel(const float* x, const float* g, int64_t rows, int64_t d,
-                                    float* y) {
+template <typename T>
+__global__ void sigmoid_gate_kernel(const T* x, const T* g, int64_t rows, int64_t d, T* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * d;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const float s = 1.0f / (1.0f + expf(-g[i / d]));
-    y[i] = s * x[i];
+    const float s = 1.0f / (1.0f + expf(-to_f32(g[i / d])));
+    y[i] = from_f32<T>(s * to_f32(x[i]));
   }
 }
 
-__global__ void copy_columns_kernel(const float* src, int64_t src_stride, float* dst,
-                                    int64_t dst_stride, int64_t rows, int64_t width) {
+template <typename T>
+__global__ void copy_columns_kernel(const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
+                                    int64_t rows, int64_t width) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * width;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / width, j = i % width;
@@ -58,7 +63,7 @@ void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
   const int64_t n = ids.numel(), vocab = table.size(0), hidden = table.size(1);
   REFINERY_CHECK(ids.dtype() == DType::kI32 && ids.ndim() == 1,
                  "embedding ids: expected i32 [T], found ", ids.describe());
-  require_f32(y, {n, hidden}, "embedding output");
+  backend::require_float(Device::kCUDA, y, {n, hidden}, "embedding output");
   const std::vector<int32_t> host_ids = host_i32(ids);
   for (int64_t t = 0; t < n; ++t)
     if (host_ids[t] < 0 || host_ids[t] >= vocab)
@@ -68,29 +73,41 @@ void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
   if (n == 0 || hidden == 0) return;
   const Tensor device_ids = on_device(ids);
   const Tensor device_table = on_device(table);
-  embedding_kernel<<<grid_for(n * hidden), kThreads, 0, stream_>>>(
-      device_ids.data<int32_t>(), device_table.data(),
-      element_type(device_table.dtype(), "embedding table"), n, hidden, y.mutable_data<float>());
+  dispatch_activation(y.dtype(), "embedding", [&](auto tag) {
+    using T = decltype(tag);
+    embedding_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream_>>>(
+        device_ids.data<int32_t>(), device_table.data(),
+        element_type(device_table.dtype(), "embedding table"), n, hidden,
+        static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "embedding");
 }
 
 void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
   check_add(Device::kCUDA, a, b, y);
-  require_f32(y, y.shape(), "add y");
+  backend::require_float(Device::kCUDA, y, y.shape(), "add y");
   const int64_t n = y.numel();
   if (n == 0) return;
-  add_kernel<<<grid_for(n), kThreads, 0, stream_>>>(a.data<float>(), b.data<float>(), n,
-                                                    y.mutable_data<float>());
+  dispatch_activation(y.dtype(), "add", [&](auto tag) {
+    using T = decltype(tag);
+    add_kernel<T><<<grid_for(n), kThreads, 0, stream_>>>(static_cast<const T*>(a.data()),
+                                                         static_cast<const T*>(b.data()), n,
+                                                         static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "add");
 }
 
 void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
   check_swiglu(Device::kCUDA, gate, up, y);
-  require_f32(y, y.shape(), "swiglu y");
+  backend::require_float(Device::kCUDA, y, y.shape(), "swiglu y");
   const int64_t n = y.numel();
   if (n == 0) return;
-  swiglu_kernel<<<grid_for(n), kThreads, 0, stream_>>>(gate.data<float>(), up.data<float>(), n,
-                                                       y.mutable_data<float>());
+  dispatch_activation(y.dtype(), "swiglu", [&](auto tag) {
+    using T = decltype(tag);
+    swiglu_kernel<T><<<grid_for(n), kThreads, 0, stream_>>>(static_cast<const T*>(gate.data()),
+                                                            static_cast<const T*>(up.data()), n,
+                                                            static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "swiglu");
 }
 
@@ -98,8 +115,12 @@ void CudaBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
   const RowsCols sizes = check_sigmoid_gate(Device::kCUDA, x, g, y);
   const int64_t rows = sizes.rows, d = sizes.cols;
   if (rows * d == 0) return;
-  sigmoid_gate_kernel<<<grid_for(rows * d), kThreads, 0, stream_>>>(
-      x.data<float>(), g.data<float>(), rows, d, y.mutable_data<float>());
+  dispatch_activation(y.dtype(), "sigmoid_gate", [&](auto tag) {
+    using T = decltype(tag);
+    sigmoid_gate_kernel<T><<<grid_for(rows * d), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x.data()), static_cast<const T*>(g.data()), rows, d,
+        static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "sigmoid_gate");
 }
 
@@ -108,8 +129,12 @@ void CudaBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, 
   const CopyColumnsSizes sizes = check_copy_columns(Device::kCUDA, src, src_col, dst, dst_col, width);
   const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols;
   if (rows * width == 0) return;
-  copy_columns_kernel<<<grid_for(rows * width), kThreads, 0, stream_>>>(
-      src.data<float>() + src_col, cs, dst.mutable_data<float>() + dst_col, cd, rows, width);
+  dispatch_activation(dst.dtype(), "copy_columns", [&](auto tag) {
+    using T = decltype(tag);
+    copy_columns_kernel<T><<<grid_for(rows * width), kThreads, 0, stream_>>>(
+        static_cast<const T*>(src.data()) + src_col, cs, static_cast<T*>(dst.mutable_data()) + dst_col,
+        cd, rows, width);
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "copy_columns");
 }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "engine/backend/cuda/cuda_backend_internal.hpp"
 
@@ -36,6 +37,40 @@ __device__ inline float load_f32(const void* p, ElementType type, int64_t i) {
     default:
       return e4m3_to_f32(static_cast<const uint8_t*>(p)[i]);
   }
+}
+
+// Activations are f32 or bf16 (Backend::activation_dtype); kernels are templated on the element
+// type T and compute in f32: to_f32 widens exactly, from_f32 rounds to nearest even.
+__device__ inline float to_f32(float v) { return v; }
+__device__ inline float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T>
+__device__ inline T from_f32(float v);
+template <>
+__device__ inline float from_f32<float>(float v) {
+  return v;
+}
+template <>
+__device__ inline __nv_bfloat16 from_f32<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Calls f(T{}) with T = float or __nv_bfloat16 for an activation dtype; `op` names the caller in
+// the internal error for any other dtype. Used as
+//   dispatch_activation(x.dtype(), "add", [&](auto tag) { using T = decltype(tag); ... });
+template <typename F>
+void dispatch_activation(DType dtype, const char* op, F&& f) {
+  if (dtype == DType::kF32)
+    f(float{});
+  else if (dtype == DType::kBF16)
+    f(__nv_bfloat16{});
+  else
+    throw_internal_error(op, ": activations must be f32 or bf16, found ", dtype_name(dtype));
+}
+
+// The CUDA library type of an activation element type.
+template <typename T>
+constexpr cudaDataType cuda_data_type() {
+  return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF;
 }
 
 constexpr int kThreads = 256;

@@ -1,16 +1,77 @@
-// MoE experts on the GPU, the simple correct form (the grouped GEMM comes with the performance
-// work): the host reads the routing (T x k pairs, one small synchronous download), counting-sorts
-// the pairs by expert (token order inside an expert), and the device then
-//   1. gathers the routed rows into expert-contiguous order, xs [N = T*k, hidden];
-//   2. per active expert, runs gate/up GEMMs, SwiGLU and the down GEMM on its row block through
-//      linear() (cuBLAS), into outs [N, hidden];
-//   3. combines: y[t] = Σ_j weight · outs[pos(t, j)], one thread per (token, column), the pairs of
-//      a token summed in expert order (as the CPU does), deterministic and without atomics.
+// MoE experts on the GPU: token permutation by expert, grouped GEMMs over all experts of the
+// layer, weighted un-permutation.
+//   0. The host reads the routing (T x k pairs, one small synchronous download: the grouped GEMM
+//      takes its per-expert row counts on the host) and counting-sorts the pairs by expert (token
+//      order inside an expert).
+//   1. Permute: xs [N = T*k, hidden] = the routed rows in expert-contiguous order.
+//   2. One grouped GEMM (cublasGemmGroupedBatchedEx) for the gate and up projections of every
+//      active expert (2 x E problems), SwiGLU over the whole buffer, one grouped GEMM for the down
+//      projections into outs [N, hidden]. bf16 inputs, f32 accumulation, outputs in the
+//      activation dtype.
+//   3. Un-permute: y[t] = Σ_j weight · outs[pos(t, j)], one thread per (token, column), the pairs
+//      of a token summed in f32 in expert order (as the CPU does): deterministic, no atomics.
+// Experts whose weights are not dense bf16 (FP8, f32 fixtures) run expert by expert through
+// linear(), which dequantizes per call; so do all experts if cuBLAS rejects the grouped call.
 #include <algorithm>
+#include <variant>
 
+#include "engine/backend/cuda/cublas_check.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
+#include "engine/core/log.hpp"
 
 namespace refinery::backend::cuda {
+
+namespace {
+
+bool dense_bf16(const LinearWeight& w) {
+  const auto* dense = std::get_if<DenseWeight>(&w.storage);
+  return dense != nullptr && dense->weight.dtype() == DType::kBF16 && !w.bias.defined();
+}
+
+// One GEMM problem of a grouped call: C[m, n] (column-major, ldc) = op_T(A) · B with A the
+// row-major weight [m, k] and B the row-major activations [n, k].
+struct GroupedProblem {
+  const void* a;
+  const void* b;
+  void* c;
+  int m, n, k;
+};
+
+// Runs all problems in one cublasGemmGroupedBatchedEx call (one group per problem). Returns
+// false if cuBLAS does not support the call here (the caller falls back to one GEMM per problem).
+bool grouped_gemm(CudaBackend& be, const std::vector<GroupedProblem>& problems,
+                  cudaDataType c_type) {
+  const int count = static_cast<int>(problems.size());
+  if (count == 0) return true;
+  std::vector<cublasOperation_t> trans_a(count, CUBLAS_OP_T), trans_b(count, CUBLAS_OP_N);
+  std::vector<int> m(count), n(count), k(count), group_size(count, 1);
+  std::vector<float> alpha(count, 1.0f), beta(count, 0.0f);
+  // Pointer arrays live on the device: [A..., B..., C...] in one upload.
+  std::vector<const void*> pointers(3 * static_cast<std::size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    m[i] = problems[i].m;
+    n[i] = problems[i].n;
+    k[i] = problems[i].k;
+    pointers[i] = problems[i].a;
+    pointers[count + i] = problems[i].b;
+    pointers[2 * count + i] = problems[i].c;
+  }
+  const Tensor device_pointers =
+      Tensor::copy_of(DType::kU8, {static_cast<int64_t>(pointers.size() * sizeof(void*))},
+                      pointers.data())
+          .to(Device::kCUDA);
+  const auto* p = static_cast<const void* const*>(device_pointers.data());
+  const cublasStatus_t status = cublasGemmGroupedBatchedEx(
+      be.cublas(), trans_a.data(), trans_b.data(), m.data(), n.data(), k.data(), alpha.data(),
+      p, CUDA_R_16BF, k.data(), p + count, CUDA_R_16BF, k.data(), beta.data(),
+      const_cast<void* const*>(p + 2 * count), c_type, m.data(), count, group_size.data(),
+      CUBLAS_COMPUTE_32F);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return false;
+  REFINERY_CUBLAS_CHECK(status);
+  return true;
+}
+
+}  // namespace
 
 void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
                               std::span<const ExpertWeights> expert_weights, Tensor& y) {
@@ -53,38 +114,94 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   const Tensor perm_token_d = device_i32(perm_token), pos_d = device_i32(pos),
                perm_scale_d = device_f32(perm_scale), offsets_d = device_i32(offsets),
                targets_d = device_i32(targets);
-  Tensor xs = empty(DType::kF32, {n, hidden});
-  gather_rows_device(x.data<float>(), perm_token_d.data<int32_t>(), n, hidden,
-                     xs.mutable_data<float>(), "moe_experts (gather)");
+  const DType act = y.dtype();
+  Tensor xs = empty(act, {n, hidden});
+  gather_rows_device(x, perm_token_d.data<int32_t>(), n, xs, "moe_experts (permute)");
+  const Tensor xs_bf16 = as_dtype(xs, DType::kBF16, "moe_experts (x to bf16)");
 
   // One buffer for every active expert's gate/up activations [n_e, inter_e] (widths may differ
   // between experts of a pruned model).
-  int64_t scratch_floats = 0;
+  int64_t scratch_elements = 0;
   for (int64_t e = 0; e < e_count; ++e)
-    scratch_floats += (start[e + 1] - start[e]) * expert_weights[e].gate.out_features();
-  Tensor gate_buffer = empty(DType::kF32, {std::max<int64_t>(scratch_floats, 1)});
-  Tensor up_buffer = empty(DType::kF32, {std::max<int64_t>(scratch_floats, 1)});
-  Tensor outs = empty(DType::kF32, {n, hidden});
-  int64_t scratch_offset = 0;
-  for (int64_t e = 0; e < e_count; ++e) {
-    const int64_t rows = start[e + 1] - start[e];
-    if (rows == 0) continue;
-    const ExpertWeights& ew = expert_weights[e];
-    const int64_t inter = ew.gate.out_features();
-    const std::size_t byte_offset = static_cast<std::size_t>(scratch_offset) * sizeof(float);
-    Tensor g = gate_buffer.view_bytes(byte_offset, DType::kF32, {rows, inter});
-    Tensor u = up_buffer.view_bytes(byte_offset, DType::kF32, {rows, inter});
-    scratch_offset += rows * inter;
-    const Tensor xe = xs.slice(start[e], start[e + 1]);
-    Tensor oe = outs.slice(start[e], start[e + 1]);
-    linear(xe, ew.gate, g);
-    linear(xe, ew.up, u);
-    swiglu(g, u, g);
-    linear(g, ew.down, oe);
+    scratch_elements += (start[e + 1] - start[e]) * expert_weights[e].gate.out_features();
+  Tensor gate_buffer = empty(act, {1, std::max<int64_t>(scratch_elements, 1)});
+  Tensor up_buffer = empty(act, {1, std::max<int64_t>(scratch_elements, 1)});
+  Tensor outs = empty(act, {n, hidden});
+  const std::size_t act_bytes = dtype_bits(act) / 8;
+
+  // Grouped path: every active expert has dense bf16 weights without bias.
+  bool grouped = true;
+  for (int64_t e = 0; e < e_count && grouped; ++e)
+    if (start[e + 1] > start[e])
+      grouped = dense_bf16(expert_weights[e].gate) && dense_bf16(expert_weights[e].up) &&
+                dense_bf16(expert_weights[e].down);
+  if (grouped) {
+    const cudaDataType c_type = act == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+    std::vector<GroupedProblem> gate_up, down;
+    int64_t offset = 0;
+    // bf16_weight_rows may hand back a copy (a writable host weight): kept alive to the end.
+    std::vector<Tensor> keep(3 * static_cast<std::size_t>(e_count));
+    for (int64_t e = 0; e < e_count; ++e) {
+      const int64_t rows = start[e + 1] - start[e];
+      if (rows == 0) continue;
+      const ExpertWeights& ew = expert_weights[e];
+      const int inter = static_cast<int>(ew.gate.out_features());
+      const void* xe = static_cast<const std::byte*>(xs_bf16.data()) + start[e] * hidden * 2;
+      void* ge = static_cast<std::byte*>(gate_buffer.mutable_data()) + offset * act_bytes;
+      void* ue = static_cast<std::byte*>(up_buffer.mutable_data()) + offset * act_bytes;
+      gate_up.push_back({bf16_weight_rows(ew.gate, 0, inter, keep[3 * e]), xe, ge, inter,
+                         static_cast<int>(rows), static_cast<int>(hidden)});
+      gate_up.push_back({bf16_weight_rows(ew.up, 0, inter, keep[3 * e + 1]), xe, ue, inter,
+                         static_cast<int>(rows), static_cast<int>(hidden)});
+      offset += rows * inter;
+    }
+    grouped = grouped_gemm(*this, gate_up, c_type);
+    if (grouped) {
+      swiglu(gate_buffer, up_buffer, gate_buffer);
+      const Tensor h_bf16 = as_dtype(gate_buffer, DType::kBF16, "moe_experts (h to bf16)");
+      offset = 0;
+      for (int64_t e = 0; e < e_count; ++e) {
+        const int64_t rows = start[e + 1] - start[e];
+        if (rows == 0) continue;
+        const ExpertWeights& ew = expert_weights[e];
+        const int64_t inter = ew.gate.out_features();
+        const void* h_e = static_cast<const std::byte*>(h_bf16.data()) + offset * 2;
+        void* out_e = static_cast<std::byte*>(outs.mutable_data()) + start[e] * hidden * act_bytes;
+        down.push_back({bf16_weight_rows(ew.down, 0, hidden, keep[3 * e + 2]), h_e, out_e,
+                        static_cast<int>(hidden), static_cast<int>(rows), static_cast<int>(inter)});
+        offset += rows * inter;
+      }
+      grouped = grouped_gemm(*this, down, c_type);
+      REFINERY_CHECK(grouped, "moe: cuBLAS ran the grouped gate/up GEMM but not the down GEMM");
+    } else {
+      static bool warned = false;
+      if (!warned) log::warn("cuBLAS does not support the grouped expert GEMM here; running the "
+                             "experts one by one (slower)");
+      warned = true;
+    }
   }
-  scatter_add_csr(outs.data<float>(), hidden, pos_d.data<int32_t>(), perm_scale_d.data<float>(),
-                  offsets_d.data<int32_t>(), targets_d.data<int32_t>(), t_count,
-                  y.mutable_data<float>(), "moe_experts (combine)");
+  if (!grouped) {
+    int64_t offset = 0;
+    for (int64_t e = 0; e < e_count; ++e) {
+      const int64_t rows = start[e + 1] - start[e];
+      if (rows == 0) continue;
+      const ExpertWeights& ew = expert_weights[e];
+      const int64_t inter = ew.gate.out_features();
+      const std::size_t byte_offset = static_cast<std::size_t>(offset) * act_bytes;
+      Tensor g = gate_buffer.view_bytes(byte_offset, act, {rows, inter});
+      Tensor u = up_buffer.view_bytes(byte_offset, act, {rows, inter});
+      offset += rows * inter;
+      const Tensor xe = xs.slice(start[e], start[e + 1]);
+      Tensor oe = outs.slice(start[e], start[e + 1]);
+      linear(xe, ew.gate, g);
+      linear(xe, ew.up, u);
+      swiglu(g, u, g);
+      linear(g, ew.down, oe);
+    }
+  }
+  scatter_add_csr(outs, pos_d.data<int32_t>(), perm_scale_d.data<float>(),
+                  offsets_d.data<int32_t>(), targets_d.data<int32_t>(), t_count, y,
+                  "moe_experts (un-permute)");
 }
 
 }  // namespace refinery::backend::cuda

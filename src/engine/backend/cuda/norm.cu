@@ -1,4 +1,5 @@
-// RMSNorm on the GPU: y = x * rsqrt(mean(x²) + eps) * weight, one thread block per row.
+// RMSNorm on the GPU: y = x * rsqrt(mean(x²) + eps) * weight, one thread block per row, x and y
+// f32 or bf16 (statistics in f32).
 // Memory bound (each row is read twice, written once; the second read hits L1/L2). Statistics in
 // f32 with a tree reduction (the CPU sums in f64: the two agree to a few f32 ulps). In-place safe:
 // each element is read and written by the same thread.
@@ -10,15 +11,16 @@ namespace {
 
 constexpr int kNormThreads = 256;
 
-__global__ void rms_norm_kernel(const float* x, const void* weight, ElementType weight_type,
-                                int64_t d, float eps, float* y) {
+template <typename T>
+__global__ void rms_norm_kernel(const T* x, const void* weight, ElementType weight_type,
+                                int64_t d, float eps, T* y) {
   __shared__ float partial[kNormThreads / 32];
   __shared__ float inv_rms;
   const int64_t row = blockIdx.x;
-  const float* xr = x + row * d;
-  float* yr = y + row * d;
+  const T* xr = x + row * d;
+  T* yr = y + row * d;
   float sum = 0.0f;
-  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += xr[i] * xr[i];
+  for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += to_f32(xr[i]) * to_f32(xr[i]);
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
   __syncthreads();
@@ -30,7 +32,7 @@ __global__ void rms_norm_kernel(const float* x, const void* weight, ElementType 
   __syncthreads();
   const float inv = inv_rms;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    yr[i] = (xr[i] * inv) * load_f32(weight, weight_type, i);
+    yr[i] = from_f32<T>((to_f32(xr[i]) * inv) * load_f32(weight, weight_type, i));
 }
 
 }  // namespace
@@ -41,9 +43,12 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Ten
   REFINERY_CHECK(rows < (int64_t{1} << 31), "rms_norm: too many rows: ", rows);
   if (rows == 0 || d == 0) return;
   const Tensor w = on_device(weight);
-  rms_norm_kernel<<<static_cast<unsigned>(rows), kNormThreads, 0, stream_>>>(
-      x.data<float>(), w.data(), element_type(w.dtype(), "rms_norm weight"), d, eps,
-      y.mutable_data<float>());
+  dispatch_activation(y.dtype(), "rms_norm", [&](auto tag) {
+    using T = decltype(tag);
+    rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream_>>>(
+        static_cast<const T*>(x.data()), w.data(), element_type(w.dtype(), "rms_norm weight"), d,
+        eps, static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "rms_norm");
 }
 

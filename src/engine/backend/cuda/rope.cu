@@ -14,13 +14,14 @@ namespace {
 constexpr int kRopeThreads = 64;
 
 // cos/sin: [T, half] rows of this call's positions.
-__global__ void rope_kernel(const float* x, const float* cos_table, const float* sin_table,
+template <typename T>
+__global__ void rope_kernel(const T* x, const float* cos_table, const float* sin_table,
                             int64_t heads, int64_t d, int64_t offset, int64_t half,
-                            bool interleaved, float* y) {
+                            bool interleaved, T* y) {
   const int64_t row = blockIdx.x;  // t * heads + h
   const int64_t t = row / heads;
-  const float* xi = x + row * d;
-  float* yi = y + row * d;
+  const T* xi = x + row * d;
+  T* yi = y + row * d;
   const float* c = cos_table + t * half;
   const float* s = sin_table + t * half;
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
@@ -28,9 +29,9 @@ __global__ void rope_kernel(const float* x, const float* cos_table, const float*
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
     const int64_t a = offset + (interleaved ? 2 * i : i);
     const int64_t b = offset + (interleaved ? 2 * i + 1 : i + half);
-    const float x0 = xi[a], x1 = xi[b];
-    yi[a] = x0 * c[i] - x1 * s[i];
-    yi[b] = x1 * c[i] + x0 * s[i];
+    const float x0 = to_f32(xi[a]), x1 = to_f32(xi[b]);
+    yi[a] = from_f32<T>(x0 * c[i] - x1 * s[i]);
+    yi[b] = from_f32<T>(x1 * c[i] + x0 * s[i]);
   }
 }
 
@@ -50,9 +51,13 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_po
   if (t_count * heads == 0) return;
   const Tensor cos_rows = upload(table.cos.slice(first_position, first_position + t_count));
   const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + t_count));
-  rope_kernel<<<static_cast<unsigned>(t_count * heads), kRopeThreads, 0, stream_>>>(
-      x.data<float>(), cos_rows.data<float>(), sin_rows.data<float>(), heads, d, offset, half,
-      table.pairing == model::RopePairing::kInterleaved, y.mutable_data<float>());
+  dispatch_activation(y.dtype(), "rope", [&](auto tag) {
+    using T = decltype(tag);
+    rope_kernel<T><<<static_cast<unsigned>(t_count * heads), kRopeThreads, 0, stream_>>>(
+        static_cast<const T*>(x.data()), cos_rows.data<float>(), sin_rows.data<float>(), heads, d,
+        offset, half, table.pairing == model::RopePairing::kInterleaved,
+        static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "rope");
 }
 

@@ -14,8 +14,8 @@ namespace refinery::backend::cuda {
 
 namespace {
 
-__global__ void gather_rows_kernel(const float* x, const int32_t* rows, int64_t n, int64_t d,
-                                   float* y) {
+template <typename T>
+__global__ void gather_rows_kernel(const T* x, const int32_t* rows, int64_t n, int64_t d, T* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n * d;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / d, c = i % d;
@@ -23,38 +23,48 @@ __global__ void gather_rows_kernel(const float* x, const int32_t* rows, int64_t 
   }
 }
 
-__global__ void scatter_add_csr_kernel(const float* x, int64_t d, const int32_t* entry,
+template <typename T>
+__global__ void scatter_add_csr_kernel(const T* x, int64_t d, const int32_t* entry,
                                        const float* scale, const int32_t* offsets,
-                                       const int32_t* targets, int64_t n_targets, float* y) {
+                                       const int32_t* targets, int64_t n_targets, T* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n_targets * d;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t u = i / d, c = i % d;
-    float* out = y + static_cast<int64_t>(targets[u]) * d + c;
-    float acc = *out;
+    T* out = y + static_cast<int64_t>(targets[u]) * d + c;
+    float acc = to_f32(*out);
     for (int32_t e = offsets[u]; e < offsets[u + 1]; ++e) {
       const int64_t src = entry[e];
-      acc += scale[src] * x[src * d + c];
+      acc += scale[src] * to_f32(x[src * d + c]);
     }
-    *out = acc;
+    *out = from_f32<T>(acc);
   }
 }
 
 }  // namespace
 
-void CudaBackend::scatter_add_csr(const float* x, int64_t d, const int32_t* entry,
-                                  const float* scale, const int32_t* offsets,
-                                  const int32_t* targets, int64_t n_targets, float* y,
-                                  const char* op) {
+void CudaBackend::scatter_add_csr(const Tensor& x, const int32_t* entry, const float* scale,
+                                  const int32_t* offsets, const int32_t* targets,
+                                  int64_t n_targets, Tensor& y, const char* op) {
+  const int64_t d = x.size(1);
   if (n_targets * d == 0) return;
-  scatter_add_csr_kernel<<<grid_for(n_targets * d), kThreads, 0, stream_>>>(
-      x, d, entry, scale, offsets, targets, n_targets, y);
+  dispatch_activation(y.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    scatter_add_csr_kernel<T><<<grid_for(n_targets * d), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x.data()), d, entry, scale, offsets, targets, n_targets,
+        static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, op);
 }
 
-void CudaBackend::gather_rows_device(const float* x, const int32_t* rows, int64_t n, int64_t d,
-                                     float* y, const char* op) {
+void CudaBackend::gather_rows_device(const Tensor& x, const int32_t* rows, int64_t n, Tensor& y,
+                                     const char* op) {
+  const int64_t d = x.size(1);
   if (n * d == 0) return;
-  gather_rows_kernel<<<grid_for(n * d), kThreads, 0, stream_>>>(x, rows, n, d, y);
+  dispatch_activation(y.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    gather_rows_kernel<T><<<grid_for(n * d), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x.data()), rows, n, d, static_cast<T*>(y.mutable_data()));
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, op);
 }
 
@@ -64,8 +74,8 @@ void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
   const std::vector<int32_t> r = host_i32(rows);
   for (int64_t i = 0; i < n; ++i)
     REFINERY_CHECK(r[i] >= 0 && r[i] < t_count, "gather_rows: row ", r[i], " of ", t_count);
-  gather_rows_device(x.data<float>(), rows.data<int32_t>(), n, d, y.mutable_data<float>(),
-                     "gather_rows");
+  (void)d;
+  gather_rows_device(x, rows.data<int32_t>(), n, y, "gather_rows");
 }
 
 void CudaBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
@@ -90,9 +100,8 @@ void CudaBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Te
   offsets.push_back(static_cast<int32_t>(n));
   const Tensor entry_d = device_i32(entry), offsets_d = device_i32(offsets),
                targets_d = device_i32(targets);
-  scatter_add_csr(x.data<float>(), d, entry_d.data<int32_t>(), scale.data<float>(),
-                  offsets_d.data<int32_t>(), targets_d.data<int32_t>(),
-                  static_cast<int64_t>(targets.size()), y.mutable_data<float>(),
+  scatter_add_csr(x, entry_d.data<int32_t>(), scale.data<float>(), offsets_d.data<int32_t>(),
+                  targets_d.data<int32_t>(), static_cast<int64_t>(targets.size()), y,
                   "scatter_add_rows");
 }
 

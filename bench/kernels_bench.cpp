@@ -1,0 +1,131 @@
+// kernels_bench [--device-index 0]
+// Achieved throughput of the CUDA backend's heavy ops on the shapes of issue 4's benchmark models,
+// through the Backend interface (what the engine runs), bf16 activations and weights:
+//   gemm       linear x[8192, 4096] · W[14336, 4096]ᵀ (a 7B MLP projection)       -> TFLOP/s
+//   attention  causal prefill, L = 2048: MLA 16 heads dk 192 / dv 128 (V2-Lite), GQA 32/8 dk 128
+//              (Llama 7B); FLOPs = 2·H·(dk + dv)·L(L+1)/2                          -> TFLOP/s
+//   experts    moe_experts, T = 2048 and 8192 tokens, 64 experts of 2048 -> 1408, top-6
+//              (distinct experts per token, uniform); FLOPs = 2·T·k·3·2048·1408     -> TFLOP/s
+//   copy       add of two 2^28-element bf16 tensors: 3 x 512 MiB moved             -> TB/s
+// Prints one JSON line. The card's ceilings (issue 4): bf16 GEMM ≈ 779 TFLOP/s, copy ≈ 2.99 TB/s.
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <iostream>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "engine/backend/cuda/cuda_backend.hpp"
+#include "engine/backend/cuda/device_info.hpp"
+#include "engine/core/error.hpp"
+
+namespace {
+
+using namespace refinery;
+using Clock = std::chrono::steady_clock;
+
+Tensor random_bf16(std::vector<int64_t> shape, uint64_t seed, float scale) {
+  Tensor f = Tensor::empty(DType::kF32, std::move(shape));
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, scale);
+  float* p = f.mutable_data<float>();
+  for (int64_t i = 0; i < f.numel(); ++i) p[i] = normal(rng);
+  Tensor b = Tensor::empty(DType::kBF16, f.shape());
+  convert_from_f32(DType::kBF16, p, b.mutable_data(), static_cast<std::size_t>(f.numel()));
+  return b.to(Device::kCUDA);
+}
+
+// Median seconds of `iters` runs of fn after one warm-up; `sync` waits for the device.
+double time_it(const std::function<void()>& fn, const std::function<void()>& sync, int iters = 5) {
+  fn();
+  sync();
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    const auto start = Clock::now();
+    fn();
+    sync();
+    t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+}  // namespace
+
+int main() {
+  try {
+    if (cuda::list_devices().empty()) throw_user_error(cuda::no_device_reason());
+    auto be = backend::make_cuda_backend(0);
+    std::string json = "{\"device\": \"" + cuda::list_devices()[0].name + "\"";
+    Tensor probe = be->empty(DType::kBF16, {1});
+    auto sync = [&] { be->download(probe); };
+
+    {  // dense GEMM
+      const int64_t m = 8192, k = 4096, n = 14336;
+      const Tensor x = random_bf16({m, k}, 1, 1.0f);
+      backend::LinearWeight w;
+      w.name = "bench.gemm";
+      w.storage = backend::DenseWeight{random_bf16({n, k}, 2, 0.02f)};
+      Tensor y = be->empty(DType::kBF16, {m, n});
+      const double s = time_it([&] { be->linear(x, w, y); }, sync);
+      json += str(", \"gemm_8192x4096x14336_tflops\": ", 2.0 * m * k * n / s / 1e12);
+    }
+    struct AttentionShape { const char* name; int64_t heads, kv, dk, dv; };
+    for (const AttentionShape a : {AttentionShape{"mla_16x192x128", 16, 16, 192, 128},
+                                   AttentionShape{"gqa_32x8x128", 32, 8, 128, 128}}) {
+      const int64_t l = 2048;
+      const Tensor q = random_bf16({l, a.heads, a.dk}, 3, 1.0f);
+      const Tensor k = random_bf16({l, a.kv, a.dk}, 4, 1.0f);
+      const Tensor v = random_bf16({l, a.kv, a.dv}, 5, 1.0f);
+      Tensor out = be->empty(DType::kBF16, {l, a.heads, a.dv});
+      const float scale = 1.0f / std::sqrt(static_cast<float>(a.dk));
+      const double s = time_it([&] { be->attention(q, k, v, scale, out); }, sync);
+      const double flops = 2.0 * a.heads * (a.dk + a.dv) * (l * (l + 1) / 2.0);
+      json += str(", \"attention_", a.name, "_L2048_tflops\": ", flops / s / 1e12);
+    }
+    {  // routed experts
+      const int64_t hidden = 2048, inter = 1408, e_count = 64, top = 6;
+      std::vector<backend::ExpertWeights> experts;
+      for (int64_t e = 0; e < e_count; ++e) {
+        backend::ExpertWeights w;
+        w.gate.storage = backend::DenseWeight{random_bf16({inter, hidden}, 10 + 3 * e, 0.02f)};
+        w.up.storage = backend::DenseWeight{random_bf16({inter, hidden}, 11 + 3 * e, 0.02f)};
+        w.down.storage = backend::DenseWeight{random_bf16({hidden, inter}, 12 + 3 * e, 0.02f)};
+        w.gate.name = w.up.name = w.down.name = "bench.expert";
+        experts.push_back(std::move(w));
+      }
+      for (const int64_t t : {int64_t{2048}, int64_t{8192}}) {
+        std::mt19937_64 rng(42);
+        std::vector<int32_t> chosen(static_cast<std::size_t>(t * top));
+        std::vector<float> weights(chosen.size(), 1.0f / top);
+        std::vector<int32_t> all(e_count);
+        std::iota(all.begin(), all.end(), 0);
+        for (int64_t i = 0; i < t; ++i) {
+          std::shuffle(all.begin(), all.end(), rng);
+          std::copy(all.begin(), all.begin() + top, chosen.begin() + i * top);
+        }
+        const Tensor x = random_bf16({t, hidden}, 7, 1.0f);
+        const Tensor ids = Tensor::copy_of(DType::kI32, {t, top}, chosen.data()).to(Device::kCUDA);
+        const Tensor w = Tensor::copy_of(DType::kF32, {t, top}, weights.data()).to(Device::kCUDA);
+        Tensor y = be->empty(DType::kBF16, {t, hidden});
+        const double s = time_it([&] { be->moe_experts(x, ids, w, experts, y); }, sync);
+        json += str(", \"experts_T", t, "_tflops\": ", 2.0 * t * top * 3 * hidden * inter / s / 1e12);
+      }
+    }
+    {  // copy bandwidth
+      const int64_t n = int64_t{1} << 28;
+      Tensor a = be->empty(DType::kBF16, {n}), b = be->empty(DType::kBF16, {n});
+      be->fill_zero(a);
+      be->fill_zero(b);
+      Tensor y = be->empty(DType::kBF16, {n});
+      const double s = time_it([&] { be->add(a, b, y); }, sync);
+      json += str(", \"add_bf16_tb_s\": ", 3.0 * n * 2 / s / 1e12);
+    }
+    std::cout << json << "}" << std::endl;
+    return 0;
+  } catch (const Error& e) {
+    std::cerr << "kernels_bench: " << e.what() << "\n";
+    return e.kind() == ErrorKind::kUser ? 1 : 2;
+  }
+}

@@ -1,5 +1,7 @@
-// Causal attention on the GPU, the straightforward correct kernel (tiled flash attention comes
-// with the performance work). One thread block per (query t, head h); keys are processed in
+// Causal attention on the GPU. bf16 prefill (16 or more queries) with head widths the tiled
+// kernel supports runs flash_attention_bf16 (flash_attention.cu: tensor cores, no score matrix).
+// Everything else (decode steps, f32 activations, other head widths) runs the straightforward
+// kernel below: one thread block per (query t, head h); keys are processed in
 // chunks of kChunk with an online softmax in f32:
 //   1. scores: each warp takes keys of the chunk, lanes split the dk dims (coalesced K reads),
 //      a shuffle reduction gives q·k; times `scale` into shared memory;
@@ -9,6 +11,7 @@
 //      reads across threads).
 // GQA: query head h reads kv head h / (H / KV). Query t sees keys [0, S - T + t].
 // Bound: memory (K and V are read once per query and head); dk, dv <= 256.
+#include "engine/backend/cuda/flash_attention.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
@@ -19,6 +22,8 @@ constexpr int kAttnThreads = 128;
 constexpr int kChunk = 128;
 constexpr int kMaxHeadDim = 256;
 constexpr int kDvPerThread = kMaxHeadDim / kAttnThreads;
+// Below this many queries (decode) the per-query kernel wastes less than a 64-row query tile.
+constexpr int64_t kMinFlashQueries = 16;
 
 template <typename T>
 __global__ void attention_kernel(const T* q, const T* k, const T* v, int64_t t_count,
@@ -90,6 +95,16 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
                  " x ", heads, " exceeds the launch limits");
   if (t_count == 0 || heads == 0) return;
   if (dv == 0) return;
+  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
+  if (out.dtype() == DType::kBF16 && t_count >= kMinFlashQueries &&
+      flash_attention_supports(dk, dv) && aligned(q.data()) && aligned(k.data()) &&
+      aligned(v.data()) && aligned(out.data())) {
+    flash_attention_bf16({q.data(), k.data(), v.data(), out.mutable_data(), t_count, s_count, heads,
+                          kv_heads, dk, dv, scale},
+                         stream_);
+    sync_if_debugging("attention (flash)");
+    return;
+  }
   const dim3 grid(static_cast<unsigned>(t_count), static_cast<unsigned>(heads));
   dispatch_activation(out.dtype(), "attention", [&](auto tag) {
     using T = decltype(tag);

@@ -117,7 +117,9 @@ int64_t activation_peak(const ModelConfig& c, const Sizer& z) {
 }
 
 // KvCache (kv_cache.cpp): per layer keys [S, kv_heads, dk] and values [S, kv_heads, dv]; MLA
-// expands the latent, so kv_heads = heads, dk = nope + rope, dv = v_head_dim.
+// expands the latent, so kv_heads = heads, dk = nope + rope, dv = v_head_dim. This is a cache
+// made at its final capacity (LanguageModel::score does so); a cache that grows by doubling while
+// generating briefly holds the old and the new buffers of a layer.
 int64_t kv_cache_bytes(const ModelConfig& c, int64_t positions, int64_t b) {
   const AttentionConfig& a = c.attention;
   const int64_t per_position = int64_t{a.num_kv_heads} * (a.head_dim + a.value_head_dim());

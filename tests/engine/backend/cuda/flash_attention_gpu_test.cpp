@@ -1,12 +1,14 @@
 // The bf16 flash attention kernel vs a host reference computed in double from the same
 // bf16-rounded inputs (the exact values the kernel reads).
 //
-// Error bound per output element (row i, dim d), with p_j the exact softmax weights:
-//   |got - ref| <= 2^-8 · (|ref| + Σ_j p_j |v_jd|) + 1e-6
-// Why: the kernel rounds P to bf16 before the P·V product (relative error <= 2^-9 per weight,
-// so |Δ| <= 2^-9 · Σ_j p_j |v_jd|), and rounds the output to bf16 (<= 2^-9 · |ref|, plus 2^-9 of
-// the first term). The f32 parts (q·k accumulation, exp2 approximation, row sums) are ~1e-6
-// relative. The bound allows twice the worst case of each bf16 rounding.
+// Error bound per output element (row i, dim d), with p_j the exact softmax weights (Σ p_j = 1):
+//   |got - ref| <= 2^-7 · (|ref| + Σ_j p_j |v_jd|) + 1e-6
+// Why: bf16 keeps 8 significant bits, so rounding to it has a relative error <= 2^-8. The kernel
+// rounds P to bf16 before the P·V product (|Δ| <= 2^-8 · Σ_j p_j |v_jd|; the row sum uses the
+// unrounded f32 P) and rounds the output to bf16 (<= 2^-8 · |ref|, to first order). The f32 parts
+// (q·k accumulation, the exp2 approximation, the row sums) are ~1e-6 relative. The bound is twice
+// that worst case; a tile-level emulation of the kernel in numpy reached 0.36 of it on these
+// shapes, while a wrong fragment layout or mask gives errors of the order of |v|.
 #include "engine/backend/cuda/flash_attention.hpp"
 
 #include <cmath>
@@ -59,7 +61,7 @@ void reference(const Case& c, const std::vector<float>& q, const std::vector<flo
         }
         const int64_t at = (i * c.heads + h) * c.dv + d;
         w[at] = static_cast<float>(acc / sum);
-        bound[at] = static_cast<float>(std::ldexp(std::abs(acc / sum) + acc_abs / sum, -8) + 1e-6);
+        bound[at] = static_cast<float>(std::ldexp(std::abs(acc / sum) + acc_abs / sum, -7) + 1e-6);
       }
     }
   }

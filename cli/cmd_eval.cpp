@@ -129,7 +129,8 @@ void run_eval(const EvalCliOptions& o) {
                        " but --seq-len ", o.seq_len, " was given; use ", cache->info().seq_len,
                        " or remake the cache");
   }
-  const model::LanguageModelOptions model_options{o.device, 0};
+  model::LanguageModelOptions model_options{o.device, 0};
+  if (o.seq_len > 0) model_options.sequence_length = o.seq_len;
   auto model = model::open_language_model(o.model, model_options);
   std::unique_ptr<model::LanguageModel> ref_model;
   if (!o.ref.empty()) {

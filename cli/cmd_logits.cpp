@@ -37,7 +37,11 @@ void run_logits(const LogitsOptions& o) {
     throw_user_error("--out ", o.out, ": the folder ", out.parent_path().string(),
                      " does not exist; create it first");
   io::TextSource check(o.data);  // every input exists and has a known kind, before the model loads
-  auto model = model::open_language_model(o.model, {o.device, 0});
+  model::LanguageModelOptions model_options;
+  model_options.device = o.device;
+  model_options.sequence_length = o.seq_len > 0 ? o.seq_len : kDefaultSeqLen;
+  model_options.top_k = o.top_k;
+  auto model = model::open_language_model(o.model, model_options);
   const int64_t vocab = model->vocab_size();
   if (o.top_k > vocab)
     throw_user_error("--top-k ", o.top_k, " exceeds the model's vocabulary of ", vocab,

@@ -5,6 +5,9 @@
 #include <vector>
 
 #include "engine/backend/cuda/cuda_backend.hpp"
+#include "engine/backend/cuda/device_info.hpp"
+#include "engine/io/checkpoint.hpp"
+#include "engine/model/memory_estimate.hpp"
 #include "engine/eval/log_softmax.hpp"
 #include "engine/model/transformer.hpp"
 
@@ -96,7 +99,19 @@ std::unique_ptr<LanguageModel> open_language_model(const std::filesystem::path& 
                                                    const LanguageModelOptions& options) {
   if (options.device != "cpu" && options.device != "cuda")
     throw_user_error("unknown device \"", options.device, "\"; expected cpu or cuda");
-  // CUDA: device 0 (a user error in a build without CUDA or on a machine without a GPU).
+  // CUDA: device 0 (a user error in a build without CUDA or on a machine without a GPU). Before
+  // loading, the model and the run must fit the device's free memory (stop with the numbers).
+  if (options.device == "cuda" && !cuda::list_devices().empty()) {
+    const cuda::DeviceInfo gpu = cuda::list_devices().front();
+    RunShape run;
+    run.tokens_per_forward = run.cache_positions = std::max<int64_t>(options.sequence_length, 1);
+    run.top_k = options.top_k;
+    const MemoryEstimate estimate =
+        estimate_memory(load_model_config(model_dir),
+                        checkpoint_weight_bytes(io::Checkpoint::open(model_dir)), run);
+    require_memory_fits(estimate, static_cast<int64_t>(gpu.free_memory_bytes),
+                        static_cast<int64_t>(gpu.total_memory_bytes), gpu.name);
+  }
   auto backend = options.device == "cuda" ? backend::make_cuda_backend(0)
                                           : backend::make_cpu_backend(options.threads);
   return std::make_unique<TransformerLanguageModel>(

@@ -45,6 +45,10 @@ class LanguageModel {
 struct LanguageModelOptions {
   std::string device = "cpu";  // "cpu" or "cuda"
   int threads = 0;             // CPU threads; 0 = all cores (OpenMP default)
+  // The run's shape, for the GPU memory check before loading (memory_estimate.hpp): the longest
+  // sequence scored and the top-k of score_top_k (0: full logits).
+  int64_t sequence_length = 2048;
+  int64_t top_k = 0;
 };
 
 // Loads a Hugging Face model directory into the engine (defined with the Transformer, in

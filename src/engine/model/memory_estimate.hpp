@@ -31,9 +31,7 @@ struct RunShape {
   int64_t top_k = 0;                  // 0: full logits are produced in chunks of logits_chunk_rows
   int64_t logits_chunk_rows = 256;
   int activation_bytes = 2;           // bf16 activations on the GPU (f32 = 4)
-  // activation_bytes also sizes the KV cache elements. Note: the engine as of this writing keeps
-  // every activation and the KV cache in f32 (transformer*.cpp, kv_cache.cpp allocate kF32), so
-  // a caller estimating today's CUDA path passes 4; 2 is for the bf16 activation path.
+  // activation_bytes also sizes the KV cache elements (the cache has the activation dtype).
 };
 
 struct MemoryEstimate {

@@ -79,6 +79,7 @@ CudaBackend::~CudaBackend() {
   if (cudaStreamSynchronize(stream_) != cudaSuccess) cudaGetLastError();
   resident_.clear();
   gemm_plans_.clear();
+  stacked_.clear();
   if (lt_ != nullptr && cublasLtDestroy(lt_) != CUBLAS_STATUS_SUCCESS) log::warn("cublasLtDestroy failed");
   if (cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS) log::warn("cublasDestroy failed");
   if (cudaStreamDestroy(stream_) != cudaSuccess) {

@@ -76,6 +76,17 @@ class CudaBackend final : public Backend {
   // row-major, f32 accumulation, through cuBLASLt with a cached plan per shape (gemm.cu).
   void gemm_bf16(const void* w, const void* x, int64_t t, int64_t k, int64_t n, void* y,
                  cudaDataType y_type, int64_t ldy, float beta = 0.0f);
+  // The routed experts of one MoE layer stacked on the device for batched GEMMs (moe.cu):
+  // gate_up bf16 [E, 2I, H] (expert e's gate rows, then its up rows), down bf16 [E, H, I].
+  struct StackedExperts {
+    Tensor gate_up, down;
+    int64_t inter = 0;
+    std::vector<Tensor> host;  // keeps the source weights' storage alive while cached
+  };
+  // The stack of these experts: built on first use and cached for memory-mapped (read-only) or
+  // device weights, built per call for writable host weights; nullptr when the experts are not
+  // all dense bf16 without bias of one width (moe.cu).
+  std::shared_ptr<const StackedExperts> stacked_experts(std::span<const ExpertWeights> experts);
   // x in `dtype` (f32 or bf16): x itself when it has it, else a converted copy (linear.cu).
   Tensor as_dtype(const Tensor& x, DType dtype, const char* op);
   // The weight as bf16 rows [r0, r0 + rows) of [out, in] on the device: the weight itself for a
@@ -127,6 +138,8 @@ class CudaBackend final : public Backend {
   cublasLtHandle_t lt_ = nullptr;
   Tensor lt_workspace_;  // cuBLASLt workspace (kLtWorkspaceBytes)
   std::map<GemmKey, std::unique_ptr<GemmPlan, GemmPlanDeleter>> gemm_plans_;
+  // Stacked experts by the address of expert 0's gate weight.
+  std::map<const void*, std::shared_ptr<const StackedExperts>> stacked_;
   bool sync_debug_ = false;
   std::mutex resident_mutex_;
   std::map<ResidentKey, Resident> resident_;

@@ -4,10 +4,14 @@
 //      takes its per-expert row counts on the host) and counting-sorts the pairs by expert (token
 //      order inside an expert).
 //   1. Permute: xs [N = T*k, hidden] = the routed rows in expert-contiguous order.
-//   2. One grouped GEMM (cublasGemmGroupedBatchedEx) for the gate and up projections of every
-//      active expert (2 x E problems), SwiGLU over the whole buffer, one grouped GEMM for the down
-//      projections into outs [N, hidden]. bf16 inputs, f32 accumulation, outputs in the
-//      activation dtype.
+//   2. The expert GEMMs, bf16 inputs, f32 accumulation, outputs in the activation dtype:
+//      a. padded (the fast path): the layer's experts are stacked on the device once
+//         (gate_up [E, 2I, H], down [E, H, I]); each expert's rows are padded to the largest row
+//         count M, and two strided batched GEMMs (cublasGemmStridedBatchedEx, E problems of one
+//         shape: cuBLAS's best kernels) compute gate|up [E, M, 2I], SwiGLU, then down [E, M, H].
+//         Used when padding wastes at most half of the work (balanced routing);
+//      b. grouped: one cublasGemmGroupedBatchedEx for the gate and up projections of every active
+//         expert (2 x E problems of their exact sizes), SwiGLU, one for the down projections.
 //   3. Un-permute: y[t] = Σ_j weight · outs[pos(t, j)], one thread per (token, column), the pairs
 //      of a token summed in f32 in expert order (as the CPU does): deterministic, no atomics.
 // Experts whose weights are not dense bf16 (FP8, f32 fixtures) run expert by expert through
@@ -39,6 +43,40 @@ struct GroupedProblem {
 
 // Runs all problems in one cublasGemmGroupedBatchedEx call (one group per problem). Returns
 // false if cuBLAS does not support the call here (the caller falls back to one GEMM per problem).
+// y[r] = x[source[r]] as bf16, or zeros where source[r] < 0 (padding rows).
+template <typename T>
+__global__ void gather_padded_kernel(const T* x, const int32_t* source, int64_t rows, int64_t d,
+                                     __nv_bfloat16* y) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * d;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t src = source[i / d];
+    y[i] = src >= 0 ? __float2bfloat16_rn(to_f32(x[src * d + i % d])) : __float2bfloat16_rn(0.0f);
+  }
+}
+
+// h[r, j] = silu(gu[r, j]) * gu[r, inter + j] as bf16: gu [rows, 2 * inter] holds gate | up.
+template <typename T>
+__global__ void swiglu_pairs_kernel(const T* gu, int64_t rows, int64_t inter, __nv_bfloat16* h) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * inter;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / inter, j = i % inter;
+    const float g = to_f32(gu[r * 2 * inter + j]), u = to_f32(gu[r * 2 * inter + inter + j]);
+    h[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+  }
+}
+
+// For each of `batch` problems b: C_b[m, n] (column-major) = op_T(A_b) · B_b, i.e. row-major
+// c_b [n, m] = b_b [n, k] · a_b [m, k]ᵀ; bf16 A and B, f32 accumulation.
+void strided_batched_gemm(cublasHandle_t handle, const void* a, int64_t stride_a, const void* b,
+                          int64_t stride_b, void* c, cudaDataType c_type, int64_t stride_c, int m,
+                          int n, int k, int batch) {
+  const float alpha = 1.0f, beta = 0.0f;
+  REFINERY_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+      handle, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, a, CUDA_R_16BF, k, stride_a, b,
+      CUDA_R_16BF, k, stride_b, &beta, c, c_type, m, stride_c, batch, CUBLAS_COMPUTE_32F,
+      CUBLAS_GEMM_DEFAULT));
+}
+
 bool grouped_gemm(CudaBackend& be, const std::vector<GroupedProblem>& problems,
                   cudaDataType c_type) {
   const int count = static_cast<int>(problems.size());
@@ -72,6 +110,49 @@ bool grouped_gemm(CudaBackend& be, const std::vector<GroupedProblem>& problems,
 }
 
 }  // namespace
+
+std::shared_ptr<const CudaBackend::StackedExperts> CudaBackend::stacked_experts(
+    std::span<const ExpertWeights> experts) {
+  if (experts.empty()) return nullptr;
+  const int64_t inter = experts[0].gate.out_features(), hidden = experts[0].gate.in_features();
+  bool cacheable = true;
+  for (const ExpertWeights& ew : experts) {
+    if (!dense_bf16(ew.gate) || !dense_bf16(ew.up) || !dense_bf16(ew.down)) return nullptr;
+    if (ew.gate.out_features() != inter || ew.up.out_features() != inter ||
+        ew.gate.in_features() != hidden || ew.up.in_features() != hidden ||
+        ew.down.out_features() != hidden || ew.down.in_features() != inter)
+      return nullptr;
+    for (const LinearWeight* w : {&ew.gate, &ew.up, &ew.down}) {
+      const Tensor& t = std::get<DenseWeight>(w->storage).weight;
+      cacheable = cacheable && (t.device() == Device::kCUDA || t.is_read_only());
+    }
+  }
+  const int64_t e_count = static_cast<int64_t>(experts.size());
+  const void* key = std::get<DenseWeight>(experts[0].gate.storage).weight.data();
+  if (cacheable) {
+    auto it = stacked_.find(key);
+    if (it != stacked_.end() && it->second->inter == inter &&
+        it->second->gate_up.size(0) == e_count)
+      return it->second;
+  }
+  auto stack = std::make_shared<StackedExperts>();
+  stack->inter = inter;
+  stack->gate_up = empty(DType::kBF16, {e_count, 2 * inter, hidden});
+  stack->down = empty(DType::kBF16, {e_count, hidden, inter});
+  const std::size_t matrix_bytes = static_cast<std::size_t>(inter * hidden) * 2;
+  for (int64_t e = 0; e < e_count; ++e) {
+    const Tensor& gate = std::get<DenseWeight>(experts[e].gate.storage).weight;
+    const Tensor& up = std::get<DenseWeight>(experts[e].up.storage).weight;
+    const Tensor& down = std::get<DenseWeight>(experts[e].down.storage).weight;
+    stack->gate_up.view_bytes(2 * e * matrix_bytes, DType::kBF16, {inter, hidden}).copy_from(gate);
+    stack->gate_up.view_bytes((2 * e + 1) * matrix_bytes, DType::kBF16, {inter, hidden})
+        .copy_from(up);
+    stack->down.view_bytes(e * matrix_bytes, DType::kBF16, {hidden, inter}).copy_from(down);
+    if (cacheable) stack->host.insert(stack->host.end(), {gate, up, down});
+  }
+  if (cacheable) stacked_[key] = stack;
+  return stack;
+}
 
 void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
                               std::span<const ExpertWeights> expert_weights, Tensor& y) {
@@ -111,10 +192,64 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   for (int64_t t = 0; t <= t_count; ++t) offsets[t] = static_cast<int32_t>(t * k);
   for (int64_t t = 0; t < t_count; ++t) targets[t] = static_cast<int32_t>(t);
 
+  const DType act = y.dtype();
+  const std::size_t act_bytes = dtype_bits(act) / 8;
+  const std::shared_ptr<const StackedExperts> stack = stacked_experts(expert_weights);
+  int64_t m_max = 0;
+  for (int64_t e = 0; e < e_count; ++e) m_max = std::max(m_max, start[e + 1] - start[e]);
+  if (stack != nullptr && e_count * m_max <= n + n / 2) {
+    // Padded path: row r = e * m_max + i holds expert e's i-th routed pair.
+    const int64_t inter = stack->inter, rows = e_count * m_max;
+    std::vector<int32_t> source(static_cast<std::size_t>(rows), -1), padded_of(n);
+    std::vector<float> padded_scale(static_cast<std::size_t>(rows), 0.0f);
+    for (int64_t e = 0; e < e_count; ++e)
+      for (int64_t p = start[e]; p < start[e + 1]; ++p) {
+        const int64_t r = e * m_max + (p - start[e]);
+        source[r] = perm_token[p];
+        padded_scale[r] = perm_scale[p];
+        padded_of[p] = static_cast<int32_t>(r);
+      }
+    std::vector<int32_t> padded_pos(static_cast<std::size_t>(n));
+    for (int64_t i = 0; i < n; ++i) padded_pos[i] = padded_of[pos[i]];
+    const Tensor source_d = device_i32(source), padded_pos_d = device_i32(padded_pos),
+                 padded_scale_d = device_f32(padded_scale), offsets_d = device_i32(offsets),
+                 targets_d = device_i32(targets);
+    Tensor xs = empty(DType::kBF16, {rows, hidden});
+    dispatch_activation(act, "moe_experts (permute)", [&](auto tag) {
+      using T = decltype(tag);
+      gather_padded_kernel<T><<<grid_for(rows * hidden), kThreads, 0, stream_>>>(
+          static_cast<const T*>(x.data()), source_d.data<int32_t>(), rows, hidden,
+          static_cast<__nv_bfloat16*>(xs.mutable_data()));
+    });
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
+    const cudaDataType c_type = act == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+    Tensor gu = empty(act, {rows, 2 * inter});
+    strided_batched_gemm(cublas_, stack->gate_up.data(), 2 * inter * hidden, xs.data(),
+                         m_max * hidden, gu.mutable_data(), c_type, m_max * 2 * inter,
+                         static_cast<int>(2 * inter), static_cast<int>(m_max),
+                         static_cast<int>(hidden), static_cast<int>(e_count));
+    Tensor h = empty(DType::kBF16, {rows, inter});
+    dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
+      using T = decltype(tag);
+      swiglu_pairs_kernel<T><<<grid_for(rows * inter), kThreads, 0, stream_>>>(
+          static_cast<const T*>(gu.data()), rows, inter,
+          static_cast<__nv_bfloat16*>(h.mutable_data()));
+    });
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
+    Tensor outs = empty(act, {rows, hidden});
+    strided_batched_gemm(cublas_, stack->down.data(), hidden * inter, h.data(), m_max * inter,
+                         outs.mutable_data(), c_type, m_max * hidden, static_cast<int>(hidden),
+                         static_cast<int>(m_max), static_cast<int>(inter),
+                         static_cast<int>(e_count));
+    scatter_add_csr(outs, padded_pos_d.data<int32_t>(), padded_scale_d.data<float>(),
+                    offsets_d.data<int32_t>(), targets_d.data<int32_t>(), t_count, y,
+                    "moe_experts (un-permute)");
+    return;
+  }
+
   const Tensor perm_token_d = device_i32(perm_token), pos_d = device_i32(pos),
                perm_scale_d = device_f32(perm_scale), offsets_d = device_i32(offsets),
                targets_d = device_i32(targets);
-  const DType act = y.dtype();
   Tensor xs = empty(act, {n, hidden});
   gather_rows_device(x, perm_token_d.data<int32_t>(), n, xs, "moe_experts (permute)");
   const Tensor xs_bf16 = as_dtype(xs, DType::kBF16, "moe_experts (x to bf16)");
@@ -127,7 +262,6 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   Tensor gate_buffer = empty(act, {1, std::max<int64_t>(scratch_elements, 1)});
   Tensor up_buffer = empty(act, {1, std::max<int64_t>(scratch_elements, 1)});
   Tensor outs = empty(act, {n, hidden});
-  const std::size_t act_bytes = dtype_bits(act) / 8;
 
   // Grouped path: every active expert has dense bf16 weights without bias.
   bool grouped = true;
@@ -149,10 +283,14 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
       const void* xe = static_cast<const std::byte*>(xs_bf16.data()) + start[e] * hidden * 2;
       void* ge = static_cast<std::byte*>(gate_buffer.mutable_data()) + offset * act_bytes;
       void* ue = static_cast<std::byte*>(up_buffer.mutable_data()) + offset * act_bytes;
-      gate_up.push_back({bf16_weight_rows(ew.gate, 0, inter, keep[3 * e]), xe, ge, inter,
-                         static_cast<int>(rows), static_cast<int>(hidden)});
-      gate_up.push_back({bf16_weight_rows(ew.up, 0, inter, keep[3 * e + 1]), xe, ue, inter,
-                         static_cast<int>(rows), static_cast<int>(hidden)});
+      // Weights from the stack when there is one (no second device copy of the experts).
+      const std::size_t matrix = static_cast<std::size_t>(inter) * hidden * 2;
+      const void* gate_w = stack ? static_cast<const std::byte*>(stack->gate_up.data()) + 2 * e * matrix
+                                 : bf16_weight_rows(ew.gate, 0, inter, keep[3 * e]);
+      const void* up_w = stack ? static_cast<const std::byte*>(stack->gate_up.data()) + (2 * e + 1) * matrix
+                               : bf16_weight_rows(ew.up, 0, inter, keep[3 * e + 1]);
+      gate_up.push_back({gate_w, xe, ge, inter, static_cast<int>(rows), static_cast<int>(hidden)});
+      gate_up.push_back({up_w, xe, ue, inter, static_cast<int>(rows), static_cast<int>(hidden)});
       offset += rows * inter;
     }
     grouped = grouped_gemm(*this, gate_up, c_type);
@@ -167,7 +305,11 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
         const int64_t inter = ew.gate.out_features();
         const void* h_e = static_cast<const std::byte*>(h_bf16.data()) + offset * 2;
         void* out_e = static_cast<std::byte*>(outs.mutable_data()) + start[e] * hidden * act_bytes;
-        down.push_back({bf16_weight_rows(ew.down, 0, hidden, keep[3 * e + 2]), h_e, out_e,
+        const void* down_w =
+            stack ? static_cast<const std::byte*>(stack->down.data()) +
+                        static_cast<std::size_t>(e) * hidden * inter * 2
+                  : bf16_weight_rows(ew.down, 0, hidden, keep[3 * e + 2]);
+        down.push_back({down_w, h_e, out_e,
                         static_cast<int>(hidden), static_cast<int>(rows), static_cast<int>(inter)});
         offset += rows * inter;
       }

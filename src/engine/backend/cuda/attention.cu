@@ -86,6 +86,7 @@ __global__ void attention_kernel(const T* q, const T* k, const T* v, int64_t t_c
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                             Tensor& out) {
+  OpTimer timer(profiler_, stream_, "attention");
   const AttentionSizes sizes = check_attention(Device::kCUDA, q, k, v, out);
   const int64_t t_count = sizes.t_count, heads = sizes.heads, dk = sizes.dk;
   const int64_t s_count = sizes.s_count, kv_heads = sizes.kv_heads, dv = sizes.dv;

@@ -23,6 +23,12 @@ namespace cuda {
 namespace {
 // cuBLASLt workspace: NVIDIA recommends 32 MiB on Hopper for the best kernels.
 constexpr int64_t kLtWorkspaceBytes = int64_t{32} << 20;
+
+// An environment variable set to something other than "" or "0".
+bool env_flag(const char* name) {
+  const char* value = std::getenv(name);
+  return value != nullptr && value[0] != '\0' && std::strcmp(value, "0") != 0;
+}
 }  // namespace
 
 ElementType element_type(DType dtype, const char* what) {
@@ -42,7 +48,9 @@ ElementType element_type(DType dtype, const char* what) {
 }
 
 CudaBackend::CudaBackend(int device_index, DType activations)
-    : device_index_(device_index), activations_(activations) {
+    : device_index_(device_index),
+      activations_(activations),
+      profiler_(env_flag("REFINERY_PROFILE")) {
   const auto devices = refinery::cuda::list_devices();
   if (devices.empty())
     throw_user_error("the CUDA backend needs a GPU: ", refinery::cuda::no_device_reason(),
@@ -69,14 +77,14 @@ CudaBackend::CudaBackend(int device_index, DType activations)
     cudaStreamDestroy(stream_);
     throw;
   }
-  const char* sync = std::getenv("REFINERY_CUDA_SYNC");
-  sync_debug_ = sync != nullptr && std::strcmp(sync, "0") != 0 && sync[0] != '\0';
+  sync_debug_ = env_flag("REFINERY_CUDA_SYNC");
   log::debug("CUDA backend on device ", device_index, " (", devices[device_index].name, ")");
 }
 
 CudaBackend::~CudaBackend() {
   // Destructors never throw: failures are logged.
   if (cudaStreamSynchronize(stream_) != cudaSuccess) cudaGetLastError();
+  profiler_.report();
   resident_.clear();
   gemm_plans_.clear();
   stacked_.clear();
@@ -119,6 +127,7 @@ void CudaBackend::sync_if_debugging(const char* op) {
 }
 
 void CudaBackend::fill_zero(Tensor& y) {
+  OpTimer timer(profiler_, stream_, "fill_zero");
   REFINERY_CHECK(y.device() == Device::kCUDA, "fill_zero: CUDA tensor expected, found ",
                  y.describe());
   if (y.nbytes() == 0) return;

@@ -23,6 +23,7 @@
 #include "engine/backend/backend.hpp"
 #include "engine/backend/op_checks.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"
+#include "engine/backend/cuda/op_profiler.hpp"
 
 namespace refinery::backend::cuda {
 
@@ -141,6 +142,7 @@ class CudaBackend final : public Backend {
   // Stacked experts by the address of expert 0's gate weight.
   std::map<const void*, std::shared_ptr<const StackedExperts>> stacked_;
   bool sync_debug_ = false;
+  OpProfiler profiler_{false};  // REFINERY_PROFILE=1 (op_profiler.hpp)
   std::mutex resident_mutex_;
   std::map<ResidentKey, Resident> resident_;
 };

@@ -59,6 +59,7 @@ __global__ void copy_columns_kernel(const T* src, int64_t src_stride, T* dst, in
 // Ids are checked on the host before the launch (one small synchronous download), so a bad id is
 // a user error naming its position rather than a device fault.
 void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "embedding");
   REFINERY_CHECK(table.ndim() == 2, "embedding table must be 2-D, found ", table.describe());
   const int64_t n = ids.numel(), vocab = table.size(0), hidden = table.size(1);
   REFINERY_CHECK(ids.dtype() == DType::kI32 && ids.ndim() == 1,
@@ -84,6 +85,7 @@ void CudaBackend::embedding(const Tensor& ids, const Tensor& table, Tensor& y) {
 }
 
 void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "add");
   check_add(Device::kCUDA, a, b, y);
   backend::require_float(Device::kCUDA, y, y.shape(), "add y");
   const int64_t n = y.numel();
@@ -98,6 +100,7 @@ void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
 }
 
 void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "swiglu");
   check_swiglu(Device::kCUDA, gate, up, y);
   backend::require_float(Device::kCUDA, y, y.shape(), "swiglu y");
   const int64_t n = y.numel();
@@ -112,6 +115,7 @@ void CudaBackend::swiglu(const Tensor& gate, const Tensor& up, Tensor& y) {
 }
 
 void CudaBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "sigmoid_gate");
   const RowsCols sizes = check_sigmoid_gate(Device::kCUDA, x, g, y);
   const int64_t rows = sizes.rows, d = sizes.cols;
   if (rows * d == 0) return;
@@ -126,6 +130,7 @@ void CudaBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
 
 void CudaBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                                int64_t width) {
+  OpTimer timer(profiler_, stream_, "copy_columns");
   const CopyColumnsSizes sizes = check_copy_columns(Device::kCUDA, src, src_col, dst, dst_col, width);
   const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols;
   if (rows * width == 0) return;

@@ -137,6 +137,9 @@ const void* CudaBackend::bf16_weight_rows(const LinearWeight& w, int64_t r0, int
 }
 
 void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
+  // Timed per projection kind: "linear q_proj", "linear lm_head", ...
+  OpTimer timer(profiler_, stream_,
+                profiler_.enabled() ? "linear " + w.name.substr(w.name.rfind('.') + 1) : "");
   const LinearSizes sizes = check_linear(Device::kCUDA, x, w, y);
   const int64_t rows = sizes.rows, in = sizes.in, out = sizes.out;
   if (rows == 0 || out == 0) return;

@@ -17,6 +17,7 @@ constexpr int64_t kVocabChunk = 16384;
 
 void CudaBackend::log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
                                     Tensor& indices, Tensor& log_probs) {
+  OpTimer timer(profiler_, stream_, "log_softmax_top_k");
   const TopKSizes sizes =
       check_log_softmax_top_k(Device::kCUDA, hidden, lm_head, k, indices, log_probs);
   const int64_t rows = sizes.rows, vocab = sizes.vocab, in = lm_head.in_features();

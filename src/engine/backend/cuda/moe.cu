@@ -17,6 +17,7 @@
 // Experts whose weights are not dense bf16 (FP8, f32 fixtures) run expert by expert through
 // linear(), which dequantizes per call; so do all experts if cuBLAS rejects the grouped call.
 #include <algorithm>
+#include <cstring>
 #include <variant>
 
 #include "engine/backend/cuda/cublas_check.hpp"
@@ -26,6 +27,30 @@
 namespace refinery::backend::cuda {
 
 namespace {
+
+// The host-built index arrays of one call, uploaded in a single copy (each synchronous copy drains
+// the GPU): int32 sections, floats stored bit for bit.
+class PackedIndices {
+ public:
+  int64_t add(const std::vector<int32_t>& v) {
+    const int64_t at = static_cast<int64_t>(data_.size());
+    data_.insert(data_.end(), v.begin(), v.end());
+    return at;
+  }
+  int64_t add(const std::vector<float>& v) {
+    const int64_t at = static_cast<int64_t>(data_.size());
+    data_.resize(data_.size() + v.size());
+    if (!v.empty()) std::memcpy(data_.data() + at, v.data(), v.size() * sizeof(float));
+    return at;
+  }
+  Tensor upload() const {
+    return Tensor::copy_of(DType::kI32, {static_cast<int64_t>(data_.size())}, data_.data())
+        .to(Device::kCUDA);
+  }
+
+ private:
+  std::vector<int32_t> data_;
+};
 
 bool dense_bf16(const LinearWeight& w) {
   const auto* dense = std::get_if<DenseWeight>(&w.storage);
@@ -156,6 +181,7 @@ std::shared_ptr<const CudaBackend::StackedExperts> CudaBackend::stacked_experts(
 
 void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
                               std::span<const ExpertWeights> expert_weights, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "moe_experts");
   const MoeSizes sizes = check_moe(Device::kCUDA, x, experts, weights, expert_weights, y);
   const int64_t t_count = sizes.t_count, hidden = sizes.hidden, k = sizes.k;
   const int64_t e_count = sizes.e_count;
@@ -211,14 +237,17 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
       }
     std::vector<int32_t> padded_pos(static_cast<std::size_t>(n));
     for (int64_t i = 0; i < n; ++i) padded_pos[i] = padded_of[pos[i]];
-    const Tensor source_d = device_i32(source), padded_pos_d = device_i32(padded_pos),
-                 padded_scale_d = device_f32(padded_scale), offsets_d = device_i32(offsets),
-                 targets_d = device_i32(targets);
+    PackedIndices packed;
+    const int64_t at_source = packed.add(source), at_pos = packed.add(padded_pos),
+                  at_scale = packed.add(padded_scale), at_offsets = packed.add(offsets),
+                  at_targets = packed.add(targets);
+    const Tensor indices = packed.upload();
+    const int32_t* base = indices.data<int32_t>();
     Tensor xs = empty(DType::kBF16, {rows, hidden});
     dispatch_activation(act, "moe_experts (permute)", [&](auto tag) {
       using T = decltype(tag);
       gather_padded_kernel<T><<<grid_for(rows * hidden), kThreads, 0, stream_>>>(
-          static_cast<const T*>(x.data()), source_d.data<int32_t>(), rows, hidden,
+          static_cast<const T*>(x.data()), base + at_source, rows, hidden,
           static_cast<__nv_bfloat16*>(xs.mutable_data()));
     });
     REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
@@ -241,17 +270,19 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
                          outs.mutable_data(), c_type, m_max * hidden, static_cast<int>(hidden),
                          static_cast<int>(m_max), static_cast<int>(inter),
                          static_cast<int>(e_count));
-    scatter_add_csr(outs, padded_pos_d.data<int32_t>(), padded_scale_d.data<float>(),
-                    offsets_d.data<int32_t>(), targets_d.data<int32_t>(), t_count, y,
-                    "moe_experts (un-permute)");
+    scatter_add_csr(outs, base + at_pos, reinterpret_cast<const float*>(base + at_scale),
+                    base + at_offsets, base + at_targets, t_count, y, "moe_experts (un-permute)");
     return;
   }
 
-  const Tensor perm_token_d = device_i32(perm_token), pos_d = device_i32(pos),
-               perm_scale_d = device_f32(perm_scale), offsets_d = device_i32(offsets),
-               targets_d = device_i32(targets);
+  PackedIndices packed;
+  const int64_t at_token = packed.add(perm_token), at_pos = packed.add(pos),
+                at_scale = packed.add(perm_scale), at_offsets = packed.add(offsets),
+                at_targets = packed.add(targets);
+  const Tensor indices = packed.upload();
+  const int32_t* base = indices.data<int32_t>();
   Tensor xs = empty(act, {n, hidden});
-  gather_rows_device(x, perm_token_d.data<int32_t>(), n, xs, "moe_experts (permute)");
+  gather_rows_device(x, base + at_token, n, xs, "moe_experts (permute)");
   const Tensor xs_bf16 = as_dtype(xs, DType::kBF16, "moe_experts (x to bf16)");
 
   // One buffer for every active expert's gate/up activations [n_e, inter_e] (widths may differ
@@ -341,8 +372,8 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
       linear(g, ew.down, oe);
     }
   }
-  scatter_add_csr(outs, pos_d.data<int32_t>(), perm_scale_d.data<float>(),
-                  offsets_d.data<int32_t>(), targets_d.data<int32_t>(), t_count, y,
+  scatter_add_csr(outs, base + at_pos, reinterpret_cast<const float*>(base + at_scale),
+                  base + at_offsets, base + at_targets, t_count, y,
                   "moe_experts (un-permute)");
 }
 

@@ -38,6 +38,7 @@ __global__ void rms_norm_kernel(const T* x, const void* weight, ElementType weig
 }  // namespace
 
 void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "rms_norm");
   const RowsCols sizes = check_rms_norm(Device::kCUDA, x, weight, y);
   const int64_t rows = sizes.rows, d = sizes.cols;
   REFINERY_CHECK(rows < (int64_t{1} << 31), "rms_norm: too many rows: ", rows);

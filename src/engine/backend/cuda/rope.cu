@@ -39,6 +39,7 @@ __global__ void rope_kernel(const T* x, const float* cos_table, const float* sin
 
 void CudaBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_position,
                        int64_t offset, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "rope");
   const RopeSizes sizes = check_rope(Device::kCUDA, x, table, first_position, offset, y);
   const int64_t t_count = sizes.t_count, heads = sizes.heads, d = sizes.d;
   const int64_t half = sizes.half;

@@ -156,6 +156,7 @@ __global__ void route_kernel(const float* logits, const void* bias, ElementType 
 
 void CudaBackend::route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
                         Tensor& experts, Tensor& weights) {
+  OpTimer timer(profiler_, stream_, "route");
   const RouteSizes sizes = check_route(Device::kCUDA, logits, spec, experts, weights);
   const int64_t t_count = sizes.t_count;
   const int e_count = sizes.e_count, k = sizes.k;

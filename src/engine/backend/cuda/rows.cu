@@ -69,6 +69,7 @@ void CudaBackend::gather_rows_device(const Tensor& x, const int32_t* rows, int64
 }
 
 void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
+  OpTimer timer(profiler_, stream_, "gather_rows");
   const RowsSizes sizes = check_gather_rows(Device::kCUDA, x, rows, y);
   const int64_t n = sizes.n, t_count = sizes.t_count, d = sizes.d;
   const std::vector<int32_t> r = host_i32(rows);
@@ -80,6 +81,7 @@ void CudaBackend::gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) {
 
 void CudaBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                                    Tensor& y) {
+  OpTimer timer(profiler_, stream_, "scatter_add_rows");
   const RowsSizes sizes = check_scatter_add_rows(Device::kCUDA, x, rows, scale, y);
   const int64_t n = sizes.n, d = sizes.d, t_count = sizes.t_count;
   const std::vector<int32_t> r = host_i32(rows);

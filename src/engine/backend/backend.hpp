@@ -101,6 +101,10 @@ class Backend {
   // y = 0.
   virtual void fill_zero(Tensor& y) = 0;
 
+  // Drops the per-op times collected so far (the CUDA backend's REFINERY_PROFILE=1 table), so
+  // that a benchmark's table covers its timed runs only, not the warm-up. No-op elsewhere.
+  virtual void profile_reset() {}
+
   // ---- LM head ----
   // The k most likely next tokens of every row and their log-softmax over the whole vocabulary:
   // hidden [T, hidden] (activation dtype) · lm_headᵀ [vocab, hidden] -> indices I32 [T, k] (most

@@ -42,6 +42,7 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::kCUDA; }
   std::string_view name() const override { return "cuda"; }
   DType activation_dtype() const override { return activations_; }
+  void profile_reset() override { profiler_.reset(); }
 
   Tensor empty(DType dtype, std::vector<int64_t> shape) override;
   Tensor upload(const Tensor& host) override;

@@ -50,6 +50,11 @@ void OpProfiler::drain() {
   pending_.clear();
 }
 
+void OpProfiler::reset() {
+  drain();
+  totals_.clear();
+}
+
 void OpProfiler::report() {
   if (!enabled_ || reported_) return;
   reported_ = true;

@@ -20,6 +20,8 @@ class OpProfiler {
   // Prints the table to stderr once (if enabled and anything was timed); call before the stream
   // the events were recorded on is destroyed.
   void report();
+  // Forgets everything timed so far.
+  void reset();
   OpProfiler(const OpProfiler&) = delete;
   OpProfiler& operator=(const OpProfiler&) = delete;
   bool enabled() const { return enabled_; }

@@ -57,18 +57,22 @@ class Backend {
   // y[T, out] = x[T, in] · Wᵀ (+ bias). Dispatches on the LinearWeight alternative.
   virtual void linear(const Tensor& x, const LinearWeight& w, Tensor& y) = 0;
   // Row-wise over the last dim D: y = x / sqrt(mean(x²) + eps) * weight; x, y [R, D], weight [D].
+  // x and y may have different activation dtypes (the f32 residual stream in, bf16 out).
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) = 0;
   // y[T, hidden] = table[ids[t]]; ids I32 [T], table [vocab, hidden] (any float dtype). Throws a
   // user error for an id outside [0, vocab).
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& y) = 0;
-  // y = a + b (same shape; y may alias a or b): the residual add.
+  // y = a + b (same shape; y may alias a or b): the residual add. a and y have one dtype; b may
+  // differ (a bf16 block output added to the f32 residual stream).
   virtual void add(const Tensor& a, const Tensor& b, Tensor& y) = 0;
   // y = silu(gate) * up, all [T, I].
   virtual void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) = 0;
   // y[t, :] = sigmoid(g[t]) * x[t, :]; x, y [T, D], g [T, 1] (qwen2_moe shared-expert gate).
   virtual void sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) = 0;
-  // Column block copy: dst[r, dst_col + j] = src[r, src_col + j] for j < width; src [R, Cs],
-  // dst [R, Cd]. Splits and concatenations along the last dim (MLA q/k/v assembly).
+  // Column block copy: dst[r, dst_col + j] = src[r / n, src_col + j] for j < width; src [R, Cs],
+  // dst [R·n, Cd] (n >= 1: each source row broadcast to n consecutive destination rows). Splits
+  // and concatenations along the last dim (MLA q/k/v assembly; n = heads spreads the shared rope
+  // key over every head).
   virtual void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                             int64_t width) = 0;
 

@@ -44,9 +44,10 @@ void check_swiglu(Device device, const Tensor& gate, const Tensor& up, const Ten
 // sigmoid_gate: x, y [T, D] f32, g [T, 1] f32.
 RowsCols check_sigmoid_gate(Device device, const Tensor& x, const Tensor& g, const Tensor& y);
 
-// copy_columns: src [R, Cs], dst [R, Cd] f32; columns [col, col + width) inside both.
+// copy_columns: src [R, Cs], dst [R·n, Cd] (n >= 1); columns [col, col + width) inside both.
+// rows = dst rows, repeat = n.
 struct CopyColumnsSizes {
-  int64_t rows, src_cols, dst_cols;
+  int64_t rows, src_cols, dst_cols, repeat;
 };
 CopyColumnsSizes check_copy_columns(Device device, const Tensor& src, int64_t src_col,
                                     const Tensor& dst, int64_t dst_col, int64_t width);

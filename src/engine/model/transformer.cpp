@@ -92,8 +92,10 @@ Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cac
   cache.reserve_more(t_count);
 
   Tensor ids = backend_->upload(Tensor::copy_of(DType::kI32, {t_count}, tokens.data()));
+  // The residual stream x stays f32 on every backend (bf16 would round every layer's sum); the
+  // normed input of each block, h, has the activation dtype.
   const DType act = backend_->activation_dtype();
-  Tensor x = backend_->empty(act, {t_count, hidden});
+  Tensor x = backend_->empty(DType::kF32, {t_count, hidden});
   backend_->embedding(ids, weights_.embed_tokens, x);
   Tensor h = backend_->empty(act, {t_count, hidden});
   for (int l = 0; l < config_.num_layers; ++l) {

@@ -72,14 +72,14 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
   // kv_b: [T, H * (dn + dv)] -> cache keys [T, H, dn + dr] (k_pe broadcast to every head), values.
   Tensor kv = run_linear(s, c, w.kv_b_proj);
   // Per (token, head) rows: kv [T·H, dn + dv] -> keys [T·H, dk] (nope part) and values [T·H, dv]
-  // in one copy each; the shared rope key goes to every head's [dn, dk) columns.
+  // in one copy each; the shared rope key k_pe [T, dr] goes to every head's [dn, dk) columns
+  // (each source row broadcast to the H rows of its token).
   const Tensor kv_heads = kv.view({t * heads, dn + dv});
   Tensor k_heads = s.cache->keys(layer).slice(p0, p0 + t).view({t * heads, dk});
   Tensor v_heads = s.cache->values(layer).slice(p0, p0 + t).view({t * heads, dv});
   be.copy_columns(kv_heads, 0, k_heads, 0, dn);
   be.copy_columns(kv_heads, dn, v_heads, 0, dv);
-  Tensor k_rows = s.cache->keys(layer).slice(p0, p0 + t).view({t, heads * dk});
-  for (int64_t hd = 0; hd < heads; ++hd) be.copy_columns(k_pe2, 0, k_rows, hd * dk + dn, dr);
+  be.copy_columns(k_pe2, 0, k_heads, dn, dr);
 
   Tensor out = be.empty(be.activation_dtype(), {t, heads, dv});
   be.attention(q, s.cache->keys(layer).slice(0, p0 + t), s.cache->values(layer).slice(0, p0 + t),

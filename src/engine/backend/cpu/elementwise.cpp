@@ -61,11 +61,11 @@ void CpuBackend::sigmoid_gate(const Tensor& x, const Tensor& g, Tensor& y) {
 void CpuBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                               int64_t width) {
   const CopyColumnsSizes sizes = check_copy_columns(Device::kCPU, src, src_col, dst, dst_col, width);
-  const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols;
+  const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols, n = sizes.repeat;
   const float* ps = src.data<float>();
   float* pd = dst.mutable_data<float>();
   for (int64_t r = 0; r < rows; ++r)
-    std::memcpy(pd + r * cd + dst_col, ps + r * cs + src_col,
+    std::memcpy(pd + r * cd + dst_col, ps + (r / n) * cs + src_col,
                 static_cast<std::size_t>(width) * sizeof(float));
 }
 

@@ -19,8 +19,8 @@ __global__ void embedding_kernel(const int32_t* ids, const void* table, ElementT
   }
 }
 
-template <typename T>
-__global__ void add_kernel(const T* a, const T* b, int64_t n, T* y) {
+template <typename T, typename B>
+__global__ void add_kernel(const T* a, const B* b, int64_t n, T* y) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x)
     y[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
@@ -46,11 +46,11 @@ __global__ void sigmoid_gate_kernel(const T* x, const T* g, int64_t rows, int64_
 
 template <typename T>
 __global__ void copy_columns_kernel(const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
-                                    int64_t rows, int64_t width) {
+                                    int64_t rows, int64_t width, int64_t repeat) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * width;
        i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / width, j = i % width;
-    dst[r * dst_stride + j] = src[r * src_stride + j];
+    dst[r * dst_stride + j] = src[(r / repeat) * src_stride + j];
   }
 }
 
@@ -92,9 +92,12 @@ void CudaBackend::add(const Tensor& a, const Tensor& b, Tensor& y) {
   if (n == 0) return;
   dispatch_activation(y.dtype(), "add", [&](auto tag) {
     using T = decltype(tag);
-    add_kernel<T><<<grid_for(n), kThreads, 0, stream_>>>(static_cast<const T*>(a.data()),
-                                                         static_cast<const T*>(b.data()), n,
-                                                         static_cast<T*>(y.mutable_data()));
+    dispatch_activation(b.dtype(), "add", [&](auto b_tag) {
+      using B = decltype(b_tag);
+      add_kernel<T, B><<<grid_for(n), kThreads, 0, stream_>>>(
+          static_cast<const T*>(a.data()), static_cast<const B*>(b.data()), n,
+          static_cast<T*>(y.mutable_data()));
+    });
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "add");
 }
@@ -132,13 +135,13 @@ void CudaBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, 
                                int64_t width) {
   OpTimer timer(profiler_, stream_, "copy_columns");
   const CopyColumnsSizes sizes = check_copy_columns(Device::kCUDA, src, src_col, dst, dst_col, width);
-  const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols;
+  const int64_t rows = sizes.rows, cs = sizes.src_cols, cd = sizes.dst_cols, n = sizes.repeat;
   if (rows * width == 0) return;
   dispatch_activation(dst.dtype(), "copy_columns", [&](auto tag) {
     using T = decltype(tag);
     copy_columns_kernel<T><<<grid_for(rows * width), kThreads, 0, stream_>>>(
         static_cast<const T*>(src.data()) + src_col, cs, static_cast<T*>(dst.mutable_data()) + dst_col,
-        cd, rows, width);
+        cd, rows, width, n);
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "copy_columns");
 }

@@ -11,14 +11,14 @@ namespace {
 
 constexpr int kNormThreads = 256;
 
-template <typename T>
+template <typename T, typename Y>
 __global__ void rms_norm_kernel(const T* x, const void* weight, ElementType weight_type,
-                                int64_t d, float eps, T* y) {
+                                int64_t d, float eps, Y* y) {
   __shared__ float partial[kNormThreads / 32];
   __shared__ float inv_rms;
   const int64_t row = blockIdx.x;
   const T* xr = x + row * d;
-  T* yr = y + row * d;
+  Y* yr = y + row * d;
   float sum = 0.0f;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) sum += to_f32(xr[i]) * to_f32(xr[i]);
   for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
@@ -32,7 +32,7 @@ __global__ void rms_norm_kernel(const T* x, const void* weight, ElementType weig
   __syncthreads();
   const float inv = inv_rms;
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x)
-    yr[i] = from_f32<T>((to_f32(xr[i]) * inv) * load_f32(weight, weight_type, i));
+    yr[i] = from_f32<Y>((to_f32(xr[i]) * inv) * load_f32(weight, weight_type, i));
 }
 
 }  // namespace
@@ -44,11 +44,14 @@ void CudaBackend::rms_norm(const Tensor& x, const Tensor& weight, float eps, Ten
   REFINERY_CHECK(rows < (int64_t{1} << 31), "rms_norm: too many rows: ", rows);
   if (rows == 0 || d == 0) return;
   const Tensor w = on_device(weight);
-  dispatch_activation(y.dtype(), "rms_norm", [&](auto tag) {
-    using T = decltype(tag);
-    rms_norm_kernel<T><<<static_cast<unsigned>(rows), kNormThreads, 0, stream_>>>(
-        static_cast<const T*>(x.data()), w.data(), element_type(w.dtype(), "rms_norm weight"), d,
-        eps, static_cast<T*>(y.mutable_data()));
+  dispatch_activation(x.dtype(), "rms_norm", [&](auto x_tag) {
+    using T = decltype(x_tag);
+    dispatch_activation(y.dtype(), "rms_norm", [&](auto y_tag) {
+      using Y = decltype(y_tag);
+      rms_norm_kernel<T, Y><<<static_cast<unsigned>(rows), kNormThreads, 0, stream_>>>(
+          static_cast<const T*>(x.data()), w.data(), element_type(w.dtype(), "rms_norm weight"),
+          d, eps, static_cast<Y*>(y.mutable_data()));
+    });
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "rms_norm");
 }

@@ -79,6 +79,15 @@ TEST(CpuOps, CopyColumnsAndRowGatherScatter) {
     for (int c = 0; c < 7; ++c)
       EXPECT_EQ(dst.data<float>()[r * 7 + c],
                 (c >= 2 && c < 5) ? src.data<float>()[r * 10 + 6 + c - 2] : 0.0f);
+  // Broadcast: each source row to 3 consecutive destination rows.
+  Tensor wide = Tensor::zeros(DType::kF32, {12, 5});
+  be->copy_columns(src, 1, wide, 1, 4);
+  for (int r = 0; r < 12; ++r)
+    for (int c = 0; c < 5; ++c)
+      EXPECT_EQ(wide.data<float>()[r * 5 + c], c >= 1 ? src.data<float>()[(r / 3) * 10 + c] : 0.0f)
+          << r << "," << c;
+  Tensor uneven = Tensor::zeros(DType::kF32, {6, 5});
+  EXPECT_THROW(be->copy_columns(src, 0, uneven, 0, 2), Error);  // 6 rows are not 4·n
   const std::vector<int32_t> rows = {2, 0, 2};
   const Tensor idx = Tensor::copy_of(DType::kI32, {3}, rows.data());
   Tensor g = test::poisoned({3, 10});

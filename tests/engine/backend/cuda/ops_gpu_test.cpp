@@ -110,6 +110,12 @@ TEST_F(OpsGpu, CopyColumnsMatchesCpu) {
     cpu->copy_columns(src, 131, want, 5, 60);
     be->copy_columns(gpu(src), 131, got, 5, 60);
     EXPECT_TRUE(close(str("copy_columns rows ", rows), got, want, 0.0));
+    // Each source row broadcast to 16 destination rows (MLA's rope key to every head).
+    Tensor want_wide = random_f32({rows * 16, 72}, 60 + rows);
+    Tensor got_wide = gpu(want_wide);
+    cpu->copy_columns(src, 3, want_wide, 64, 8);
+    be->copy_columns(gpu(src), 3, got_wide, 64, 8);
+    EXPECT_TRUE(close(str("copy_columns broadcast rows ", rows), got_wide, want_wide, 0.0));
   }
 }
 

@@ -1,10 +1,11 @@
-// teacher_bench MODEL [--device cuda|cpu] [--batch B] [--seq L] [--mode logits|topk|decode]
+// teacher_bench MODEL [--device cuda|cpu] [--batch B] [--seq L] [--mode logits|topk|decode] [--batched]
 //               [--top-k K] [--out CACHE.h5] [--prompt P] [--new N] [--iters I]
 //
 // The teacher engine's throughput on random token ids (uniform over the vocabulary, seed 0), the
 // quantities issue 4 compares with ../shared/peers/hf_peer.py:
 //   logits  prefill of B sequences of L tokens to logits on the device (the LM head in chunks of
 //           1024 rows, f32, not copied to the host), like the peer's `prefill` (model(ids).logits);
+//           one sequence per forward, or with --batched all B in one forward_hidden_batch;
 //   topk    the same through `refine logits`' path: the fused LM head + log-softmax + top-k,
 //           written to an HDF5 logit cache by the background writer (a fresh file);
 //   decode  batch-1 greedy generation: P prompt tokens, then N new ones (tokens/s counts the N new
@@ -37,6 +38,7 @@ struct Options {
   std::string model, device = "cuda", mode = "logits", out;
   int64_t batch = 4, seq = 2048, top_k = 64, prompt = 128, fresh = 128;
   int iters = 3;
+  bool batched = false;  // --batched: the whole batch in one forward
 };
 
 double seconds_since(Clock::time_point start) {
@@ -73,6 +75,19 @@ std::shared_ptr<backend::Backend> make_backend(const std::string& device) {
 int64_t run_logits(model::Transformer& m, const Options& o, uint64_t seed) {
   backend::Backend& be = m.backend();
   const int64_t vocab = m.config().vocab_size;
+  if (o.batched) {  // all sequences in one forward (forward_hidden_batch)
+    std::vector<int32_t> ids;
+    for (int64_t b = 0; b < o.batch; ++b) {
+      const auto seq = random_ids(o.seq, vocab, seed + b);
+      ids.insert(ids.end(), seq.begin(), seq.end());
+    }
+    model::KvCache cache = m.make_cache(o.batch * o.seq);
+    const Tensor hidden = m.forward_hidden_batch(ids, o.batch, cache);
+    const int64_t rows = o.batch * o.seq;
+    for (int64_t r0 = 0; r0 < rows; r0 += 1024) m.logits(hidden.slice(r0, std::min(rows, r0 + 1024)));
+    be.download(hidden.slice(0, 1));
+    return rows;
+  }
   for (int64_t b = 0; b < o.batch; ++b) {
     const auto ids = random_ids(o.seq, vocab, seed + b);
     model::KvCache cache = m.make_cache(o.seq);
@@ -103,6 +118,7 @@ int main(int argc, char** argv) {
       else if (args[i] == "--prompt") o.prompt = std::stoll(value());
       else if (args[i] == "--new") o.fresh = std::stoll(value());
       else if (args[i] == "--iters") o.iters = std::max(1, std::stoi(value()));
+      else if (args[i] == "--batched") o.batched = true;
       else if (o.model.empty() && args[i][0] != '-') o.model = args[i];
       else throw_user_error("unknown argument ", args[i]);
     }
@@ -189,7 +205,7 @@ int main(int argc, char** argv) {
     const double flops_per_token = 2.0 * static_cast<double>(params.active_excluding_embedding());
     std::string json = str(
         "{\"model\": \"", o.model, "\", \"device\": \"", o.device, "\", \"mode\": \"", o.mode,
-        "\", \"batch\": ", o.batch, ", \"seq\": ", o.seq, ", \"tokens\": ", tokens,
+        "\", \"batched\": ", o.batched ? "true" : "false", ", \"batch\": ", o.batch, ", \"seq\": ", o.seq, ", \"tokens\": ", tokens,
         ", \"seconds\": ", t, ", \"tok_s\": ", tok_s, ", \"active_params\": ", params.active(),
         ", \"total_params\": ", params.total(),
         ", \"mfu_vs_989\": ", tok_s * flops_per_token / 989e12,

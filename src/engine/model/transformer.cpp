@@ -77,12 +77,28 @@ Tensor Transformer::run_linear(Step& s, const Tensor& x, const LinearWeight& w,
 
 Tensor Transformer::forward_hidden(std::span<const int32_t> tokens, KvCache& cache,
                                    TapObserver* taps) {
+  Step s{&cache, cache.length(), static_cast<int64_t>(tokens.size()), taps};
+  return run_layers(s, tokens);
+}
+
+Tensor Transformer::forward_hidden_batch(std::span<const int32_t> tokens, int64_t sequences,
+                                         KvCache& cache, TapObserver* taps) {
   const int64_t t_count = static_cast<int64_t>(tokens.size());
+  REFINERY_CHECK(sequences > 0 && t_count % sequences == 0, "forward_hidden_batch: ", t_count,
+                 " tokens are not ", sequences, " sequences of one length");
+  REFINERY_CHECK(cache.length() == 0, "forward_hidden_batch needs an empty cache");
+  Step s{&cache, 0, t_count, taps, sequences};
+  return run_layers(s, tokens);
+}
+
+Tensor Transformer::run_layers(Step& s, std::span<const int32_t> tokens) {
+  KvCache& cache = *s.cache;
+  TapObserver* taps = s.taps;
+  const int64_t t_count = s.tokens;
   const int64_t hidden = config_.hidden_size;
   const float eps = static_cast<float>(config_.rms_norm_eps);
-  Step s{&cache, cache.length(), t_count, taps};
-  ensure_rope(s.first_position + t_count);
-  if (config_.sliding_window && s.first_position + t_count > *config_.sliding_window &&
+  ensure_rope(s.first_position + s.segment_length());
+  if (config_.sliding_window && s.first_position + s.segment_length() > *config_.sliding_window &&
       !warned_window_) {
     warned_window_ = true;  // attention here is full; transformers would restrict it to the window
     log::warn(config_.source, ": sliding_window ", *config_.sliding_window,

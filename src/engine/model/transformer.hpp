@@ -36,6 +36,12 @@ class Transformer {
   // returns the final-normed hidden states [T, hidden]. Logits come from logits() on row slices.
   Tensor forward_hidden(std::span<const int32_t> tokens, KvCache& cache,
                         TapObserver* taps = nullptr);
+  // `sequences` independent sequences of equal length, concatenated in `tokens`, in one forward
+  // (larger GEMMs than one sequence at a time; attention stays within each sequence; each starts
+  // at position 0). `cache` must be empty and have room for all tokens; afterwards it holds the
+  // sequences' keys side by side, which serves no further decoding. For scoring (prefill).
+  Tensor forward_hidden_batch(std::span<const int32_t> tokens, int64_t sequences, KvCache& cache,
+                              TapObserver* taps = nullptr);
   // lm_head over hidden rows: [R, hidden] -> [R, vocab].
   Tensor logits(const Tensor& hidden, TapObserver* taps = nullptr);
   // The k most likely next tokens per row of `hidden` [T, hidden] and their log-softmax over the
@@ -58,6 +64,7 @@ class Transformer {
   Tensor attention_mla(Step& s, int layer, const Tensor& h);
   Tensor mlp(Step& s, const MlpWeights& w, const Tensor& h);  // transformer_mlp.cpp
   Tensor moe(Step& s, int layer, const Tensor& h);
+  Tensor run_layers(Step& s, std::span<const int32_t> tokens);  // forward_hidden's body
   void ensure_rope(int64_t positions);
   void tap(Step& s, const std::string& name, const Tensor& value);
 

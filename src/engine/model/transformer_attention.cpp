@@ -1,5 +1,8 @@
 // Attention blocks: standard GQA/MHA (FAMILY_NOTES §2) and DeepSeek MLA (§3). New keys/values are
 // written straight into the cache rows of this step, then attention runs over all cached rows.
+// A batched step (Step::segments > 1, an empty cache) holds independent sequences side by side:
+// RoPE and attention run per sequence (segment b: rows [b·L, (b+1)·L) of the step and of the
+// cache), the projections once over all rows.
 #include "engine/model/transformer.hpp"
 #include "engine/model/transformer_step.hpp"
 
@@ -8,7 +11,19 @@ namespace refinery::model {
 namespace {
 constexpr float kMlaLoraNormEps =
     1e-6f;  // DeepseekV3RMSNorm(rank) default, regardless of rms_norm_eps
+
+// Causal attention of every segment: queries q [T, H, dk] of segment b against the cache rows
+// [b·L, b·L + p0 + L) (its cached prefix and itself), into out [T, H, dv].
+void segmented_attention(backend::Backend& be, const Tensor& q, Tensor& keys, Tensor& values,
+                         int64_t p0, int64_t segments, int64_t length, float scale, Tensor& out) {
+  for (int64_t b = 0; b < segments; ++b) {
+    const int64_t r0 = b * length;
+    Tensor out_b = out.slice(r0, r0 + length);
+    be.attention(q.slice(r0, r0 + length), keys.slice(r0, r0 + p0 + length),
+                 values.slice(r0, r0 + p0 + length), scale, out_b);
+  }
 }
+}  // namespace
 
 Tensor Transformer::attention_gqa(Step& s, int layer, const Tensor& h) {
   const AttentionConfig& a = config_.attention;
@@ -26,15 +41,18 @@ Tensor Transformer::attention_gqa(Step& s, int layer, const Tensor& h) {
     be.rms_norm(q2, w.q_norm, eps, q2);
     be.rms_norm(k2, w.k_norm, eps, k2);
   }
-  be.rope(q, rope_, p0, 0, q);
-  Tensor k_cache = s.cache->keys(layer).slice(p0, p0 + t);
-  Tensor v_cache = s.cache->values(layer).slice(p0, p0 + t);
-  be.rope(k, rope_, p0, 0, k_cache);
-  v_cache.copy_from(v);
+  const int64_t length = s.segment_length();
+  for (int64_t r0 = 0; r0 < t; r0 += length) {  // RoPE positions restart in every segment
+    Tensor q_b = q.slice(r0, r0 + length);
+    be.rope(q_b, rope_, p0, 0, q_b);
+    Tensor k_cache = s.cache->keys(layer).slice(p0 + r0, p0 + r0 + length);
+    be.rope(k.slice(r0, r0 + length), rope_, p0, 0, k_cache);
+  }
+  s.cache->values(layer).slice(p0, p0 + t).copy_from(v);
 
   Tensor out = be.empty(be.activation_dtype(), {t, heads, d});
-  be.attention(q, s.cache->keys(layer).slice(0, p0 + t), s.cache->values(layer).slice(0, p0 + t),
-               static_cast<float>(a.softmax_scale), out);
+  segmented_attention(be, q, s.cache->keys(layer), s.cache->values(layer), p0, s.segments, length,
+                      static_cast<float>(a.softmax_scale), out);
   return run_linear(s, out.view({t, heads * d}), w.o_proj);
 }
 
@@ -57,7 +75,11 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
     q = run_linear(s, h, w.q_proj);
   }
   q = q.view({t, heads, dk});
-  be.rope(q, rope_, p0, dn, q);
+  const int64_t length = s.segment_length();
+  for (int64_t r0 = 0; r0 < t; r0 += length) {
+    Tensor q_b = q.slice(r0, r0 + length);
+    be.rope(q_b, rope_, p0, dn, q_b);
+  }
 
   // Compressed kv [T, r + dr]: latent c (normed) and one shared rope key.
   Tensor ckv = run_linear(s, h, w.kv_a_proj_with_mqa);
@@ -67,7 +89,10 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
   Tensor k_pe = be.empty(be.activation_dtype(), {t, 1, dr});
   Tensor k_pe2 = k_pe.view({t, dr});
   be.copy_columns(ckv, r, k_pe2, 0, dr);
-  be.rope(k_pe, rope_, p0, 0, k_pe);
+  for (int64_t r0 = 0; r0 < t; r0 += length) {
+    Tensor k_pe_b = k_pe.slice(r0, r0 + length);
+    be.rope(k_pe_b, rope_, p0, 0, k_pe_b);
+  }
 
   // kv_b: [T, H * (dn + dv)] -> cache keys [T, H, dn + dr] (k_pe broadcast to every head), values.
   Tensor kv = run_linear(s, c, w.kv_b_proj);
@@ -82,8 +107,8 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
   be.copy_columns(k_pe2, 0, k_heads, dn, dr);
 
   Tensor out = be.empty(be.activation_dtype(), {t, heads, dv});
-  be.attention(q, s.cache->keys(layer).slice(0, p0 + t), s.cache->values(layer).slice(0, p0 + t),
-               static_cast<float>(a.softmax_scale), out);
+  segmented_attention(be, q, s.cache->keys(layer), s.cache->values(layer), p0, s.segments, length,
+                      static_cast<float>(a.softmax_scale), out);
   return run_linear(s, out.view({t, heads * dv}), w.o_proj);
 }
 

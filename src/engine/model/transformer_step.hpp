@@ -10,6 +10,10 @@ struct Transformer::Step {
   int64_t first_position;  // position of the first token of this call
   int64_t tokens;          // T
   TapObserver* taps;       // may be null
+  // A batch of `segments` independent sequences of segment_length = T / segments tokens each
+  // (forward_hidden_batch): each starts at position 0 and attends only to itself. 1 otherwise.
+  int64_t segments = 1;
+  int64_t segment_length() const { return tokens / segments; }
 };
 
 }  // namespace refinery::model

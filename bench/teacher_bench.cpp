@@ -169,14 +169,26 @@ int main(int argc, char** argv) {
         info.data_sha256 = io::data_fingerprint(all);
         const auto start = Clock::now();
         io::LogitCacheWriter writer(o.out, info);
-        for (int64_t b = 0; b < o.batch; ++b) {
-          const std::span<const int32_t> ids(all.data() + b * o.seq, static_cast<std::size_t>(o.seq));
-          writer.begin_sequence(ids);
-          lm->score_top_k(ids, o.top_k,
-                          [&](int64_t, const int32_t* idx, const float* lp, int64_t rows) {
-                            writer.add_top_k(idx, lp, rows);
-                          },
-                          o.seq);
+        // As `refine logits --batch` does: windows scored together (--batched) or one by one,
+        // each committed to the cache as a whole sequence.
+        const int64_t group = o.batched ? o.batch : 1;
+        for (int64_t b0 = 0; b0 < o.batch; b0 += group) {
+          const std::span<const int32_t> ids(all.data() + b0 * o.seq,
+                                             static_cast<std::size_t>(group * o.seq));
+          int64_t open = -1;
+          lm->score_top_k_batch(ids, group, o.top_k,
+                                [&](int64_t first, const int32_t* idx, const float* lp,
+                                    int64_t rows) {
+                                  if (first / o.seq != open) {
+                                    if (open >= 0) writer.end_sequence();
+                                    open = first / o.seq;
+                                    writer.begin_sequence(ids.subspan(
+                                        static_cast<std::size_t>(open * o.seq),
+                                        static_cast<std::size_t>(o.seq)));
+                                  }
+                                  writer.add_top_k(idx, lp, rows);
+                                },
+                                o.seq);
           writer.end_sequence();
         }
         writer.finish();

@@ -1,6 +1,7 @@
 // `refine logits MODEL --data F --out CACHE.h5 [--top-k K] [--seq-len L] [--device cpu|cuda]`:
 // the teacher's next-token distributions over the data's non-overlapping windows, into the
 // resumable HDF5 logit cache of DESIGN §5 (src/engine/io/logit_cache.hpp).
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 
@@ -22,6 +23,7 @@ struct LogitsOptions {
   std::string out;
   int64_t top_k = 64;
   int64_t seq_len = 0;  // 0: min(2048, the model's context)
+  int64_t batch = 1;    // windows per forward (top-k caches)
   std::string device = "cpu";
   bool add_special = false;
 };
@@ -32,6 +34,7 @@ constexpr int64_t kChunkRows = 256;
 void run_logits(const LogitsOptions& o) {
   if (o.top_k < 0) throw_user_error("--top-k is ", o.top_k, "; use 0 (full logits) or a positive k");
   if (o.seq_len < 0) throw_user_error("--seq-len is ", o.seq_len, "; it must be positive");
+  if (o.batch < 1) throw_user_error("--batch is ", o.batch, "; it must be at least 1");
   const std::filesystem::path out(o.out);
   if (out.has_parent_path() && !std::filesystem::is_directory(out.parent_path()))
     throw_user_error("--out ", o.out, ": the folder ", out.parent_path().string(),
@@ -41,6 +44,7 @@ void run_logits(const LogitsOptions& o) {
   model_options.device = o.device;
   model_options.sequence_length = o.seq_len > 0 ? o.seq_len : kDefaultSeqLen;
   model_options.top_k = o.top_k;
+  model_options.batch = o.top_k == 0 ? 1 : o.batch;
   auto model = model::open_language_model(o.model, model_options);
   const int64_t vocab = model->vocab_size();
   if (o.top_k > vocab)
@@ -78,10 +82,12 @@ void run_logits(const LogitsOptions& o) {
   if (start > 0)
     log::info("resuming ", o.out, " at sequence ", start, " of ", windows.size());
   Progress progress("logits", static_cast<uint64_t>((windows.size() - start) * seq_len), "tokens");
-  for (size_t w = static_cast<size_t>(start); w < windows.size(); ++w) {
-    const auto tokens = kept.subspan(w * seq_len, static_cast<size_t>(seq_len));
-    writer.begin_sequence(tokens);
+  const size_t batch = o.top_k == 0 ? 1 : static_cast<size_t>(o.batch);
+  for (size_t w = static_cast<size_t>(start); w < windows.size(); w += batch) {
+    const size_t n = std::min(batch, windows.size() - w);
     if (o.top_k == 0) {
+      const auto tokens = kept.subspan(w * seq_len, static_cast<size_t>(seq_len));
+      writer.begin_sequence(tokens);
       model->score(
           tokens,
           [&](int64_t, const float* logits, int64_t rows) {
@@ -89,17 +95,28 @@ void run_logits(const LogitsOptions& o) {
             progress.advance(static_cast<uint64_t>(rows));
           },
           kChunkRows);
-    } else {
-      // The engine fuses the top-k into the LM head (on the GPU: never [tokens x vocab] in f32).
-      model->score_top_k(
-          tokens, o.top_k,
-          [&](int64_t, const int32_t* indices, const float* log_probs, int64_t rows) {
-            writer.add_top_k(indices, log_probs, rows);
-            progress.advance(static_cast<uint64_t>(rows));
-          },
-          kChunkRows);
+      writer.end_sequence();
+      continue;
     }
-    writer.end_sequence();
+    // The engine fuses the top-k into the LM head (on the GPU: never [tokens x vocab] in f32) and
+    // runs the n windows in one forward; chunks arrive window by window, each committed whole.
+    const auto tokens = kept.subspan(w * seq_len, n * static_cast<size_t>(seq_len));
+    int64_t open_window = -1;
+    model->score_top_k_batch(
+        tokens, static_cast<int64_t>(n), o.top_k,
+        [&](int64_t first, const int32_t* indices, const float* log_probs, int64_t rows) {
+          const int64_t window = first / seq_len;
+          if (window != open_window) {
+            if (open_window >= 0) writer.end_sequence();
+            open_window = window;
+            writer.begin_sequence(tokens.subspan(static_cast<size_t>(window * seq_len),
+                                                 static_cast<size_t>(seq_len)));
+          }
+          writer.add_top_k(indices, log_probs, rows);
+          progress.advance(static_cast<uint64_t>(rows));
+        },
+        kChunkRows);
+    if (open_window >= 0) writer.end_sequence();
   }
   writer.finish();
   progress.finish();
@@ -127,6 +144,9 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--top-k", o->top_k, "Most likely tokens kept per position; 0 = full logits")
       ->capture_default_str();
   cmd->add_option("--seq-len", o->seq_len, "Tokens per window (default: 2048 or the model's context)");
+  cmd->add_option("--batch", o->batch,
+                  "Windows per forward for top-k caches (larger GEMMs; 4 suits a GPU)")
+      ->capture_default_str();
   cmd->add_option("--device", o->device, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();

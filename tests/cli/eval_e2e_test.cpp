@@ -146,11 +146,14 @@ TEST(EvalE2e, FullLogitCacheGivesTheSameNumbersAsTheReferenceModel) {
   expect_comparison_matches(by_cache, expected()["comparison"]);
 }
 
-TEST(EvalE2e, TopKLogitCacheHoldsTransformersTopKLogSoftmax) {
+// --batch 3 runs three windows per forward (forward_hidden_batch): the same cache.
+class EvalE2eTopK : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EvalE2eTopK, TopKLogitCacheHoldsTransformersTopKLogSoftmax) {
   ScratchDir dir;
   const std::string cache = dir.file("ref_top8.h5");
   const RefineRun made = run_refine("logits " + kRef + " --data " + kCmpTokens + " --out " + cache +
-                                    " --top-k 8 --seq-len 32");
+                                    " --top-k 8 --seq-len 32" + GetParam());
   ASSERT_EQ(made.exit_code, 0) << made.err;
   const json& top = expected()["ref_top8"];  // [windows][32 positions][8]
   refinery::io::LogitCacheReader reader(cache);
@@ -213,6 +216,9 @@ void expect_same_full_cache(const std::string& a_path, const std::string& b_path
   }
   EXPECT_EQ(differing, 0) << "logits that differ between the resumed and the uninterrupted cache";
 }
+
+INSTANTIATE_TEST_SUITE_P(Batches, EvalE2eTopK, ::testing::Values("", " --batch 3"),
+                         [](const auto& info) { return info.index == 0 ? "one" : "three"; });
 
 TEST(EvalE2e, LogitsResumesAfterSigkillToTheSameCache) {
   ScratchDir dir;

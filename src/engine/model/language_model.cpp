@@ -33,6 +33,23 @@ void LanguageModel::score_top_k(std::span<const int32_t> tokens, int64_t k,
       max_chunk_rows);
 }
 
+void LanguageModel::score_top_k_batch(std::span<const int32_t> tokens, int64_t sequences,
+                                      int64_t k, const TopKConsumer& consume,
+                                      int64_t max_chunk_rows) {
+  const int64_t t = static_cast<int64_t>(tokens.size());
+  if (sequences <= 0 || t % sequences != 0)
+    throw_internal_error("score_top_k_batch: ", t, " tokens are not ", sequences,
+                         " windows of one length");
+  const int64_t length = t / sequences;
+  for (int64_t b = 0; b < sequences; ++b)
+    score_top_k(
+        tokens.subspan(static_cast<std::size_t>(b * length), static_cast<std::size_t>(length)), k,
+        [&](int64_t first, const int32_t* indices, const float* log_probs, int64_t rows) {
+          consume(b * length + first, indices, log_probs, rows);
+        },
+        max_chunk_rows);
+}
+
 namespace {
 
 class TransformerLanguageModel final : public LanguageModel {
@@ -65,18 +82,34 @@ class TransformerLanguageModel final : public LanguageModel {
     check_sequence(t, max_chunk_rows);
     if (k <= 0 || k > vocab_size())
       throw_internal_error("score_top_k: k = ", k, " for a vocabulary of ", vocab_size());
+    score_top_k_batch(tokens, 1, k, consume, max_chunk_rows);
+  }
+
+  void score_top_k_batch(std::span<const int32_t> tokens, int64_t sequences, int64_t k,
+                         const TopKConsumer& consume, int64_t max_chunk_rows) override {
+    const int64_t t = static_cast<int64_t>(tokens.size());
+    if (t == 0) return;
+    if (sequences <= 0 || t % sequences != 0)
+      throw_internal_error("score_top_k_batch: ", t, " tokens are not ", sequences,
+                           " windows of one length");
+    const int64_t length = t / sequences;
+    check_sequence(length, max_chunk_rows);
+    if (k <= 0 || k > vocab_size())
+      throw_internal_error("score_top_k: k = ", k, " for a vocabulary of ", vocab_size());
     KvCache cache = model_->make_cache(t);
-    const Tensor hidden = model_->forward_hidden(tokens, cache);
+    const Tensor hidden = sequences == 1 ? model_->forward_hidden(tokens, cache)
+                                         : model_->forward_hidden_batch(tokens, sequences, cache);
     backend::Backend& be = model_->backend();
     Tensor indices = be.empty(DType::kI32, {t, k});
     Tensor log_probs = be.empty(DType::kF32, {t, k});
     model_->top_k(hidden, k, indices, log_probs);
     const Tensor host_indices = be.download(indices), host_log_probs = be.download(log_probs);
-    for (int64_t r0 = 0; r0 < t; r0 += max_chunk_rows) {
-      const int64_t rows = std::min(max_chunk_rows, t - r0);
-      consume(r0, host_indices.data<int32_t>() + r0 * k, host_log_probs.data<float>() + r0 * k,
-              rows);
-    }
+    for (int64_t w0 = 0; w0 < t; w0 += length)  // chunks stay inside their window
+      for (int64_t r0 = w0; r0 < w0 + length; r0 += max_chunk_rows) {
+        const int64_t rows = std::min(max_chunk_rows, w0 + length - r0);
+        consume(r0, host_indices.data<int32_t>() + r0 * k, host_log_probs.data<float>() + r0 * k,
+                rows);
+      }
   }
 
  private:
@@ -104,7 +137,8 @@ std::unique_ptr<LanguageModel> open_language_model(const std::filesystem::path& 
   if (options.device == "cuda" && !cuda::list_devices().empty()) {
     const cuda::DeviceInfo gpu = cuda::list_devices().front();
     RunShape run;
-    run.tokens_per_forward = run.cache_positions = std::max<int64_t>(options.sequence_length, 1);
+    run.tokens_per_forward = run.cache_positions =
+        std::max<int64_t>(options.sequence_length, 1) * std::max<int64_t>(options.batch, 1);
     run.top_k = options.top_k;
     const MemoryEstimate estimate =
         estimate_memory(load_model_config(model_dir),

@@ -40,6 +40,12 @@ class LanguageModel {
   // eval::top_k_log_probs; the Transformer fuses it into the LM head on its backend.
   virtual void score_top_k(std::span<const int32_t> tokens, int64_t k,
                            const TopKConsumer& consume, int64_t max_chunk_rows = 256);
+  // `sequences` independent windows of equal length concatenated in `tokens`, scored like
+  // score_top_k but together where the implementation can (the Transformer: one batched forward,
+  // larger GEMMs). Rows arrive in order with positions counted over the concatenation, and no
+  // chunk crosses a window boundary. This default scores one window at a time.
+  virtual void score_top_k_batch(std::span<const int32_t> tokens, int64_t sequences, int64_t k,
+                                 const TopKConsumer& consume, int64_t max_chunk_rows = 256);
 };
 
 struct LanguageModelOptions {
@@ -48,6 +54,7 @@ struct LanguageModelOptions {
   // The run's shape, for the GPU memory check before loading (memory_estimate.hpp): the longest
   // sequence scored and the top-k of score_top_k (0: full logits).
   int64_t sequence_length = 2048;
+  int64_t batch = 1;  // windows per forward (score_top_k_batch)
   int64_t top_k = 0;
 };
 

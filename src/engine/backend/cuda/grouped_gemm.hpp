@@ -1,0 +1,35 @@
+#pragma once
+// Grouped GEMM for the MoE experts: every expert (group) multiplies its own contiguous block of
+// token rows by its own weight matrix, all groups in one kernel launch, on bf16 tensor cores with
+// f32 accumulation. Plain C++: no CUDA headers, so g++-compiled code and tests can call it; the
+// kernel lives in grouped_gemm.cu (grouped_gemm_nocuda.cpp without CUDA).
+#include <cstdint>
+
+namespace refinery::backend::cuda {
+
+// For every group g with rows [offsets[g], offsets[g+1]):
+//   y[r, :] = x[r, :] · W_gᵀ   i.e. y[r, j] = Σ_i x[r, i] · w[g, j, i]
+// All tensors are contiguous, row-major, on the current CUDA device, 16-byte aligned:
+//   x bf16 [rows_total, k], w bf16 [groups, n, k] (W_g at w + g·n·k), y [rows_total, n] bf16 (round
+//   to nearest even) or f32 (y_f32). `offsets` lives on the DEVICE (the host never needs the
+//   per-group counts, so no synchronization): int32 [groups + 1], non-decreasing, offsets[0] = 0,
+//   offsets[groups] = rows_total. Empty groups are fine. Rows outside every group are not written.
+struct GroupedGemmArgs {
+  const void* x;           // bf16 [rows_total, k]
+  const void* w;           // bf16 [groups, n, k]
+  void* y;                 // [rows_total, n], bf16 or f32 (y_f32)
+  const int32_t* offsets;  // device int32 [groups + 1]
+  int64_t groups, rows_total, n, k;
+  bool y_f32;
+};
+
+// Whether the kernel handles these sizes: n > 0 and k > 0 multiples of 8 (rows of x and w are
+// copied in 16-byte pieces). Always false in a build without CUDA.
+bool grouped_gemm_supports(int64_t n, int64_t k);
+
+// Enqueues the kernel on `stream` (a cudaStream_t; nullptr is the default stream); no host
+// synchronization. Throws an internal error for unsupported sizes, misaligned pointers, sizes past
+// the kernel's limits or a failed launch.
+void grouped_gemm_bf16(const GroupedGemmArgs& args, void* stream);
+
+}  // namespace refinery::backend::cuda

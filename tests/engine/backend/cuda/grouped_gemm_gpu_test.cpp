@@ -1,0 +1,189 @@
+// The grouped GEMM kernel (MoE experts) vs a host reference computed in double from the same
+// bf16-rounded inputs (the exact values the kernel reads).
+//
+// Error bound per output element y[r, j] = Σ_i x[r, i] · w[g, j, i]:
+//   f32 out:  |got - ref| <= 1e-3 · Σ_i |x[r, i]| |w[g, j, i]| + 1e-6
+//   bf16 out: the same + 2^-8 · |ref| (rounding to bf16, 8 significant bits, nearest even).
+// Why: the products of two bf16 values are exact in f32 (16 significant bits); only the f32
+// accumulation rounds, by at most ~k · 2^-24 · Σ|x||w| in the worst order (k <= 2048: 1.2e-4 of
+// it), so 1e-3 is generous, while a wrong fragment layout, a wrong group or a stale pipeline stage
+// gives errors of the order of Σ|x||w| itself. The output is poisoned first (NaN / 0x7f7f) so an
+// unwritten element fails.
+#include "engine/backend/cuda/grouped_gemm.hpp"
+
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <string>
+
+#include "cuda_test_util.hpp"
+#include "engine/core/error.hpp"
+
+namespace refinery {
+namespace {
+
+using namespace cuda_test;
+using backend::cuda::grouped_gemm_bf16;
+using backend::cuda::grouped_gemm_supports;
+using backend::cuda::GroupedGemmArgs;
+
+struct Case {
+  std::vector<int32_t> sizes;  // rows per group
+  int64_t n, k;
+  bool sample_rows;  // big shapes: check a subset of rows (every group's ends and every 11th row)
+};
+
+// Rows to compare: all, or the first and last row of every group plus every 11th row (11 is
+// coprime to the 128-row tile, so the samples visit every position within a tile).
+std::vector<int64_t> rows_to_check(const Case& c, const std::vector<int32_t>& offsets) {
+  const int64_t rows_total = offsets.back();
+  std::vector<char> take(static_cast<std::size_t>(rows_total), c.sample_rows ? 0 : 1);
+  if (c.sample_rows) {
+    for (int64_t r = 0; r < rows_total; r += 11) take[r] = 1;
+    for (std::size_t g = 0; g + 1 < offsets.size(); ++g)
+      if (offsets[g + 1] > offsets[g]) take[offsets[g]] = take[offsets[g + 1] - 1] = 1;
+  }
+  std::vector<int64_t> rows;
+  for (int64_t r = 0; r < rows_total; ++r)
+    if (take[r]) rows.push_back(r);
+  return rows;
+}
+
+// Runs the kernel with y in f32 and in bf16 and compares the checked rows with the reference.
+void check_case(const Case& c, uint64_t seed, const std::string& label) {
+  const int64_t groups = static_cast<int64_t>(c.sizes.size());
+  std::vector<int32_t> offsets(c.sizes.size() + 1, 0);
+  std::partial_sum(c.sizes.begin(), c.sizes.end(), offsets.begin() + 1);
+  const int64_t rows_total = offsets.back();
+  ASSERT_TRUE(grouped_gemm_supports(c.n, c.k));
+
+  const Tensor x = convert(random_f32({rows_total, c.k}, seed), DType::kBF16);
+  const Tensor w = convert(random_f32({groups, c.n, c.k}, seed + 1, 0.05f), DType::kBF16);
+  const std::vector<float> xv = values(x), wv = values(w);
+  const std::vector<int64_t> rows = rows_to_check(c, offsets);
+
+  // Reference and bound for the checked rows: want/bound [rows.size(), n].
+  const int64_t checked = static_cast<int64_t>(rows.size());
+  Tensor want = Tensor::empty(DType::kF32, {checked, c.n});
+  std::vector<float> abs_sum(static_cast<std::size_t>(checked * c.n));
+  float* wp = want.mutable_data<float>();
+  int64_t g = 0;
+  for (int64_t ri = 0; ri < checked; ++ri) {
+    const int64_t r = rows[ri];
+    while (offsets[g + 1] <= r) ++g;  // rows are increasing: the group of row r
+    const float* xr = &xv[r * c.k];
+    for (int64_t j = 0; j < c.n; ++j) {
+      const float* wr = &wv[(g * c.n + j) * c.k];
+      double acc = 0.0, acc_abs = 0.0;
+      for (int64_t i = 0; i < c.k; ++i) {
+        const double prod = double(xr[i]) * double(wr[i]);
+        acc += prod;
+        acc_abs += std::abs(prod);
+      }
+      wp[ri * c.n + j] = static_cast<float>(acc);
+      abs_sum[ri * c.n + j] = static_cast<float>(acc_abs);
+    }
+  }
+
+  const Tensor x_gpu = gpu(x), w_gpu = gpu(w);
+  const Tensor off_gpu = gpu(Tensor::copy_of(DType::kI32, {groups + 1}, offsets.data()));
+  for (const bool y_f32 : {true, false}) {
+    const DType y_dtype = y_f32 ? DType::kF32 : DType::kBF16;
+    Tensor y = poisoned_gpu({rows_total, c.n}, y_dtype);
+    const GroupedGemmArgs args{x_gpu.data(), w_gpu.data(), y.mutable_data(),
+                               off_gpu.data<int32_t>(), groups, rows_total, c.n, c.k, y_f32};
+    grouped_gemm_bf16(args, nullptr);  // default stream: the download below waits for it
+
+    const std::vector<float> yv = values(y);
+    Tensor got = Tensor::empty(DType::kF32, {checked, c.n});
+    std::vector<float> bound(static_cast<std::size_t>(checked * c.n));
+    for (int64_t ri = 0; ri < checked; ++ri)
+      for (int64_t j = 0; j < c.n; ++j) {
+        const std::size_t at = static_cast<std::size_t>(ri * c.n + j);
+        got.mutable_data<float>()[at] = yv[rows[ri] * c.n + j];
+        bound[at] = static_cast<float>(1e-3 * abs_sum[at] +
+                                       (y_f32 ? 0.0 : std::ldexp(std::abs(double(wp[at])), -8)));
+      }
+    EXPECT_TRUE(close(str(label, " groups=", groups, " rows=", rows_total, " n=", c.n, " k=", c.k,
+                          y_f32 ? " f32" : " bf16", " out (rows: checked subset, in order)"),
+                      got, want, 1e-6, bound));
+  }
+}
+
+// 64 uneven groups like the routed experts of a batch: empty ones, a few rows, about a tile, many.
+std::vector<int32_t> moe_like_sizes(int groups, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> sizes(static_cast<std::size_t>(groups));
+  for (int32_t& s : sizes) {
+    switch (rng() % 5) {
+      case 0: s = 0; break;
+      case 1: s = static_cast<int32_t>(1 + rng() % 20); break;
+      case 2: s = static_cast<int32_t>(120 + rng() % 20); break;  // around the 128-row tile
+      default: s = static_cast<int32_t>(rng() % 90); break;
+    }
+  }
+  sizes[5] = 300;  // one group with several m tiles (3: the last partial)
+  return sizes;
+}
+
+std::vector<Case> small_cases() {
+  return {
+      {{300}, 72, 136, false},                                // 1 group; n, k not tile multiples
+      {{0, 5, 128, 0, 129, 1, 200, 0, 77}, 72, 136, false},   // 9 groups: empty first/middle
+      {{17, 0, 0, 256, 3, 0, 0, 40, 0}, 264, 520, false},     // k: 17 k tiles > pipeline depth
+      {{1, 2, 3}, 8, 8, false},                               // the smallest n and k
+      {moe_like_sizes(64, 77), 136, 264, false},              // 64 groups
+  };
+}
+
+TEST(GroupedGemmGpu, SupportsMultiplesOfEightOnly) {
+  if (!cuda::built_with_cuda()) GTEST_SKIP() << cuda::no_device_reason();
+  EXPECT_TRUE(grouped_gemm_supports(2816, 2048));
+  EXPECT_TRUE(grouped_gemm_supports(2048, 1408));
+  EXPECT_TRUE(grouped_gemm_supports(72, 136));
+  EXPECT_TRUE(grouped_gemm_supports(8, 8));
+  EXPECT_FALSE(grouped_gemm_supports(70, 136));  // n not a multiple of 8
+  EXPECT_FALSE(grouped_gemm_supports(72, 100));  // k not a multiple of 8
+  EXPECT_FALSE(grouped_gemm_supports(4, 8));
+  EXPECT_FALSE(grouped_gemm_supports(0, 8));
+  EXPECT_FALSE(grouped_gemm_supports(8, 0));
+}
+
+TEST(GroupedGemmGpu, RefusesUnsupportedSizesBeforeTouchingTheDevice) {
+  const GroupedGemmArgs args{nullptr, nullptr, nullptr, nullptr, 2, 10, 70, 136, true};
+  EXPECT_THROW(grouped_gemm_bf16(args, nullptr), Error);
+}
+
+TEST(GroupedGemmGpu, MatchesDoubleReferenceOnUnevenGroups) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  uint64_t seed = 4100;
+  for (const Case& c : small_cases()) check_case(c, seed += 10, "grouped gemm");
+}
+
+TEST(GroupedGemmGpu, MatchesDoubleReferenceOnMoeShapes) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  std::vector<int32_t> sizes = moe_like_sizes(64, 91);
+  // DeepSeek-V2-Lite expert shapes: gate|up fused (n 2816, k 2048) and down (n 2048, k 1408),
+  // ~3000 rows over 64 experts (a subset of the rows is checked to keep the host reference short).
+  check_case({sizes, 2816, 2048, true}, 5200, "grouped gemm gate|up");
+  check_case({sizes, 2048, 1408, true}, 5300, "grouped gemm down");
+}
+
+// The wide 128 x 256 tile is opt-in through REFINERY_GGEMM_TILE (benchmarking); it must agree too.
+TEST(GroupedGemmGpu, WideTileMatchesDoubleReference) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  const char* before = std::getenv("REFINERY_GGEMM_TILE");
+  const std::string saved = before != nullptr ? before : "";
+  setenv("REFINERY_GGEMM_TILE", "128x256", 1);
+  uint64_t seed = 6100;
+  for (const Case& c : small_cases()) check_case(c, seed += 10, "grouped gemm 128x256");
+  check_case({moe_like_sizes(64, 93), 2816, 2048, true}, 6300, "grouped gemm 128x256 gate|up");
+  if (before != nullptr)
+    setenv("REFINERY_GGEMM_TILE", saved.c_str(), 1);
+  else
+    unsetenv("REFINERY_GGEMM_TILE");
+}
+
+}  // namespace
+}  // namespace refinery

@@ -5,7 +5,11 @@
 //      order inside an expert).
 //   1. Permute: xs [N = T*k, hidden] = the routed rows in expert-contiguous order.
 //   2. The expert GEMMs, bf16 inputs, f32 accumulation, outputs in the activation dtype:
-//      a. padded (the fast path): the layer's experts are stacked on the device once
+//      o. our grouped GEMM (grouped_gemm.cu, the default where it applies): the experts stacked
+//         on the device (below), exact row counts per expert read from device offsets, gate|up
+//         [N, 2I] in one launch, SwiGLU, down [N, H] in another. REFINERY_MOE_GEMM=cublas selects
+//         the cuBLAS paths a/b instead (for comparisons);
+//      a. padded: the layer's experts are stacked on the device once
 //         (gate_up [E, 2I, H], down [E, H, I]); each expert's rows are padded to the largest row
 //         count M, and two strided batched GEMMs (cublasGemmStridedBatchedEx, E problems of one
 //         shape: cuBLAS's best kernels) compute gate|up [E, M, 2I], SwiGLU, then down [E, M, H].
@@ -17,10 +21,12 @@
 // Experts whose weights are not dense bf16 (FP8, f32 fixtures) run expert by expert through
 // linear(), which dequantizes per call; so do all experts if cuBLAS rejects the grouped call.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <variant>
 
 #include "engine/backend/cuda/cublas_check.hpp"
+#include "engine/backend/cuda/grouped_gemm.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 #include "engine/core/log.hpp"
 
@@ -223,6 +229,50 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   const std::shared_ptr<const StackedExperts> stack = stacked_experts(expert_weights);
   int64_t m_max = 0;
   for (int64_t e = 0; e < e_count; ++e) m_max = std::max(m_max, start[e + 1] - start[e]);
+  static const bool force_cublas = [] {
+    const char* v = std::getenv("REFINERY_MOE_GEMM");
+    return v != nullptr && std::strcmp(v, "cublas") == 0;
+  }();
+  if (stack != nullptr && !force_cublas && grouped_gemm_supports(2 * stack->inter, hidden) &&
+      grouped_gemm_supports(hidden, stack->inter)) {
+    const int64_t inter = stack->inter;
+    std::vector<int32_t> group_offsets(static_cast<std::size_t>(e_count + 1));
+    for (int64_t e = 0; e <= e_count; ++e) group_offsets[e] = static_cast<int32_t>(start[e]);
+    PackedIndices packed;
+    const int64_t at_token = packed.add(perm_token), at_pos = packed.add(pos),
+                  at_scale = packed.add(perm_scale), at_offsets = packed.add(offsets),
+                  at_targets = packed.add(targets), at_groups = packed.add(group_offsets);
+    const Tensor indices = packed.upload();
+    const int32_t* base = indices.data<int32_t>();
+    Tensor xs = empty(DType::kBF16, {n, hidden});
+    dispatch_activation(act, "moe_experts (permute)", [&](auto tag) {
+      using T = decltype(tag);
+      gather_padded_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream_>>>(
+          static_cast<const T*>(x.data()), base + at_token, n, hidden,
+          static_cast<__nv_bfloat16*>(xs.mutable_data()));
+    });
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
+    Tensor gu = empty(act, {n, 2 * inter});
+    grouped_gemm_bf16({xs.data(), stack->gate_up.data(), gu.mutable_data(), base + at_groups,
+                       e_count, n, 2 * inter, hidden, act == DType::kF32},
+                      stream_);
+    sync_if_debugging("moe_experts (gate|up)");
+    Tensor h = empty(DType::kBF16, {n, inter});
+    dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
+      using T = decltype(tag);
+      swiglu_pairs_kernel<T><<<grid_for(n * inter), kThreads, 0, stream_>>>(
+          static_cast<const T*>(gu.data()), n, inter, static_cast<__nv_bfloat16*>(h.mutable_data()));
+    });
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
+    Tensor outs = empty(act, {n, hidden});
+    grouped_gemm_bf16({h.data(), stack->down.data(), outs.mutable_data(), base + at_groups, e_count,
+                       n, hidden, inter, act == DType::kF32},
+                      stream_);
+    sync_if_debugging("moe_experts (down)");
+    scatter_add_csr(outs, base + at_pos, reinterpret_cast<const float*>(base + at_scale),
+                    base + at_offsets, base + at_targets, t_count, y, "moe_experts (un-permute)");
+    return;
+  }
   if (stack != nullptr && e_count * m_max <= n + n / 2) {
     // Padded path: row r = e * m_max + i holds expert e's i-th routed pair.
     const int64_t inter = stack->inter, rows = e_count * m_max;

@@ -5,10 +5,11 @@
 //      order inside an expert).
 //   1. Permute: xs [N = T*k, hidden] = the routed rows in expert-contiguous order.
 //   2. The expert GEMMs, bf16 inputs, f32 accumulation, outputs in the activation dtype:
-//      o. our grouped GEMM (grouped_gemm.cu, the default where it applies): the experts stacked
+//      o. our grouped GEMM (grouped_gemm.cu), with REFINERY_MOE_GEMM=ggemm: the experts stacked
 //         on the device (below), exact row counts per expert read from device offsets, gate|up
-//         [N, 2I] in one launch, SwiGLU, down [N, H] in another. REFINERY_MOE_GEMM=cublas selects
-//         the cuBLAS paths a/b instead (for comparisons);
+//         [N, 2I] in one launch, SwiGLU, down [N, H] in another. Correct (GPU tests) but on an
+//         H100 still slower than cuBLAS (142 vs 198 TFLOP/s at T 2048, docs/BENCHMARKS.md), so
+//         opt-in until it is tuned;
 //      a. padded: the layer's experts are stacked on the device once
 //         (gate_up [E, 2I, H], down [E, H, I]); each expert's rows are padded to the largest row
 //         count M, and two strided batched GEMMs (cublasGemmStridedBatchedEx, E problems of one
@@ -229,11 +230,11 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   const std::shared_ptr<const StackedExperts> stack = stacked_experts(expert_weights);
   int64_t m_max = 0;
   for (int64_t e = 0; e < e_count; ++e) m_max = std::max(m_max, start[e + 1] - start[e]);
-  static const bool force_cublas = [] {
+  static const bool use_ggemm = [] {
     const char* v = std::getenv("REFINERY_MOE_GEMM");
-    return v != nullptr && std::strcmp(v, "cublas") == 0;
+    return v != nullptr && std::strcmp(v, "ggemm") == 0;
   }();
-  if (stack != nullptr && !force_cublas && grouped_gemm_supports(2 * stack->inter, hidden) &&
+  if (stack != nullptr && use_ggemm && grouped_gemm_supports(2 * stack->inter, hidden) &&
       grouped_gemm_supports(hidden, stack->inter)) {
     const int64_t inter = stack->inter;
     std::vector<int32_t> group_offsets(static_cast<std::size_t>(e_count + 1));

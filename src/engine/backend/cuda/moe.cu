@@ -15,10 +15,8 @@
 //         count M, and two strided batched GEMMs (cublasGemmStridedBatchedEx, E problems of one
 //         shape: cuBLAS's best kernels) compute gate|up [E, M, 2I], SwiGLU, then down [E, M, H].
 //         Used when padding wastes at most half of the work (balanced routing);
-//      b. grouped: one cublasGemmGroupedBatchedEx over the active experts' exact row counts:
-//         gate|up fused per expert from the stack (E problems of width 2I), SwiGLU, one for the
-//         down projections; without a stack (experts of different widths) gate and up are
-//         separate problems.
+//      b. grouped: one cublasGemmGroupedBatchedEx for the gate and up projections of every active
+//         expert (2 x E problems of their exact sizes), SwiGLU, one for the down projections.
 //   3. Un-permute: y[t] = Σ_j weight · outs[pos(t, j)], one thread per (token, column), the pairs
 //      of a token summed in f32 in expert order (as the CPU does): deterministic, no atomics.
 // Experts whose weights are not dense bf16 (FP8, f32 fixtures) run expert by expert through
@@ -337,51 +335,6 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   Tensor xs = empty(act, {n, hidden});
   gather_rows_device(x, base + at_token, n, xs, "moe_experts (permute)");
   const Tensor xs_bf16 = as_dtype(xs, DType::kBF16, "moe_experts (x to bf16)");
-  Tensor outs = empty(act, {n, hidden});
-  const cudaDataType c_type = act == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
-
-  // Stacked experts, exact row counts: one grouped GEMM problem per active expert for gate|up
-  // fused (m = 2I: half the problems and twice the width of separate gate and up), SwiGLU over
-  // the pairs, one per expert for down.
-  if (stack != nullptr) {
-    const int64_t inter = stack->inter;
-    const std::size_t gate_up_bytes = static_cast<std::size_t>(2 * inter * hidden) * 2;
-    const std::size_t down_bytes = static_cast<std::size_t>(hidden * inter) * 2;
-    Tensor gu = empty(act, {n, 2 * inter});
-    std::vector<GroupedProblem> gate_up, down;
-    for (int64_t e = 0; e < e_count; ++e) {
-      const int64_t rows = start[e + 1] - start[e];
-      if (rows == 0) continue;
-      gate_up.push_back({static_cast<const std::byte*>(stack->gate_up.data()) + e * gate_up_bytes,
-                         static_cast<const std::byte*>(xs_bf16.data()) + start[e] * hidden * 2,
-                         static_cast<std::byte*>(gu.mutable_data()) + start[e] * 2 * inter * act_bytes,
-                         static_cast<int>(2 * inter), static_cast<int>(rows),
-                         static_cast<int>(hidden)});
-    }
-    if (grouped_gemm(*this, gate_up, c_type)) {
-      Tensor h = empty(DType::kBF16, {n, inter});
-      dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
-        using T = decltype(tag);
-        swiglu_pairs_kernel<T><<<grid_for(n * inter), kThreads, 0, stream_>>>(
-            static_cast<const T*>(gu.data()), n, inter,
-            static_cast<__nv_bfloat16*>(h.mutable_data()));
-      });
-      REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
-      for (int64_t e = 0; e < e_count; ++e) {
-        const int64_t rows = start[e + 1] - start[e];
-        if (rows == 0) continue;
-        down.push_back({static_cast<const std::byte*>(stack->down.data()) + e * down_bytes,
-                        static_cast<const std::byte*>(h.data()) + start[e] * inter * 2,
-                        static_cast<std::byte*>(outs.mutable_data()) + start[e] * hidden * act_bytes,
-                        static_cast<int>(hidden), static_cast<int>(rows), static_cast<int>(inter)});
-      }
-      REFINERY_CHECK(grouped_gemm(*this, down, c_type),
-                     "moe: cuBLAS ran the grouped gate|up GEMM but not the down GEMM");
-      scatter_add_csr(outs, base + at_pos, reinterpret_cast<const float*>(base + at_scale),
-                      base + at_offsets, base + at_targets, t_count, y, "moe_experts (un-permute)");
-      return;
-    }
-  }
 
   // One buffer for every active expert's gate/up activations [n_e, inter_e] (widths may differ
   // between experts of a pruned model).
@@ -390,6 +343,7 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
     scratch_elements += (start[e + 1] - start[e]) * expert_weights[e].gate.out_features();
   Tensor gate_buffer = empty(act, {1, std::max<int64_t>(scratch_elements, 1)});
   Tensor up_buffer = empty(act, {1, std::max<int64_t>(scratch_elements, 1)});
+  Tensor outs = empty(act, {n, hidden});
 
   // Grouped path: every active expert has dense bf16 weights without bias.
   bool grouped = true;
@@ -398,6 +352,7 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
       grouped = dense_bf16(expert_weights[e].gate) && dense_bf16(expert_weights[e].up) &&
                 dense_bf16(expert_weights[e].down);
   if (grouped) {
+    const cudaDataType c_type = act == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF;
     std::vector<GroupedProblem> gate_up, down;
     int64_t offset = 0;
     // bf16_weight_rows may hand back a copy (a writable host weight): kept alive to the end.

@@ -1,14 +1,15 @@
 // KD losses, CPU reference. Formulas and gradients are documented in losses.hpp.
 //
 // Design: one row (position) at a time, in double, with O(vocab) scratch per thread — never a
-// [rows, vocab] temporary. Rows run in parallel with OpenMP; per-row results land in a [rows] array that
-// is summed in row order afterwards, so the result does not depend on the thread count.
-// All input validation happens before the parallel region (no exception may leave an OpenMP region).
+// [rows, vocab] temporary. Rows run in parallel with OpenMP; per-row results land in a [rows] array
+// that is summed in row order afterwards, so the result does not depend on the thread count. All
+// input validation happens before the parallel region (no exception may leave an OpenMP region).
 //
 // Both variants reduce to a divergence over "buckets" b with teacher/student log-masses lP_b, lQ_b:
-// the dense loss has one bucket per vocabulary id, the sparse loss k cached ids plus one tail bucket.
-// Per bucket we compute the divergence term d_b and h_b = Q_b * g_b (g_b = dD/dQ_b, up to an additive
-// constant that cancels), which stays bounded where g_b alone would not (forward KL's -P/Q). Then
+// the dense loss has one bucket per vocabulary id, the sparse loss k cached ids plus one tail
+// bucket. Per bucket we compute the divergence term d_b and h_b = Q_b * g_b (g_b = dD/dQ_b, up to
+// an additive constant that cancels), which stays bounded where g_b alone would not (forward KL's
+// -P/Q). Then
 //   D = sum_b d_b,  S = sum_b h_b,  dD/dz_j = (q_j / Q_b(j)) h_b(j) - q_j S.
 
 #include "distill/losses.hpp"
@@ -28,9 +29,9 @@ namespace {
 // Mixing weights as logs, precomputed once per call.
 struct Mix {
   Divergence divergence;
-  double w_p = 0.0;       // beta (JSD) or alpha (skew): weight of the teacher in m
+  double w_p = 0.0;  // beta (JSD) or alpha (skew): weight of the teacher in m
   double log_w_p = 0.0;
-  double log_w_q = 0.0;   // log(1 - w_p)
+  double log_w_q = 0.0;  // log(1 - w_p)
 };
 
 Mix make_mix(const LossOptions& options) {
@@ -108,25 +109,33 @@ double log_sum_exp_row(const float* s, int64_t n) {
   return hi + std::log(sum);
 }
 
+// Threads for a call: no more than rows, since each thread holds O(vocab) scratch.
+int thread_count(int64_t rows) {
+  return static_cast<int>(
+      std::clamp<int64_t>(std::min<int64_t>(omp_get_max_threads(), rows), 1, 1 << 16));
+}
+
 // Checks shapes, pointers and labels; returns the number of counted positions.
-int64_t check_common(const float* student_logits, const int32_t* labels, int64_t rows, int64_t vocab,
-                     const LossOptions& options, const char* what) {
+int64_t check_common(const float* student_logits, const int32_t* labels, int64_t rows,
+                     int64_t vocab, const LossOptions& options, const char* what) {
   validate_options(options);
   REFINERY_CHECK(rows >= 0 && vocab >= 1, what, ": rows=", rows, " vocab=", vocab);
   REFINERY_CHECK(rows == 0 || student_logits != nullptr, what, ": student logits are null");
   if (labels == nullptr) {
     if (options.ce_weight > 0.0)
-      throw_user_error(what, ": ce_weight is ", options.ce_weight,
-                       " but no labels were given; pass the target token ids or set ce_weight to 0");
+      throw_user_error(
+          what, ": ce_weight is ", options.ce_weight,
+          " but no labels were given; pass the target token ids or set ce_weight to 0");
     return rows;
   }
   int64_t positions = 0;
   for (int64_t r = 0; r < rows; ++r) {
     const int32_t y = labels[r];
     if (y < -1 || y >= vocab)
-      throw_user_error(what, ": label of row ", r, " is ", y, ", expected a token id in [0, ", vocab,
-                       ") or -1 to ignore the position; check that the data's tokenizer matches the "
-                       "model's vocabulary");
+      throw_user_error(
+          what, ": label of row ", r, " is ", y, ", expected a token id in [0, ", vocab,
+          ") or -1 to ignore the position; check that the data's tokenizer matches the "
+          "model's vocabulary");
     if (y != -1) ++positions;
   }
   return positions;
@@ -152,10 +161,14 @@ LossResult finish(const std::vector<double>& kd_rows, const std::vector<double>&
 
 const char* divergence_name(Divergence divergence) {
   switch (divergence) {
-    case Divergence::kForwardKl: return "forward_kl";
-    case Divergence::kReverseKl: return "reverse_kl";
-    case Divergence::kJsd: return "jsd";
-    case Divergence::kSkewKl: return "skew_kl";
+    case Divergence::kForwardKl:
+      return "forward_kl";
+    case Divergence::kReverseKl:
+      return "reverse_kl";
+    case Divergence::kJsd:
+      return "jsd";
+    case Divergence::kSkewKl:
+      return "skew_kl";
   }
   return "unknown";
 }
@@ -172,16 +185,19 @@ void validate_options(const LossOptions& o) {
                      ", expected a value strictly between 0 and 1 (0.1 is DistiLLM's default)");
   if (!(o.kd_weight >= 0.0) || !std::isfinite(o.kd_weight) || !(o.ce_weight >= 0.0) ||
       !std::isfinite(o.ce_weight))
-    throw_user_error("distillation loss weights are kd_weight=", o.kd_weight, " ce_weight=", o.ce_weight,
-                     ", expected finite values >= 0");
+    throw_user_error("distillation loss weights are kd_weight=", o.kd_weight,
+                     " ce_weight=", o.ce_weight, ", expected finite values >= 0");
   if (o.kd_weight == 0.0 && o.ce_weight == 0.0)
-    throw_user_error("distillation loss weights kd_weight and ce_weight are both 0: the loss would be "
-                     "constant; set kd_weight (e.g. 1) and/or ce_weight");
+    throw_user_error(
+        "distillation loss weights kd_weight and ce_weight are both 0: the loss would be "
+        "constant; set kd_weight (e.g. 1) and/or ce_weight");
 }
 
-LossResult dense_loss(const float* student_logits, const float* teacher_logits, const int32_t* labels,
-                      int64_t rows, int64_t vocab, const LossOptions& options, float* grad) {
-  const int64_t positions = check_common(student_logits, labels, rows, vocab, options, "dense_loss");
+LossResult dense_loss(const float* student_logits, const float* teacher_logits,
+                      const int32_t* labels, int64_t rows, int64_t vocab,
+                      const LossOptions& options, float* grad) {
+  const int64_t positions =
+      check_common(student_logits, labels, rows, vocab, options, "dense_loss");
   REFINERY_CHECK(rows == 0 || teacher_logits != nullptr, "dense_loss: teacher logits are null");
   const Mix mix = make_mix(options);
   const double t = options.temperature;
@@ -189,7 +205,7 @@ LossResult dense_loss(const float* student_logits, const float* teacher_logits, 
   const double scale = positions > 0 ? 1.0 / static_cast<double>(positions) : 0.0;
   std::vector<double> kd_rows(rows, 0.0), ce_rows(rows, 0.0);
 
-  const int threads = std::max(1, omp_get_max_threads());
+  const int threads = thread_count(rows);
   // Per-thread scratch: log q and (log p, then h) for one row.
   std::vector<std::vector<double>> lq_buf(threads, std::vector<double>(vocab));
   std::vector<std::vector<double>> lp_buf(threads, std::vector<double>(vocab));
@@ -234,12 +250,14 @@ LossResult dense_loss(const float* student_logits, const float* teacher_logits, 
 }
 
 LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
-                       const float* teacher_log_probs, int64_t k, const int32_t* labels, int64_t rows,
-                       int64_t vocab, const LossOptions& options, float* grad) {
-  const int64_t positions = check_common(student_logits, labels, rows, vocab, options, "sparse_loss");
+                       const float* teacher_log_probs, int64_t k, const int32_t* labels,
+                       int64_t rows, int64_t vocab, const LossOptions& options, float* grad) {
+  const int64_t positions =
+      check_common(student_logits, labels, rows, vocab, options, "sparse_loss");
   if (k < 1 || k > vocab)
-    throw_user_error("sparse_loss: the teacher cache has top-k = ", k, ", expected 1 <= k <= vocab (",
-                     vocab, "); the cache was made for another vocabulary or is damaged");
+    throw_user_error("sparse_loss: the teacher cache has top-k = ", k,
+                     ", expected 1 <= k <= vocab (", vocab,
+                     "); the cache was made for another vocabulary or is damaged");
   REFINERY_CHECK(rows == 0 || (teacher_ids != nullptr && teacher_log_probs != nullptr),
                  "sparse_loss: teacher ids or log-probs are null");
   {
@@ -254,8 +272,9 @@ LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
                            ", expected a token id in [0, ", vocab,
                            "); the logit cache does not match the student's vocabulary");
         if (seen[ids[i]])
-          throw_user_error("sparse_loss: teacher id ", ids[i], " appears twice in row ", r,
-                           " of the top-k cache; the cache is damaged, regenerate it with refine logits");
+          throw_user_error(
+              "sparse_loss: teacher id ", ids[i], " appears twice in row ", r,
+              " of the top-k cache; the cache is damaged, regenerate it with refine logits");
         seen[ids[i]] = 1;
         if (!std::isfinite(lps[i]))
           throw_user_error("sparse_loss: teacher log-prob ", i, " of row ", r, " is ", lps[i],
@@ -271,7 +290,7 @@ LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
   const bool has_tail = k < vocab;
   std::vector<double> kd_rows(rows, 0.0), ce_rows(rows, 0.0);
 
-  const int threads = std::max(1, omp_get_max_threads());
+  const int threads = thread_count(rows);
   std::vector<std::vector<double>> lq_buf(threads, std::vector<double>(vocab));
   // bucket_of[j]: index of id j among the row's cached ids, or -1 for the tail.
   std::vector<std::vector<int32_t>> bucket_buf_of(threads, std::vector<int32_t>(vocab, -1));

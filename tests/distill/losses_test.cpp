@@ -47,8 +47,12 @@ struct Set {
 };
 
 Set load_set(const std::string& name, int64_t rows, int64_t vocab) {
-  Set set{name, rows, vocab, load<float>(name + ".student", DType::kF32),
-          load<float>(name + ".teacher", DType::kF32), load<int32_t>(name + ".labels", DType::kI32)};
+  Set set{name,
+          rows,
+          vocab,
+          load<float>(name + ".student", DType::kF32),
+          load<float>(name + ".teacher", DType::kF32),
+          load<int32_t>(name + ".labels", DType::kI32)};
   EXPECT_EQ(set.student.size(), static_cast<size_t>(rows * vocab));
   EXPECT_EQ(set.labels.size(), static_cast<size_t>(rows));
   return set;
@@ -75,7 +79,8 @@ LossResult run_case(const Set& set, const std::string& mode, const LossOptions& 
                     float* grad, const float* student = nullptr) {
   const float* s = student != nullptr ? student : set.student.data();
   const int32_t* labels = with_labels ? set.labels.data() : nullptr;
-  if (mode == "dense") return dense_loss(s, set.teacher.data(), labels, set.rows, set.vocab, o, grad);
+  if (mode == "dense")
+    return dense_loss(s, set.teacher.data(), labels, set.rows, set.vocab, o, grad);
   const auto ids = load<int32_t>(set.name + "." + mode + ".ids", DType::kI32);
   const auto lps = load<float>(set.name + "." + mode + ".logprobs", DType::kF32);
   const int64_t k = static_cast<int64_t>(ids.size()) / set.rows;
@@ -86,7 +91,9 @@ void expect_rel(double actual, double expected, double rel, const std::string& w
   EXPECT_NEAR(actual, expected, rel * std::fabs(expected) + 1e-12) << what;
 }
 
-// Every fixture case: value within 1e-6 relative, gradient within 1e-6 absolute.
+// Every fixture case: value within 1e-6 relative, gradient within 1e-7 absolute (tighter than the
+// 1e-6 asked for; values agree to ~1e-15 relative, gradients to ~1e-8, the fp32 rounding of
+// `grad`).
 void check_against_fixtures(const Set& set, const std::vector<double>& temps,
                             const std::vector<bool>& ces) {
   int cases = 0;
@@ -95,14 +102,15 @@ void check_against_fixtures(const Set& set, const std::vector<double>& temps,
       for (bool with_ce : ces) {
         for (const char* mode : {"dense", "top8", "topV"}) {
           const std::string key = set.name + "." + mode + "." + divergence_name(div) + ".T" +
-                                  std::to_string(static_cast<int>(t)) + ".ce" + (with_ce ? "1" : "0");
+                                  std::to_string(static_cast<int>(t)) + ".ce" +
+                                  (with_ce ? "1" : "0");
           SCOPED_TRACE(key);
           const auto values = load<double>(key + ".values", DType::kF64);
           const auto ref_grad = load<double>(key + ".grad", DType::kF64);
           ASSERT_EQ(values.size(), 4u);
           std::vector<float> grad(set.rows * set.vocab, -7.0f);  // poisoned
-          const LossResult r = run_case(set, mode, fixture_options(div, t, with_ce), with_ce,
-                                        grad.data());
+          const LossResult r =
+              run_case(set, mode, fixture_options(div, t, with_ce), with_ce, grad.data());
           expect_rel(r.loss, values[0], 1e-6, "loss");
           expect_rel(r.kd, values[1], 1e-6, "kd");
           expect_rel(r.ce, values[2], 1e-6, "ce");
@@ -111,7 +119,8 @@ void check_against_fixtures(const Set& set, const std::vector<double>& temps,
           double worst = 0.0;
           for (size_t i = 0; i < grad.size(); ++i)
             worst = std::max(worst, std::fabs(grad[i] - ref_grad[i]));
-          EXPECT_LE(worst, 1e-6);
+          // Asked: 1e-6. Observed ~1e-8: the fp32 rounding of the output gradient.
+          EXPECT_LE(worst, 1e-7);
           ++cases;
         }
       }
@@ -139,9 +148,12 @@ TEST(DistillLosses, FixtureMetadataMatchesTestOptions) {
 }
 
 // Central differences on the student logits. The logits are fp32, so the step actually taken is
-// recomputed from the rounded values; the loss is a double, so h = 1e-3 leaves ~1e-7 truncation error.
+// recomputed from the rounded values; the loss is a double, so h = 1e-3 leaves ~1e-7 truncation
+// error.
 TEST(DistillLosses, GradientMatchesFiniteDifferences) {
   const Set a = load_set("a", 5, 50);
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(1);  // 4000 tiny calls: thread start-up would dominate
   for (Divergence div : kDivs) {
     for (const char* mode : {"dense", "top8"}) {
       SCOPED_TRACE(std::string(divergence_name(div)) + " " + mode);
@@ -165,6 +177,7 @@ TEST(DistillLosses, GradientMatchesFiniteDifferences) {
       EXPECT_LE(worst, 1e-6);
     }
   }
+  omp_set_num_threads(saved_threads);
 }
 
 TEST(DistillLosses, SparseWithFullVocabularyEqualsDense) {
@@ -204,14 +217,18 @@ TEST(DistillLosses, JsdIsSymmetricAtHalfBeta) {
   o.divergence = Divergence::kJsd;
   o.beta = 0.5;
   o.temperature = 2.0;
-  const double st = dense_loss(a.student.data(), a.teacher.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
-  const double ts = dense_loss(a.teacher.data(), a.student.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
+  const double st =
+      dense_loss(a.student.data(), a.teacher.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
+  const double ts =
+      dense_loss(a.teacher.data(), a.student.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
   EXPECT_GT(st, 1e-3);  // not trivially zero
   EXPECT_NEAR(st, ts, 1e-12 * st);
   // ... and not symmetric at another beta (the test above could not pass by accident).
   o.beta = 0.3;
-  const double st3 = dense_loss(a.student.data(), a.teacher.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
-  const double ts3 = dense_loss(a.teacher.data(), a.student.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
+  const double st3 =
+      dense_loss(a.student.data(), a.teacher.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
+  const double ts3 =
+      dense_loss(a.teacher.data(), a.student.data(), nullptr, a.rows, a.vocab, o, nullptr).kd;
   EXPECT_GT(std::fabs(st3 - ts3), 1e-6);
 }
 
@@ -239,8 +256,8 @@ TEST(DistillLosses, IgnoredRowsHaveZeroGradientAndDoNotCount) {
   const Set a = load_set("a", 5, 50);  // row 2 is labelled -1
   ASSERT_EQ(a.labels[2], -1);
   std::vector<float> grad(a.rows * a.vocab, -7.0f);
-  const LossResult r = run_case(a, "top8", fixture_options(Divergence::kJsd, 2.0, true), true,
-                                grad.data());
+  const LossResult r =
+      run_case(a, "top8", fixture_options(Divergence::kJsd, 2.0, true), true, grad.data());
   EXPECT_EQ(r.positions, 4);
   for (int64_t j = 0; j < a.vocab; ++j) EXPECT_EQ(grad[2 * a.vocab + j], 0.0f);
 }
@@ -268,16 +285,16 @@ TEST(DistillLosses, SparseTailFloorKeepsReverseKlFinite) {
   LossOptions o;
   o.divergence = Divergence::kReverseKl;
   std::vector<float> grad(vocab);
-  const LossResult r = sparse_loss(student.data(), ids.data(), lps.data(), k, nullptr, 1, vocab, o,
-                                   grad.data());
+  const LossResult r =
+      sparse_loss(student.data(), ids.data(), lps.data(), k, nullptr, 1, vocab, o, grad.data());
   EXPECT_TRUE(std::isfinite(r.loss));
   // Student tail mass 18/20 against a floored teacher tail: a large but finite divergence.
   EXPECT_GT(r.kd, 10.0);
   for (float g : grad) EXPECT_TRUE(std::isfinite(g));
 }
 
-// One row of a DeepSeek-V3-size vocabulary: no [rows, vocab] temporaries are needed, and the gradient
-// of pure KD still sums to zero.
+// One row of a DeepSeek-V3-size vocabulary: no [rows, vocab] temporaries are needed, and the
+// gradient of pure KD still sums to zero.
 TEST(DistillLosses, LargeVocabularyRow) {
   const int64_t vocab = 129280, rows = 2, k = 64;
   std::mt19937 rng(7);
@@ -303,8 +320,8 @@ TEST(DistillLosses, LargeVocabularyRow) {
   LossOptions o;
   o.divergence = Divergence::kForwardKl;
   std::vector<float> g_sparse(rows * vocab), g_dense(rows * vocab);
-  const LossResult sparse = sparse_loss(s.data(), ids.data(), lps.data(), k, nullptr, rows, vocab, o,
-                                        g_sparse.data());
+  const LossResult sparse =
+      sparse_loss(s.data(), ids.data(), lps.data(), k, nullptr, rows, vocab, o, g_sparse.data());
   const LossResult dense = dense_loss(s.data(), t.data(), nullptr, rows, vocab, o, g_dense.data());
   EXPECT_TRUE(std::isfinite(sparse.kd));
   EXPECT_GT(dense.kd, 0.0);
@@ -361,8 +378,9 @@ TEST(DistillLosses, BadLabelsAndCachesAreUserErrors) {
   }
   const std::vector<float> lps = {-1.0f, -2.0f, -1.0f, -2.0f};
   auto sparse = [&](std::vector<int32_t> ids, std::vector<float> lp, int64_t k) {
-    return test::error_message_of(
-        [&] { sparse_loss(s.data(), ids.data(), lp.data(), k, nullptr, 2, vocab, LossOptions{}, nullptr); });
+    return test::error_message_of([&] {
+      sparse_loss(s.data(), ids.data(), lp.data(), k, nullptr, 2, vocab, LossOptions{}, nullptr);
+    });
   };
   EXPECT_NE(sparse({0, 1, 2, 10}, lps, 2).find("teacher id 1 of row 1 is 10"), std::string::npos);
   EXPECT_NE(sparse({0, 1, 2, -1}, lps, 2).find("is -1"), std::string::npos);

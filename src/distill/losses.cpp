@@ -327,7 +327,8 @@ LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
       double sum = 0.0;
       for (int64_t j = 0; j < vocab; ++j)
         if (bucket_of[j] < 0) sum += std::exp(lq[j] - hi);
-      lq_b[k] = hi + std::log(sum);
+      // hi == -inf: every uncached logit is -inf (masked), the tail is empty, not NaN.
+      lq_b[k] = hi == -std::numeric_limits<double>::infinity() ? hi : hi + std::log(sum);
     }
 
     // Teacher buckets: tail = max(1 - sum exp(lp_i), floor); re-temper lp/T (tail as one outcome);
@@ -369,7 +370,8 @@ LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
       for (int64_t j = 0; j < vocab; ++j) {
         const double qj = std::exp(lq[j]);
         const int32_t b = bucket_of[j];
-        const double own = b >= 0 ? lp_b[b] : std::exp(lq[j] - lq_tail) * h_tail;
+        // q_j == 0 (a -inf logit) gets no share, also when the whole tail is -inf (no 0/0).
+        const double own = b >= 0 ? lp_b[b] : (qj > 0.0 ? std::exp(lq[j] - lq_tail) * h_tail : 0.0);
         double v = kd_coef * (own - qj * h_sum);
         if (ce_coef != 0.0)
           v += ce_coef * (std::exp(static_cast<double>(s[j]) - lse1) - (j == y ? 1.0 : 0.0));

@@ -293,6 +293,33 @@ TEST(DistillLosses, SparseTailFloorKeepsReverseKlFinite) {
   for (float g : grad) EXPECT_TRUE(std::isfinite(g));
 }
 
+// -inf student logits (masked vocabulary padding), here over the whole tail: JSD and skew KL stay
+// finite and their gradients have no NaN (the tail's q_j / Q_tail would be 0/0).
+TEST(DistillLosses, MinusInfinityStudentLogitsStayFinite) {
+  const int64_t vocab = 12, k = 3;
+  std::vector<float> student(vocab, -INFINITY);
+  student[2] = 1.0f;
+  student[5] = -0.5f;
+  student[9] = 0.25f;
+  const std::vector<int32_t> ids = {5, 2, 9};
+  const std::vector<float> lps = {std::log(0.5f), std::log(0.3f), std::log(0.1f)};
+  for (Divergence div : {Divergence::kJsd, Divergence::kSkewKl}) {
+    SCOPED_TRACE(divergence_name(div));
+    LossOptions o;
+    o.divergence = div;
+    o.temperature = 2.0;
+    std::vector<float> grad(vocab, -7.0f);
+    const LossResult r =
+        sparse_loss(student.data(), ids.data(), lps.data(), k, nullptr, 1, vocab, o, grad.data());
+    EXPECT_TRUE(std::isfinite(r.loss));
+    EXPECT_GT(r.kd, 0.0);
+    for (int64_t j = 0; j < vocab; ++j) {
+      EXPECT_TRUE(std::isfinite(grad[j])) << j;
+      if (j != 2 && j != 5 && j != 9) EXPECT_EQ(grad[j], 0.0f) << j;
+    }
+  }
+}
+
 // One row of a DeepSeek-V3-size vocabulary: no [rows, vocab] temporaries are needed, and the
 // gradient of pure KD still sums to zero.
 TEST(DistillLosses, LargeVocabularyRow) {

@@ -315,7 +315,9 @@ TEST(DistillLosses, MinusInfinityStudentLogitsStayFinite) {
     EXPECT_GT(r.kd, 0.0);
     for (int64_t j = 0; j < vocab; ++j) {
       EXPECT_TRUE(std::isfinite(grad[j])) << j;
-      if (j != 2 && j != 5 && j != 9) EXPECT_EQ(grad[j], 0.0f) << j;
+      if (j != 2 && j != 5 && j != 9) {
+        EXPECT_EQ(grad[j], 0.0f) << j;
+      }
     }
   }
 }

@@ -33,6 +33,7 @@
 #include <cstring>
 
 #include "engine/backend/cuda/cuda_check.hpp"
+#include "engine/backend/cuda/mma_ptx.cuh"
 #include "engine/backend/cuda/grouped_gemm.hpp"
 
 namespace refinery::backend::cuda {
@@ -75,50 +76,8 @@ struct Params {
   int groups, rows_total, n, k;
 };
 
-// ---- PTX wrappers (same conventions as flash_attention.cu) -------------------------------------
-
-__device__ __forceinline__ uint32_t shared_address(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy, L2 only (.cg); `valid` false writes 16 zero bytes and reads
-// nothing (src-size 0), for rows past the group and columns past n or k.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
-
-// ldmatrix .x4: lanes 8i..8i+7 give the row addresses (16 bytes each) of 8x8 matrix i; afterwards
-// register i of lane L holds row L/4, columns 2(L%4), 2(L%4)+1 of matrix i (low half = lower col).
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(address)
-               : "memory");
-}
-
-// D += A·B for A 16x16 bf16 (row), B 16x8 bf16 (col), D 16x8 f32. g = lane / 4, c = lane % 4:
-//   A: a[0] = (row g, cols 2c, 2c+1)  a[1] = (row g+8, cols 2c, 2c+1)
-//      a[2] = (row g, cols 2c+8, +9)  a[3] = (row g+8, cols 2c+8, +9)
-//   B: b0 = (k rows 2c, 2c+1; col g)  b1 = (k rows 2c+8, 2c+9; col g)
-//   D: d[0], d[1] = (row g, cols 2c, 2c+1)  d[2], d[3] = (row g+8, cols 2c, 2c+1)
-__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                 uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-      "{%8, %9}, {%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+// ---- PTX wrappers: mma_ptx.cuh ----------------------------------------------------------------
+using namespace ptx;
 
 // Stores the pair (cols col, col+1) of one output row: f32 as one 8-byte store, bf16 rounded to
 // nearest even as one 4-byte store (col is even and n is a multiple of 8, so both are aligned).

@@ -148,5 +148,16 @@ TEST(RefineCli, DataTokenizeMissingInputNamesIt) {
   EXPECT_FALSE(fs::exists(dir.path() / "x.h5"));
 }
 
+TEST(RefineCli, LogitsBatchMustBePositive) {
+  TempDir dir;
+  const std::string out = (dir.path() / "cache.h5").string();
+  const auto r = run_refine("logits " + kSource + "/models/demo-tiny-deepseek-v3 --data " +
+                            kSource + "/data/sample/valid-sample.jsonl --out " + out +
+                            " --batch 0");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--batch is 0"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+}
+
 }  // namespace
 }  // namespace refinery

@@ -157,6 +157,13 @@ LossResult finish(const std::vector<double>& kd_rows, const std::vector<double>&
   return result;
 }
 
+// A position labelled -1 is ignored whole (KD term too): its gradient row is zero.
+bool ignored_row(const int32_t* labels, int64_t r, float* grad_row, int64_t vocab) {
+  if (labels == nullptr || labels[r] != -1) return false;
+  if (grad_row != nullptr) std::fill(grad_row, grad_row + vocab, 0.0f);
+  return true;
+}
+
 }  // namespace
 
 const char* divergence_name(Divergence divergence) {
@@ -215,10 +222,7 @@ LossResult dense_loss(const float* student_logits, const float* teacher_logits,
     const float* s = student_logits + r * vocab;
     float* g = grad != nullptr ? grad + r * vocab : nullptr;
     const int32_t y = labels != nullptr ? labels[r] : 0;
-    if (labels != nullptr && y == -1) {
-      if (g != nullptr) std::fill(g, g + vocab, 0.0f);
-      continue;
-    }
+    if (ignored_row(labels, r, g, vocab)) continue;
     const int tid = omp_get_thread_num();
     double* lq = lq_buf[tid].data();
     double* lp = lp_buf[tid].data();
@@ -301,10 +305,7 @@ LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
     const float* s = student_logits + r * vocab;
     float* g = grad != nullptr ? grad + r * vocab : nullptr;
     const int32_t y = labels != nullptr ? labels[r] : 0;
-    if (labels != nullptr && y == -1) {
-      if (g != nullptr) std::fill(g, g + vocab, 0.0f);
-      continue;
-    }
+    if (ignored_row(labels, r, g, vocab)) continue;
     const int tid = omp_get_thread_num();
     double* lq = lq_buf[tid].data();
     int32_t* bucket_of = bucket_buf_of[tid].data();

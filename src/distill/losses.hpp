@@ -55,18 +55,13 @@
 
 #include <cstdint>
 
+#include "engine/backend/kd_loss_options.hpp"
+
 namespace refinery::distill {
 
-enum class Divergence { kForwardKl, kReverseKl, kJsd, kSkewKl };
-
-struct LossOptions {
-  Divergence divergence = Divergence::kForwardKl;
-  double temperature = 1.0;  // T > 0, applied to both teacher and student for the KD term
-  double beta = 0.5;         // JSD mixing weight, in (0, 1)
-  double alpha = 0.1;        // skew-KL mixing weight, in (0, 1)
-  double kd_weight = 1.0;    // >= 0
-  double ce_weight = 0.0;    // >= 0; not both weights zero
-};
+// The options live at the backend layer (the CUDA twin takes them too).
+using Divergence = backend::Divergence;
+using LossOptions = backend::KdLossOptions;
 
 struct LossResult {
   double loss = 0.0;      // kd_weight * T^2 * kd + ce_weight * ce

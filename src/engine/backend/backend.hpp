@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/backend/kd_loss_options.hpp"
 #include "engine/backend/linear_weight.hpp"
 #include "engine/backend/rope_table.hpp"
 #include "engine/backend/router.hpp"
@@ -29,6 +30,20 @@
 namespace refinery::backend {
 
 // One routed expert's SwiGLU: down(silu(gate(x)) * up(x)).
+// The scalars of one AdamW update (torch.optim.AdamW, see engine/train/adamw.hpp), formed in double
+// by the optimizer and held as float by the element kernel, exactly as train::AdamW::step does.
+struct AdamWScalars {
+  bool decay = false;          // weight_decay != 0
+  float decay_factor = 1.0f;   // 1 - lr * weight_decay
+  float lerp_weight = 0.1f;    // 1 - beta1
+  float beta2 = 0.999f;
+  float one_minus_beta2 = 0.001f;
+  float bc2_sqrt = 1.0f;       // sqrt(1 - beta2^t)
+  float eps = 1e-8f;
+  float neg_step_size = 0.0f;  // -(lr / (1 - beta1^t))
+  float grad_scale = 1.0f;     // every gradient is multiplied by this first (clip coefficient)
+};
+
 struct ExpertWeights {
   LinearWeight gate;  // [inter, hidden]
   LinearWeight up;    // [inter, hidden]
@@ -108,6 +123,97 @@ class Backend {
   // Drops the per-op times collected so far (the CUDA backend's REFINERY_PROFILE=1 table), so
   // that a benchmark's table covers its timed runs only, not the warm-up. No-op elsewhere.
   virtual void profile_reset() {}
+
+  // ---- backward (training, DESIGN §4) ----
+  // Each op below is the gradient of the forward op of the same name, taking that op's inputs
+  // (and, where it says so, its output) plus the gradient of its output, dy.
+  // Conventions:
+  //  - Every backward op ADDS into the gradients it writes (g += ...), so a tensor used twice
+  //    collects the sum of both uses; the caller zeroes gradients first (fill_zero).
+  //  - An undefined gradient output (Tensor{}) is skipped: a frozen weight, an input that needs
+  //    no gradient.
+  //  - Gradient outputs never alias inputs or each other.
+  //  - Activation gradients have their activation's dtype (f32 on the CPU; bf16 or f32 on CUDA);
+  //    weight gradients (linear weights and biases, norm weights, embedding tables) are always f32
+  //    [same shape as the weight], whatever the weight's dtype.
+  // The defaults throw an internal error naming the op and the backend.
+
+  // Of linear (dense weights only: a DenseWeight in f32/bf16/f16; other storages are an error):
+  // dx[T, in] += dy[T, out] · W;  dw[out, in] += dyᵀ · x;  db[out] += Σ_t dy[t, :].
+  virtual void linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy,
+                               Tensor& dx, Tensor& dw, Tensor& db);
+  // Of rms_norm (x [R, D], weight [D]): with r = 1 / sqrt(mean(x²) + eps) and n = x·r,
+  //   dx += r · (dy∘w − n · mean(dy∘w∘n)),   dweight[d] += Σ_rows dy[:, d] · n[:, d].
+  // x and dx may be f32 while dy is bf16 (the residual stream), as in the forward.
+  virtual void rms_norm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                                 Tensor& dx, Tensor& dweight);
+  // Of embedding: dtable[ids[t], :] += dy[t, :]; dtable f32 [vocab, hidden], dy [T, hidden].
+  // Deterministic (the same result for any thread count; no float atomics on the CPU).
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable);
+  // Of swiglu: dgate += dy · up · silu'(gate),  dup += dy · silu(gate);
+  // silu'(g) = σ(g) · (1 + g · (1 − σ(g))).
+  virtual void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy,
+                               Tensor& dgate, Tensor& dup);
+  // Of sigmoid_gate: dx[t, :] += σ(g[t]) · dy[t, :];  dg[t] += σ'(g[t]) · Σ_d dy[t, d] · x[t, d].
+  virtual void sigmoid_gate_backward(const Tensor& x, const Tensor& g, const Tensor& dy,
+                                     Tensor& dx, Tensor& dg);
+  // Of copy_columns(src, src_col, dst, dst_col, width) with n = ddst rows / dsrc rows:
+  // dsrc[r, src_col + j] += Σ_{i < n} ddst[r·n + i, dst_col + j] for j < width.
+  virtual void copy_columns_backward(const Tensor& ddst, int64_t dst_col, Tensor& dsrc,
+                                     int64_t src_col, int64_t width);
+  // Of rope (x, y [T, heads, D]): dx += Rᵀ · dy, the inverse rotation at the same positions; the
+  // dims outside [offset, offset + rotary_dim) pass dy through unchanged.
+  virtual void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
+                             int64_t offset, Tensor& dx);
+  // Of attention, for whole sequences only (S == T, query t sees keys 0..t): `out` is the
+  // forward's output. dq [T, H, dk], dk [T, KV, dk], dv [T, KV, dv] accumulate; a kv head's
+  // gradient sums over the H / KV query heads that share it. P is recomputed (nothing is saved
+  // by the forward).
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& dout, float scale, Tensor& dq,
+                                  Tensor& dk, Tensor& dv);
+  // Of route, with the selection `experts` [T, k] held fixed (the argmax has no gradient; the
+  // correction bias only selects): dlogits[T, E] (f32) += ∂(Σ_j dweights[t, j] · weights[t, j]) /
+  // ∂logits[t, :], through the scoring (softmax over all E, or sigmoid), norm_topk_prob and the
+  // routed scaling factor of `spec`. dweights f32 [T, k].
+  virtual void route_backward(const Tensor& logits, const RouterSpec& spec, const Tensor& experts,
+                              const Tensor& dweights, Tensor& dlogits);
+  // Of scatter_add_rows(x, rows, scale, y): dx[i, :] += scale[i] · dy[rows[i], :];
+  // dscale[i] += Σ_d x[i, d] · dy[rows[i], d] (f32 [N]). (gather_rows' backward is
+  // scatter_add_rows of dy with scale 1.)
+  virtual void scatter_add_rows_backward(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                                         const Tensor& dy, Tensor& dx, Tensor& dscale);
+
+  // ---- training losses and the optimizer ----
+  // The distillation loss of every row r of student logits s [R, V] (f32), per src/distill/
+  // losses.hpp: teacher either dense (teacher_logits f32 [R, V], ids/log-probs undefined) or
+  // sparse top-k (teacher_ids I32 [R, k] + teacher_log_probs f32 [R, k], log-softmax at T = 1
+  // over the full vocabulary; teacher_logits undefined), or none at all when kd_weight == 0 (CE
+  // only). labels I32 [R]: the next token, or -1 for a row that does not count.
+  // Writes row_terms f32 [R, 2] = (D_r, CE_r): the row's divergence (0 without a teacher) and its
+  // hard-label cross-entropy -log softmax(s_r)[label] at temperature 1 (both 0 for a row whose
+  // label is -1), and grad f32 [R, V] = grad_scale · ∂(kd_weight·T²·D_r + ce_weight·CE_r)/∂s_r
+  // (0 for uncounted rows). grad may alias student_logits (the logits are consumed). The caller
+  // sums row_terms and picks grad_scale = 1 / (counted positions of the whole batch).
+  virtual void kd_loss(const Tensor& student_logits, const Tensor& teacher_logits,
+                       const Tensor& teacher_ids, const Tensor& teacher_log_probs,
+                       const Tensor& labels, const KdLossOptions& options, float grad_scale,
+                       Tensor& row_terms, Tensor& grad);
+  // Σ t² over all elements (f32 or bf16), accumulated in double in an order that does not depend
+  // on the thread count (the global gradient norm; deterministic resume).
+  virtual double sum_squares(const Tensor& t);
+  // One AdamW step on f32 [n] tensors, per element i exactly as train::AdamW::step with
+  // g = grad[i] · s.grad_scale:
+  //   w = master[i]; if (s.decay) w *= s.decay_factor;
+  //   m = fma(s.lerp_weight, g - exp_avg[i], exp_avg[i]);
+  //   v = exp_avg_sq[i] * s.beta2;  v = v + s.one_minus_beta2 * g * g;
+  //   master[i] = w + (s.neg_step_size * m) / (sqrt(v) / s.bc2_sqrt + s.eps);
+  //   exp_avg[i] = m; exp_avg_sq[i] = v;  compute[i] = master[i] in compute's dtype (bf16 round
+  //   to nearest even, or f32) when compute is defined.
+  virtual void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg,
+                            Tensor& exp_avg_sq, const AdamWScalars& s, Tensor& compute);
+  // dst = src converted element-wise (same shape; f32 <-> bf16 <-> f16), on this device.
+  virtual void convert(const Tensor& src, Tensor& dst);
 
   // ---- LM head ----
   // The k most likely next tokens of every row and their log-softmax over the whole vocabulary:

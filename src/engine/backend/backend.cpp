@@ -1,0 +1,61 @@
+// The defaults of the Backend's training ops: a backend that lacks one says so by name.
+#include "engine/backend/backend.hpp"
+
+#include "engine/core/error.hpp"
+
+namespace refinery::backend {
+
+namespace {
+[[noreturn]] void missing(const Backend& be, const char* op) {
+  throw_internal_error(op, " is not implemented on the ", be.name(), " backend");
+}
+}  // namespace
+
+void Backend::linear_backward(const Tensor&, const LinearWeight&, const Tensor&, Tensor&, Tensor&,
+                              Tensor&) {
+  missing(*this, "linear_backward");
+}
+void Backend::rms_norm_backward(const Tensor&, const Tensor&, float, const Tensor&, Tensor&,
+                                Tensor&) {
+  missing(*this, "rms_norm_backward");
+}
+void Backend::embedding_backward(const Tensor&, const Tensor&, Tensor&) {
+  missing(*this, "embedding_backward");
+}
+void Backend::swiglu_backward(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&) {
+  missing(*this, "swiglu_backward");
+}
+void Backend::sigmoid_gate_backward(const Tensor&, const Tensor&, const Tensor&, Tensor&,
+                                    Tensor&) {
+  missing(*this, "sigmoid_gate_backward");
+}
+void Backend::copy_columns_backward(const Tensor&, int64_t, Tensor&, int64_t, int64_t) {
+  missing(*this, "copy_columns_backward");
+}
+void Backend::rope_backward(const Tensor&, const RopeTable&, int64_t, int64_t, Tensor&) {
+  missing(*this, "rope_backward");
+}
+void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                 const Tensor&, float, Tensor&, Tensor&, Tensor&) {
+  missing(*this, "attention_backward");
+}
+void Backend::route_backward(const Tensor&, const RouterSpec&, const Tensor&, const Tensor&,
+                             Tensor&) {
+  missing(*this, "route_backward");
+}
+void Backend::scatter_add_rows_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                        Tensor&, Tensor&) {
+  missing(*this, "scatter_add_rows_backward");
+}
+void Backend::kd_loss(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                      const KdLossOptions&, float, Tensor&, Tensor&) {
+  missing(*this, "kd_loss");
+}
+double Backend::sum_squares(const Tensor&) { missing(*this, "sum_squares"); }
+void Backend::adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamWScalars&,
+                           Tensor&) {
+  missing(*this, "adamw_update");
+}
+void Backend::convert(const Tensor&, Tensor&) { missing(*this, "convert"); }
+
+}  // namespace refinery::backend

@@ -2,41 +2,103 @@
 #include "engine/model/model_weights.hpp"
 
 #include <initializer_list>
+#include <map>
 
 namespace refinery::model {
 
 namespace {
 
+// Where the loader finds tensors by name: a checkpoint (memory-mapped), tensors in memory (the
+// parameters of a model being trained), or nothing at all (recording which names a config needs).
+class TensorLookup {
+ public:
+  virtual ~TensorLookup() = default;
+  // The tensor `name`, or an undefined tensor when absent. `shape` is what the caller expects
+  // (the recording lookup uses it; the others return what they hold and the loader checks it).
+  virtual Tensor find(const std::string& name, const std::vector<int64_t>& shape) const = 0;
+  virtual std::string source() const = 0;  // for messages
+};
+
+class CheckpointLookup final : public TensorLookup {
+ public:
+  explicit CheckpointLookup(const io::Checkpoint& ckpt) : ckpt_(ckpt) {}
+  Tensor find(const std::string& name, const std::vector<int64_t>&) const override {
+    const auto located = ckpt_.find(name);
+    if (!located) return {};
+    const io::TensorEntry& e = *located->entry;
+    const auto bytes = ckpt_.bytes(name);
+    return Tensor::from_external(e.dtype, e.shape, bytes.data(), located->file->keep_alive());
+  }
+  std::string source() const override { return ckpt_.source().string(); }
+
+ private:
+  const io::Checkpoint& ckpt_;
+};
+
+class MapLookup final : public TensorLookup {
+ public:
+  MapLookup(const std::map<std::string, Tensor>& tensors, std::string source)
+      : tensors_(tensors), source_(std::move(source)) {}
+  Tensor find(const std::string& name, const std::vector<int64_t>&) const override {
+    const auto it = tensors_.find(name);
+    return it == tensors_.end() ? Tensor() : it->second;
+  }
+  std::string source() const override { return source_; }
+
+ private:
+  const std::map<std::string, Tensor>& tensors_;
+  std::string source_;
+};
+
+// Answers every name asked for with a shape with a placeholder of that shape and records
+// (name, shape); probes without a shape (has()) get "absent".
+class RecordingLookup final : public TensorLookup {
+ public:
+  Tensor find(const std::string& name, const std::vector<int64_t>& shape) const override {
+    // has() probes without a shape (fused experts, a separate lm_head): answer "absent", so
+    // the per-expert layout and, for tied embeddings, the tied head are chosen.
+    if (shape.empty()) return {};
+    for (const auto& [n, _] : recorded) if (n == name) return placeholder(shape);
+    recorded.emplace_back(name, shape);
+    return placeholder(shape);
+  }
+  std::string source() const override { return "a configuration"; }
+  mutable std::vector<std::pair<std::string, std::vector<int64_t>>> recorded;
+
+ private:
+  static Tensor placeholder(const std::vector<int64_t>& shape) {
+    static float dummy = 0.0f;  // never read: the loader only takes views and shapes
+    return Tensor::from_external(DType::kF32, shape, &dummy, nullptr);
+  }
+};
+
 class Loader {
  public:
-  Loader(const io::Checkpoint& checkpoint, const ModelConfig& config)
-      : ckpt_(checkpoint), config_(config) {}
+  Loader(const TensorLookup& lookup, const ModelConfig& config)
+      : lookup_(lookup), config_(config) {}
 
-  bool has(const std::string& name) const { return ckpt_.find(name).has_value(); }
+  bool has(const std::string& name) const { return lookup_.find(name, {}).defined(); }
 
   // The tensor `name` with exactly `shape`; any float dtype.
   Tensor tensor(const std::string& name, const std::vector<int64_t>& shape) const {
-    const auto located = ckpt_.find(name);
-    if (!located)
+    Tensor t = lookup_.find(name, shape);
+    if (!t.defined())
       throw_user_error("tensor ", name, " (expected shape ", shape_to_string(shape),
-                       ") is missing from ", ckpt_.source().string(),
+                       ") is missing from ", lookup_.source(),
                        "; the checkpoint does not match its config.json (", config_.model_type,
                        ", ", config_.num_layers, " layers) or is incomplete");
-    const io::TensorEntry& e = *located->entry;
-    if (e.shape != shape)
+    if (t.shape() != shape)
       throw_user_error(
-          "tensor ", name, " in ", ckpt_.source().string(), ": expected shape ",
-          shape_to_string(shape), ", found ", shape_to_string(e.shape),
+          "tensor ", name, " in ", lookup_.source(), ": expected shape ",
+          shape_to_string(shape), ", found ", shape_to_string(t.shape()),
           "; the checkpoint does not match its config.json (hidden_size, heads, head dims, "
           "intermediate sizes, vocab_size)");
-    if (!dtype_is_float(e.dtype) || e.dtype == DType::kF64 || e.dtype == DType::kC64 ||
-        (e.dtype != DType::kF32 && e.dtype != DType::kBF16 && e.dtype != DType::kF16 &&
-         e.dtype != DType::kF8E4M3))
-      throw_user_error("tensor ", name, " in ", ckpt_.source().string(), " has dtype ",
-                       dtype_name(e.dtype),
+    if (t.dtype() != DType::kF32 && t.dtype() != DType::kBF16 && t.dtype() != DType::kF16 &&
+        t.dtype() != DType::kF8E4M3)
+      throw_user_error("tensor ", name, " in ", lookup_.source(), " has dtype ",
+                       dtype_name(t.dtype()),
                        "; the engine reads F32, BF16, F16 and F8_E4M3 (with weight_scale_inv)");
-    const auto bytes = ckpt_.bytes(name);
-    return Tensor::from_external(e.dtype, e.shape, bytes.data(), located->file->keep_alive());
+    return t;
   }
 
   Tensor optional_tensor(const std::string& name, const std::vector<int64_t>& shape) const {
@@ -60,7 +122,7 @@ class Loader {
                     cols = (in + f.block_in - 1) / f.block_in;
       if (!has(scale_name))
         throw_user_error("tensor ", prefix, ".weight is F8_E4M3 but ", scale_name, " (f32[", rows,
-                         ", ", cols, "]) is missing from ", ckpt_.source().string(),
+                         ", ", cols, "]) is missing from ", lookup_.source(),
                          "; FP8 weights need their per-block scales (DeepSeek-V3 release format)");
       f.scale_inv = tensor(scale_name, {rows, cols});
       backend::validate_fp8_block(f, prefix);
@@ -83,7 +145,7 @@ class Loader {
     return m;
   }
 
-  const io::Checkpoint& ckpt_;
+  const TensorLookup& lookup_;
   const ModelConfig& config_;
 };
 
@@ -164,15 +226,13 @@ MoeWeights load_moe(const Loader& l, const ModelConfig& c, const std::string& p)
   return w;
 }
 
-}  // namespace
-
-ModelWeights ModelWeights::load(const io::Checkpoint& checkpoint, const ModelConfig& c) {
+ModelWeights load_weights(const TensorLookup& lookup, const ModelConfig& c) {
   if (c.quant.method == QuantMethod::kAwq)
     throw_user_error(
         c.source,
         ": quantization_config.quant_method \"awq\": the engine cannot execute AWQ INT4 "
         "checkpoints yet (FP8 block and dense f32/bf16/f16 only); run the unquantized model");
-  Loader l(checkpoint, c);
+  Loader l(lookup, c);
   const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
   ModelWeights w;
   w.embed_tokens = l.tensor("model.embed_tokens.weight", {vocab, hidden});
@@ -198,6 +258,24 @@ ModelWeights ModelWeights::load(const io::Checkpoint& checkpoint, const ModelCon
     w.layers.push_back(std::move(layer));
   }
   return w;
+}
+
+}  // namespace
+
+ModelWeights ModelWeights::load(const io::Checkpoint& checkpoint, const ModelConfig& config) {
+  return load_weights(CheckpointLookup(checkpoint), config);
+}
+
+ModelWeights ModelWeights::from_tensors(const std::map<std::string, Tensor>& tensors,
+                                        const ModelConfig& config, const std::string& source) {
+  return load_weights(MapLookup(tensors, source), config);
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> ModelWeights::expected_tensors(
+    const ModelConfig& config) {
+  RecordingLookup lookup;
+  load_weights(lookup, config);
+  return std::move(lookup.recorded);
 }
 
 }  // namespace refinery::model

@@ -5,7 +5,10 @@
 // [E, 2I, H] / `experts.down_proj` [E, H, I]) are sliced into per-expert views. A missing or
 // mis-shaped tensor is a user error naming the tensor, the expected and the found shape.
 
+#include <map>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/backend/backend.hpp"
@@ -55,6 +58,16 @@ struct ModelWeights {
 
   // Maps the tensors of `checkpoint` for `config`. The views keep the mapping alive.
   static ModelWeights load(const io::Checkpoint& checkpoint, const ModelConfig& config);
+  // The same structure over tensors held in memory by HF name (a model being trained: its
+  // compute copies, or its gradients, which then come out as views with the same slicing).
+  // `source` names the tensors in messages.
+  static ModelWeights from_tensors(const std::map<std::string, Tensor>& tensors,
+                                   const ModelConfig& config, const std::string& source);
+  // (HF name, shape) of every tensor `config` needs, in the per-expert layout (what a random
+  // initialization creates and what save_pretrained of transformers 4 writes), in load order.
+  // A tied lm_head is absent (it is the embedding).
+  static std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
+      const ModelConfig& config);
 };
 
 }  // namespace refinery::model

@@ -50,19 +50,22 @@ class MapLookup final : public TensorLookup {
   std::string source_;
 };
 
-// Answers every name asked for with a shape with a placeholder of that shape and records
-// (name, shape); probes without a shape (has()) get "absent".
+// Records (name, shape) of every tensor the loader takes. Without an inner lookup it answers
+// every request with a placeholder of the expected shape and every probe without a shape (has():
+// fused experts, a separate lm_head) with "absent", so the per-expert layout and, for tied
+// embeddings, the tied head are chosen. With an inner lookup (a checkpoint) it answers from it.
 class RecordingLookup final : public TensorLookup {
  public:
+  explicit RecordingLookup(const TensorLookup* inner = nullptr) : inner_(inner) {}
   Tensor find(const std::string& name, const std::vector<int64_t>& shape) const override {
-    // has() probes without a shape (fused experts, a separate lm_head): answer "absent", so
-    // the per-expert layout and, for tied embeddings, the tied head are chosen.
-    if (shape.empty()) return {};
-    for (const auto& [n, _] : recorded) if (n == name) return placeholder(shape);
-    recorded.emplace_back(name, shape);
-    return placeholder(shape);
+    Tensor t = inner_ ? inner_->find(name, shape) : shape.empty() ? Tensor() : placeholder(shape);
+    if (!t.defined() || shape.empty()) return t;
+    for (const auto& [n, _] : recorded)
+      if (n == name) return t;
+    recorded.emplace_back(name, t.shape());
+    return t;
   }
-  std::string source() const override { return "a configuration"; }
+  std::string source() const override { return inner_ ? inner_->source() : "a configuration"; }
   mutable std::vector<std::pair<std::string, std::vector<int64_t>>> recorded;
 
  private:
@@ -70,6 +73,7 @@ class RecordingLookup final : public TensorLookup {
     static float dummy = 0.0f;  // never read: the loader only takes views and shapes
     return Tensor::from_external(DType::kF32, shape, &dummy, nullptr);
   }
+  const TensorLookup* inner_;
 };
 
 class Loader {
@@ -272,8 +276,14 @@ ModelWeights ModelWeights::from_tensors(const std::map<std::string, Tensor>& ten
 }
 
 std::vector<std::pair<std::string, std::vector<int64_t>>> ModelWeights::expected_tensors(
-    const ModelConfig& config) {
-  RecordingLookup lookup;
+    const ModelConfig& config, const io::Checkpoint* checkpoint) {
+  if (checkpoint == nullptr) {
+    RecordingLookup lookup;
+    load_weights(lookup, config);
+    return std::move(lookup.recorded);
+  }
+  const CheckpointLookup inner(*checkpoint);
+  RecordingLookup lookup(&inner);
   load_weights(lookup, config);
   return std::move(lookup.recorded);
 }

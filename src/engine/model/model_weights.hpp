@@ -63,11 +63,12 @@ struct ModelWeights {
   // `source` names the tensors in messages.
   static ModelWeights from_tensors(const std::map<std::string, Tensor>& tensors,
                                    const ModelConfig& config, const std::string& source);
-  // (HF name, shape) of every tensor `config` needs, in the per-expert layout (what a random
-  // initialization creates and what save_pretrained of transformers 4 writes), in load order.
-  // A tied lm_head is absent (it is the embedding).
+  // (HF name, shape) of every tensor the model uses, in load order: those of `checkpoint` (fused
+  // or per-expert, FP8 scales included), or without one those a random initialization creates
+  // (per-expert layout, as transformers 4's save_pretrained). A tied lm_head is absent (it is
+  // the embedding).
   static std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(
-      const ModelConfig& config);
+      const ModelConfig& config, const io::Checkpoint* checkpoint = nullptr);
 };
 
 }  // namespace refinery::model

@@ -13,5 +13,6 @@ void register_data(CLI::App& app);
 void register_run(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_eval(CLI::App& app);
+void register_distill(CLI::App& app);
 
 }  // namespace refinery::cli

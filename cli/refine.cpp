@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   refinery::cli::register_run(app);
   refinery::cli::register_logits(app);
   refinery::cli::register_eval(app);
+  refinery::cli::register_distill(app);
 
   try {
     app.parse(argc, argv);

@@ -79,8 +79,10 @@ std::vector<int32_t> DataLoader::next_batch() {
     load_epoch(cursor_.epoch);
   }
   std::vector<int32_t> out(static_cast<size_t>(batch * len));
+  last_windows_.clear();
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t window = order_[static_cast<size_t>(cursor_.position + b)];
+    last_windows_.push_back(window);
     std::copy_n(tokens_.begin() + window * len, len, out.begin() + b * len);
   }
   cursor_.position += batch;

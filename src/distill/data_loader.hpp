@@ -65,6 +65,9 @@ class DataLoader {
   // the cursor; first moves to the next epoch (new shuffle) when fewer than batch_size windows
   // remain in the current one (the remainder is dropped for that epoch).
   std::vector<int32_t> next_batch();
+  // The stream window indices (0 .. train_windows() - 1) of the batch next_batch() returned last,
+  // in row order (an offline teacher cache is read by window).
+  const std::vector<int64_t>& last_batch_windows() const { return last_windows_; }
 
   // Held-out window i (0 .. held_out_windows() - 1) = stream window train_windows() + i: [seq_len]
   // tokens viewing the loader's storage. User error when i is out of range.
@@ -88,6 +91,7 @@ class DataLoader {
   Cursor cursor_;
   int64_t order_epoch_ = -1;    // the epoch order_ holds
   std::vector<int64_t> order_;  // [train_windows_]
+  std::vector<int64_t> last_windows_;
 };
 
 }  // namespace refinery::distill

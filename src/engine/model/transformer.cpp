@@ -11,6 +11,13 @@ namespace refinery::model {
 
 namespace {
 
+// "model.layers.3.self_attn.q_proj" -> "layers.3.self_attn.q_proj".
+std::string module_name(const std::string& hf_prefix) {
+  return hf_prefix.rfind("model.", 0) == 0 ? hf_prefix.substr(6) : hf_prefix;
+}
+
+}  // namespace
+
 backend::RouterSpec router_spec(const ModelConfig& c) {
   backend::RouterSpec r;
   if (!c.moe) return r;
@@ -28,13 +35,6 @@ backend::RouterSpec router_spec(const ModelConfig& c) {
   r.routed_scaling_factor = m.routed_scaling_factor;
   return r;
 }
-
-// "model.layers.3.self_attn.q_proj" -> "layers.3.self_attn.q_proj".
-std::string module_name(const std::string& hf_prefix) {
-  return hf_prefix.rfind("model.", 0) == 0 ? hf_prefix.substr(6) : hf_prefix;
-}
-
-}  // namespace
 
 Transformer::Transformer(ModelConfig config, ModelWeights weights,
                          std::shared_ptr<backend::Backend> backend)

@@ -18,6 +18,9 @@
 
 namespace refinery::model {
 
+// The router of `config`'s MoE layers as the backends take it (empty for a dense model).
+backend::RouterSpec router_spec(const ModelConfig& config);
+
 class Transformer {
  public:
   Transformer(ModelConfig config, ModelWeights weights, std::shared_ptr<backend::Backend> backend);

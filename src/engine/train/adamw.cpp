@@ -142,27 +142,30 @@ void AdamW::step(double lr, const std::vector<const float*>& grads) {
   }
 }
 
-void AdamW::save(const std::filesystem::path& file) const {
+void write_adamw_state(const std::filesystem::path& file, const std::vector<AdamWStateView>& params,
+                       int64_t step_count, const AdamWOptions& options) {
   std::vector<io::TensorToWrite> tensors;
-  tensors.reserve(params_.size() * 3);
-  for (const auto& p : params_) {
-    const std::vector<float>* arrays[3] = {&p.master, &p.exp_avg, &p.exp_avg_sq};
+  tensors.reserve(params.size() * 3);
+  for (const auto& p : params) {
+    const float* arrays[3] = {p.master, p.exp_avg, p.exp_avg_sq};
     for (int s = 0; s < 3; ++s)
-      tensors.push_back({kSlots[s] + p.name, DType::kF32, {static_cast<int64_t>(p.master.size())},
-                         std::as_bytes(std::span(*arrays[s])), nullptr});
+      tensors.push_back({kSlots[s] + p.name, DType::kF32, {p.numel},
+                         std::as_bytes(std::span(arrays[s], static_cast<std::size_t>(p.numel))),
+                         nullptr});
   }
   const std::map<std::string, std::string> metadata = {
       {kFormatKey, kFormatValue},
-      {kStepKey, std::to_string(step_count_)},
-      {"beta1", exact(options_.beta1)},
-      {"beta2", exact(options_.beta2)},
-      {"eps", exact(options_.eps)},
-      {"weight_decay", exact(options_.weight_decay)},
+      {kStepKey, std::to_string(step_count)},
+      {"beta1", exact(options.beta1)},
+      {"beta2", exact(options.beta2)},
+      {"eps", exact(options.eps)},
+      {"weight_decay", exact(options.weight_decay)},
   };
   io::write_safetensors(file, tensors, metadata);
 }
 
-void AdamW::load(const std::filesystem::path& file) {
+int64_t read_adamw_state(const std::filesystem::path& file, const std::vector<AdamWStateView>& params,
+                         const AdamWOptions& options) {
   if (!std::filesystem::exists(file))
     throw_user_error(file.string(), ": optimizer state file not found; check the checkpoint directory, or "
                      "start without resuming");
@@ -181,20 +184,19 @@ void AdamW::load(const std::filesystem::path& file) {
 
   // Validate everything before touching the state (all-or-nothing).
   std::vector<const io::TensorEntry*> found;
-  found.reserve(params_.size() * 3);
-  for (const auto& p : params_) {
+  found.reserve(params.size() * 3);
+  for (const auto& p : params) {
     for (const char* slot : kSlots) {
       const std::string key = slot + p.name;
       const io::TensorEntry* e = st.find(key);
       if (e == nullptr)
         throw_user_error(file.string(), ": optimizer state has no tensor '", key, "' for parameter '", p.name,
-                         "' (", p.master.size(), " elements); it was saved for a different model or set of "
+                         "' (", p.numel, " elements); it was saved for a different model or set of "
                          "trained parameters");
-      const auto n = static_cast<int64_t>(p.master.size());
-      if (e->dtype != DType::kF32 || e->shape != std::vector<int64_t>{n})
+      if (e->dtype != DType::kF32 || e->shape != std::vector<int64_t>{p.numel})
         throw_user_error(file.string(), ": tensor '", key, "' is ", dtype_name(e->dtype), " with ",
                          e->num_elements(), " elements in ", e->shape.size(),
-                         " dimension(s); expected F32 of shape [", n, "] for parameter '", p.name,
+                         " dimension(s); expected F32 of shape [", p.numel, "] for parameter '", p.name,
                          "'; the state was saved for a model of another shape");
       found.push_back(e);
     }
@@ -215,7 +217,7 @@ void AdamW::load(const std::filesystem::path& file) {
   }
 
   const char* option_keys[4] = {"beta1", "beta2", "eps", "weight_decay"};
-  const double current[4] = {options_.beta1, options_.beta2, options_.eps, options_.weight_decay};
+  const double current[4] = {options.beta1, options.beta2, options.eps, options.weight_decay};
   for (int k = 0; k < 4; ++k) {
     const auto it = meta.find(option_keys[k]);
     if (it != meta.end() && it->second != exact(current[k]))
@@ -224,15 +226,50 @@ void AdamW::load(const std::filesystem::path& file) {
   }
 
   std::size_t f = 0;
-  for (auto& p : params_) {
-    std::vector<float>* arrays[3] = {&p.master, &p.exp_avg, &p.exp_avg_sq};
+  for (const auto& p : params) {
+    float* arrays[3] = {p.master, p.exp_avg, p.exp_avg_sq};
     for (int s = 0; s < 3; ++s) {
       const auto bytes = st.bytes(*found[f++]);
-      REFINERY_CHECK(bytes.size() == arrays[s]->size() * sizeof(float), "size validated above");
-      if (!bytes.empty()) std::memcpy(arrays[s]->data(), bytes.data(), bytes.size());  // data may be unaligned
+      REFINERY_CHECK(bytes.size() == static_cast<std::size_t>(p.numel) * sizeof(float), "size validated above");
+      if (!bytes.empty()) std::memcpy(arrays[s], bytes.data(), bytes.size());  // data may be unaligned
     }
   }
-  step_count_ = static_cast<int64_t>(step);
+  return static_cast<int64_t>(step);
+}
+
+namespace {
+std::vector<AdamWStateView> views_of(const std::vector<std::string>& names,
+                                     std::vector<std::vector<float>*> arrays) {
+  std::vector<AdamWStateView> v;
+  for (std::size_t i = 0; i < names.size(); ++i)
+    v.push_back({names[i], static_cast<int64_t>(arrays[3 * i]->size()), arrays[3 * i]->data(),
+                 arrays[3 * i + 1]->data(), arrays[3 * i + 2]->data()});
+  return v;
+}
+}  // namespace
+
+void AdamW::save(const std::filesystem::path& file) const {
+  std::vector<std::string> names;
+  std::vector<std::vector<float>*> arrays;
+  for (const auto& p : params_) {
+    names.push_back(p.name);
+    for (auto* a : {&p.master, &p.exp_avg, &p.exp_avg_sq})
+      arrays.push_back(const_cast<std::vector<float>*>(a));  // only read by the writer
+  }
+  write_adamw_state(file, views_of(names, arrays), step_count_, options_);
+}
+
+void AdamW::load(const std::filesystem::path& file) {
+  // Read into copies first: on error this object stays unchanged.
+  std::vector<Parameter> copy = params_;
+  std::vector<std::string> names;
+  std::vector<std::vector<float>*> arrays;
+  for (auto& p : copy) {
+    names.push_back(p.name);
+    for (auto* a : {&p.master, &p.exp_avg, &p.exp_avg_sq}) arrays.push_back(a);
+  }
+  step_count_ = read_adamw_state(file, views_of(names, arrays), options_);
+  params_ = std::move(copy);
 }
 
 }  // namespace refinery::train

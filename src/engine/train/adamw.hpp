@@ -89,4 +89,20 @@ class AdamW {
   int64_t step_count_ = 0;
 };
 
+// The state file of AdamW::save, for any holder of the arrays (ModelOptimizer keeps them on a
+// device and passes host copies). One view per parameter: its name and numel f32 values each.
+struct AdamWStateView {
+  std::string name;
+  int64_t numel = 0;
+  float* master = nullptr;
+  float* exp_avg = nullptr;
+  float* exp_avg_sq = nullptr;
+};
+void write_adamw_state(const std::filesystem::path& file, const std::vector<AdamWStateView>& params,
+                       int64_t step_count, const AdamWOptions& options);
+// Validates the whole file against `params` (names, sizes; user errors as AdamW::load), then
+// fills the arrays; returns the saved step count. On error nothing has been written.
+int64_t read_adamw_state(const std::filesystem::path& file, const std::vector<AdamWStateView>& params,
+                         const AdamWOptions& options);
+
 }  // namespace refinery::train

@@ -1,0 +1,227 @@
+// The distillation loop: steps, evaluation, metrics, checkpoints and resume.
+#include "distill/trainer.hpp"
+
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "engine/core/error.hpp"
+#include "engine/core/log.hpp"
+#include "engine/io/atomic_file.hpp"
+
+namespace refinery::distill {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const char* dtype_json_name(DType d) { return d == DType::kF32 ? "float32" : "bfloat16"; }
+
+// The options a resumed run must share with the run that wrote the checkpoint: otherwise the
+// trajectory would silently change.
+nlohmann::json run_identity(const DataLoader& data, const TrainerOptions& o) {
+  return {{"seq_len", data.seq_len()},
+          {"batch_size", data.batch_size()},
+          {"grad_accum", o.grad_accum},
+          {"train_windows", data.train_windows()},
+          {"held_out_windows", data.held_out_windows()}};
+}
+
+}  // namespace
+
+Trainer::Trainer(train::TrainableModel& model, TeacherSource* teacher, DataLoader& data,
+                 TrainerOptions options)
+    : model_(model), teacher_(teacher), data_(data), options_(std::move(options)) {
+  if (options_.steps < 1) throw_user_error("--steps is ", options_.steps, "; it must be >= 1");
+  if (options_.grad_accum < 1)
+    throw_user_error("--grad-accum is ", options_.grad_accum, "; it must be >= 1");
+  if (options_.max_grad_norm < 0.0 || !std::isfinite(options_.max_grad_norm))
+    throw_user_error("--max-grad-norm is ", options_.max_grad_norm, "; use 0 (off) or a positive number");
+  if (options_.schedule.total_steps == 0) options_.schedule.total_steps = options_.steps;
+  options_.schedule.validate();
+  validate_options(options_.loss);
+  if (options_.loss.kd_weight > 0.0 && teacher_ == nullptr)
+    throw_user_error("the loss has a KD term (--kd-weight ", options_.loss.kd_weight,
+                     ") but no teacher: pass --teacher MODEL or --teacher-logits CACHE.h5, or "
+                     "train on labels alone with --kd-weight 0 --ce-weight 1");
+  if (teacher_ != nullptr && teacher_->vocab_size() != model_.config().vocab_size)
+    throw_user_error("the teacher's vocabulary has ", teacher_->vocab_size(),
+                     " tokens but the student's has ", model_.config().vocab_size,
+                     "; distillation needs the same tokenizer for both");
+  optimizer_ = std::make_unique<train::ModelOptimizer>(model_.parameters(), model_.backend(),
+                                                       options_.adamw);
+}
+
+nlohmann::json Trainer::evaluate() {
+  const int64_t n = std::min(options_.eval_windows, data_.held_out_windows());
+  train::LossSums sums;
+  for (int64_t i = 0; i < n; ++i) {
+    const auto tokens = data_.held_out_window(i);
+    const int64_t window = data_.train_windows() + i;
+    train::TeacherTargets targets;
+    if (teacher_ != nullptr) targets = teacher_->targets(tokens, 1, std::span(&window, 1));
+    sums += model_.evaluate(tokens, 1, targets, options_.loss);
+  }
+  const double pos = std::max<int64_t>(sums.positions, 1);
+  const double kd = sums.kd / pos, ce = sums.ce / pos;
+  const double t = options_.loss.temperature;
+  return {{"loss", options_.loss.kd_weight * t * t * kd + options_.loss.ce_weight * ce},
+          {"kd", kd},
+          {"ce", ce},
+          {"perplexity", std::exp(ce)},
+          {"positions", sums.positions},
+          {"windows", n}};
+}
+
+void Trainer::write_student() {
+  const fs::path& out = options_.out;
+  nlohmann::json config = options_.student_config;
+  config["dtype"] = dtype_json_name(options_.save_dtype);
+  if (config.contains("torch_dtype")) config["torch_dtype"] = dtype_json_name(options_.save_dtype);
+  io::write_file_atomically(out / "config.json", config.dump(2) + "\n");
+  model_.parameters().save_weights(out, options_.save_dtype, model_.backend());
+  for (const fs::path& f : options_.tokenizer_files)
+    if (fs::exists(f)) fs::copy_file(f, out / f.filename(), fs::copy_options::overwrite_existing);
+  if (!options_.provenance.is_null())
+    io::write_file_atomically(out / "refinery.json", options_.provenance.dump(2) + "\n");
+}
+
+void Trainer::save_checkpoint(int64_t step) {
+  const fs::path dir = options_.out / "train";
+  const fs::path ck = dir / "checkpoint", fresh = dir / "checkpoint.new", old = dir / "checkpoint.old";
+  fs::remove_all(fresh);
+  fs::create_directories(fresh);
+  optimizer_->save(fresh / "optimizer.safetensors");
+  nlohmann::json state = {{"step", step},
+                          {"epoch", data_.cursor().epoch},
+                          {"position", data_.cursor().position},
+                          {"optimizer_steps", optimizer_->step_count()},
+                          {"run", run_identity(data_, options_)}};
+  io::write_file_atomically(fresh / "state.json", state.dump(2) + "\n");
+  // Swap directories: a crash leaves either the old or the new checkpoint complete.
+  fs::remove_all(old);
+  if (fs::exists(ck)) fs::rename(ck, old);
+  fs::rename(fresh, ck);
+  fs::remove_all(old);
+  write_student();
+}
+
+int64_t Trainer::restore_checkpoint() {
+  const fs::path dir = options_.out / "train";
+  const fs::path ck = dir / "checkpoint", fresh = dir / "checkpoint.new", old = dir / "checkpoint.old";
+  fs::remove_all(fresh);  // an unfinished checkpoint
+  if (!fs::exists(ck) && fs::exists(old)) fs::rename(old, ck);
+  if (!fs::exists(ck / "state.json")) {
+    log::warn("--resume: no checkpoint in ", dir.string(), "; starting from step 0");
+    return 0;
+  }
+  nlohmann::json state;
+  try {
+    std::ifstream in(ck / "state.json");
+    state = nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw_user_error((ck / "state.json").string(), " cannot be read (", e.what(),
+                     "); delete ", dir.string(), " to start over");
+  }
+  const nlohmann::json identity = run_identity(data_, options_);
+  if (!state.contains("run") || state["run"] != identity)
+    throw_user_error("--resume: the checkpoint in ", ck.string(), " was made with ",
+                     state.value("run", nlohmann::json()).dump(), " but this run has ",
+                     identity.dump(),
+                     "; resume with the same --data, --seq-len, --batch and --grad-accum, or "
+                     "choose another --out");
+  optimizer_->load(ck / "optimizer.safetensors");
+  optimizer_->set_step_count(state.at("optimizer_steps").get<int64_t>());
+  data_.seek(Cursor{state.at("epoch").get<int64_t>(), state.at("position").get<int64_t>()});
+  return state.at("step").get<int64_t>();
+}
+
+TrainerResult Trainer::run() {
+  const fs::path& out = options_.out;
+  fs::create_directories(out / "train");
+  const fs::path metrics_path = out / "train" / "metrics.jsonl";
+  int64_t start = 0;
+  if (options_.resume) {
+    start = restore_checkpoint();
+    // Keep the log lines of the steps the checkpoint holds; later ones are redone identically.
+    std::vector<std::string> kept;
+    std::ifstream in(metrics_path);
+    for (std::string line; std::getline(in, line);) {
+      try {
+        if (nlohmann::json::parse(line).value("step", int64_t{0}) <= start) kept.push_back(line);
+      } catch (const std::exception&) {  // a torn last line of a killed run
+      }
+    }
+    std::string text;
+    for (const auto& l : kept) text += l + "\n";
+    io::write_file_atomically(metrics_path, text);
+    if (start > 0) log::info("resuming at step ", start, " of ", options_.steps);
+  } else if (fs::exists(out / "train" / "checkpoint")) {
+    throw_user_error(out.string(), " already holds a training run (", (out / "train" / "checkpoint").string(),
+                     "); pass --resume to continue it, or choose another --out");
+  }
+  std::ofstream metrics(metrics_path, std::ios::app);
+
+  const int64_t b = data_.batch_size(), len = data_.seq_len();
+  const int64_t step_positions =
+      options_.grad_accum * train::TrainableModel::counted_positions(b * len, b);
+  const double grad_scale = 1.0 / static_cast<double>(step_positions);
+  const double t = options_.loss.temperature;
+  TrainerResult result;
+  auto last_log = std::chrono::steady_clock::now();
+  for (int64_t step = start; step < options_.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    model_.parameters().zero_grad(model_.backend());
+    train::LossSums sums;
+    for (int64_t m = 0; m < options_.grad_accum; ++m) {
+      const std::vector<int32_t> tokens = data_.next_batch();
+      train::TeacherTargets targets;
+      if (teacher_ != nullptr)
+        targets = teacher_->targets(tokens, b, data_.last_batch_windows());
+      sums += model_.forward_backward(tokens, b, targets, options_.loss, grad_scale);
+    }
+    const double norm = optimizer_->clip(options_.max_grad_norm);
+    const double lr = options_.schedule.lr(step);
+    if (std::isfinite(norm)) {
+      optimizer_->step(lr);
+    } else {
+      log::warn("step ", step + 1, ": the gradient norm is ", norm,
+                "; the update is skipped (lower --lr or raise --warmup if this repeats)");
+    }
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double pos = std::max<int64_t>(sums.positions, 1);
+    const double kd = sums.kd / pos, ce = sums.ce / pos;
+    const double loss = options_.loss.kd_weight * t * t * kd + options_.loss.ce_weight * ce;
+    const int64_t tokens = options_.grad_accum * b * len;
+    nlohmann::json line = {{"step", step + 1}, {"loss", loss},   {"kd", kd},
+                           {"ce", ce},         {"grad_norm", norm}, {"lr", lr},
+                           {"tokens", tokens}, {"tokens_per_s", tokens / seconds}};
+    metrics << line.dump() << "\n" << std::flush;
+    result.last_loss = loss;
+    const bool last = step + 1 == options_.steps;
+    const auto now = std::chrono::steady_clock::now();
+    if ((options_.log_every > 0 && (step + 1) % options_.log_every == 0) || last ||
+        std::chrono::duration<double>(now - last_log).count() > 30.0) {
+      last_log = now;
+      log::info("step ", step + 1, "/", options_.steps, "  loss ", loss, "  kd ", kd, "  ce ", ce,
+                "  |g| ", norm, "  lr ", lr, "  ", static_cast<int64_t>(tokens / seconds),
+                " tok/s");
+    }
+    if ((options_.eval_every > 0 && (step + 1) % options_.eval_every == 0) || last) {
+      const nlohmann::json ev = evaluate();
+      metrics << nlohmann::json({{"step", step + 1}, {"eval", ev}}).dump() << "\n" << std::flush;
+      log::info("eval at step ", step + 1, ": perplexity ", ev["perplexity"].get<double>(),
+                "  kd ", ev["kd"].get<double>(), "  (", ev["positions"].get<int64_t>(),
+                " held-out positions)");
+      result.last_eval = ev;
+    }
+    if ((options_.save_every > 0 && (step + 1) % options_.save_every == 0) || last)
+      save_checkpoint(step + 1);
+    result.steps_done = step + 1;
+  }
+  return result;
+}
+
+}  // namespace refinery::distill

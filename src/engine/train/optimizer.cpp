@@ -1,0 +1,109 @@
+// ModelOptimizer: AdamW on the training device through Backend::adamw_update.
+#include "engine/train/optimizer.hpp"
+
+#include <cmath>
+
+#include "engine/core/error.hpp"
+
+namespace refinery::train {
+
+ModelOptimizer::ModelOptimizer(ParameterSet& params, backend::Backend& backend,
+                               AdamWOptions options)
+    : params_(params), backend_(backend), options_(options) {
+  options_.validate();
+  for (const Parameter& p : params_.params()) {
+    Tensor m, v;
+    if (p.trainable) {
+      m = backend_.empty(DType::kF32, p.shape);
+      v = backend_.empty(DType::kF32, p.shape);
+      backend_.fill_zero(m);
+      backend_.fill_zero(v);
+    }
+    exp_avg_.push_back(m);
+    exp_avg_sq_.push_back(v);
+  }
+}
+
+double ModelOptimizer::clip(double max_norm) {
+  double sum = 0.0;
+  for (const Parameter& p : params_.params())
+    if (p.trainable) sum += backend_.sum_squares(p.grad);
+  const double norm = std::sqrt(sum);
+  clip_coefficient_ = 1.0;
+  if (max_norm > 0.0 && std::isfinite(norm))
+    clip_coefficient_ = std::min(1.0, max_norm / (norm + 1e-6));
+  return norm;
+}
+
+void ModelOptimizer::step(double lr) {
+  if (!std::isfinite(lr) || lr < 0.0)
+    throw_user_error("AdamW: the learning rate must be a finite number >= 0, found ", lr);
+  ++step_count_;
+  // The scalars exactly as AdamW::step forms them (adamw.cpp), per parameter group.
+  const double t = static_cast<double>(step_count_);
+  const double bias_correction1 = 1.0 - std::pow(options_.beta1, t);
+  const double bias_correction2 = 1.0 - std::pow(options_.beta2, t);
+  backend::AdamWScalars s;
+  s.lerp_weight = static_cast<float>(1.0 - options_.beta1);
+  s.beta2 = static_cast<float>(options_.beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - options_.beta2);
+  s.bc2_sqrt = static_cast<float>(std::sqrt(bias_correction2));
+  s.eps = static_cast<float>(options_.eps);
+  s.neg_step_size = static_cast<float>(-(lr / bias_correction1));
+  s.grad_scale = static_cast<float>(clip_coefficient_);
+  auto& ps = params_.params();
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    Parameter& p = ps[i];
+    if (!p.trainable) continue;
+    backend::AdamWScalars si = s;
+    si.decay = p.decay && options_.weight_decay != 0.0;
+    si.decay_factor = static_cast<float>(1.0 - lr * options_.weight_decay);
+    Tensor compute = p.compute.data() == p.master.data() ? Tensor() : p.compute;
+    backend_.adamw_update(p.master, p.grad, exp_avg_[i], exp_avg_sq_[i], si, compute);
+  }
+  clip_coefficient_ = 1.0;
+}
+
+void ModelOptimizer::save(const std::filesystem::path& file) const {
+  std::vector<Tensor> host;  // keeps the downloaded arrays alive while writing
+  std::vector<AdamWStateView> views;
+  const auto& ps = params_.params();
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    if (!ps[i].trainable) continue;
+    const int64_t n = ps[i].numel();
+    Tensor m = backend_.download(ps[i].master).view({n}).clone();
+    Tensor a = backend_.download(exp_avg_[i]).view({n}).clone();
+    Tensor v = backend_.download(exp_avg_sq_[i]).view({n}).clone();
+    views.push_back({ps[i].name, n, m.mutable_data<float>(), a.mutable_data<float>(),
+                     v.mutable_data<float>()});
+    host.insert(host.end(), {m, a, v});
+  }
+  write_adamw_state(file, views, step_count_, options_);
+}
+
+void ModelOptimizer::load(const std::filesystem::path& file) {
+  std::vector<Tensor> host;
+  std::vector<AdamWStateView> views;
+  std::vector<std::size_t> index;
+  auto& ps = params_.params();
+  for (std::size_t i = 0; i < ps.size(); ++i) {
+    if (!ps[i].trainable) continue;
+    const int64_t n = ps[i].numel();
+    Tensor m = Tensor::empty(DType::kF32, {n}), a = Tensor::empty(DType::kF32, {n}),
+           v = Tensor::empty(DType::kF32, {n});
+    views.push_back({ps[i].name, n, m.mutable_data<float>(), a.mutable_data<float>(),
+                     v.mutable_data<float>()});
+    host.insert(host.end(), {m, a, v});
+    index.push_back(i);
+  }
+  step_count_ = read_adamw_state(file, views, options_);
+  for (std::size_t j = 0; j < index.size(); ++j) {
+    const std::size_t i = index[j];
+    ps[i].master.copy_from(host[3 * j].view(ps[i].shape));
+    exp_avg_[i].copy_from(host[3 * j + 1].view(ps[i].shape));
+    exp_avg_sq_[i].copy_from(host[3 * j + 2].view(ps[i].shape));
+  }
+  params_.refresh_compute(backend_);
+}
+
+}  // namespace refinery::train

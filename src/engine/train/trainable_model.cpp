@@ -1,0 +1,188 @@
+// TrainableModel: the micro-batch driver (embedding, layers, recomputation, backward order) and the
+// chunked LM head + loss. The layers are in trainable_layer.cpp.
+#include <algorithm>
+
+#include "engine/core/error.hpp"
+#include "engine/train/trainable_model_internal.hpp"
+
+namespace refinery::train {
+
+namespace {
+
+Tensor zeros(backend::Backend& be, DType dtype, std::vector<int64_t> shape) {
+  Tensor t = be.empty(dtype, std::move(shape));
+  be.fill_zero(t);
+  return t;
+}
+
+}  // namespace
+
+TrainableModel::TrainableModel(model::ModelConfig config, ParameterSet params,
+                               std::shared_ptr<backend::Backend> backend,
+                               TrainableModelOptions options)
+    : config_(std::move(config)),
+      params_(std::move(params)),
+      backend_(std::move(backend)),
+      options_(options),
+      router_(model::router_spec(config_)) {
+  rebuild_views();
+}
+
+void TrainableModel::rebuild_views() {
+  weights_ = model::ModelWeights::from_tensors(params_.compute_map(), config_, "the student");
+  grads_ = model::ModelWeights::from_tensors(params_.grad_map(), config_, "the student gradients");
+}
+
+int64_t TrainableModel::counted_positions(int64_t tokens, int64_t sequences) {
+  return sequences > 0 ? sequences * (tokens / sequences - 1) : 0;
+}
+
+LossSums TrainableModel::forward_backward(std::span<const int32_t> tokens, int64_t sequences,
+                                          const TeacherTargets& teacher,
+                                          const backend::KdLossOptions& loss, double grad_scale) {
+  return run(tokens, sequences, teacher, loss, grad_scale, true);
+}
+
+LossSums TrainableModel::evaluate(std::span<const int32_t> tokens, int64_t sequences,
+                                  const TeacherTargets& teacher,
+                                  const backend::KdLossOptions& loss) {
+  return run(tokens, sequences, teacher, loss, 0.0, false);
+}
+
+LossSums TrainableModel::run(std::span<const int32_t> tokens, int64_t sequences,
+                             const TeacherTargets& teacher, const backend::KdLossOptions& loss,
+                             double grad_scale, bool backward) {
+  backend::Backend& be = *backend_;
+  Batch b;
+  b.tokens = tokens;
+  b.t = static_cast<int64_t>(tokens.size());
+  b.sequences = sequences;
+  REFINERY_CHECK(sequences > 0 && b.t % sequences == 0 && b.t / sequences >= 2,
+                 "a micro-batch of ", b.t, " tokens is not ", sequences,
+                 " windows of >= 2 tokens");
+  b.length = b.t / sequences;
+  if (b.length > rope_.positions()) {
+    backend::RopeTable host = backend::make_rope_table(config_.rope, std::max<int64_t>(b.length, 16));
+    host.cos = be.upload(host.cos);
+    host.sin = be.upload(host.sin);
+    rope_ = std::move(host);
+  }
+  for (int32_t id : tokens)
+    if (id < 0 || id >= config_.vocab_size)
+      throw_user_error("token id ", id, " is outside the student's vocabulary [0, ",
+                       config_.vocab_size, "): the data was tokenized for another model");
+  b.ids = be.upload(Tensor::copy_of(DType::kI32, {b.t}, tokens.data()));
+
+  Tensor x = be.empty(DType::kF32, {b.t, config_.hidden_size});
+  be.embedding(b.ids, weights_.embed_tokens, x);
+  const auto layers = static_cast<std::size_t>(config_.num_layers);
+  std::vector<LayerActs> kept(backward ? layers : 0);
+  for (std::size_t l = 0; l < layers; ++l) {
+    LayerActs acts;
+    layer_forward(b, static_cast<int>(l), x, acts);
+    if (!backward) continue;
+    if (options_.recompute) {
+      kept[l].x_in = acts.x_in;  // only the input survives; the rest is recomputed
+    } else {
+      kept[l] = std::move(acts);
+    }
+  }
+
+  Tensor dx = backward ? zeros(be, DType::kF32, {b.t, config_.hidden_size}) : Tensor();
+  const LossSums sums = head_and_loss(b, x, teacher, loss, grad_scale, backward, dx);
+  if (!backward) return sums;
+
+  for (std::size_t l = layers; l-- > 0;) {
+    if (options_.recompute) {
+      Tensor x_l = be.empty(DType::kF32, kept[l].x_in.shape());
+      x_l.copy_from(kept[l].x_in);
+      LayerActs acts;
+      layer_forward(b, static_cast<int>(l), x_l, acts);
+      kept[l] = std::move(acts);
+    }
+    layer_backward(b, static_cast<int>(l), kept[l], dx);
+    kept[l] = LayerActs{};  // free this layer's intermediates now
+  }
+  Tensor d_embed = grads_.embed_tokens;
+  be.embedding_backward(b.ids, dx, d_embed);
+  return sums;
+}
+
+LossSums TrainableModel::head_and_loss(const Batch& b, const Tensor& x,
+                                       const TeacherTargets& teacher,
+                                       const backend::KdLossOptions& loss, double grad_scale,
+                                       bool backward, Tensor& dx) {
+  backend::Backend& be = *backend_;
+  const DType act = be.activation_dtype();
+  const int64_t t = b.t, hidden = config_.hidden_size, vocab = config_.vocab_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const bool online = teacher.teacher != nullptr, sparse = teacher.top_k_ids.defined();
+  if (loss.kd_weight > 0.0 && !online && !sparse)
+    throw_user_error("the loss has a KD term (kd_weight ", loss.kd_weight,
+                     ") but no teacher was given: pass a teacher or set the KD weight to 0");
+  if (online) {
+    REFINERY_CHECK(teacher.teacher_hidden.size(0) == t, "teacher hidden rows");
+    if (teacher.teacher->config().vocab_size != vocab)
+      throw_user_error("the teacher's vocabulary (", teacher.teacher->config().vocab_size,
+                       ") differs from the student's (", vocab,
+                       "): distillation needs one tokenizer for both");
+  }
+  if (sparse)
+    REFINERY_CHECK(teacher.top_k_ids.size(0) == t && teacher.top_k_log_probs.size(0) == t,
+                   "top-k rows");
+
+  // Labels: the next token inside each window; the last position of a window has none.
+  std::vector<int32_t> labels(static_cast<std::size_t>(t));
+  for (int64_t i = 0; i < t; ++i)
+    labels[static_cast<std::size_t>(i)] =
+        (i + 1) % b.length == 0 ? -1 : b.tokens[static_cast<std::size_t>(i + 1)];
+  const Tensor label_t = be.upload(Tensor::copy_of(DType::kI32, {t}, labels.data()));
+
+  Tensor h = be.empty(act, {t, hidden});
+  be.rms_norm(x, weights_.norm, eps, h);
+  Tensor dh = backward ? zeros(be, act, {t, hidden}) : Tensor();
+  int64_t chunk = options_.loss_chunk_rows;
+  if (chunk <= 0) chunk = std::max<int64_t>(1, (int64_t{256} << 20) / (4 * vocab));
+  LossSums sums;
+  for (int64_t r0 = 0; r0 < t; r0 += chunk) {
+    const int64_t r1 = std::min(t, r0 + chunk), n = r1 - r0;
+    const Tensor h_c = h.slice(r0, r1);
+    Tensor logits = be.empty(DType::kF32, {n, vocab});
+    be.linear(h_c, weights_.lm_head, logits);
+    Tensor teacher_logits, ids, log_probs;
+    if (online) teacher_logits = teacher.teacher->logits(teacher.teacher_hidden.slice(r0, r1));
+    if (sparse) {
+      ids = teacher.top_k_ids.slice(r0, r1);
+      log_probs = teacher.top_k_log_probs.slice(r0, r1);
+    }
+    Tensor terms = be.empty(DType::kF32, {n, 2});
+    be.kd_loss(logits, teacher_logits, ids, log_probs, label_t.slice(r0, r1), loss,
+               static_cast<float>(grad_scale), terms, logits);
+    const Tensor host_terms = be.download(terms);
+    const float* pt = host_terms.data<float>();
+    for (int64_t i = 0; i < n; ++i) {
+      if (labels[static_cast<std::size_t>(r0 + i)] < 0) continue;
+      sums.kd += pt[2 * i];
+      sums.ce += pt[2 * i + 1];
+      ++sums.positions;
+    }
+    if (backward) {
+      Tensor dh_c = dh.slice(r0, r1);
+      Tensor dw = std::get<backend::DenseWeight>(grads_.lm_head.storage).weight;
+      Tensor db;
+      Tensor dlogits = logits;
+      if (act != DType::kF32) {
+        dlogits = be.empty(act, {n, vocab});
+        be.convert(logits, dlogits);
+      }
+      be.linear_backward(h_c, weights_.lm_head, dlogits, dh_c, dw, db);
+    }
+  }
+  if (backward) {
+    Tensor dnorm = grads_.norm;
+    be.rms_norm_backward(x, weights_.norm, eps, dh, dx, dnorm);
+  }
+  return sums;
+}
+
+}  // namespace refinery::train

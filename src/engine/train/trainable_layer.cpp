@@ -16,11 +16,6 @@ using model::MlpWeights;
 
 constexpr float kMlaLoraNormEps = 1e-6f;  // as transformer_attention.cpp (DeepseekV3RMSNorm)
 
-Tensor zeros(Backend& be, DType dtype, std::vector<int64_t> shape) {
-  Tensor t = be.empty(dtype, std::move(shape));
-  be.fill_zero(t);
-  return t;
-}
 
 Tensor copy_of(Backend& be, const Tensor& t) {
   Tensor c = be.empty(t.dtype(), t.shape());

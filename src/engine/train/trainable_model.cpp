@@ -9,11 +9,6 @@ namespace refinery::train {
 
 namespace {
 
-Tensor zeros(backend::Backend& be, DType dtype, std::vector<int64_t> shape) {
-  Tensor t = be.empty(dtype, std::move(shape));
-  be.fill_zero(t);
-  return t;
-}
 
 }  // namespace
 

@@ -7,6 +7,13 @@
 
 namespace refinery::train {
 
+// A new tensor of zeros on `be`'s device.
+inline Tensor zeros(backend::Backend& be, DType dtype, std::vector<int64_t> shape) {
+  Tensor t = be.empty(dtype, std::move(shape));
+  be.fill_zero(t);
+  return t;
+}
+
 struct TrainableModel::Batch {
   std::span<const int32_t> tokens;  // [T] host ids
   Tensor ids;                       // I32 [T] on the device

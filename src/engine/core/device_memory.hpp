@@ -21,5 +21,9 @@ void copy_host_to_device(void* device_dst, const void* host_src, std::size_t byt
 void copy_device_to_host(void* host_dst, const void* device_src, std::size_t bytes);
 void copy_device_to_device(void* device_dst, const void* device_src, std::size_t bytes);
 void device_memset_zero(void* device_ptr, std::size_t bytes);
+// The most memory the caching pool of the current device has handed out at once since the last
+// reset (cudaMemPoolAttrUsedMemHigh): the peak a benchmark reports. Reset sets it to the current use.
+std::size_t device_peak_bytes();
+void device_reset_peak_bytes();
 
 }  // namespace refinery

@@ -70,6 +70,17 @@ void device_free(void* ptr) noexcept {
   }
 }
 
+std::size_t device_peak_bytes() {
+  uint64_t high = 0;
+  REFINERY_CUDA_CHECK(cudaMemPoolGetAttribute(caching_pool(), cudaMemPoolAttrUsedMemHigh, &high));
+  return static_cast<std::size_t>(high);
+}
+
+void device_reset_peak_bytes() {
+  uint64_t zero = 0;  // the only value the attribute accepts: resets to the current use
+  REFINERY_CUDA_CHECK(cudaMemPoolSetAttribute(caching_pool(), cudaMemPoolAttrUsedMemHigh, &zero));
+}
+
 void copy_host_to_device(void* device_dst, const void* host_src, std::size_t bytes) {
   if (bytes == 0) return;
   REFINERY_CUDA_CHECK(cudaMemcpy(device_dst, host_src, bytes, cudaMemcpyHostToDevice));

@@ -19,5 +19,7 @@ void copy_host_to_device(void*, const void*, std::size_t) { no_cuda("cannot copy
 void copy_device_to_host(void*, const void*, std::size_t) { no_cuda("cannot copy from the device"); }
 void copy_device_to_device(void*, const void*, std::size_t) { no_cuda("cannot copy on the device"); }
 void device_memset_zero(void*, std::size_t) { no_cuda("cannot fill device memory"); }
+std::size_t device_peak_bytes() { return 0; }
+void device_reset_peak_bytes() {}
 
 }  // namespace refinery

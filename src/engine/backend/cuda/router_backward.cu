@@ -7,8 +7,8 @@
 //   ds_{c_i} = a · dw_i                                  (no renormalization)
 //   ds_{c_i} = (a / D) · (dw_i − Σ_j dw_j · s_{c_j} / D)   (renormalized)
 //   dlogits_e += s_e · (ds_e − Σ_f s_f · ds_f)   (softmax)   or   ds_e · s_e · (1 − s_e) (sigmoid).
-// One block per token, scores in shared memory, the small sums by thread 0 in expert order
-// (deterministic). Expert ids are checked on the host first (one small synchronous download).
+// One block per token, scores recomputed in double in shared memory (as the CPU: a saturated f32
+// sigmoid would give exactly 0), the small sums by thread 0 in expert order (deterministic). Expert ids are checked on the host first (one small synchronous download).
 //
 // scatter_add_rows_backward: dx[i, :] += scale[i] · dy[rows[i], :], dscale[i] += x[i, :]·dy[rows[i], :];
 // one block per entry i (the row reduction in a fixed tree order). Rows checked on the host.
@@ -23,17 +23,17 @@ constexpr int kRouteThreads = 256;
 struct RouteBackwardParams {
   int experts, top_k;
   bool softmax, norm_topk_prob;
-  float scaling;
+  double scaling;
 };
 
-// Dynamic shared memory: s [E], ds [E].
+// Dynamic shared memory: s [E], ds [E] (double).
 __global__ void route_backward_kernel(const float* logits, const int32_t* chosen,
                                       const float* dweights, RouteBackwardParams p,
                                       float* dlogits) {
-  extern __shared__ float shared[];
-  float* score = shared;
-  float* ds = shared + p.experts;
-  __shared__ float s_scalar;
+  extern __shared__ double shared[];
+  double* score = shared;
+  double* ds = shared + p.experts;
+  __shared__ double s_scalar;
   const int64_t t = blockIdx.x;
   const float* l = logits + t * p.experts;
   if (p.softmax) {
@@ -43,36 +43,39 @@ __global__ void route_backward_kernel(const float* logits, const int32_t* chosen
       s_scalar = mx;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < p.experts; e += blockDim.x) score[e] = expf(l[e] - s_scalar);
+    for (int e = threadIdx.x; e < p.experts; e += blockDim.x)
+      score[e] = exp(static_cast<double>(l[e]) - s_scalar);
     __syncthreads();
     if (threadIdx.x == 0) {
-      float sum = 0.0f;
+      double sum = 0.0;
       for (int e = 0; e < p.experts; ++e) sum += score[e];
       s_scalar = sum;
     }
     __syncthreads();
     for (int e = threadIdx.x; e < p.experts; e += blockDim.x) score[e] /= s_scalar;
   } else {
-    for (int e = threadIdx.x; e < p.experts; e += blockDim.x) score[e] = 1.0f / (1.0f + expf(-l[e]));
+    for (int e = threadIdx.x; e < p.experts; e += blockDim.x)
+      score[e] = 1.0 / (1.0 + exp(-static_cast<double>(l[e])));
   }
-  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) ds[e] = 0.0f;
+  for (int e = threadIdx.x; e < p.experts; e += blockDim.x) ds[e] = 0.0;
   __syncthreads();
   if (threadIdx.x == 0) {
     const int32_t* c = chosen + t * p.top_k;
     const float* dw = dweights + t * p.top_k;
     if (p.norm_topk_prob) {
-      float sum = 0.0f;
+      double sum = 0.0;
       for (int j = 0; j < p.top_k; ++j) sum += score[c[j]];
-      const float denominator = p.softmax ? sum : sum + 1e-20f;
-      float weighted = 0.0f;
-      for (int j = 0; j < p.top_k; ++j) weighted += dw[j] * score[c[j]];
-      const float mean = weighted / denominator;
-      for (int j = 0; j < p.top_k; ++j) ds[c[j]] += p.scaling / denominator * (dw[j] - mean);
+      const double denominator = p.softmax ? sum : sum + 1e-20;
+      double weighted = 0.0;
+      for (int j = 0; j < p.top_k; ++j) weighted += static_cast<double>(dw[j]) * score[c[j]];
+      const double mean = weighted / denominator;
+      for (int j = 0; j < p.top_k; ++j)
+        ds[c[j]] += p.scaling / denominator * (static_cast<double>(dw[j]) - mean);
     } else {
-      for (int j = 0; j < p.top_k; ++j) ds[c[j]] += p.scaling * dw[j];
+      for (int j = 0; j < p.top_k; ++j) ds[c[j]] += p.scaling * static_cast<double>(dw[j]);
     }
     if (p.softmax) {
-      float dot = 0.0f;
+      double dot = 0.0;
       for (int j = 0; j < p.top_k; ++j) dot += score[c[j]] * ds[c[j]];  // ds is 0 elsewhere
       s_scalar = dot;
     }
@@ -80,8 +83,8 @@ __global__ void route_backward_kernel(const float* logits, const int32_t* chosen
   __syncthreads();
   float* out = dlogits + t * p.experts;
   for (int e = threadIdx.x; e < p.experts; e += blockDim.x) {
-    const float se = score[e];
-    out[e] += p.softmax ? se * (ds[e] - s_scalar) : ds[e] * se * (1.0f - se);
+    const double se = score[e];
+    out[e] += static_cast<float>(p.softmax ? se * (ds[e] - s_scalar) : ds[e] * se * (1.0 - se));
   }
 }
 
@@ -121,7 +124,7 @@ void CudaBackend::route_backward(const Tensor& logits, const RouterSpec& spec,
   const int e_count = sizes.e_count, k = sizes.k;
   require_f32(dlogits, {t_count, e_count}, "route_backward dlogits");
   REFINERY_CHECK(t_count < (int64_t{1} << 31), "route_backward: too many tokens");
-  REFINERY_CHECK(e_count <= 12288, "route_backward: ", e_count,
+  REFINERY_CHECK(e_count <= 3072, "route_backward: ", e_count,
                  " experts exceed the kernel's shared memory");
   const std::vector<int32_t> chosen = host_i32(experts);
   for (std::size_t i = 0; i < chosen.size(); ++i)
@@ -133,8 +136,8 @@ void CudaBackend::route_backward(const Tensor& logits, const RouterSpec& spec,
   p.top_k = k;
   p.softmax = spec.scoring == RouterScoring::kSoftmax;
   p.norm_topk_prob = spec.norm_topk_prob;
-  p.scaling = static_cast<float>(spec.routed_scaling_factor);
-  const std::size_t shared = 2 * sizeof(float) * static_cast<std::size_t>(e_count);
+  p.scaling = spec.routed_scaling_factor;
+  const std::size_t shared = 2 * sizeof(double) * static_cast<std::size_t>(e_count);
   route_backward_kernel<<<static_cast<unsigned>(t_count), kRouteThreads, shared, stream_>>>(
       logits.data<float>(), experts.data<int32_t>(), dweights.data<float>(), p,
       dlogits.mutable_data<float>());

@@ -71,6 +71,37 @@ class CudaBackend final : public Backend {
   void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
                          Tensor& indices, Tensor& log_probs) override;  // lm_head.cu
 
+  // ---- training (backend.hpp "backward"; every op adds into its gradients) ----
+  void linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy, Tensor& dx,
+                       Tensor& dw, Tensor& db) override;  // linear_backward.cu
+  void rms_norm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                         Tensor& dx, Tensor& dweight) override;  // norm_backward.cu
+  void embedding_backward(const Tensor& ids, const Tensor& dy,
+                          Tensor& dtable) override;  // elementwise_backward.cu
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
+                       Tensor& dup) override;
+  void sigmoid_gate_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx,
+                             Tensor& dg) override;
+  void copy_columns_backward(const Tensor& ddst, int64_t dst_col, Tensor& dsrc, int64_t src_col,
+                             int64_t width) override;
+  void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
+                     int64_t offset, Tensor& dx) override;  // rope_backward.cu
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& dout, float scale, Tensor& dq, Tensor& dk,
+                          Tensor& dv) override;  // attention_backward.cu
+  void route_backward(const Tensor& logits, const RouterSpec& spec, const Tensor& experts,
+                      const Tensor& dweights, Tensor& dlogits) override;  // router_backward.cu
+  void scatter_add_rows_backward(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                                 const Tensor& dy, Tensor& dx, Tensor& dscale) override;
+  void kd_loss(const Tensor& student_logits, const Tensor& teacher_logits,
+               const Tensor& teacher_ids, const Tensor& teacher_log_probs, const Tensor& labels,
+               const KdLossOptions& options, float grad_scale, Tensor& row_terms,
+               Tensor& grad) override;  // kd_loss.cu
+  double sum_squares(const Tensor& t) override;  // optimizer_ops.cu
+  void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                    const AdamWScalars& s, Tensor& compute) override;
+  void convert(const Tensor& src, Tensor& dst) override;
+
   // ---- for the op files ----
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
@@ -78,6 +109,13 @@ class CudaBackend final : public Backend {
   // row-major, f32 accumulation, through cuBLASLt with a cached plan per shape (gemm.cu).
   void gemm_bf16(const void* w, const void* x, int64_t t, int64_t k, int64_t n, void* y,
                  cudaDataType y_type, int64_t ldy, float beta = 0.0f);
+  // The general form, column-major as cuBLAS: C[m, n] (leading dimension ldc, c_type f32 or bf16)
+  // = alpha · op(A)[m, k] · op(B)[k, n] + beta · C, A and B bf16 (op = transpose when trans_*),
+  // f32 accumulation, a cached plan per shape (gemm.cu). A row-major [r, c] matrix is a
+  // column-major [c, r] one with leading dimension c.
+  void gemm_bf16_cm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const void* a,
+                    int64_t lda, const void* b, int64_t ldb, void* c, cudaDataType c_type,
+                    int64_t ldc, float alpha, float beta);
   // The routed experts of one MoE layer stacked on the device for batched GEMMs (moe.cu):
   // gate_up bf16 [E, 2I, H] (expert e's gate rows, then its up rows), down bf16 [E, H, I].
   struct StackedExperts {
@@ -117,6 +155,13 @@ class CudaBackend final : public Backend {
   void scatter_add_csr(const Tensor& x, const int32_t* entry, const float* scale,
                        const int32_t* offsets, const int32_t* targets, int64_t n_targets,
                        Tensor& y, const char* op);
+  // dst[c] += Σ_p partial[p, c] for c < d, summed in p order (deterministic column reduction of
+  // per-block partial sums; partial f32 [parts, d] on the device, dst f32 [d]) (norm_backward.cu).
+  void add_column_sums(const float* partial, int64_t parts, int64_t d, float* dst,
+                       const char* op);
+  // y += x element-wise, x f32 [n], y f32 or bf16 [n] (one rounding per element of y)
+  // (attention_backward.cu).
+  void accumulate_f32(const float* x, int64_t n, Tensor& y, const char* op);
 
  private:
   // (storage, byte offset, dtype, shape) of a cached host tensor.
@@ -130,8 +175,9 @@ class CudaBackend final : public Backend {
   struct GemmPlanDeleter {
     void operator()(GemmPlan* p) const;
   };
-  // (t, k, n, ldy, y type, pointer alignments)
-  using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int, int>;
+  // (transposes, m, n, k, lda, ldb, ldc, c type, pointer alignments)
+  using GemmKey =
+      std::tuple<int, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int>;
 
   int device_index_;
   DType activations_;

@@ -1,0 +1,467 @@
+// kd_loss on the GPU: the distillation loss and its gradient per row of student logits, the math
+// of src/distill/losses.hpp (forward/reverse KL, JSD β, skew KL α, temperature T, hard-label CE;
+// dense teacher logits or a sparse top-k teacher with a tail bucket).
+//
+// One thread block per row (vocab up to a few 100k), three passes over the row:
+//   1. log-sum-exps: online max/sum per thread (max and sum in double, exps in f32), merged over
+//      the block in a fixed order: lse of s/T (student), t/T (dense teacher), s (CE at T = 1),
+//      and for the sparse teacher the lse over the uncached ids (the student's tail bucket).
+//   2. the divergence D and S = Σ_b h_b (h_b = Q_b · dD/dQ_b, see losses.cpp): per element in f32
+//      from log-probabilities formed in double, summed in double; sparse buckets all in double.
+//   3. the gradient, grad_scale · (kd_weight·T·(h_j·[q_j/Q_b] − q_j·S) + ce_weight·(softmax(s)_j −
+//      [j == label])), written where the student logit was read (grad may alias the logits: each
+//      element is read and then written by the same thread; sparse cached ids are handled last
+//      from copies of their logits taken in step 0).
+// Sparse rows mark their cached ids in a shared-memory bitmap (vocab/8 bytes; opt-in shared
+// memory above 48 KiB) so that the tail lse and the gradient pass know each id's bucket. Bucket
+// scratch (h_b, cached logits) is global [R, k]. Rows with label -1 get a zero gradient and zero
+// terms. Deterministic: fixed per-thread element sets and fixed reduction trees.
+// Arguments (labels, cached ids and log-probs) are validated on the host (small downloads), with
+// the user errors of the CPU reference.
+#include <cmath>
+
+#include "engine/backend/cuda/kernel_util.cuh"
+
+namespace refinery::backend::cuda {
+
+namespace {
+
+constexpr int kKdThreads = 512;
+constexpr double kSparseTailFloor = 1e-8;  // distill::kSparseTailFloor
+
+struct KdParams {
+  int64_t vocab = 0, k = 0;  // k: cached ids per row (sparse)
+  int divergence = 0;        // Divergence as int
+  bool has_teacher = false, has_tail = false;
+  double inv_t = 1.0, kd_coef = 0.0, ce_coef = 0.0;
+  double w_p = 0.0, log_w_p = 0.0, log_w_q = 0.0;
+  float grad_scale = 1.0f;
+};
+
+// ---- block reductions (fixed order: warp trees, then warps in index order by thread 0) ----
+
+__device__ double block_sum(double v, double* scratch) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_down_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += scratch[w];
+    scratch[32] = total;
+  }
+  __syncthreads();
+  const double total = scratch[32];
+  __syncthreads();
+  return total;
+}
+
+__device__ double block_max(double v, double* scratch) {
+  for (int o = 16; o > 0; o /= 2) v = fmax(v, __shfl_down_sync(0xffffffffu, v, o));
+  if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = scratch[0];
+    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) total = fmax(total, scratch[w]);
+    scratch[32] = total;
+  }
+  __syncthreads();
+  const double total = scratch[32];
+  __syncthreads();
+  return total;
+}
+
+// A running log-sum-exp: max m and Σ exp(x − m).
+struct Lse {
+  double m = -INFINITY, s = 0.0;
+  __device__ void add(double x) {
+    if (x > m) {
+      s = s * static_cast<double>(expf(static_cast<float>(m - x))) + 1.0;  // m = -inf: s = 1
+      m = x;
+    } else if (x > -INFINITY) {
+      s += static_cast<double>(expf(static_cast<float>(x - m)));
+    }
+  }
+};
+
+// The block's log Σ exp over every thread's elements (-inf for none).
+__device__ double block_lse(Lse a, double* scratch) {
+  const double m = block_max(a.m, scratch);
+  if (m == -INFINITY) return m;
+  const double scaled = a.m == -INFINITY ? 0.0 : a.s * exp(a.m - m);
+  return m + log(block_sum(scaled, scratch));
+}
+
+// x * diff with 0 * anything = 0 (0 · log 0 terms vanish).
+__device__ inline float weighted_f(float x, float diff) { return x > 0.0f ? x * diff : 0.0f; }
+__device__ inline double weighted_d(double x, double diff) { return x > 0.0 ? x * diff : 0.0; }
+
+struct Term {
+  double d, h;
+};
+
+// One vocabulary element's (d_j, h_j) from its log-probabilities (lp teacher, lq student), f32
+// element math (the per-element arithmetic of the dense rows).
+__device__ Term element_term(const KdParams& p, double lp, double lq) {
+  const float pf = expf(static_cast<float>(lp)), qf = expf(static_cast<float>(lq));
+  switch (p.divergence) {
+    case static_cast<int>(Divergence::kForwardKl):
+      return {weighted_f(pf, static_cast<float>(lp - lq)), -pf};
+    case static_cast<int>(Divergence::kReverseKl): {
+      const float d = weighted_f(qf, static_cast<float>(lq - lp));
+      return {d, d};
+    }
+    default: {
+      const float a = static_cast<float>(p.log_w_p + lp), b = static_cast<float>(p.log_w_q + lq);
+      const float hi = fmaxf(a, b);
+      const double lm = hi == -INFINITY ? -INFINITY : hi + log1pf(expf(fminf(a, b) - hi));
+      const float wp = static_cast<float>(p.w_p);
+      if (p.divergence == static_cast<int>(Divergence::kJsd)) {
+        const float q_term = weighted_f(qf, static_cast<float>(lq - lm));
+        return {wp * weighted_f(pf, static_cast<float>(lp - lm)) + (1.0f - wp) * q_term,
+                (1.0f - wp) * q_term};
+      }
+      return {weighted_f(pf, static_cast<float>(lp - lm)),
+              -(1.0f - wp) * weighted_f(pf, expf(static_cast<float>(lq - lm)))};
+    }
+  }
+}
+
+// One bucket's (d_b, h_b) in double (the sparse buckets; a port of losses.cpp's bucket_term).
+__device__ Term bucket_term(const KdParams& p, double lp, double lq) {
+  const double pd = exp(lp), qd = exp(lq);
+  switch (p.divergence) {
+    case static_cast<int>(Divergence::kForwardKl):
+      return {weighted_d(pd, lp - lq), -pd};
+    case static_cast<int>(Divergence::kReverseKl): {
+      const double d = weighted_d(qd, lq - lp);
+      return {d, d};
+    }
+    default: {
+      const double a = p.log_w_p + lp, b = p.log_w_q + lq;
+      const double hi = fmax(a, b);
+      const double lm = hi == -INFINITY ? hi : hi + log1p(exp(fmin(a, b) - hi));
+      if (p.divergence == static_cast<int>(Divergence::kJsd)) {
+        const double q_term = weighted_d(qd, lq - lm);
+        return {p.w_p * weighted_d(pd, lp - lm) + (1.0 - p.w_p) * q_term, (1.0 - p.w_p) * q_term};
+      }
+      return {weighted_d(pd, lp - lm), -(1.0 - p.w_p) * weighted_d(pd, exp(lq - lm))};
+    }
+  }
+}
+
+// Zero gradient and terms for an uncounted row; true when the row is uncounted.
+__device__ bool skip_row(const KdParams& p, int32_t label, float* g, float* terms) {
+  if (label != -1) return false;
+  if (g != nullptr)
+    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) g[j] = 0.0f;
+  if (threadIdx.x == 0) {
+    terms[0] = 0.0f;
+    terms[1] = 0.0f;
+  }
+  return true;
+}
+
+// Dense teacher (or none: has_teacher false).
+__global__ void kd_dense_kernel(const float* student, const float* teacher, const int32_t* labels,
+                                KdParams p, float* row_terms, float* grad) {
+  __shared__ double scratch[33];
+  const int64_t r = blockIdx.x, v = p.vocab;
+  const float* s = student + r * v;
+  const float* t = p.has_teacher ? teacher + r * v : nullptr;
+  float* g = grad != nullptr ? grad + r * v : nullptr;
+  const int32_t y = labels[r];
+  if (skip_row(p, y, g, row_terms + 2 * r)) return;
+  const float s_label = s[y];
+  __syncthreads();  // s[y] is read before any thread overwrites it
+
+  Lse lq_acc, lp_acc, l1_acc;
+  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
+    const double sj = s[j];
+    lq_acc.add(sj * p.inv_t);
+    l1_acc.add(sj);
+    if (t != nullptr) lp_acc.add(static_cast<double>(t[j]) * p.inv_t);
+  }
+  const double lse_q = block_lse(lq_acc, scratch);
+  const double lse1 = block_lse(l1_acc, scratch);
+  const double lse_p = t != nullptr ? block_lse(lp_acc, scratch) : 0.0;
+
+  double d_sum = 0.0, h_sum = 0.0;
+  if (t != nullptr) {
+    double d_part = 0.0, h_part = 0.0;
+    for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
+      const Term term = element_term(p, static_cast<double>(t[j]) * p.inv_t - lse_p,
+                                     static_cast<double>(s[j]) * p.inv_t - lse_q);
+      d_part += term.d;
+      h_part += term.h;
+    }
+    d_sum = block_sum(d_part, scratch);
+    h_sum = block_sum(h_part, scratch);
+  }
+  if (threadIdx.x == 0) {
+    row_terms[2 * r] = static_cast<float>(d_sum);
+    row_terms[2 * r + 1] = static_cast<float>(lse1 - static_cast<double>(s_label));
+  }
+  if (g == nullptr) return;
+  const float hs = static_cast<float>(h_sum);
+  const float kd_coef = static_cast<float>(p.kd_coef), ce_coef = static_cast<float>(p.ce_coef);
+  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
+    const double sj = s[j];
+    float value = 0.0f;
+    if (t != nullptr) {
+      const double lq = sj * p.inv_t - lse_q;
+      const Term term = element_term(p, static_cast<double>(t[j]) * p.inv_t - lse_p, lq);
+      value = kd_coef * (static_cast<float>(term.h) - expf(static_cast<float>(lq)) * hs);
+    }
+    if (ce_coef != 0.0f)
+      value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
+    g[j] = p.grad_scale * value;
+  }
+}
+
+// Sparse top-k teacher. bucket_h [R, k] (double), cached_s [R, k] (f32) are scratch; dynamic
+// shared memory: the bitmap of cached ids, ceil(vocab / 32) words.
+__global__ void kd_sparse_kernel(const float* student, const int32_t* ids, const float* lps,
+                                 const int32_t* labels, KdParams p, double* bucket_h,
+                                 float* cached_s, float* row_terms, float* grad) {
+  extern __shared__ uint32_t bits[];
+  __shared__ double scratch[33];
+  const int64_t r = blockIdx.x, v = p.vocab, k = p.k;
+  const float* s = student + r * v;
+  float* g = grad != nullptr ? grad + r * v : nullptr;
+  const int32_t* row_ids = ids + r * k;
+  const float* row_lps = lps + r * k;
+  double* hb = bucket_h + r * k;
+  float* cs = cached_s + r * k;
+  const int32_t y = labels[r];
+  if (skip_row(p, y, g, row_terms + 2 * r)) return;
+  const float s_label = s[y];
+  const int64_t words = (v + 31) / 32;
+  for (int64_t w = threadIdx.x; w < words; w += blockDim.x) bits[w] = 0u;
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+    const int32_t id = row_ids[i];
+    atomicOr(&bits[id >> 5], 1u << (id & 31));
+    cs[i] = s[id];
+  }
+  __syncthreads();
+
+  // 1. Student lse (all ids), tail lse (uncached ids), CE lse (T = 1).
+  Lse lq_acc, tail_acc, l1_acc;
+  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
+    const double sj = s[j];
+    const double z = sj * p.inv_t;
+    lq_acc.add(z);
+    l1_acc.add(sj);
+    if (((bits[j >> 5] >> (j & 31)) & 1u) == 0u) tail_acc.add(z);
+  }
+  const double lse_q = block_lse(lq_acc, scratch);
+  const double lse1 = block_lse(l1_acc, scratch);
+  const double lse_tail = p.has_tail ? block_lse(tail_acc, scratch) : -INFINITY;
+
+  // 2. Teacher buckets: tail = max(1 − Σ P_i, floor), tempered, renormalized over the buckets.
+  double known_part = 0.0, hi_part = -INFINITY;
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+    known_part += exp(static_cast<double>(row_lps[i]));
+    hi_part = fmax(hi_part, static_cast<double>(row_lps[i]) * p.inv_t);
+  }
+  const double known = block_sum(known_part, scratch);
+  const double lp_tail_raw =
+      p.has_tail ? log(fmax(1.0 - known, kSparseTailFloor)) * p.inv_t : -INFINITY;
+  const double hi = fmax(block_max(hi_part, scratch), lp_tail_raw);
+  double z_part = 0.0;
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x)
+    z_part += exp(static_cast<double>(row_lps[i]) * p.inv_t - hi);
+  double z = block_sum(z_part, scratch);
+  if (p.has_tail) z += exp(lp_tail_raw - hi);
+  const double lz = hi + log(z);
+  double d_part = 0.0, h_part = 0.0;
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+    const Term term = bucket_term(p, static_cast<double>(row_lps[i]) * p.inv_t - lz,
+                                  static_cast<double>(cs[i]) * p.inv_t - lse_q);
+    d_part += term.d;
+    h_part += term.h;
+    hb[i] = term.h;
+  }
+  double d_sum = block_sum(d_part, scratch);
+  double h_sum = block_sum(h_part, scratch);
+  const double lq_tail = lse_tail - lse_q;
+  double h_tail = 0.0;
+  if (p.has_tail) {
+    const Term term = bucket_term(p, lp_tail_raw - lz, lq_tail);
+    d_sum += term.d;
+    h_sum += term.h;
+    h_tail = term.h;
+  }
+  if (threadIdx.x == 0) {
+    row_terms[2 * r] = static_cast<float>(d_sum);
+    row_terms[2 * r + 1] = static_cast<float>(lse1 - static_cast<double>(s_label));
+  }
+  if (g == nullptr) return;
+
+  // 3. Gradient: uncached ids here, cached ids below from their saved logits.
+  const float kd_coef = static_cast<float>(p.kd_coef), ce_coef = static_cast<float>(p.ce_coef);
+  const float hs = static_cast<float>(h_sum), ht = static_cast<float>(h_tail);
+  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
+    if ((bits[j >> 5] >> (j & 31)) & 1u) continue;
+    const double sj = s[j];
+    const double lq = sj * p.inv_t - lse_q;
+    const float qj = expf(static_cast<float>(lq));
+    const float own = qj > 0.0f ? expf(static_cast<float>(lq - lq_tail)) * ht : 0.0f;
+    float value = kd_coef * (own - qj * hs);
+    if (ce_coef != 0.0f)
+      value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
+    g[j] = p.grad_scale * value;
+  }
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+    const int32_t j = row_ids[i];
+    const double sj = cs[i];
+    const float qj = expf(static_cast<float>(sj * p.inv_t - lse_q));
+    float value = kd_coef * (static_cast<float>(hb[i]) - qj * hs);
+    if (ce_coef != 0.0f)
+      value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
+    g[j] = p.grad_scale * value;
+  }
+}
+
+// The option checks of distill::validate_options (user errors), repeated here so that the
+// backend does not depend on src/distill.
+void validate(const KdLossOptions& o) {
+  if (!(o.temperature > 0.0) || !std::isfinite(o.temperature))
+    throw_user_error("distillation loss option temperature is ", o.temperature,
+                     ", expected a finite value > 0 (1 = no softening; 2 is common)");
+  if (!(o.beta > 0.0 && o.beta < 1.0))
+    throw_user_error("distillation loss option beta (JSD mixing weight) is ", o.beta,
+                     ", expected a value strictly between 0 and 1 (0.5 = symmetric JSD)");
+  if (!(o.alpha > 0.0 && o.alpha < 1.0))
+    throw_user_error("distillation loss option alpha (skew-KL mixing weight) is ", o.alpha,
+                     ", expected a value strictly between 0 and 1 (0.1 is DistiLLM's default)");
+  if (!(o.kd_weight >= 0.0) || !std::isfinite(o.kd_weight) || !(o.ce_weight >= 0.0) ||
+      !std::isfinite(o.ce_weight))
+    throw_user_error("distillation loss weights are kd_weight=", o.kd_weight,
+                     " ce_weight=", o.ce_weight, ", expected finite values >= 0");
+  if (o.kd_weight == 0.0 && o.ce_weight == 0.0)
+    throw_user_error("distillation loss weights kd_weight and ce_weight are both 0: the loss "
+                     "would be constant; set kd_weight (e.g. 1) and/or ce_weight");
+}
+
+std::vector<float> host_f32(const Tensor& t) {
+  const Tensor h = t.device() == Device::kCPU ? t : t.to(Device::kCPU);
+  return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
+}
+
+}  // namespace
+
+void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_logits,
+                          const Tensor& teacher_ids, const Tensor& teacher_log_probs,
+                          const Tensor& labels, const KdLossOptions& options, float grad_scale,
+                          Tensor& row_terms, Tensor& grad) {
+  OpTimer timer(profiler_, stream_, "kd_loss");
+  validate(options);
+  REFINERY_CHECK(student_logits.ndim() == 2, "kd_loss: student logits must be f32 [R, V], found ",
+                 student_logits.describe());
+  const int64_t rows = student_logits.size(0), vocab = student_logits.size(1);
+  require_f32(student_logits, {rows, vocab}, "kd_loss student logits");
+  REFINERY_CHECK(vocab >= 1 && vocab < (int64_t{1} << 31), "kd_loss: vocabulary of ", vocab);
+  require_i32(labels, {rows}, "kd_loss labels");
+  require_f32(row_terms, {rows, 2}, "kd_loss row_terms");
+  if (grad.defined()) require_f32(grad, {rows, vocab}, "kd_loss grad");
+  const bool dense = teacher_logits.defined(), sparse = teacher_ids.defined();
+  REFINERY_CHECK(!(dense && sparse), "kd_loss: give either dense teacher logits or sparse ids");
+  REFINERY_CHECK(dense || sparse || options.kd_weight == 0.0,
+                 "kd_loss: kd_weight is ", options.kd_weight, " but no teacher was given");
+  if (dense) require_f32(teacher_logits, {rows, vocab}, "kd_loss teacher logits");
+  int64_t k = 0;
+  if (sparse) {
+    REFINERY_CHECK(teacher_ids.ndim() == 2 && teacher_ids.size(0) == rows,
+                   "kd_loss: teacher ids must be i32 [", rows, ", k], found ",
+                   teacher_ids.describe());
+    k = teacher_ids.size(1);
+    require_i32(teacher_ids, {rows, k}, "kd_loss teacher ids");
+    require_f32(teacher_log_probs, {rows, k}, "kd_loss teacher log-probs");
+    if (k < 1 || k > vocab)
+      throw_user_error("kd_loss: the teacher cache has top-k = ", k,
+                       ", expected 1 <= k <= vocab (", vocab,
+                       "); the cache was made for another vocabulary or is damaged");
+  }
+
+  // Host checks: labels, and the cache's ids (in range, distinct per row) and log-probs (finite).
+  const std::vector<int32_t> y = host_i32(labels);
+  for (int64_t r = 0; r < rows; ++r)
+    if (y[r] < -1 || y[r] >= vocab)
+      throw_user_error("kd_loss: label of row ", r, " is ", y[r], ", expected a token id in [0, ",
+                       vocab,
+                       ") or -1 to ignore the position; check that the data's tokenizer matches "
+                       "the model's vocabulary");
+  if (sparse) {
+    const std::vector<int32_t> ids = host_i32(teacher_ids);
+    const std::vector<float> lps = host_f32(teacher_log_probs);
+    std::vector<uint8_t> seen(static_cast<std::size_t>(vocab), 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t* row = ids.data() + r * k;
+      for (int64_t i = 0; i < k; ++i) {
+        if (row[i] < 0 || row[i] >= vocab)
+          throw_user_error("kd_loss: teacher id ", i, " of row ", r, " is ", row[i],
+                           ", expected a token id in [0, ", vocab,
+                           "); the logit cache does not match the student's vocabulary");
+        if (seen[row[i]])
+          throw_user_error("kd_loss: teacher id ", row[i], " appears twice in row ", r,
+                           " of the top-k cache; the cache is damaged, regenerate it with "
+                           "refine logits");
+        seen[row[i]] = 1;
+        if (!std::isfinite(lps[r * k + i]))
+          throw_user_error("kd_loss: teacher log-prob ", i, " of row ", r, " is ", lps[r * k + i],
+                           ", expected a finite log-probability; the cache is damaged");
+      }
+      for (int64_t i = 0; i < k; ++i) seen[row[i]] = 0;
+    }
+  }
+  if (rows == 0) return;
+
+  KdParams p;
+  p.vocab = vocab;
+  p.k = k;
+  p.divergence = static_cast<int>(options.divergence);
+  p.has_teacher = dense || sparse;
+  p.has_tail = sparse && k < vocab;
+  p.inv_t = 1.0 / options.temperature;
+  p.kd_coef = options.kd_weight * options.temperature;
+  p.ce_coef = options.ce_weight;
+  if (options.divergence == Divergence::kJsd) p.w_p = options.beta;
+  if (options.divergence == Divergence::kSkewKl) p.w_p = options.alpha;
+  if (p.w_p > 0.0) {
+    p.log_w_p = std::log(p.w_p);
+    p.log_w_q = std::log1p(-p.w_p);
+  }
+  p.grad_scale = grad_scale;
+  REFINERY_CHECK(rows < (int64_t{1} << 31), "kd_loss: too many rows: ", rows);
+  float* g = grad.defined() ? grad.mutable_data<float>() : nullptr;
+  if (!sparse) {
+    kd_dense_kernel<<<static_cast<unsigned>(rows), kKdThreads, 0, stream_>>>(
+        student_logits.data<float>(), dense ? teacher_logits.data<float>() : nullptr,
+        labels.data<int32_t>(), p, row_terms.mutable_data<float>(), g);
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "kd_loss (dense)");
+    return;
+  }
+  const std::size_t shared = static_cast<std::size_t>((vocab + 31) / 32) * sizeof(uint32_t);
+  int max_shared = 0, device = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  REFINERY_CUDA_CHECK(
+      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  REFINERY_CHECK(shared + 33 * sizeof(double) <= static_cast<std::size_t>(max_shared),
+                 "kd_loss: a vocabulary of ", vocab, " needs ", shared,
+                 " bytes of shared memory per block for the sparse teacher, the device has ",
+                 max_shared);
+  if (shared > (48u << 10))
+    REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kd_sparse_kernel,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                             static_cast<int>(shared)));
+  Tensor bucket_h = empty(DType::kF64, {rows, k});
+  Tensor cached_s = empty(DType::kF32, {rows, k});
+  kd_sparse_kernel<<<static_cast<unsigned>(rows), kKdThreads, shared, stream_>>>(
+      student_logits.data<float>(), teacher_ids.data<int32_t>(), teacher_log_probs.data<float>(),
+      labels.data<int32_t>(), p, static_cast<double*>(bucket_h.mutable_data()),
+      cached_s.mutable_data<float>(), row_terms.mutable_data<float>(), g);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "kd_loss (sparse)");
+}
+
+}  // namespace refinery::backend::cuda

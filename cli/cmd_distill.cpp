@@ -29,7 +29,7 @@ struct DistillCliOptions {
   int64_t seq_len = 0;  // 0: the cache's, else 512
   int64_t batch = 4, grad_accum = 1, steps = 100, warmup = -1;
   double lr = 3e-4, min_lr_ratio = 0.1, weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95,
-         eps = 1e-8, max_grad_norm = 1.0;
+         eps = 1e-8, max_grad_norm = 1.0, bias_update_rate = 1e-3;
   std::string loss = "forward_kl";
   double temperature = 1.0, beta = 0.5, alpha = 0.1;
   double kd_weight = -1.0, ce_weight = -1.0;  // -1: 1 and 0 with a teacher, 0 and 1 without
@@ -141,6 +141,7 @@ void run_distill(const DistillCliOptions& o) {
   t.adamw.eps = o.eps;
   t.adamw.weight_decay = o.weight_decay;
   t.max_grad_norm = o.max_grad_norm;
+  t.bias_update_rate = o.bias_update_rate;
   t.loss.divergence = parse_divergence(o.loss);
   t.loss.temperature = o.temperature;
   t.loss.beta = o.beta;
@@ -229,6 +230,9 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--beta2", o->beta2, "AdamW beta2")->capture_default_str();
   cmd->add_option("--eps", o->eps, "AdamW epsilon")->capture_default_str();
   cmd->add_option("--max-grad-norm", o->max_grad_norm, "Gradient clipping (0: off)")->capture_default_str();
+  cmd->add_option("--bias-update-rate", o->bias_update_rate,
+                  "MoE students with a score-correction bias: DeepSeek-V3 load balancing step (0: off)")
+      ->capture_default_str();
   cmd->add_option("--loss", o->loss, "forward_kl, reverse_kl, jsd or skew_kl")->capture_default_str();
   cmd->add_option("--temperature", o->temperature, "KD temperature")->capture_default_str();
   cmd->add_option("--beta", o->beta, "JSD beta")->capture_default_str();

@@ -189,6 +189,7 @@ TrainerResult Trainer::run() {
       log::warn("step ", step + 1, ": the gradient norm is ", norm,
                 "; the update is skipped (lower --lr or raise --warmup if this repeats)");
     }
+    const double imbalance = model_.update_correction_bias(options_.bias_update_rate);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double pos = std::max<int64_t>(sums.positions, 1);
@@ -198,6 +199,7 @@ TrainerResult Trainer::run() {
     nlohmann::json line = {{"step", step + 1}, {"loss", loss},   {"kd", kd},
                            {"ce", ce},         {"grad_norm", norm}, {"lr", lr},
                            {"tokens", tokens}, {"tokens_per_s", tokens / seconds}};
+    if (imbalance > 0.0) line["expert_load_max"] = imbalance;  // max load / mean load
     metrics << line.dump() << "\n" << std::flush;
     result.last_loss = loss;
     const bool last = step + 1 == options_.steps;

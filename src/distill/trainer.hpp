@@ -37,6 +37,9 @@ struct TrainerOptions {
   train::LrSchedule schedule;      // total_steps is set to `steps` when 0
   train::AdamWOptions adamw;
   double max_grad_norm = 1.0;      // 0: no clipping
+  // DeepSeek-V3 auxiliary-loss-free balancing of students with a score-correction bias
+  // (TrainableModel::update_correction_bias), applied after every step; 0: off.
+  double bias_update_rate = 1e-3;
   LossOptions loss;
   int64_t eval_every = 0;          // steps between held-out evaluations; 0: only at the end
   int64_t eval_windows = 16;       // held-out windows per evaluation (at most the held-out split)

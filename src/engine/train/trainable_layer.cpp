@@ -180,6 +180,13 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
   const Tensor host_e = be.download(a.experts), host_w = be.download(a.weights);
   const int32_t* pe = host_e.data<int32_t>();
   const float* pw = host_w.data<float>();
+  if (counting_load_) {  // loads for update_correction_bias
+    if (expert_load_.size() < static_cast<std::size_t>(config_.num_layers))
+      expert_load_.resize(static_cast<std::size_t>(config_.num_layers));
+    std::vector<int64_t>& load = expert_load_[static_cast<std::size_t>(l)];
+    load.resize(mw.experts.size(), 0);
+    for (int64_t i = 0; i < t * k; ++i) ++load[static_cast<std::size_t>(pe[i])];
+  }
   Tensor y = zeros(be, act, {t, hidden});
   a.routed.clear();
   for (std::size_t e = 0; e < mw.experts.size(); ++e) {

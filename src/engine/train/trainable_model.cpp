@@ -72,6 +72,7 @@ LossSums TrainableModel::run(std::span<const int32_t> tokens, int64_t sequences,
   be.embedding(b.ids, weights_.embed_tokens, x);
   const auto layers = static_cast<std::size_t>(config_.num_layers);
   std::vector<LayerActs> kept(backward ? layers : 0);
+  counting_load_ = backward;
   for (std::size_t l = 0; l < layers; ++l) {
     LayerActs acts;
     layer_forward(b, static_cast<int>(l), x, acts);
@@ -83,6 +84,7 @@ LossSums TrainableModel::run(std::span<const int32_t> tokens, int64_t sequences,
     }
   }
 
+  counting_load_ = false;
   Tensor dx = backward ? zeros(be, DType::kF32, {b.t, config_.hidden_size}) : Tensor();
   const LossSums sums = head_and_loss(b, x, teacher, loss, grad_scale, backward, dx);
   if (!backward) return sums;
@@ -101,6 +103,34 @@ LossSums TrainableModel::run(std::span<const int32_t> tokens, int64_t sequences,
   Tensor d_embed = grads_.embed_tokens;
   be.embedding_backward(b.ids, dx, d_embed);
   return sums;
+}
+
+double TrainableModel::update_correction_bias(double rate) {
+  backend::Backend& be = *backend_;
+  double worst = 0.0;
+  for (std::size_t l = 0; l < expert_load_.size(); ++l) {
+    std::vector<int64_t>& load = expert_load_[l];
+    if (load.empty()) continue;
+    const model::MoeWeights& mw = *weights_.layers[l].moe;
+    int64_t total = 0;
+    for (int64_t c : load) total += c;
+    if (total > 0 && mw.correction_bias.defined() && rate > 0.0) {
+      const double mean = static_cast<double>(total) / static_cast<double>(load.size());
+      Parameter* p = params_.find(weights_.layers[l].mlp_prefix + ".gate.e_score_correction_bias");
+      REFINERY_CHECK(p != nullptr, "correction bias parameter of layer ", l);
+      Tensor host = be.download(p->master).clone();
+      float* bias = host.mutable_data<float>();
+      for (std::size_t e = 0; e < load.size(); ++e) {
+        const double c = static_cast<double>(load[e]);
+        bias[e] += static_cast<float>(c < mean ? rate : c > mean ? -rate : 0.0);
+        worst = std::max(worst, c / mean);
+      }
+      p->master.copy_from(be.upload(host));
+      if (p->compute.data() != p->master.data()) be.convert(p->master, p->compute);
+    }
+    std::fill(load.begin(), load.end(), 0);
+  }
+  return worst;
 }
 
 LossSums TrainableModel::head_and_loss(const Batch& b, const Tensor& x,

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -77,6 +78,13 @@ class TrainableModel {
   LossSums evaluate(std::span<const int32_t> tokens, int64_t sequences,
                     const TeacherTargets& teacher, const backend::KdLossOptions& loss);
 
+  // DeepSeek-V3's auxiliary-loss-free load balancing: every MoE layer with a score-correction
+  // bias moves each expert's bias by `rate` toward balance, b_e += rate · sign(mean load − load_e),
+  // with the loads (tokens routed to each expert) counted by the forward_backward calls since the
+  // last update (recomputation does not count twice). Returns the largest relative imbalance
+  // max_e load_e / mean load seen (1 = balanced; 0 when nothing was routed).
+  double update_correction_bias(double rate);
+
   const model::ModelConfig& config() const { return config_; }
   ParameterSet& parameters() { return params_; }
   backend::Backend& backend() { return *backend_; }
@@ -106,6 +114,8 @@ class TrainableModel {
   model::ModelWeights grads_;    // the same structure over the f32 gradients
   backend::RopeTable rope_;
   backend::RouterSpec router_;
+  std::vector<std::vector<int64_t>> expert_load_;  // [layer][expert] since the last bias update
+  bool counting_load_ = false;                      // set during the first forward of a batch
 };
 
 }  // namespace refinery::train

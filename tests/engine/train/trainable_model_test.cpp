@@ -5,86 +5,13 @@
 // expert) trained on labels, and the llama distilled online from the DeepSeek-V3 teacher.
 #include <gtest/gtest.h>
 
-#include <cmath>
-#include <fstream>
-#include <string>
-
-#include <nlohmann/json.hpp>
-
-#include "distill/teacher_source.hpp"
-#include "engine/backend/backend.hpp"
-#include "engine/io/safetensors_file.hpp"
 #include "engine/model/model_config.hpp"
 #include "engine/train/lr_schedule.hpp"
 #include "engine/train/optimizer.hpp"
-#include "engine/train/trainable_model.hpp"
+#include "tests/engine/train/train_fixture_util.hpp"
 
 namespace refinery::train {
 namespace {
-
-const std::string kRoot = std::string(REFINERY_SOURCE_DIR) + "/";
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
-
-struct Fixture {
-  nlohmann::json trajectory;
-  nlohmann::json batches;  // [step][micro_batch][window][token]
-  std::string init_dir;
-  std::string dir;
-};
-
-Fixture load_fixture(const std::string& run) {
-  Fixture f;
-  f.dir = kRoot + "tests/fixtures/train/" + run + "/";
-  f.trajectory = read_json(f.dir + "trajectory.json");
-  f.batches = read_json(f.dir + "batches.json");
-  f.init_dir = kRoot + f.trajectory["student_init"].get<std::string>();
-  return f;
-}
-
-std::vector<int32_t> flat_tokens(const nlohmann::json& micro_batch) {
-  std::vector<int32_t> out;
-  for (const auto& window : micro_batch)
-    for (const auto& id : window) out.push_back(id.get<int32_t>());
-  return out;
-}
-
-backend::KdLossOptions loss_options(const nlohmann::json& t) {
-  backend::KdLossOptions o;
-  const auto& l = t["loss"];
-  o.temperature = l["temperature"].get<double>();
-  o.kd_weight = l["kd_weight"].get<double>();
-  o.ce_weight = l["ce_weight"].get<double>();
-  return o;
-}
-
-// Values of a tensor of a safetensors file as f32.
-std::vector<float> file_values(const io::SafetensorsFile& f, const std::string& name) {
-  const io::TensorEntry* e = f.find(name);
-  EXPECT_NE(e, nullptr) << name;
-  if (e == nullptr) return {};
-  std::vector<float> v(static_cast<std::size_t>(e->num_elements()));
-  convert_to_f32(e->dtype, f.bytes(*e).data(), v.data(), v.size());
-  return v;
-}
-
-std::vector<float> tensor_values(backend::Backend& be, const Tensor& t) {
-  const Tensor h = be.download(t);
-  return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
-}
-
-// max |a - b| / max |b| over a tensor (relative to its scale).
-double scaled_error(const std::vector<float>& got, const std::vector<float>& want) {
-  double err = 0.0, scale = 0.0;
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
-    scale = std::max(scale, std::abs(static_cast<double>(want[i])));
-  }
-  return scale > 0.0 ? err / scale : err;
-}
 
 class TrainFixture : public ::testing::TestWithParam<std::string> {};
 
@@ -93,32 +20,20 @@ TEST_P(TrainFixture, FirstStepGradientsEqualTorch) {
   auto be = backend::make_cpu_backend();
   const model::ModelConfig config = model::load_model_config(f.init_dir);
   TrainableModel model(config, ParameterSet::load(f.init_dir, config, *be), be);
-  std::unique_ptr<distill::OnlineTeacher> teacher;
-  if (!f.trajectory["teacher"].is_null())
-    teacher = std::make_unique<distill::OnlineTeacher>(
-        kRoot + f.trajectory["teacher"].get<std::string>(), be);
-
-  const backend::KdLossOptions loss = loss_options(f.trajectory);
+  auto teacher = fixture_teacher(f, be);
   const auto& step0 = f.trajectory["steps"][0];
   const double positions = step0["positions"].get<double>();
-  LossSums sums;
-  for (const auto& mb : f.batches[0]) {
-    const std::vector<int32_t> tokens = flat_tokens(mb);
-    TeacherTargets targets;
-    if (teacher) targets = teacher->targets(tokens, static_cast<int64_t>(mb.size()), {});
-    sums += model.forward_backward(tokens, static_cast<int64_t>(mb.size()), targets, loss,
-                                   1.0 / positions);
-  }
+  const LossSums sums = run_fixture_step(f, 0, model, teacher.get());
   EXPECT_EQ(sums.positions, static_cast<int64_t>(positions));
   EXPECT_NEAR(sums.ce / positions, step0["ce"].get<double>(), 1e-5 * step0["ce"].get<double>());
-  EXPECT_NEAR(sums.kd / positions, step0["kd"].get<double>(), 1e-5 + 1e-4 * step0["kd"].get<double>());
+  EXPECT_NEAR(sums.kd / positions, step0["kd"].get<double>(),
+              1e-6 + 1e-4 * step0["kd"].get<double>());
 
   const auto grads = io::SafetensorsFile::open(f.dir + "grads_step0.safetensors");
   int checked = 0;
   for (Parameter& p : model.parameters().params()) {
     if (!p.trainable) continue;
-    const double err = scaled_error(tensor_values(*be, p.grad), file_values(grads, p.name));
-    EXPECT_LT(err, 1e-4) << p.name;
+    EXPECT_LT(scaled_error(tensor_values(*be, p.grad), file_values(grads, p.name)), 1e-4) << p.name;
     ++checked;
   }
   EXPECT_EQ(checked, f.trajectory["parameters_trained"].get<int>());
@@ -129,10 +44,7 @@ TEST_P(TrainFixture, TwentyStepsMatchTorch) {
   auto be = backend::make_cpu_backend();
   const model::ModelConfig config = model::load_model_config(f.init_dir);
   TrainableModel model(config, ParameterSet::load(f.init_dir, config, *be), be);
-  std::unique_ptr<distill::OnlineTeacher> teacher;
-  if (!f.trajectory["teacher"].is_null())
-    teacher = std::make_unique<distill::OnlineTeacher>(
-        kRoot + f.trajectory["teacher"].get<std::string>(), be);
+  auto teacher = fixture_teacher(f, be);
   const auto& hp = f.trajectory["hyper_parameters"];
   AdamWOptions adamw;
   adamw.beta1 = hp["beta1"].get<double>();
@@ -152,14 +64,7 @@ TEST_P(TrainFixture, TwentyStepsMatchTorch) {
     const auto& want = f.trajectory["steps"][static_cast<std::size_t>(step)];
     const double positions = want["positions"].get<double>();
     model.parameters().zero_grad(*be);
-    LossSums sums;
-    for (const auto& mb : f.batches[static_cast<std::size_t>(step)]) {
-      const std::vector<int32_t> tokens = flat_tokens(mb);
-      TeacherTargets targets;
-      if (teacher) targets = teacher->targets(tokens, static_cast<int64_t>(mb.size()), {});
-      sums += model.forward_backward(tokens, static_cast<int64_t>(mb.size()), targets, loss,
-                                     1.0 / positions);
-    }
+    const LossSums sums = run_fixture_step(f, step, model, teacher.get());
     const double got_loss = (loss.kd_weight * t2 * sums.kd + loss.ce_weight * sums.ce) / positions;
     const double want_loss = want["loss"].get<double>();
     EXPECT_NEAR(got_loss, want_loss, 1e-3 * std::abs(want_loss)) << "step " << step;

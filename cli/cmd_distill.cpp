@@ -99,10 +99,13 @@ void run_distill(const DistillCliOptions& o) {
                    : !o.student.empty() ? fs::path(o.student)
                    : !o.teacher.empty() ? fs::path(o.teacher)
                                         : fs::path();
-    if (tok.empty())
-      throw_user_error("no tokenizer: pass --tokenizer DIR|tokenizer.json (a student from "
-                       "--student-config has none of its own)");
-    tokens = eval::read_token_stream(o.data, eval::lazy_tokenizer_encoder(tok, o.add_special)).tokens;
+    eval::TextEncoder encode = [](std::string_view) -> std::vector<int32_t> {
+      throw_user_error("--data holds text but there is no tokenizer: pass --tokenizer "
+                       "DIR|tokenizer.json (a student from --student-config has none of its own), "
+                       "or tokenize first with `refine data tokenize`");
+    };
+    if (!tok.empty()) encode = eval::lazy_tokenizer_encoder(tok, o.add_special);
+    tokens = eval::read_token_stream(o.data, encode).tokens;
     if (!o.teacher.empty()) teacher = std::make_unique<distill::OnlineTeacher>(o.teacher, be);
   }
   if (seq_len > config.max_position_embeddings && config.max_position_embeddings > 0)

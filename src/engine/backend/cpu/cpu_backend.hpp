@@ -44,6 +44,40 @@ class CpuBackend final : public Backend {
                         Tensor& y) override;
   void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
                          Tensor& indices, Tensor& log_probs) override;  // linear.cpp
+
+  // ---- backward (training): each adds into its gradient outputs, see backend.hpp ----
+  void linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy, Tensor& dx,
+                       Tensor& dw, Tensor& db) override;  // linear_backward.cpp
+  void rms_norm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                         Tensor& dx, Tensor& dweight) override;  // norm_backward.cpp
+  void embedding_backward(const Tensor& ids, const Tensor& dy,
+                          Tensor& dtable) override;  // elementwise_backward.cpp
+  void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
+                       Tensor& dup) override;  // elementwise_backward.cpp
+  void sigmoid_gate_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx,
+                             Tensor& dg) override;  // elementwise_backward.cpp
+  void copy_columns_backward(const Tensor& ddst, int64_t dst_col, Tensor& dsrc, int64_t src_col,
+                             int64_t width) override;  // elementwise_backward.cpp
+  void scatter_add_rows_backward(const Tensor& x, const Tensor& rows, const Tensor& scale,
+                                 const Tensor& dy, Tensor& dx,
+                                 Tensor& dscale) override;  // elementwise_backward.cpp
+  void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
+                     int64_t offset, Tensor& dx) override;  // rope_backward.cpp
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& dout, float scale, Tensor& dq, Tensor& dk,
+                          Tensor& dv) override;  // attention_backward.cpp
+  void route_backward(const Tensor& logits, const RouterSpec& spec, const Tensor& experts,
+                      const Tensor& dweights, Tensor& dlogits) override;  // router_backward.cpp
+
+  // ---- training losses and the optimizer ----
+  void kd_loss(const Tensor& student_logits, const Tensor& teacher_logits,
+               const Tensor& teacher_ids, const Tensor& teacher_log_probs, const Tensor& labels,
+               const KdLossOptions& options, float grad_scale, Tensor& row_terms,
+               Tensor& grad) override;  // kd_loss.cpp
+  double sum_squares(const Tensor& t) override;  // optimizer_ops.cpp
+  void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                    const AdamWScalars& s, Tensor& compute) override;  // optimizer_ops.cpp
+  void convert(const Tensor& src, Tensor& dst) override;  // optimizer_ops.cpp
 };
 
 // Small helpers shared by the op files.

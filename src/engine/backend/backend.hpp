@@ -206,7 +206,7 @@ class Backend {
   // g = grad[i] · s.grad_scale:
   //   w = master[i]; if (s.decay) w *= s.decay_factor;
   //   m = fma(s.lerp_weight, g - exp_avg[i], exp_avg[i]);
-  //   v = exp_avg_sq[i] * s.beta2;  v = v + s.one_minus_beta2 * g * g;
+  //   v = exp_avg_sq[i] * s.beta2;  v = fma(s.one_minus_beta2 * g, g, v);
   //   master[i] = w + (s.neg_step_size * m) / (sqrt(v) / s.bc2_sqrt + s.eps);
   //   exp_avg[i] = m; exp_avg_sq[i] = v;  compute[i] = master[i] in compute's dtype (bf16 round
   //   to nearest even, or f32) when compute is defined.

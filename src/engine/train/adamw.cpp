@@ -133,7 +133,7 @@ void AdamW::step(double lr, const std::vector<const float*>& grads) {
       // torch's vectorized lerp for a weight below 0.5: fma(weight, end - start, start).
       const float mi = std::fma(lerp_weight, gi - m[i], m[i]);
       float vi = v[i] * beta2;
-      vi = vi + one_minus_beta2 * gi * gi;
+      vi = std::fma(one_minus_beta2 * gi, gi, vi);  // one rounding for + (the CUDA op too)
       const float denom = std::sqrt(vi) / bc2_sqrt + eps;
       w[i] = wi + (neg_step_size * mi) / denom;  // addcdiv: self + value * t1 / t2
       m[i] = mi;

@@ -8,7 +8,7 @@
 //
 // One step with learning rate lr, t = step_count() after the increment, per element:
 //   p  *= 1 - lr * weight_decay
-//   m   = lerp(m, g, 1 - beta1)           v = beta2 * v + (1 - beta2) * g^2
+//   m   = lerp(m, g, 1 - beta1)           v = fma((1 - beta2) * g, g, beta2 * v)
 //   p  -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 // Scalars are formed in double and applied in float, element arithmetic is fp32, in the order
 // torch's single-tensor CPU path uses; elements are independent, so threads do not change results.

@@ -96,7 +96,7 @@ void CpuBackend::adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_av
     const float gi = g[i] * grad_scale;
     const float mi = std::fma(lerp_weight, gi - m[i], m[i]);
     float vi = v[i] * beta2;
-    vi = vi + one_minus_beta2 * gi * gi;
+    vi = std::fma(one_minus_beta2 * gi, gi, vi);  // as AdamW::step and the CUDA op
     const float denom = std::sqrt(vi) / bc2_sqrt + eps;
     w[i] = wi + (neg_step_size * mi) / denom;
     m[i] = mi;

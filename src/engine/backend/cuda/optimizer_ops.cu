@@ -4,8 +4,9 @@
 // every float operation is an explicit round-to-nearest intrinsic (__fmul_rn, __fadd_rn,
 // __fdiv_rn, __fsqrt_rn, __fmaf_rn): nvcc may not contract or reassociate them, whatever
 // -fmad / --use_fast_math say (the build passes neither; see CMakeLists.txt). The lerp is the
-// documented fma; v = v·beta2 + (omb2·g)·g is two roundings of products and one of the sum, with
-// NO fused multiply-add (the CPU side must compile that line without contraction too).
+// documented fma; v = fma(omb2·g, g, v·beta2) is written as an explicit fma on both sides (left to
+// the compiler, g++ contracts it under -march=x86-64-v3 and not without, so the CPU result would
+// depend on build flags).
 //
 // sum_squares: a fixed grid of kSumBlocks blocks (independent of the device), each thread sums x²
 // in double over a fixed grid-stride element set, the block reduces in a fixed tree, and one
@@ -33,7 +34,7 @@ __global__ void adamw_kernel(float* master, const float* grad, float* exp_avg, f
     const float m0 = exp_avg[i];
     const float m = __fmaf_rn(s.lerp_weight, __fsub_rn(g, m0), m0);
     float v = __fmul_rn(exp_avg_sq[i], s.beta2);
-    v = __fadd_rn(v, __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
+    v = __fmaf_rn(__fmul_rn(s.one_minus_beta2, g), g, v);  // as the CPU: std::fma
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bc2_sqrt), s.eps);
     w = __fadd_rn(w, __fdiv_rn(__fmul_rn(s.neg_step_size, m), denom));
     master[i] = w;

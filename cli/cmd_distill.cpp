@@ -33,7 +33,7 @@ struct DistillCliOptions {
   std::string loss = "forward_kl";
   double temperature = 1.0, beta = 0.5, alpha = 0.1;
   double kd_weight = -1.0, ce_weight = -1.0;  // -1: 1 and 0 with a teacher, 0 and 1 without
-  int64_t eval_every = 0, eval_windows = 16, save_every = 0;
+  int64_t eval_every = 0, eval_windows = 16, save_every = 0, log_every = 10;
   double held_out = 0.01;
   std::string device = "cpu", save_dtype = "bf16";
   int threads = 0;
@@ -154,6 +154,7 @@ void run_distill(const DistillCliOptions& o) {
   t.eval_every = o.eval_every;
   t.eval_windows = o.eval_windows;
   t.save_every = o.save_every;
+  t.log_every = o.log_every;
   t.save_dtype = o.save_dtype == "f32" ? DType::kF32 : DType::kBF16;
   t.out = o.out;
   t.resume = o.resume;
@@ -247,6 +248,8 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--eval-windows", o->eval_windows, "Held-out windows per evaluation")->capture_default_str();
   cmd->add_option("--held-out", o->held_out, "Fraction of windows held out")->capture_default_str();
   cmd->add_option("--save-every", o->save_every, "Checkpoint every N steps (0: at the end)")
+      ->capture_default_str();
+  cmd->add_option("--log-every", o->log_every, "Steps between progress lines on stderr")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Data order and init seed")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu or cuda")

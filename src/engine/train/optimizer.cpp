@@ -58,8 +58,11 @@ void ModelOptimizer::step(double lr) {
     backend::AdamWScalars si = s;
     si.decay = p.decay && options_.weight_decay != 0.0;
     si.decay_factor = static_cast<float>(1.0 - lr * options_.weight_decay);
-    Tensor compute = p.compute.data() == p.master.data() ? Tensor() : p.compute;
-    backend_.adamw_update(p.master, p.grad, exp_avg_[i], exp_avg_sq_[i], si, compute);
+    // The op works on flat [n] tensors.
+    const int64_t n = p.numel();
+    Tensor master = p.master.view({n}), m = exp_avg_[i].view({n}), v = exp_avg_sq_[i].view({n});
+    Tensor compute = p.compute.data() == p.master.data() ? Tensor() : p.compute.view({n});
+    backend_.adamw_update(master, p.grad.view({n}), m, v, si, compute);
   }
   clip_coefficient_ = 1.0;
 }

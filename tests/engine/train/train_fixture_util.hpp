@@ -82,6 +82,18 @@ inline double scaled_error(const std::vector<float>& got, const std::vector<floa
   return scale > 0.0 ? err / scale : err;
 }
 
+// ||got - want|| / ||want|| (L2 over the tensor): the bf16 bound, where single elements may be
+// far off relative to the tensor's largest value while the gradient as a whole is right.
+inline double relative_l2_error(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - want[i];
+    err += d * d;
+    norm += static_cast<double>(want[i]) * want[i];
+  }
+  return norm > 0.0 ? std::sqrt(err / norm) : std::sqrt(err);
+}
+
 // Forward + backward of every micro-batch of fixture step `step` (gradients accumulate).
 inline LossSums run_fixture_step(const Fixture& f, int64_t step, TrainableModel& model,
                                  distill::OnlineTeacher* teacher) {

@@ -1,6 +1,7 @@
 // TrainableModel on the GPU: the step-0 gradients of the training fixtures on the CUDA backend
 // against the CPU backend (f32 activations: the same math, so tight bounds) and, with bf16
-// activations (what training runs), against PyTorch's f32 gradients with bf16-sized bounds; and
+// activations (what training runs), against PyTorch's f32 gradients within 5% (relative L2 per
+// tensor); and
 // the bf16 loss over 20 steps against PyTorch's trajectory.
 #include <gtest/gtest.h>
 
@@ -73,7 +74,8 @@ TEST_P(TrainFixtureGpu, Bf16TrainingFollowsTorch) {
     if (step == 0)
       for (Parameter& p : model.parameters().params())
         if (p.trainable)
-          EXPECT_LT(scaled_error(tensor_values(*gpu, p.grad), file_values(grads, p.name)), 0.1)
+          EXPECT_LT(relative_l2_error(tensor_values(*gpu, p.grad), file_values(grads, p.name)),
+                    0.05)
               << p.name;
     optimizer.clip(hp["max_grad_norm"].get<double>());
     optimizer.step(schedule.lr(step));

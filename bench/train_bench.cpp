@@ -104,6 +104,7 @@ int run(const Options& o) {
                 static_cast<double>(sums.positions);
     std::cerr << "step " << step << ": " << seconds << " s, loss " << last_loss << "\n";
     if (step >= o.warmup) timed += seconds;
+    if (step + 1 == o.warmup) be->profile_reset();  // REFINERY_PROFILE=1 covers the timed steps
   }
   const double tok_s = static_cast<double>(t * (o.steps - o.warmup)) / timed;
   nlohmann::json j = {{"mode", teacher ? "kd" : "train"},

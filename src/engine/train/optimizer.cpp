@@ -1,19 +1,36 @@
 // ModelOptimizer: AdamW on the training device through Backend::adamw_update.
 #include "engine/train/optimizer.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/core/error.hpp"
 
 namespace refinery::train {
 
+std::vector<int> ModelOptimizer::owners(const ParameterSet& params, int world) {
+  REFINERY_CHECK(world >= 1, "optimizer shards: world ", world);
+  std::vector<int64_t> load(static_cast<std::size_t>(world), 0);
+  std::vector<int> owner;
+  for (const Parameter& p : params.params()) {
+    const auto least = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner.push_back(least);
+    load[static_cast<std::size_t>(least)] += p.numel();
+  }
+  return owner;
+}
+
 ModelOptimizer::ModelOptimizer(ParameterSet& params, backend::Backend& backend,
-                               AdamWOptions options)
-    : params_(params), backend_(backend), options_(options) {
+                               AdamWOptions options, OptimizerShard shard)
+    : params_(params), backend_(backend), options_(options), shard_(std::move(shard)) {
   options_.validate();
-  for (const Parameter& p : params_.params()) {
+  REFINERY_CHECK(shard_.rank >= 0 && shard_.rank < shard_.world, "optimizer shard rank ",
+                 shard_.rank, " of ", shard_.world);
+  owner_ = owners(params_, shard_.world);
+  for (std::size_t i = 0; i < params_.params().size(); ++i) {
+    const Parameter& p = params_.params()[i];
     Tensor m, v;
-    if (p.trainable) {
+    if (p.trainable && owns(i)) {
       m = backend_.empty(DType::kF32, p.shape);
       v = backend_.empty(DType::kF32, p.shape);
       backend_.fill_zero(m);
@@ -25,9 +42,12 @@ ModelOptimizer::ModelOptimizer(ParameterSet& params, backend::Backend& backend,
 }
 
 double ModelOptimizer::clip(double max_norm) {
+  // Each rank measures the gradients of its own parameters (after the gradient reduction every
+  // rank holds the same full gradients); the partial sums are added over the ranks.
   double sum = 0.0;
-  for (const Parameter& p : params_.params())
-    if (p.trainable) sum += backend_.sum_squares(p.grad);
+  for (std::size_t i = 0; i < params_.params().size(); ++i)
+    if (params_.params()[i].trainable && owns(i)) sum += backend_.sum_squares(params_.params()[i].grad);
+  if (shard_.all_reduce_sum) sum = shard_.all_reduce_sum(sum);
   const double norm = std::sqrt(sum);
   clip_coefficient_ = 1.0;
   if (max_norm > 0.0 && std::isfinite(norm))
@@ -54,7 +74,7 @@ void ModelOptimizer::step(double lr) {
   auto& ps = params_.params();
   for (std::size_t i = 0; i < ps.size(); ++i) {
     Parameter& p = ps[i];
-    if (!p.trainable) continue;
+    if (!p.trainable || !owns(i)) continue;
     backend::AdamWScalars si = s;
     si.decay = p.decay && options_.weight_decay != 0.0;
     si.decay_factor = static_cast<float>(1.0 - lr * options_.weight_decay);
@@ -72,7 +92,7 @@ void ModelOptimizer::save(const std::filesystem::path& file) const {
   std::vector<AdamWStateView> views;
   const auto& ps = params_.params();
   for (std::size_t i = 0; i < ps.size(); ++i) {
-    if (!ps[i].trainable) continue;
+    if (!ps[i].trainable || !owns(i)) continue;
     const int64_t n = ps[i].numel();
     Tensor m = backend_.download(ps[i].master).view({n}).clone();
     Tensor a = backend_.download(exp_avg_[i]).view({n}).clone();
@@ -90,7 +110,7 @@ void ModelOptimizer::load(const std::filesystem::path& file) {
   std::vector<std::size_t> index;
   auto& ps = params_.params();
   for (std::size_t i = 0; i < ps.size(); ++i) {
-    if (!ps[i].trainable) continue;
+    if (!ps[i].trainable || !owns(i)) continue;
     const int64_t n = ps[i].numel();
     Tensor m = Tensor::empty(DType::kF32, {n}), a = Tensor::empty(DType::kF32, {n}),
            v = Tensor::empty(DType::kF32, {n});

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <vector>
 
 #include "engine/backend/backend.hpp"
@@ -23,9 +24,26 @@
 
 namespace refinery::train {
 
+// Sharding of the optimizer state over data-parallel ranks (ZeRO-1, the way to a 7B student on
+// several GPUs: docs/PLAN-7B.md). Rank r owns the parameters that owner_of() gives it — whole
+// tensors, balanced greedily by size in registration order — and keeps moments and steps only for
+// those. The collective steps are callbacks so that this class needs no NCCL: `all_reduce_sum`
+// adds a double over the ranks (the squared gradient norm); the trainer reduces gradients before
+// step() and all-gathers the owned parameters after it (NCCL, a later issue). With world == 1
+// (the default) this is plain AdamW.
+struct OptimizerShard {
+  int rank = 0;
+  int world = 1;
+  std::function<double(double)> all_reduce_sum;  // null: identity (one rank)
+};
+
 class ModelOptimizer {
  public:
-  ModelOptimizer(ParameterSet& params, backend::Backend& backend, AdamWOptions options);
+  ModelOptimizer(ParameterSet& params, backend::Backend& backend, AdamWOptions options,
+                 OptimizerShard shard = {});
+  // The rank that owns each parameter (size() == params.params().size()).
+  static std::vector<int> owners(const ParameterSet& params, int world);
+  bool owns(std::size_t parameter) const { return owner_[parameter] == shard_.rank; }
 
   // The global L2 norm of the trainable gradients; with max_norm > 0 the next step() scales them
   // by min(1, max_norm / (norm + 1e-6)). A non-finite norm is returned as is (the caller skips
@@ -46,7 +64,10 @@ class ModelOptimizer {
   ParameterSet& params_;
   backend::Backend& backend_;
   AdamWOptions options_;
-  std::vector<Tensor> exp_avg_, exp_avg_sq_;  // per parameter (undefined when not trainable)
+  OptimizerShard shard_;
+  std::vector<int> owner_;                    // per parameter
+  std::vector<Tensor> exp_avg_, exp_avg_sq_;  // per parameter (undefined when not trainable or
+                                              // owned by another rank)
   int64_t step_count_ = 0;
   double clip_coefficient_ = 1.0;
 };

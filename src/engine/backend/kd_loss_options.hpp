@@ -16,4 +16,8 @@ struct KdLossOptions {
   double ce_weight = 0.0;    // >= 0; not both weights zero
 };
 
+// Throws a user error for temperature <= 0 or not finite, beta or alpha outside (0, 1), negative
+// or non-finite weights, or both weights zero (distill::validate_options is this).
+void validate_kd_loss_options(const KdLossOptions& options);
+
 }  // namespace refinery::backend

@@ -14,6 +14,8 @@
 #include "distill/teacher_source.hpp"
 #include "engine/backend/backend.hpp"
 #include "engine/io/safetensors_file.hpp"
+#include "engine/train/adamw.hpp"
+#include "engine/train/lr_schedule.hpp"
 #include "engine/train/trainable_model.hpp"
 
 namespace refinery::train {
@@ -92,6 +94,25 @@ inline double relative_l2_error(const std::vector<float>& got, const std::vector
     norm += static_cast<double>(want[i]) * want[i];
   }
   return norm > 0.0 ? std::sqrt(err / norm) : std::sqrt(err);
+}
+
+// The fixture's optimizer and schedule (trajectory.json "hyper_parameters").
+inline AdamWOptions fixture_adamw(const nlohmann::json& hp) {
+  AdamWOptions o;
+  o.beta1 = hp["beta1"].get<double>();
+  o.beta2 = hp["beta2"].get<double>();
+  o.eps = hp["eps"].get<double>();
+  o.weight_decay = hp["weight_decay"].get<double>();
+  return o;
+}
+
+inline LrSchedule fixture_schedule(const nlohmann::json& hp) {
+  LrSchedule s;
+  s.peak_lr = hp["peak_lr"].get<double>();
+  s.warmup_steps = hp["warmup_steps"].get<int64_t>();
+  s.total_steps = hp["total_steps"].get<int64_t>();
+  s.min_lr_ratio = hp["min_lr_rate"].get<double>();
+  return s;
 }
 
 // Forward + backward of every micro-batch of fixture step `step` (gradients accumulate).

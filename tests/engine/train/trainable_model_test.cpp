@@ -46,17 +46,9 @@ TEST_P(TrainFixture, TwentyStepsMatchTorch) {
   TrainableModel model(config, ParameterSet::load(f.init_dir, config, *be), be);
   auto teacher = fixture_teacher(f, be);
   const auto& hp = f.trajectory["hyper_parameters"];
-  AdamWOptions adamw;
-  adamw.beta1 = hp["beta1"].get<double>();
-  adamw.beta2 = hp["beta2"].get<double>();
-  adamw.eps = hp["eps"].get<double>();
-  adamw.weight_decay = hp["weight_decay"].get<double>();
+  const AdamWOptions adamw = fixture_adamw(hp);
   ModelOptimizer optimizer(model.parameters(), *be, adamw);
-  LrSchedule schedule;
-  schedule.peak_lr = hp["peak_lr"].get<double>();
-  schedule.warmup_steps = hp["warmup_steps"].get<int64_t>();
-  schedule.total_steps = hp["total_steps"].get<int64_t>();
-  schedule.min_lr_ratio = hp["min_lr_rate"].get<double>();
+  const LrSchedule schedule = fixture_schedule(hp);
   const backend::KdLossOptions loss = loss_options(f.trajectory);
   const double t2 = loss.temperature * loss.temperature;
 

@@ -323,26 +323,6 @@ __global__ void kd_sparse_kernel(const float* student, const int32_t* ids, const
   }
 }
 
-// The option checks of distill::validate_options (user errors), repeated here so that the
-// backend does not depend on src/distill.
-void validate(const KdLossOptions& o) {
-  if (!(o.temperature > 0.0) || !std::isfinite(o.temperature))
-    throw_user_error("distillation loss option temperature is ", o.temperature,
-                     ", expected a finite value > 0 (1 = no softening; 2 is common)");
-  if (!(o.beta > 0.0 && o.beta < 1.0))
-    throw_user_error("distillation loss option beta (JSD mixing weight) is ", o.beta,
-                     ", expected a value strictly between 0 and 1 (0.5 = symmetric JSD)");
-  if (!(o.alpha > 0.0 && o.alpha < 1.0))
-    throw_user_error("distillation loss option alpha (skew-KL mixing weight) is ", o.alpha,
-                     ", expected a value strictly between 0 and 1 (0.1 is DistiLLM's default)");
-  if (!(o.kd_weight >= 0.0) || !std::isfinite(o.kd_weight) || !(o.ce_weight >= 0.0) ||
-      !std::isfinite(o.ce_weight))
-    throw_user_error("distillation loss weights are kd_weight=", o.kd_weight,
-                     " ce_weight=", o.ce_weight, ", expected finite values >= 0");
-  if (o.kd_weight == 0.0 && o.ce_weight == 0.0)
-    throw_user_error("distillation loss weights kd_weight and ce_weight are both 0: the loss "
-                     "would be constant; set kd_weight (e.g. 1) and/or ce_weight");
-}
 
 std::vector<float> host_f32(const Tensor& t) {
   const Tensor h = t.device() == Device::kCPU ? t : t.to(Device::kCPU);
@@ -356,7 +336,7 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
                           const Tensor& labels, const KdLossOptions& options, float grad_scale,
                           Tensor& row_terms, Tensor& grad) {
   OpTimer timer(profiler_, stream_, "kd_loss");
-  validate(options);
+  validate_kd_loss_options(options);
   REFINERY_CHECK(student_logits.ndim() == 2, "kd_loss: student logits must be f32 [R, V], found ",
                  student_logits.describe());
   const int64_t rows = student_logits.size(0), vocab = student_logits.size(1);

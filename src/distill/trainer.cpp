@@ -20,12 +20,50 @@ const char* dtype_json_name(DType d) { return d == DType::kF32 ? "float32" : "bf
 
 // The options a resumed run must share with the run that wrote the checkpoint: otherwise the
 // trajectory would silently change.
+const char* divergence_name(backend::Divergence d) {
+  switch (d) {
+    case backend::Divergence::kForwardKl: return "forward_kl";
+    case backend::Divergence::kReverseKl: return "reverse_kl";
+    case backend::Divergence::kJsd: return "jsd";
+    case backend::Divergence::kSkewKl: return "skew_kl";
+  }
+  return "?";
+}
+
+// Keys are the CLI's option names where there is one, so that a mismatch reads as a fix.
 nlohmann::json run_identity(const DataLoader& data, const TrainerOptions& o) {
-  return {{"seq_len", data.seq_len()},
-          {"batch_size", data.batch_size()},
-          {"grad_accum", o.grad_accum},
-          {"train_windows", data.train_windows()},
-          {"held_out_windows", data.held_out_windows()}};
+  return {{"--seq-len", data.seq_len()},
+          {"--batch", data.batch_size()},
+          {"--grad-accum", o.grad_accum},
+          {"train windows (--data, --held-out)", data.train_windows()},
+          {"held-out windows (--data, --held-out)", data.held_out_windows()},
+          {"--seed", o.seed},
+          {"--steps", o.steps},
+          {"--lr", o.schedule.peak_lr},
+          {"--warmup", o.schedule.warmup_steps},
+          {"--min-lr-ratio", o.schedule.min_lr_ratio},
+          {"--weight-decay", o.adamw.weight_decay},
+          {"--beta1", o.adamw.beta1},
+          {"--beta2", o.adamw.beta2},
+          {"--eps", o.adamw.eps},
+          {"--max-grad-norm", o.max_grad_norm},
+          {"--loss", divergence_name(o.loss.divergence)},
+          {"--temperature", o.loss.temperature},
+          {"--beta", o.loss.beta},
+          {"--alpha", o.loss.alpha},
+          {"--kd-weight", o.loss.kd_weight},
+          {"--ce-weight", o.loss.ce_weight}};
+}
+
+// "--seq-len 32 in the checkpoint but 16 now; ..." for every field that differs.
+std::string describe_identity_mismatch(const nlohmann::json& saved, const nlohmann::json& now) {
+  std::string out;
+  for (const auto& [key, value] : now.items()) {
+    const std::string was = saved.contains(key) ? saved[key].dump() : std::string("(absent)");
+    if (!saved.contains(key) || saved[key] != value)
+      out += (out.empty() ? "" : "; ") + key + " " + was + " in the checkpoint but " + value.dump() + " now";
+  }
+  return out;
 }
 
 }  // namespace
@@ -125,20 +163,31 @@ int64_t Trainer::restore_checkpoint() {
                      "); delete ", dir.string(), " to start over");
   }
   const nlohmann::json identity = run_identity(data_, options_);
-  if (!state.contains("run") || state["run"] != identity)
-    throw_user_error("--resume: the checkpoint in ", ck.string(), " was made with ",
-                     state.value("run", nlohmann::json()).dump(), " but this run has ",
-                     identity.dump(),
-                     "; resume with the same --data, --seq-len, --batch and --grad-accum, or "
-                     "choose another --out");
+  const nlohmann::json saved = state.value("run", nlohmann::json::object());
+  if (saved != identity)
+    throw_user_error("--resume: the checkpoint in ", ck.string(), " was made with other options (",
+                     describe_identity_mismatch(saved, identity),
+                     "); resume with the options of the interrupted run, or choose another --out");
   optimizer_->load(ck / "optimizer.safetensors");
   optimizer_->set_step_count(state.at("optimizer_steps").get<int64_t>());
   data_.seek(Cursor{state.at("epoch").get<int64_t>(), state.at("position").get<int64_t>()});
   return state.at("step").get<int64_t>();
 }
 
+void Trainer::check_output_directory(const fs::path& out, bool resume) {
+  if (resume) return;
+  // A run killed before its first checkpoint leaves only the metrics log: appending a new run to
+  // it would mix two trajectories.
+  for (const fs::path& p : {out / "train" / "checkpoint", out / "train" / "checkpoint.old",
+                            out / "train" / "metrics.jsonl"})
+    if (fs::exists(p))
+      throw_user_error(out.string(), " already holds a training run (", p.string(),
+                       "); pass --resume to continue it, or choose another --out");
+}
+
 TrainerResult Trainer::run() {
   const fs::path& out = options_.out;
+  if (!options_.resume) check_output_directory(out, false);
   fs::create_directories(out / "train");
   const fs::path metrics_path = out / "train" / "metrics.jsonl";
   int64_t start = 0;
@@ -157,9 +206,6 @@ TrainerResult Trainer::run() {
     for (const auto& l : kept) text += l + "\n";
     io::write_file_atomically(metrics_path, text);
     if (start > 0) log::info("resuming at step ", start, " of ", options_.steps);
-  } else if (fs::exists(out / "train" / "checkpoint")) {
-    throw_user_error(out.string(), " already holds a training run (", (out / "train" / "checkpoint").string(),
-                     "); pass --resume to continue it, or choose another --out");
   }
   std::ofstream metrics(metrics_path, std::ios::app);
 
@@ -169,6 +215,7 @@ TrainerResult Trainer::run() {
   const double grad_scale = 1.0 / static_cast<double>(step_positions);
   const double t = options_.loss.temperature;
   TrainerResult result;
+  result.steps_done = start;  // a finished run resumed again does nothing
   auto last_log = std::chrono::steady_clock::now();
   for (int64_t step = start; step < options_.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();

@@ -121,8 +121,13 @@ void Trainer::write_student() {
   model_.parameters().save_weights(out, options_.save_dtype, model_.backend());
   for (const fs::path& f : options_.tokenizer_files)
     if (fs::exists(f)) fs::copy_file(f, out / f.filename(), fs::copy_options::overwrite_existing);
-  if (!options_.provenance.is_null())
-    io::write_file_atomically(out / "refinery.json", options_.provenance.dump(2) + "\n");
+  if (!options_.provenance.is_null()) {
+    // DESIGN §5: the provenance carries the metrics the pass measured (the latest held-out
+    // evaluation of these weights, when one ran).
+    nlohmann::json provenance = options_.provenance;
+    if (!last_eval_.is_null()) provenance["metrics"] = last_eval_;
+    io::write_file_atomically(out / "refinery.json", provenance.dump(2) + "\n");
+  }
 }
 
 void Trainer::save_checkpoint(int64_t step) {
@@ -216,7 +221,8 @@ TrainerResult Trainer::run() {
   const double t = options_.loss.temperature;
   TrainerResult result;
   result.steps_done = start;  // a finished run resumed again does nothing
-  auto last_log = std::chrono::steady_clock::now();
+  const auto run_start = std::chrono::steady_clock::now();
+  auto last_log = run_start;
   for (int64_t step = start; step < options_.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     model_.parameters().zero_grad(model_.backend());
@@ -254,9 +260,13 @@ TrainerResult Trainer::run() {
     if ((options_.log_every > 0 && (step + 1) % options_.log_every == 0) || last ||
         std::chrono::duration<double>(now - last_log).count() > 30.0) {
       last_log = now;
+      // ETA from the mean step time of this process (evaluations and checkpoints included).
+      const double elapsed = std::chrono::duration<double>(now - run_start).count();
+      const double eta = elapsed / static_cast<double>(step + 1 - start) *
+                         static_cast<double>(options_.steps - step - 1);
       log::info("step ", step + 1, "/", options_.steps, "  loss ", loss, "  kd ", kd, "  ce ", ce,
                 "  |g| ", norm, "  lr ", lr, "  ", static_cast<int64_t>(tokens / seconds),
-                " tok/s");
+                " tok/s  ETA ", static_cast<int64_t>(std::ceil(eta)), " s");
     }
     if ((options_.eval_every > 0 && (step + 1) % options_.eval_every == 0) || last) {
       const nlohmann::json ev = evaluate();
@@ -265,6 +275,7 @@ TrainerResult Trainer::run() {
                 "  kd ", ev["kd"].get<double>(), "  (", ev["positions"].get<int64_t>(),
                 " held-out positions)");
       result.last_eval = ev;
+      last_eval_ = {{"step", step + 1}, {"eval", ev}};
     }
     if ((options_.save_every > 0 && (step + 1) % options_.save_every == 0) || last)
       save_checkpoint(step + 1);

@@ -86,6 +86,7 @@ class Trainer {
   DataLoader& data_;
   TrainerOptions options_;
   std::unique_ptr<train::ModelOptimizer> optimizer_;
+  nlohmann::json last_eval_;  // {"step", "eval"} of the latest evaluation; null before one
 };
 
 }  // namespace refinery::distill

@@ -209,7 +209,7 @@ TEST(DistillCliOutputs, DirectoryMetricsJsonAndEvalOfTheStudent) {
   EXPECT_EQ(summary["steps"], 4);
   EXPECT_EQ(summary["out"], out);
   EXPECT_TRUE(summary.contains("last_loss"));
-  for (const char* progress : {"step 1/4", "step 4/4", "eval at step 2", "eval at step 4"})
+  for (const char* progress : {"step 1/4", "step 4/4", "tok/s  ETA", "eval at step 2", "eval at step 4"})
     EXPECT_NE(r.err.find(progress), std::string::npos) << progress << "\n" << r.err;
 
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "refinery.json",
@@ -247,6 +247,8 @@ TEST(DistillCliOutputs, DirectoryMetricsJsonAndEvalOfTheStudent) {
     }
   }
   EXPECT_EQ(summary["eval"], metrics.back()["eval"]);
+  // refinery.json records the final evaluation of the weights it describes.
+  EXPECT_EQ(provenance["metrics"], metrics.back());
 
   // The student on disk (f32) evaluated by `refine eval` on exactly the held-out windows: the
   // engine's inference forward against the trainer's, same weights and windows.

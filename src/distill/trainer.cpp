@@ -180,6 +180,10 @@ int64_t Trainer::restore_checkpoint() {
 }
 
 void Trainer::check_output_directory(const fs::path& out, bool resume) {
+  if (out.empty()) throw_user_error("--out is empty; give the directory to write the student to");
+  if (fs::exists(out) && !fs::is_directory(out))
+    throw_user_error("--out ", out.string(), " is a file, not a directory; give a directory "
+                     "(it is created if missing)");
   if (resume) return;
   // A run killed before its first checkpoint leaves only the metrics log: appending a new run to
   // it would mix two trajectories.
@@ -192,7 +196,7 @@ void Trainer::check_output_directory(const fs::path& out, bool resume) {
 
 TrainerResult Trainer::run() {
   const fs::path& out = options_.out;
-  if (!options_.resume) check_output_directory(out, false);
+  check_output_directory(out, options_.resume);
   fs::create_directories(out / "train");
   const fs::path metrics_path = out / "train" / "metrics.jsonl";
   int64_t start = 0;

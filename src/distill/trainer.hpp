@@ -69,8 +69,8 @@ class Trainer {
   Trainer(train::TrainableModel& model, TeacherSource* teacher, DataLoader& data,
           TrainerOptions options);
   TrainerResult run();
-  // User error when `out` holds a previous run (a checkpoint or a metrics log) and `resume` is
-  // false. run() checks it too; the CLI calls it first so that nothing loads before the refusal.
+  // User error when `out` is a file, or holds a previous run (a checkpoint or a metrics log) and
+  // `resume` is false. run() checks it too; the CLI calls it first so that nothing loads before the refusal.
   static void check_output_directory(const std::filesystem::path& out, bool resume);
   // Held-out evaluation of the current weights: loss terms over the first eval_windows held-out
   // windows.

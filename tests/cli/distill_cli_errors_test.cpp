@@ -111,6 +111,10 @@ TEST_F(DistillCliErrors, OutHoldsAPreviousRunOrAnotherShapeOnResume) {
   run_ok(ce_run(out) + " --student-config " + kStudentConfig);
   expect_user_error(ce_run(out) + " --student-config " + kStudentConfig,
                     {out, "--resume", "another --out"});
+  const std::string file = dir_.write("file.txt", "not a directory\n");
+  expect_user_error(ce_run(file) + " --student-config " + kStudentConfig, {file, "not a directory"});
+  expect_user_error(ce_run(file) + " --student-config " + kStudentConfig + " --resume",
+                    {file, "not a directory"});
   // A run killed before its first checkpoint leaves only its metrics log: a new run must not
   // append to it.
   const std::string early = dir_.file("early");

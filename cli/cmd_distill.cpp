@@ -1,6 +1,7 @@
 // `refine distill --student DIR|--student-config CFG [--teacher MODEL | --teacher-logits C.h5]
 //  --data F --out DIR ...`: train a student on a teacher's soft targets and/or the data's labels
 // (src/distill/trainer.hpp), with held-out evaluation, a metrics log and resumable checkpoints.
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -13,6 +14,7 @@
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/core/log.hpp"
 #include "engine/eval/token_stream.hpp"
+#include "engine/io/logit_cache.hpp"
 #include "engine/io/text_source.hpp"
 #include "engine/model/model_config.hpp"
 
@@ -66,6 +68,10 @@ void run_distill(const DistillCliOptions& o) {
   if (o.teacher_logits.empty() && o.data.empty())
     throw_user_error("--data is required (with --teacher-logits the cache's tokens are used)");
   if (o.batch < 1) throw_user_error("--batch is ", o.batch, "; it must be >= 1");
+  if (!std::isfinite(o.lr) || o.lr < 0.0)
+    throw_user_error("--lr is ", o.lr, "; the peak learning rate must be a positive number such as 3e-4");
+  const backend::Divergence divergence = parse_divergence(o.loss);  // before anything loads
+  distill::Trainer::check_output_directory(o.out, o.resume);
 
   // The student's config.
   const fs::path config_path =
@@ -112,11 +118,31 @@ void run_distill(const DistillCliOptions& o) {
     throw_user_error("--seq-len ", seq_len, " exceeds the student's max_position_embeddings ",
                      config.max_position_embeddings);
 
+  // Checked here, before the teacher's forward reads them: ids past the vocabulary mean the data was
+  // encoded with another tokenizer.
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= config.vocab_size)
+      throw_user_error("token ", i, " of the data has id ", tokens[i], ", outside the student's vocabulary of ",
+                       config.vocab_size, " tokens; the data was tokenized for another model: pass "
+                       "--tokenizer with the student's tokenizer (or re-tokenize the data with it)");
+  {
+    // The DataLoader's own check, worded with this command's options.
+    const int64_t n = static_cast<int64_t>(tokens.size()), windows = n / seq_len;
+    const int64_t held = std::max<int64_t>(
+        1, static_cast<int64_t>(std::floor(o.held_out * static_cast<double>(windows))));
+    if (o.held_out >= 0.0 && o.held_out < 1.0 && windows - held < o.batch)
+      throw_user_error("the data has ", n, " tokens = ", windows, " windows of --seq-len ", seq_len,
+                       "; one batch needs ", held + o.batch, " (", held, " held out + --batch ",
+                       o.batch, "), i.e. ", (held + o.batch) * seq_len,
+                       " tokens: give more --data or lower --seq-len or --batch");
+  }
+
   distill::DataLoaderOptions data_options;
   data_options.seq_len = seq_len;
   data_options.batch_size = o.batch;
   data_options.seed = o.seed;
   data_options.held_out_fraction = o.held_out;
+  const std::string data_fingerprint = io::data_fingerprint(tokens);  // checked by --resume
   distill::DataLoader data(std::move(tokens), data_options);
 
   // The student.
@@ -145,7 +171,7 @@ void run_distill(const DistillCliOptions& o) {
   t.adamw.weight_decay = o.weight_decay;
   t.max_grad_norm = o.max_grad_norm;
   t.bias_update_rate = o.bias_update_rate;
-  t.loss.divergence = parse_divergence(o.loss);
+  t.loss.divergence = divergence;
   t.loss.temperature = o.temperature;
   t.loss.beta = o.beta;
   t.loss.alpha = o.alpha;
@@ -158,6 +184,8 @@ void run_distill(const DistillCliOptions& o) {
   t.save_dtype = o.save_dtype == "f32" ? DType::kF32 : DType::kBF16;
   t.out = o.out;
   t.resume = o.resume;
+  t.seed = o.seed;
+  t.data_fingerprint = data_fingerprint;
   t.student_config = config_json;
   const fs::path tok_dir = !o.student.empty() ? fs::path(o.student)
                            : !o.teacher.empty() ? fs::path(o.teacher)
@@ -179,7 +207,6 @@ void run_distill(const DistillCliOptions& o) {
                   {"kd_weight", t.loss.kd_weight},
                   {"ce_weight", t.loss.ce_weight},
                   {"seed", o.seed}};
-  fs::create_directories(o.out);
 
   log::info("distill: student ", config.model_type, " (", student.parameters().total_numel(),
             " parameters) on ", be->name(), "; ", data.train_windows(), " train windows and ",

@@ -20,12 +20,50 @@ const char* dtype_json_name(DType d) { return d == DType::kF32 ? "float32" : "bf
 
 // The options a resumed run must share with the run that wrote the checkpoint: otherwise the
 // trajectory would silently change.
+const char* divergence_name(backend::Divergence d) {
+  switch (d) {
+    case backend::Divergence::kForwardKl: return "forward_kl";
+    case backend::Divergence::kReverseKl: return "reverse_kl";
+    case backend::Divergence::kJsd: return "jsd";
+    case backend::Divergence::kSkewKl: return "skew_kl";
+  }
+  return "?";
+}
+
+// Keys are the CLI's option names where there is one, so that a mismatch reads as a fix.
 nlohmann::json run_identity(const DataLoader& data, const TrainerOptions& o) {
-  return {{"seq_len", data.seq_len()},
-          {"batch_size", data.batch_size()},
-          {"grad_accum", o.grad_accum},
-          {"train_windows", data.train_windows()},
-          {"held_out_windows", data.held_out_windows()}};
+  return {{"--seq-len", data.seq_len()},
+          {"--batch", data.batch_size()},
+          {"--grad-accum", o.grad_accum},
+          {"train windows (--data, --held-out)", data.train_windows()},
+          {"held-out windows (--data, --held-out)", data.held_out_windows()},
+          {"--seed", o.seed},
+          {"--steps", o.steps},
+          {"--lr", o.schedule.peak_lr},
+          {"--warmup", o.schedule.warmup_steps},
+          {"--min-lr-ratio", o.schedule.min_lr_ratio},
+          {"--weight-decay", o.adamw.weight_decay},
+          {"--beta1", o.adamw.beta1},
+          {"--beta2", o.adamw.beta2},
+          {"--eps", o.adamw.eps},
+          {"--max-grad-norm", o.max_grad_norm},
+          {"--loss", divergence_name(o.loss.divergence)},
+          {"--temperature", o.loss.temperature},
+          {"--beta", o.loss.beta},
+          {"--alpha", o.loss.alpha},
+          {"--kd-weight", o.loss.kd_weight},
+          {"--ce-weight", o.loss.ce_weight}};
+}
+
+// "--seq-len 32 in the checkpoint but 16 now; ..." for every field that differs.
+std::string describe_identity_mismatch(const nlohmann::json& saved, const nlohmann::json& now) {
+  std::string out;
+  for (const auto& [key, value] : now.items()) {
+    const std::string was = saved.contains(key) ? saved[key].dump() : std::string("(absent)");
+    if (!saved.contains(key) || saved[key] != value)
+      out += (out.empty() ? "" : "; ") + key + " " + was + " in the checkpoint but " + value.dump() + " now";
+  }
+  return out;
 }
 
 }  // namespace
@@ -83,8 +121,13 @@ void Trainer::write_student() {
   model_.parameters().save_weights(out, options_.save_dtype, model_.backend());
   for (const fs::path& f : options_.tokenizer_files)
     if (fs::exists(f)) fs::copy_file(f, out / f.filename(), fs::copy_options::overwrite_existing);
-  if (!options_.provenance.is_null())
-    io::write_file_atomically(out / "refinery.json", options_.provenance.dump(2) + "\n");
+  if (!options_.provenance.is_null()) {
+    // DESIGN §5: the provenance carries the metrics the pass measured (the latest held-out
+    // evaluation of these weights, when one ran).
+    nlohmann::json provenance = options_.provenance;
+    if (!last_eval_.is_null()) provenance["metrics"] = last_eval_;
+    io::write_file_atomically(out / "refinery.json", provenance.dump(2) + "\n");
+  }
 }
 
 void Trainer::save_checkpoint(int64_t step) {
@@ -125,20 +168,35 @@ int64_t Trainer::restore_checkpoint() {
                      "); delete ", dir.string(), " to start over");
   }
   const nlohmann::json identity = run_identity(data_, options_);
-  if (!state.contains("run") || state["run"] != identity)
-    throw_user_error("--resume: the checkpoint in ", ck.string(), " was made with ",
-                     state.value("run", nlohmann::json()).dump(), " but this run has ",
-                     identity.dump(),
-                     "; resume with the same --data, --seq-len, --batch and --grad-accum, or "
-                     "choose another --out");
+  const nlohmann::json saved = state.value("run", nlohmann::json::object());
+  if (saved != identity)
+    throw_user_error("--resume: the checkpoint in ", ck.string(), " was made with other options (",
+                     describe_identity_mismatch(saved, identity),
+                     "); resume with the options of the interrupted run, or choose another --out");
   optimizer_->load(ck / "optimizer.safetensors");
   optimizer_->set_step_count(state.at("optimizer_steps").get<int64_t>());
   data_.seek(Cursor{state.at("epoch").get<int64_t>(), state.at("position").get<int64_t>()});
   return state.at("step").get<int64_t>();
 }
 
+void Trainer::check_output_directory(const fs::path& out, bool resume) {
+  if (out.empty()) throw_user_error("--out is empty; give the directory to write the student to");
+  if (fs::exists(out) && !fs::is_directory(out))
+    throw_user_error("--out ", out.string(), " is a file, not a directory; give a directory "
+                     "(it is created if missing)");
+  if (resume) return;
+  // A run killed before its first checkpoint leaves only the metrics log: appending a new run to
+  // it would mix two trajectories.
+  for (const fs::path& p : {out / "train" / "checkpoint", out / "train" / "checkpoint.old",
+                            out / "train" / "metrics.jsonl"})
+    if (fs::exists(p))
+      throw_user_error(out.string(), " already holds a training run (", p.string(),
+                       "); pass --resume to continue it, or choose another --out");
+}
+
 TrainerResult Trainer::run() {
   const fs::path& out = options_.out;
+  check_output_directory(out, options_.resume);
   fs::create_directories(out / "train");
   const fs::path metrics_path = out / "train" / "metrics.jsonl";
   int64_t start = 0;
@@ -157,9 +215,6 @@ TrainerResult Trainer::run() {
     for (const auto& l : kept) text += l + "\n";
     io::write_file_atomically(metrics_path, text);
     if (start > 0) log::info("resuming at step ", start, " of ", options_.steps);
-  } else if (fs::exists(out / "train" / "checkpoint")) {
-    throw_user_error(out.string(), " already holds a training run (", (out / "train" / "checkpoint").string(),
-                     "); pass --resume to continue it, or choose another --out");
   }
   std::ofstream metrics(metrics_path, std::ios::app);
 
@@ -169,7 +224,9 @@ TrainerResult Trainer::run() {
   const double grad_scale = 1.0 / static_cast<double>(step_positions);
   const double t = options_.loss.temperature;
   TrainerResult result;
-  auto last_log = std::chrono::steady_clock::now();
+  result.steps_done = start;  // a finished run resumed again does nothing
+  const auto run_start = std::chrono::steady_clock::now();
+  auto last_log = run_start;
   for (int64_t step = start; step < options_.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     model_.parameters().zero_grad(model_.backend());
@@ -207,9 +264,13 @@ TrainerResult Trainer::run() {
     if ((options_.log_every > 0 && (step + 1) % options_.log_every == 0) || last ||
         std::chrono::duration<double>(now - last_log).count() > 30.0) {
       last_log = now;
+      // ETA from the mean step time of this process (evaluations and checkpoints included).
+      const double elapsed = std::chrono::duration<double>(now - run_start).count();
+      const double eta = elapsed / static_cast<double>(step + 1 - start) *
+                         static_cast<double>(options_.steps - step - 1);
       log::info("step ", step + 1, "/", options_.steps, "  loss ", loss, "  kd ", kd, "  ce ", ce,
                 "  |g| ", norm, "  lr ", lr, "  ", static_cast<int64_t>(tokens / seconds),
-                " tok/s");
+                " tok/s  ETA ", static_cast<int64_t>(std::ceil(eta)), " s");
     }
     if ((options_.eval_every > 0 && (step + 1) % options_.eval_every == 0) || last) {
       const nlohmann::json ev = evaluate();
@@ -218,6 +279,7 @@ TrainerResult Trainer::run() {
                 "  kd ", ev["kd"].get<double>(), "  (", ev["positions"].get<int64_t>(),
                 " held-out positions)");
       result.last_eval = ev;
+      last_eval_ = {{"step", step + 1}, {"eval", ev}};
     }
     if ((options_.save_every > 0 && (step + 1) % options_.save_every == 0) || last)
       save_checkpoint(step + 1);

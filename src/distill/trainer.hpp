@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -48,6 +49,9 @@ struct TrainerOptions {
   int64_t log_every = 1;           // steps between progress lines on stderr
   std::filesystem::path out;
   bool resume = false;
+  // Recorded in checkpoints so that --resume refuses other data or another data order.
+  uint64_t seed = 0;               // the data order's seed
+  std::string data_fingerprint;    // e.g. io::data_fingerprint of the token stream
   nlohmann::json student_config;   // written as out/config.json (dtype updated)
   nlohmann::json provenance;       // written as out/refinery.json
   std::vector<std::filesystem::path> tokenizer_files;  // copied into out/
@@ -65,6 +69,9 @@ class Trainer {
   Trainer(train::TrainableModel& model, TeacherSource* teacher, DataLoader& data,
           TrainerOptions options);
   TrainerResult run();
+  // User error when `out` is a file, or holds a previous run (a checkpoint or a metrics log) and
+  // `resume` is false. run() checks it too; the CLI calls it first so that nothing loads before the refusal.
+  static void check_output_directory(const std::filesystem::path& out, bool resume);
   // Held-out evaluation of the current weights: loss terms over the first eval_windows held-out
   // windows.
   nlohmann::json evaluate();
@@ -79,6 +86,7 @@ class Trainer {
   DataLoader& data_;
   TrainerOptions options_;
   std::unique_ptr<train::ModelOptimizer> optimizer_;
+  nlohmann::json last_eval_;  // {"step", "eval"} of the latest evaluation; null before one
 };
 
 }  // namespace refinery::distill

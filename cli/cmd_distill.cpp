@@ -69,7 +69,8 @@ void run_distill(const DistillCliOptions& o) {
     throw_user_error("--data is required (with --teacher-logits the cache's tokens are used)");
   if (o.batch < 1) throw_user_error("--batch is ", o.batch, "; it must be >= 1");
   if (!std::isfinite(o.lr) || o.lr < 0.0)
-    throw_user_error("--lr is ", o.lr, "; the peak learning rate must be a positive number such as 3e-4");
+    throw_user_error("--lr is ", o.lr,
+                     "; the peak learning rate must be a positive number such as 3e-4");
   const backend::Divergence divergence = parse_divergence(o.loss);  // before anything loads
   distill::Trainer::check_output_directory(o.out, o.resume);
 
@@ -118,13 +119,14 @@ void run_distill(const DistillCliOptions& o) {
     throw_user_error("--seq-len ", seq_len, " exceeds the student's max_position_embeddings ",
                      config.max_position_embeddings);
 
-  // Checked here, before the teacher's forward reads them: ids past the vocabulary mean the data was
-  // encoded with another tokenizer.
+  // Checked here, before the teacher's forward reads them: ids past the vocabulary mean the data
+  // was encoded with another tokenizer.
   for (size_t i = 0; i < tokens.size(); ++i)
     if (tokens[i] < 0 || tokens[i] >= config.vocab_size)
-      throw_user_error("token ", i, " of the data has id ", tokens[i], ", outside the student's vocabulary of ",
-                       config.vocab_size, " tokens; the data was tokenized for another model: pass "
-                       "--tokenizer with the student's tokenizer (or re-tokenize the data with it)");
+      throw_user_error("token ", i, " of the data has id ", tokens[i],
+                       ", outside the student's vocabulary of ", config.vocab_size,
+                       " tokens; the data was tokenized for another model: pass --tokenizer "
+                       "with the student's tokenizer (or re-tokenize the data with it)");
   {
     // The DataLoader's own check, worded with this command's options.
     const int64_t n = static_cast<int64_t>(tokens.size()), windows = n / seq_len;

@@ -18,8 +18,6 @@ namespace {
 
 const char* dtype_json_name(DType d) { return d == DType::kF32 ? "float32" : "bfloat16"; }
 
-// The options a resumed run must share with the run that wrote the checkpoint: otherwise the
-// trajectory would silently change.
 const char* divergence_name(backend::Divergence d) {
   switch (d) {
     case backend::Divergence::kForwardKl: return "forward_kl";
@@ -30,7 +28,9 @@ const char* divergence_name(backend::Divergence d) {
   return "?";
 }
 
-// Keys are the CLI's option names where there is one, so that a mismatch reads as a fix.
+// The options a resumed run must share with the run that wrote the checkpoint: otherwise the
+// trajectory would silently change. Keys are the CLI's option names where there is one, so that
+// a mismatch reads as its fix.
 nlohmann::json run_identity(const DataLoader& data, const TrainerOptions& o) {
   return {{"--seq-len", data.seq_len()},
           {"--batch", data.batch_size()},
@@ -61,7 +61,8 @@ std::string describe_identity_mismatch(const nlohmann::json& saved, const nlohma
   for (const auto& [key, value] : now.items()) {
     const std::string was = saved.contains(key) ? saved[key].dump() : std::string("(absent)");
     if (!saved.contains(key) || saved[key] != value)
-      out += (out.empty() ? "" : "; ") + key + " " + was + " in the checkpoint but " + value.dump() + " now";
+      out += (out.empty() ? "" : "; ") + key + " " + was + " in the checkpoint but " +
+             value.dump() + " now";
   }
   return out;
 }

@@ -112,14 +112,16 @@ TEST_F(DistillCliErrors, OutHoldsAPreviousRunOrAnotherShapeOnResume) {
   expect_user_error(ce_run(out) + " --student-config " + kStudentConfig,
                     {out, "--resume", "another --out"});
   const std::string file = dir_.write("file.txt", "not a directory\n");
-  expect_user_error(ce_run(file) + " --student-config " + kStudentConfig, {file, "not a directory"});
+  expect_user_error(ce_run(file) + " --student-config " + kStudentConfig,
+                    {file, "not a directory"});
   expect_user_error(ce_run(file) + " --student-config " + kStudentConfig + " --resume",
                     {file, "not a directory"});
   // A run killed before its first checkpoint leaves only its metrics log: a new run must not
   // append to it.
   const std::string early = dir_.file("early");
   fs::create_directories(fs::path(early) / "train");
-  dir_.write("early/train/metrics.jsonl", R"({"step": 1, "loss": 9.0})" "\n");
+  dir_.write("early/train/metrics.jsonl", R"({"step": 1, "loss": 9.0})"
+                                          "\n");
   expect_user_error(ce_run(early) + " --student-config " + kStudentConfig,
                     {early, "--resume", "another --out"});
   // The same run resumed with other windows or batches would silently change the trajectory.
@@ -144,7 +146,8 @@ TEST_F(DistillCliErrors, BadLossLearningRateAndMissingTeacher) {
                     {"--loss", "kl_forward", "forward_kl"});
   expect_user_error(ce_run(dir_.file("o2")) + cfg + " --lr -1e-3", {"--lr", "-0.001"});
   expect_user_error("distill" + cfg + " --data " + data_ + " --tokenizer " + kTokenizer +
-                        " --out " + dir_.file("o3") + " --seq-len 32 --batch 2 --steps 1 "
+                        " --out " + dir_.file("o3") +
+                        " --seq-len 32 --batch 2 --steps 1 "
                         "--threads 1 --kd-weight 1",
                     {"--kd-weight", "--teacher", "--teacher-logits"});
   for (const char* o : {"o1", "o2", "o3"})

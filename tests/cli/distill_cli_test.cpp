@@ -3,11 +3,11 @@
 // batches of 2, a handful of steps, one CPU thread). Bad input: distill_cli_errors_test.cpp.
 //
 //   DistillCliResume   kill -9 mid-run, then --resume: the metrics log and the written student are
-//                      bit-identical to an uninterrupted run (CPU), also when the kill lands between
-//                      the two renames of the checkpoint swap.
+//                      bit-identical to an uninterrupted run (CPU), also when the kill lands
+//                      between the two renames of the checkpoint swap.
 //   DistillCliOffline  the offline top-k cache path end to end, and a cache with k = vocabulary
-//                      reproduces the online teacher's trajectory (float16 log-probs: 1e-4 relative;
-//                      measured differences are below 2e-5).
+//                      reproduces the online teacher's trajectory (float16 log-probs: 1e-4
+//                      relative; measured differences are below 2e-5).
 //   DistillCliOutputs  the output directory, the metrics keys, --json on stdout and progress on
 //                      stderr only, and `refine eval` of the written student agreeing with the
 //                      trainer's own held-out evaluation.
@@ -19,11 +19,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "tests/cli/distill_cli_support.hpp"
 
@@ -37,15 +36,44 @@ TEST(DistillCliResume, KillNineThenResumeMatchesUninterruptedRun) {
   ScratchDir dir;
   const std::string data = valid_slice(dir, 2);
   auto args_for = [&](const std::string& out) {
-    return std::vector<std::string>{
-        "distill", "--student-config", kStudentConfig, "--teacher", kTeacher, "--data", data,
-        "--tokenizer", kTokenizer, "--out", out, "--seq-len", "32", "--batch", "2",
-        "--steps", "10", "--save-every", "2", "--eval-every", "4", "--eval-windows", "2",
-        "--warmup", "2", "--lr", "1e-3", "--log-every", "1", "--threads", "1", "--seed", "7"};
+    return std::vector<std::string>{"distill",
+                                    "--student-config",
+                                    kStudentConfig,
+                                    "--teacher",
+                                    kTeacher,
+                                    "--data",
+                                    data,
+                                    "--tokenizer",
+                                    kTokenizer,
+                                    "--out",
+                                    out,
+                                    "--seq-len",
+                                    "32",
+                                    "--batch",
+                                    "2",
+                                    "--steps",
+                                    "10",
+                                    "--save-every",
+                                    "2",
+                                    "--eval-every",
+                                    "4",
+                                    "--eval-windows",
+                                    "2",
+                                    "--warmup",
+                                    "2",
+                                    "--lr",
+                                    "1e-3",
+                                    "--log-every",
+                                    "1",
+                                    "--threads",
+                                    "1",
+                                    "--seed",
+                                    "7"};
   };
   const std::string a = dir.file("a"), b = dir.file("b"), c = dir.file("c");
   run_ok(join(args_for(a)));
-  const std::vector<json> straight = deterministic(read_metrics(fs::path(a) / "train/metrics.jsonl"));
+  const std::vector<json> straight =
+      deterministic(read_metrics(fs::path(a) / "train/metrics.jsonl"));
   ASSERT_EQ(straight.size(), 10u + 3u);  // 10 steps, evaluations at 4, 8 and 10
 
   // Run B in the background; SIGKILL once its log shows step 3 (poll every millisecond).
@@ -122,9 +150,9 @@ TEST(DistillCliOffline, TopKCacheTrainsAStudentThatEvalReads) {
   const std::string data = valid_slice(dir, 1);
   const std::string cache = dir.file("c.h5"), out = dir.file("student");
   run_ok("logits " + kTeacher + " --data " + data + " --top-k 16 --seq-len 32 --out " + cache);
-  const RefineRun r = run_ok("distill --student-config " + kStudentConfig + " --teacher-logits " +
-                             cache + " --out " + out +
-                             " --batch 2 --steps 3 --threads 1 --json --tokenizer " + kTokenizer);
+  const RefineRun r =
+      run_ok("distill --student-config " + kStudentConfig + " --teacher-logits " + cache +
+             " --out " + out + " --batch 2 --steps 3 --threads 1 --json --tokenizer " + kTokenizer);
   const json summary = json::parse(r.out);
   EXPECT_EQ(summary["steps"], 3);
   EXPECT_TRUE(std::isfinite(summary["eval"]["kd"].get<double>()));
@@ -151,7 +179,8 @@ TEST(DistillCliOffline, FullVocabularyCacheMatchesTheOnlineTeacher) {
   run_ok("logits " + kTeacher + " --data " + data + " --top-k 8192 --seq-len 32 --out " + cache);
   const std::string common = " --student-config " + kStudentConfig +
                              " --batch 2 --steps 4 --warmup 1 --lr 1e-3 --eval-every 2 "
-                             "--threads 1 --tokenizer " + kTokenizer;
+                             "--threads 1 --tokenizer " +
+                             kTokenizer;
   const std::string online = dir.file("online"), offline = dir.file("offline");
   run_ok("distill" + common + " --teacher " + kTeacher + " --data " + data +
          " --seq-len 32 --out " + online);
@@ -186,7 +215,8 @@ TEST(DistillCliOutputs, DirectoryMetricsJsonAndEvalOfTheStudent) {
   std::string line;
   std::getline(in, line);
   const std::string text = dir.write("doc.txt", json::parse(line)["text"].get<std::string>());
-  const RefineRun tok = run_ok("tokenize --tokenizer " + kTokenizer + " --file " + text + " --json");
+  const RefineRun tok =
+      run_ok("tokenize --tokenizer " + kTokenizer + " --file " + text + " --json");
   const std::vector<int32_t> ids = json::parse(tok.out)["ids"].get<std::vector<int32_t>>();
   constexpr int64_t kLen = 32;
   const int64_t windows = static_cast<int64_t>(ids.size()) / kLen;
@@ -198,10 +228,11 @@ TEST(DistillCliOutputs, DirectoryMetricsJsonAndEvalOfTheStudent) {
   const std::string held_out_data = dir.write("held_out.json", json::array({tail}).dump());
 
   const std::string out = dir.file("student");
-  const RefineRun r = run_ok("distill --student-config " + kStudentConfig + " --teacher " + kTeacher +
-                             " --data " + data + " --tokenizer " + kTokenizer + " --out " + out +
-                             " --seq-len 32 --batch 2 --steps 4 --eval-every 2 --held-out 0.25"
-                             " --save-dtype f32 --log-every 1 --threads 1 --json");
+  const RefineRun r =
+      run_ok("distill --student-config " + kStudentConfig + " --teacher " + kTeacher + " --data " +
+             data + " --tokenizer " + kTokenizer + " --out " + out +
+             " --seq-len 32 --batch 2 --steps 4 --eval-every 2 --held-out 0.25"
+             " --save-dtype f32 --log-every 1 --threads 1 --json");
   // stdout: exactly one JSON object; the progress went to stderr.
   json summary;
   ASSERT_NO_THROW(summary = json::parse(r.out)) << r.out;
@@ -209,7 +240,8 @@ TEST(DistillCliOutputs, DirectoryMetricsJsonAndEvalOfTheStudent) {
   EXPECT_EQ(summary["steps"], 4);
   EXPECT_EQ(summary["out"], out);
   EXPECT_TRUE(summary.contains("last_loss"));
-  for (const char* progress : {"step 1/4", "step 4/4", "tok/s  ETA", "eval at step 2", "eval at step 4"})
+  for (const char* progress :
+       {"step 1/4", "step 4/4", "tok/s  ETA", "eval at step 2", "eval at step 4"})
     EXPECT_NE(r.err.find(progress), std::string::npos) << progress << "\n" << r.err;
 
   for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "refinery.json",
@@ -234,11 +266,12 @@ TEST(DistillCliOutputs, DirectoryMetricsJsonAndEvalOfTheStudent) {
       EXPECT_EQ(m["eval"]["windows"], held_out);
       EXPECT_EQ(m["eval"]["positions"], held_out * (kLen - 1));
       EXPECT_GT(m["eval"]["kd"].get<double>(), 0.0);
-      EXPECT_NEAR(m["eval"]["perplexity"].get<double>(),
-                  std::exp(m["eval"]["ce"].get<double>()), 1e-9 * m["eval"]["perplexity"].get<double>());
+      EXPECT_NEAR(m["eval"]["perplexity"].get<double>(), std::exp(m["eval"]["ce"].get<double>()),
+                  1e-9 * m["eval"]["perplexity"].get<double>());
     } else {
       EXPECT_EQ(m["step"], ++step);
-      for (const char* k : {"step", "loss", "kd", "ce", "grad_norm", "lr", "tokens", "tokens_per_s"})
+      for (const char* k :
+           {"step", "loss", "kd", "ce", "grad_norm", "lr", "tokens", "tokens_per_s"})
         EXPECT_TRUE(m.contains(k)) << k << " in " << m.dump();
       EXPECT_EQ(m["tokens"], 2 * kLen);
       for (const char* k : {"loss", "kd", "ce", "grad_norm", "lr"})
@@ -263,9 +296,9 @@ TEST(DistillCliOutputs, HumanSummaryOnStdoutAndBf16StudentLoads) {
   OneOmpThread one_thread;
   ScratchDir dir;
   const std::string data = valid_slice(dir, 1), out = dir.file("student");
-  const RefineRun r = run_ok("distill --student-config " + kStudentConfig + " --data " + data +
-                             " --tokenizer " + kTokenizer + " --out " + out +
-                             " --seq-len 32 --batch 2 --steps 2 --threads 1");
+  const RefineRun r =
+      run_ok("distill --student-config " + kStudentConfig + " --data " + data + " --tokenizer " +
+             kTokenizer + " --out " + out + " --seq-len 32 --batch 2 --steps 2 --threads 1");
   EXPECT_NE(r.out.find("student written to " + out), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("step 1/2"), std::string::npos) << "progress belongs on stderr:\n" << r.out;
   EXPECT_NE(r.err.find("step 2/2"), std::string::npos) << r.err;

@@ -19,7 +19,7 @@ DataLoader::DataLoader(std::vector<int32_t> tokens, DataLoaderOptions options)
                      options_.seq_len, "; pass a larger --seq-len");
   if (options_.batch_size < 1)
     throw_user_error("distill data loader: batch_size must be at least 1, found ",
-                     options_.batch_size, "; pass a positive --batch-size");
+                     options_.batch_size, "; pass a positive --batch");
   // Written so that NaN fails too.
   if (!(options_.held_out_fraction >= 0.0 && options_.held_out_fraction < 1.0))
     throw_user_error("distill data loader: held_out_fraction must be in [0, 1), found ",
@@ -42,7 +42,7 @@ DataLoader::DataLoader(std::vector<int32_t> tokens, DataLoaderOptions options)
                      " held out + one batch of ", options_.batch_size,
                      " train windows), i.e. at least ",
                      (held_out_windows_ + options_.batch_size) * options_.seq_len,
-                     " tokens; give more data or lower --seq-len / --batch-size");
+                     " tokens; give more data or lower --seq-len / --batch");
   tokens_.resize(static_cast<size_t>(windows * options_.seq_len));
   tokens_.shrink_to_fit();
   load_epoch(0);

@@ -1,14 +1,18 @@
 // The distillation loop: steps, evaluation, metrics, checkpoints and resume.
 #include "distill/trainer.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "engine/core/error.hpp"
 #include "engine/core/log.hpp"
 #include "engine/io/atomic_file.hpp"
+#include "engine/io/safetensors_file.hpp"
+#include "engine/io/safetensors_writer.hpp"
 
 namespace refinery::distill {
 
@@ -131,12 +135,52 @@ void Trainer::write_student() {
   }
 }
 
+// Parameters the optimizer does not own (DeepSeek-V3's e_score_correction_bias, moved by the
+// load balancing, not by gradients) are part of the run's state too: f32, by name.
+void Trainer::save_buffers(const fs::path& file) const {
+  std::vector<Tensor> host;
+  std::vector<io::TensorToWrite> tensors;
+  for (const train::Parameter& p : model_.parameters().params()) {
+    if (p.trainable) continue;
+    host.push_back(model_.backend().download(p.master).clone());
+    const Tensor& h = host.back();
+    tensors.push_back({p.name, DType::kF32, p.shape,
+                       std::span<const std::byte>(static_cast<const std::byte*>(h.data()), h.nbytes()),
+                       nullptr});
+  }
+  io::write_safetensors(file, tensors);
+}
+
+void Trainer::load_buffers(const fs::path& file) {
+  const bool any = std::any_of(model_.parameters().params().begin(),
+                               model_.parameters().params().end(),
+                               [](const train::Parameter& p) { return !p.trainable; });
+  if (!any) return;
+  if (!fs::exists(file))
+    throw_user_error(file.string(), " is missing from the checkpoint (it holds the MoE "
+                     "correction biases); delete ", options_.out.string(), " to start over");
+  const auto st = io::SafetensorsFile::open(file);
+  for (train::Parameter& p : model_.parameters().params()) {
+    if (p.trainable) continue;
+    const io::TensorEntry* e = st.find(p.name);
+    if (e == nullptr || e->dtype != DType::kF32 || e->shape != p.shape)
+      throw_user_error(file.string(), ": tensor ", p.name, " is missing or has another shape; "
+                       "the checkpoint belongs to another model; delete ", options_.out.string(),
+                       " to start over");
+    Tensor h = Tensor::empty(DType::kF32, p.shape);
+    std::memcpy(h.mutable_data(), st.bytes(*e).data(), h.nbytes());
+    p.master.copy_from(model_.backend().upload(h));
+    if (p.compute.data() != p.master.data()) model_.backend().convert(p.master, p.compute);
+  }
+}
+
 void Trainer::save_checkpoint(int64_t step) {
   const fs::path dir = options_.out / "train";
   const fs::path ck = dir / "checkpoint", fresh = dir / "checkpoint.new", old = dir / "checkpoint.old";
   fs::remove_all(fresh);
   fs::create_directories(fresh);
   optimizer_->save(fresh / "optimizer.safetensors");
+  save_buffers(fresh / "buffers.safetensors");
   nlohmann::json state = {{"step", step},
                           {"epoch", data_.cursor().epoch},
                           {"position", data_.cursor().position},
@@ -175,6 +219,7 @@ int64_t Trainer::restore_checkpoint() {
                      describe_identity_mismatch(saved, identity),
                      "); resume with the options of the interrupted run, or choose another --out");
   optimizer_->load(ck / "optimizer.safetensors");
+  load_buffers(ck / "buffers.safetensors");
   optimizer_->set_step_count(state.at("optimizer_steps").get<int64_t>());
   data_.seek(Cursor{state.at("epoch").get<int64_t>(), state.at("position").get<int64_t>()});
   return state.at("step").get<int64_t>();

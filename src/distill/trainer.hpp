@@ -11,6 +11,7 @@
 //                              "lr", "tokens", "tokens_per_s"}) and per evaluation ({"step",
 //                              "eval": {"loss", "kd", "ce", "perplexity", "positions"}})
 //   train/checkpoint/          optimizer.safetensors (f32 master weights + moments) and
+//                              buffers.safetensors (the MoE correction biases) and
 //                              state.json ({"step", "epoch", "position", "seed", ...}); replaced as
 //                              a whole (written as checkpoint.new, then renamed)
 #include <cstdint>
@@ -78,6 +79,8 @@ class Trainer {
 
  private:
   void save_checkpoint(int64_t step);
+  void save_buffers(const std::filesystem::path& file) const;  // non-trainable parameters
+  void load_buffers(const std::filesystem::path& file);
   int64_t restore_checkpoint();  // returns the step to continue from (0 without a checkpoint)
   void write_student();
 

@@ -16,7 +16,9 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -24,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/io/safetensors_file.hpp"
 #include "tests/cli/distill_cli_support.hpp"
 
 namespace refinery::distill_cli_test {
@@ -319,6 +322,41 @@ TEST(DistillCliOutputs, HelpHasAnExample) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("Example"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("--resume"), std::string::npos) << r.out;
+}
+
+// An MoE student's correction biases move with the load balancing, not with the optimizer: the
+// checkpoint keeps them (buffers.safetensors), equal to the written student's, and a resume
+// restores them (resuming the finished run changes nothing).
+TEST(DistillCliResume, MoeCorrectionBiasesAreCheckpointed) {
+  OneOmpThread one_thread;
+  ScratchDir dir;
+  const std::string data = valid_slice(dir, 2), out = dir.file("moe");
+  const std::string args = "distill --student-config " + kTeacher + "/config.json --data " + data +
+                           " --tokenizer " + kTokenizer + " --out " + out +
+                           " --kd-weight 0 --ce-weight 1 --seq-len 32 --batch 2 --steps 3"
+                           " --warmup 1 --eval-windows 1 --save-dtype f32 --threads 1"
+                           " --bias-update-rate 0.01";
+  run_ok(args);
+  const auto buffers = io::SafetensorsFile::open(fs::path(out) / "train/checkpoint/buffers.safetensors");
+  const auto model = io::SafetensorsFile::open(fs::path(out) / "model.safetensors");
+  int biases = 0;
+  for (const auto& e : buffers.tensors()) {
+    ASSERT_NE(e.name.find("e_score_correction_bias"), std::string::npos) << e.name;
+    const io::TensorEntry* m = model.find(e.name);
+    ASSERT_NE(m, nullptr) << e.name;
+    ASSERT_EQ(buffers.bytes(e).size(), model.bytes(*m).size());
+    EXPECT_EQ(std::memcmp(buffers.bytes(e).data(), model.bytes(*m).data(), buffers.bytes(e).size()), 0);
+    std::vector<float> v(static_cast<std::size_t>(e.num_elements()));
+    std::memcpy(v.data(), buffers.bytes(e).data(), v.size() * 4);
+    float largest = 0.0f;
+    for (float x : v) largest = std::max(largest, std::abs(x));
+    EXPECT_GT(largest, 0.0f) << e.name << ": the balancing never moved it";
+    ++biases;
+  }
+  EXPECT_EQ(biases, 7);  // the teacher config's 7 MoE layers
+  const std::string before = test::read_text_file((fs::path(out) / "model.safetensors").string());
+  run_ok(args + " --resume");
+  EXPECT_EQ(test::read_text_file((fs::path(out) / "model.safetensors").string()), before);
 }
 
 }  // namespace

@@ -32,7 +32,7 @@ TEST(RefineCli, HelpListsVerbsAndExitsZero) {
 }
 
 TEST(RefineCli, EveryVerbHelpHasAnExample) {
-  for (const char* verb : {"inspect", "tokenize", "data tokenize"}) {
+  for (const char* verb : {"inspect", "tokenize", "data tokenize", "distill"}) {
     const auto r = run_refine(std::string(verb) + " --help");
     EXPECT_EQ(r.exit_code, 0) << verb;
     EXPECT_NE(r.out.find("Example"), std::string::npos) << verb;

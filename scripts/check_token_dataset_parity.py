@@ -5,9 +5,9 @@ Face `tokenizers` gives, document by document.
 Verification script (the project never runs Python). Needs `pip install tokenizers h5py numpy`.
 
     build/refine data tokenize --tokenizer data/tokenizers/refinery-8k \\
-        --in /work/shared/data/corpus/valid.jsonl --out /tmp/valid.h5
+        --in ../shared/data/corpus/valid.jsonl --out /tmp/valid.h5
     python3 scripts/check_token_dataset_parity.py --tokenizer data/tokenizers/refinery-8k \\
-        --jsonl /work/shared/data/corpus/valid.jsonl --h5 /tmp/valid.h5 [--add-special]
+        --jsonl ../shared/data/corpus/valid.jsonl --h5 /tmp/valid.h5 [--add-special]
 
 Exit status 0 when every document matches, 1 otherwise (the first mismatches are printed).
 """

@@ -3,7 +3,7 @@
 
 Generator script (the project never runs Python). Standard library only:
 
-    python3 scripts/make_data_sample.py [--corpus /work/shared/data/corpus]
+    python3 scripts/make_data_sample.py [--corpus ../shared/data/corpus]
 
 Writes
   data/sample/valid-200k.jsonl  whole documents of valid.jsonl, about 200 KB
@@ -44,7 +44,7 @@ def pick(lines, target):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default="/work/shared/data/corpus")
+    ap.add_argument("--corpus", default="../shared/data/corpus")
     args = ap.parse_args()
     out_dir = ROOT / "data" / "sample"
     for src, dst, target in SAMPLES:

@@ -4,7 +4,7 @@
 Generator script: the project never runs Python; this script and its committed outputs document how
 the tokenizer was made. Needs `pip install tokenizers` (made with tokenizers 0.23.3).
 
-    python3 scripts/make_teacher_tokenizer.py [--corpus /work/shared/data/corpus]
+    python3 scripts/make_teacher_tokenizer.py [--corpus ../shared/data/corpus]
 
 Pipeline (DeepSeek-V3's, so that every component is one our C++ tokenizer already matches):
   normalizer     none
@@ -123,7 +123,7 @@ def golden_cases(tok, texts):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default="/work/shared/data/corpus", help="folder with train.jsonl and valid.jsonl")
+    ap.add_argument("--corpus", default="../shared/data/corpus", help="folder with train.jsonl and valid.jsonl")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     train_docs = read_jsonl(corpus / "train.jsonl")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains models/refinery-teacher-moe from random initialization with refine itself (issue 5), on the
-# GPU machine. TRAIN_H5 is the token dataset of /work/shared/data/corpus/train.jsonl made as
+# GPU machine. TRAIN_H5 is the token dataset of ../shared/data/corpus/train.jsonl made as
 # models/refinery-teacher-moe/TRAINING.md says (refinery-8k tokenizer, --add-special).
 #   BIN=build-gpu/refine TRAIN_H5=train.h5 OUT_DIR=/tmp/teacher scripts/train_teacher.sh
 set -euo pipefail

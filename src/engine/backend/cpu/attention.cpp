@@ -14,6 +14,27 @@
 
 namespace refinery::backend::cpu {
 
+void causal_softmax_rows(float* scores, int64_t rows, int64_t keys, int64_t first_visible,
+                         float scale) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t visible = first_visible + i;
+    float* row = scores + i * keys;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < visible; ++j) {
+      row[j] *= scale;
+      mx = std::max(mx, row[j]);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < visible; ++j) {
+      row[j] = std::exp(row[j] - mx);
+      sum += row[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
+    for (int64_t j = visible; j < keys; ++j) row[j] = 0.0f;
+  }
+}
+
 namespace {
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using Strided = Eigen::OuterStride<>;
@@ -50,23 +71,7 @@ void CpuBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, fl
         ConstStridedMap vm(pv + kvh * dv, keys, dv, Strided(kv_heads * dv));
         scores.resize(n, keys);
         scores.noalias() = qm * km.transpose();
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t visible = past + t0 + i + 1;
-          float* row = scores.data() + i * keys;
-          float mx = -std::numeric_limits<float>::infinity();
-          for (int64_t j = 0; j < visible; ++j) {
-            row[j] *= scale;
-            mx = std::max(mx, row[j]);
-          }
-          float sum = 0.0f;
-          for (int64_t j = 0; j < visible; ++j) {
-            row[j] = std::exp(row[j] - mx);
-            sum += row[j];
-          }
-          const float inv = 1.0f / sum;
-          for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
-          for (int64_t j = visible; j < keys; ++j) row[j] = 0.0f;
-        }
+        causal_softmax_rows(scores.data(), n, keys, past + t0 + 1, scale);
         StridedMap om(po + (t0 * heads + h) * dv, n, dv, Strided(heads * dv));
         om.noalias() = scores * vm;
       }

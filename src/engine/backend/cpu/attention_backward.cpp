@@ -75,23 +75,7 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
           // P [n, keys], as the forward computes it.
           p.resize(n, keys);
           p.noalias() = qm * km.transpose();
-          for (int64_t i = 0; i < n; ++i) {
-            const int64_t visible = t0 + i + 1;
-            float* row = p.data() + i * keys;
-            float mx = -std::numeric_limits<float>::infinity();
-            for (int64_t j = 0; j < visible; ++j) {
-              row[j] *= scale;
-              mx = std::max(mx, row[j]);
-            }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < visible; ++j) {
-              row[j] = std::exp(row[j] - mx);
-              sum += row[j];
-            }
-            const float inv = 1.0f / sum;
-            for (int64_t j = 0; j < visible; ++j) row[j] *= inv;
-            for (int64_t j = visible; j < keys; ++j) row[j] = 0.0f;
-          }
+          causal_softmax_rows(p.data(), n, keys, t0 + 1, scale);
           if (pdv != nullptr) {
             StridedMap dvm(pdv + kvh * d_v, keys, d_v, Strided(kv_heads * d_v));
             dvm.noalias() += p.transpose() * dom;

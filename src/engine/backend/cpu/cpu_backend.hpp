@@ -81,6 +81,10 @@ class CpuBackend final : public Backend {
 };
 
 // Small helpers shared by the op files.
+// In place over scores [rows, keys] (row-major): row i = softmax(scale · row) over its first
+// first_visible + i entries, zeros after them (causal attention; attention.cpp).
+void causal_softmax_rows(float* scores, int64_t rows, int64_t keys, int64_t first_visible,
+                         float scale);
 // Any float vector/matrix (f32/bf16/f16/fp8) as f32 values.
 std::vector<float> to_f32_vector(const Tensor& t);
 // Throws an internal error unless `t` is an f32 / i32 CPU tensor of `shape` (op_checks.hpp).

@@ -142,7 +142,7 @@ void Trainer::save_buffers(const fs::path& file) const {
   std::vector<io::TensorToWrite> tensors;
   for (const train::Parameter& p : model_.parameters().params()) {
     if (p.trainable) continue;
-    host.push_back(model_.backend().download(p.master).clone());
+    host.push_back(model_.backend().download(p.master));  // only read by the writer
     const Tensor& h = host.back();
     tensors.push_back({p.name, DType::kF32, p.shape,
                        std::span<const std::byte>(static_cast<const std::byte*>(h.data()), h.nbytes()),

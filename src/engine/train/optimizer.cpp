@@ -94,9 +94,9 @@ void ModelOptimizer::save(const std::filesystem::path& file) const {
   for (std::size_t i = 0; i < ps.size(); ++i) {
     if (!ps[i].trainable || !owns(i)) continue;
     const int64_t n = ps[i].numel();
-    Tensor m = backend_.download(ps[i].master).view({n}).clone();
-    Tensor a = backend_.download(exp_avg_[i]).view({n}).clone();
-    Tensor v = backend_.download(exp_avg_sq_[i]).view({n}).clone();
+    Tensor m = backend_.download(ps[i].master).view({n});  // only read by the writer
+    Tensor a = backend_.download(exp_avg_[i]).view({n});  // only read by the writer
+    Tensor v = backend_.download(exp_avg_sq_[i]).view({n});  // only read by the writer
     views.push_back({ps[i].name, n, m.mutable_data<float>(), a.mutable_data<float>(),
                      v.mutable_data<float>()});
     host.insert(host.end(), {m, a, v});

@@ -1,21 +1,41 @@
 #include "engine/backend/linear_weight.hpp"
 
+#include <type_traits>
+#include <utility>
+
 namespace refinery::backend {
 
+int awq_pack_factor(int bits) { return bits == 8 ? 4 : 8; }
+
 namespace {
-const Tensor& matrix_of(const LinearStorage& s) {
-  return std::visit([](const auto& w) -> const Tensor& { return w.weight; }, s);
+// [out, in] of any storage (an AwqWeight's packed tensors do not show it, so it carries it).
+std::pair<int64_t, int64_t> shape_of(const LinearStorage& s) {
+  return std::visit(
+      [](const auto& w) -> std::pair<int64_t, int64_t> {
+        using S = std::decay_t<decltype(w)>;
+        if constexpr (std::is_same_v<S, AwqWeight>)
+          return {w.out, w.in};
+        else
+          return {w.weight.size(0), w.weight.size(1)};
+      },
+      s);
 }
 }  // namespace
 
-bool LinearWeight::defined() const { return matrix_of(storage).defined(); }
-int64_t LinearWeight::out_features() const { return matrix_of(storage).size(0); }
-int64_t LinearWeight::in_features() const { return matrix_of(storage).size(1); }
+bool LinearWeight::defined() const {
+  if (const auto* a = std::get_if<AwqWeight>(&storage)) return a->qweight.defined();
+  if (const auto* f = std::get_if<Fp8BlockWeight>(&storage)) return f->weight.defined();
+  return std::get<DenseWeight>(storage).weight.defined();
+}
+int64_t LinearWeight::out_features() const { return shape_of(storage).first; }
+int64_t LinearWeight::in_features() const { return shape_of(storage).second; }
 
 std::string LinearWeight::describe() const {
   if (const auto* f = std::get_if<Fp8BlockWeight>(&storage))
     return str("fp8-block", f->block_out, "x", f->block_in, shape_to_string(f->weight.shape()));
-  return matrix_of(storage).describe();
+  if (const auto* a = std::get_if<AwqWeight>(&storage))
+    return str("awq-w", a->bits, "g", a->group_size, shape_to_string({a->out, a->in}));
+  return std::get<DenseWeight>(storage).weight.describe();
 }
 
 void validate_fp8_block(const Fp8BlockWeight& w, const std::string& name) {

@@ -26,9 +26,27 @@ struct Fp8BlockWeight {
   int block_in = 128;
 };
 
-// Place for AutoAWQ INT4 group-quantized weights (qweight/qzeros/scales, DESIGN §4): a third
-// alternative `AwqWeight` goes here, and each backend's linear() gains one visitor branch.
-using LinearStorage = std::variant<DenseWeight, Fp8BlockWeight>;
+// AutoAWQ group-quantized weight (GEMM layout, DESIGN §4), W[r, c] for output r and input c:
+//   code  = nibble/byte (r % pack) of qweight[c, r / pack], in the packing order of `bits`
+//   zero  = the same position of qzeros[c / group_size, r / pack]
+//   W     = (code - zero) * scales[c / group_size, r]
+// 4 bits: 8 codes per int32 in the order [0,2,4,6,1,3,5,7] (AutoAWQ GEMM, what vLLM loads);
+// 3 bits: the same 4-bit container holding codes 0..7; 8 bits: 4 codes per int32 in order
+// [0,1,2,3]. Symmetric quantization stores zero = 2^(bits-1) so one formula serves both.
+struct AwqWeight {
+  Tensor qweight;  // I32 [in, out / pack]   (pack = 8 for bits <= 4, 4 for bits = 8)
+  Tensor qzeros;   // I32 [in / group_size, out / pack]
+  Tensor scales;   // F16 [in / group_size, out]
+  int bits = 4;
+  int group_size = 128;
+  int64_t out = 0;  // the unpacked shape (qweight's shape does not give `out` for every bits)
+  int64_t in = 0;
+};
+
+// Codes per int32 of an AwqWeight of `bits` bits (8 for 3 and 4, 4 for 8).
+int awq_pack_factor(int bits);
+
+using LinearStorage = std::variant<DenseWeight, Fp8BlockWeight, AwqWeight>;
 
 struct LinearWeight {
   LinearStorage storage;

@@ -138,8 +138,10 @@ void CpuBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
         using S = std::decay_t<decltype(storage)>;
         if constexpr (std::is_same_v<S, DenseWeight>)
           linear_dense(xm, storage, ym);
-        else
+        else if constexpr (std::is_same_v<S, Fp8BlockWeight>)
           linear_fp8(xm, storage, ym);
+        else
+          throw_user_error("linear ", w.name, ": AWQ weights are not executable on the CPU yet");
       },
       w.storage);
   if (w.bias.defined()) {

@@ -143,6 +143,8 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
   const LinearSizes sizes = check_linear(Device::kCUDA, x, w, y);
   const int64_t rows = sizes.rows, in = sizes.in, out = sizes.out;
   if (rows == 0 || out == 0) return;
+  if (std::holds_alternative<AwqWeight>(w.storage))
+    throw_user_error("linear ", w.name, ": AWQ weights are not executable on CUDA yet");
   const auto* dense = std::get_if<DenseWeight>(&w.storage);
   const DType wdtype = dense != nullptr ? dense->weight.dtype() : DType::kF8E4M3;
   if (in == 0) {

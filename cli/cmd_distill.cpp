@@ -25,6 +25,7 @@ namespace fs = std::filesystem;
 
 struct DistillCliOptions {
   std::string student, student_config, teacher, teacher_logits, out, tokenizer;
+  std::string teacher_tail = "bucket";
   std::vector<std::string> data;
   double init_std = 0.0;  // 0: the config's initializer_range, else 0.02
   uint64_t seed = 0;
@@ -145,7 +146,25 @@ void run_distill(const DistillCliOptions& o) {
   data_options.seed = o.seed;
   data_options.held_out_fraction = o.held_out;
   const std::string data_fingerprint = io::data_fingerprint(tokens);  // checked by --resume
+  // The tail prior of a top-k cache: token counts of the training windows (the whole stream
+  // minus the held-out windows, which the student must not see).
+  const distill::TeacherTail tail = distill::parse_teacher_tail(o.teacher_tail);
+  if (tail != distill::TeacherTail::kBucket && o.teacher_logits.empty())
+    throw_user_error("--teacher-tail ", o.teacher_tail,
+                     " applies to a top-k cache (--teacher-logits); an online teacher is dense");
+  std::vector<int64_t> counts;
+  if (tail == distill::TeacherTail::kUnigram) {
+    counts.assign(static_cast<std::size_t>(config.vocab_size), 0);
+    for (const int32_t id : tokens) ++counts[static_cast<std::size_t>(id)];
+  }
   distill::DataLoader data(std::move(tokens), data_options);
+  if (tail != distill::TeacherTail::kBucket) {
+    for (int64_t w = 0; w < data.held_out_windows() && !counts.empty(); ++w)
+      for (const int32_t id : data.held_out_window(w)) --counts[static_cast<std::size_t>(id)];
+    if (counts.empty()) counts.assign(static_cast<std::size_t>(config.vocab_size), 0);
+    static_cast<distill::CachedTeacher&>(*teacher).set_tail_prior(
+        distill::tail_log_prior(tail, counts));
+  }
 
   // The student.
   train::ParameterSet params;
@@ -179,6 +198,7 @@ void run_distill(const DistillCliOptions& o) {
   t.loss.alpha = o.alpha;
   t.loss.kd_weight = o.kd_weight >= 0.0 ? o.kd_weight : (has_teacher ? 1.0 : 0.0);
   t.loss.ce_weight = o.ce_weight >= 0.0 ? o.ce_weight : (has_teacher ? 0.0 : 1.0);
+  t.teacher_tail = distill::teacher_tail_name(tail);
   t.eval_every = o.eval_every;
   t.eval_windows = o.eval_windows;
   t.save_every = o.save_every;
@@ -208,6 +228,7 @@ void run_distill(const DistillCliOptions& o) {
                   {"temperature", o.temperature},
                   {"kd_weight", t.loss.kd_weight},
                   {"ce_weight", t.loss.ce_weight},
+                  {"teacher_tail", t.teacher_tail},
                   {"seed", o.seed}};
 
   log::info("distill: student ", config.model_type, " (", student.parameters().total_numel(),
@@ -247,6 +268,10 @@ void register_distill(CLI::App& app) {
   cmd->add_option("--init-std", o->init_std, "Init std (default: the config's initializer_range)");
   cmd->add_option("--teacher", o->teacher, "Online teacher model directory");
   cmd->add_option("--teacher-logits", o->teacher_logits, "Offline top-k cache from `refine logits`");
+  cmd->add_option("--teacher-tail", o->teacher_tail,
+                  "A top-k cache's tail mass: bucket (one outcome), unigram or uniform (spread "
+                  "over the uncached ids by that prior)")
+      ->capture_default_str();
   cmd->add_option("--data", o->data, "Training text: .txt, .jsonl, tokens JSON or a token dataset .h5");
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer dir or tokenizer.json (default: student/teacher)");
   cmd->add_option("--out", o->out, "Output directory (the student, train/metrics.jsonl, checkpoints)")

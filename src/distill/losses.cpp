@@ -366,4 +366,23 @@ LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
   return finish(kd_rows, ce_rows, positions, options);
 }
 
+void expand_top_k_row(const int32_t* ids, const float* lps, int64_t k, const float* log_prior,
+                      int64_t vocab, float* out) {
+  double known = 0.0, prior_cached = 0.0;
+  for (int64_t i = 0; i < k; ++i) {
+    known += std::exp(static_cast<double>(lps[i]));
+    prior_cached += std::exp(static_cast<double>(log_prior[ids[i]]));
+  }
+  if (k < vocab) {
+    // The prior's uncached mass, floored like the teacher's: a prior that puts (nearly) all of
+    // its mass on the cached ids must not make the tail infinite.
+    const double tail = std::max(1.0 - known, kSparseTailFloor);
+    const double prior_tail = std::max(1.0 - prior_cached, kSparseTailFloor);
+    const double base = std::log(tail) - std::log(prior_tail);
+    for (int64_t j = 0; j < vocab; ++j)
+      out[j] = static_cast<float>(base + static_cast<double>(log_prior[j]));
+  }
+  for (int64_t i = 0; i < k; ++i) out[ids[i]] = lps[i];
+}
+
 }  // namespace refinery::distill

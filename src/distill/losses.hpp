@@ -52,6 +52,14 @@
 // unknown tail probabilities; for T > 1 the lumped tail gets less mass than the truth (x^(1/T) is
 // subadditive). The relative odds of the cached ids are exact; at T = 1 the bucketed teacher is
 // exact. The student side is exact at any T (its full logits are available).
+//
+// Tail prior (the alternative to the tail bucket, `refine distill --teacher-tail unigram|uniform`):
+// the teacher's tail mass P_tail is spread over the uncached ids in proportion to a fixed prior u
+// (the training data's unigram frequencies, or uniform), which makes the teacher dense again:
+//   p_j = P_i for j = id_i,   p_j = P_tail · u_j / Σ_{j' uncached} u_j' otherwise,
+// and the dense loss is used (expand_top_k_row below; Backend::expand_top_k). With the bucket the
+// student's mass inside the tail is unconstrained (only its total is), so a student trained from
+// scratch keeps whatever tail shape its initialization gives; the prior gives it a target.
 
 #include <cstdint>
 
@@ -98,5 +106,12 @@ LossResult dense_loss(const float* student_logits, const float* teacher_logits,
 LossResult sparse_loss(const float* student_logits, const int32_t* teacher_ids,
                        const float* teacher_log_probs, int64_t k, const int32_t* labels,
                        int64_t rows, int64_t vocab, const LossOptions& options, float* grad);
+
+// One row of the tail-prior teacher, as log-probabilities: out[id_i] = lp_i and, for every other
+// id j, out[j] = log P_tail + log_prior[j] − log Σ_{uncached} prior, P_tail = max(1 − Σ exp(lp_i),
+// kSparseTailFloor); sums in double. log_prior [vocab]: a normalized log-distribution (finite).
+// ids/lps [k] as sparse_loss's rows (unchecked here). out [vocab].
+void expand_top_k_row(const int32_t* ids, const float* lps, int64_t k, const float* log_prior,
+                      int64_t vocab, float* out);
 
 }  // namespace refinery::distill

@@ -1,6 +1,9 @@
 // The online and offline teacher sources.
 #include "distill/teacher_source.hpp"
 
+#include <algorithm>
+#include <cmath>
+
 #include "engine/core/error.hpp"
 
 namespace refinery::distill {
@@ -64,7 +67,47 @@ train::TeacherTargets CachedTeacher::targets(std::span<const int32_t> tokens, in
   train::TeacherTargets t;
   t.top_k_ids = backend_->upload(ids);
   t.top_k_log_probs = backend_->upload(lp);
+  t.tail_log_prior = tail_log_prior_;
   return t;
+}
+
+void CachedTeacher::set_tail_prior(const std::vector<float>& log_prior) {
+  REFINERY_CHECK(static_cast<int64_t>(log_prior.size()) == vocab_size(), "tail prior of ",
+                 log_prior.size(), " ids for a vocabulary of ", vocab_size());
+  tail_log_prior_ = backend_->upload(
+      Tensor::copy_of(DType::kF32, {vocab_size()}, log_prior.data()));
+}
+
+TeacherTail parse_teacher_tail(const std::string& name) {
+  if (name == "bucket") return TeacherTail::kBucket;
+  if (name == "unigram") return TeacherTail::kUnigram;
+  if (name == "uniform") return TeacherTail::kUniform;
+  throw_user_error("--teacher-tail ", name, " is not known; use bucket, unigram or uniform");
+}
+
+const char* teacher_tail_name(TeacherTail tail) {
+  switch (tail) {
+    case TeacherTail::kBucket: return "bucket";
+    case TeacherTail::kUnigram: return "unigram";
+    case TeacherTail::kUniform: return "uniform";
+  }
+  return "?";
+}
+
+std::vector<float> tail_log_prior(TeacherTail tail, const std::vector<int64_t>& counts) {
+  const auto vocab = static_cast<int64_t>(counts.size());
+  REFINERY_CHECK(vocab > 0, "tail prior over an empty vocabulary");
+  std::vector<float> out(counts.size());
+  if (tail == TeacherTail::kUniform) {
+    std::fill(out.begin(), out.end(), static_cast<float>(-std::log(static_cast<double>(vocab))));
+    return out;
+  }
+  double total = static_cast<double>(vocab);
+  for (const int64_t c : counts) total += static_cast<double>(c);
+  const double log_total = std::log(total);
+  for (std::size_t j = 0; j < counts.size(); ++j)
+    out[j] = static_cast<float>(std::log(static_cast<double>(counts[j] + 1)) - log_total);
+  return out;
 }
 
 }  // namespace refinery::distill

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "engine/backend/backend.hpp"
@@ -51,10 +52,24 @@ class CachedTeacher final : public TeacherSource {
   int64_t seq_len() const { return reader_.info().seq_len; }
   // Every complete sequence's ids, concatenated: the token stream the student trains on.
   std::vector<int32_t> token_stream() const;
+  // Spread each row's tail mass over the uncached ids by this prior (f32 [vocab], a normalized
+  // log-distribution; losses.hpp "tail prior") instead of the one tail bucket.
+  void set_tail_prior(const std::vector<float>& log_prior);
 
  private:
   io::LogitCacheReader reader_;
   std::shared_ptr<backend::Backend> backend_;
+  Tensor tail_log_prior_;  // on the backend's device; undefined: the tail bucket
 };
+
+// How a top-k cache's tail mass is handled (`refine distill --teacher-tail`).
+enum class TeacherTail { kBucket, kUnigram, kUniform };
+// "bucket", "unigram", "uniform"; a user error listing them for anything else.
+TeacherTail parse_teacher_tail(const std::string& name);
+const char* teacher_tail_name(TeacherTail tail);
+// The prior of kUnigram: log of (counts[j] + 1) / (Σ counts + vocab), counts [vocab] = how often
+// each id occurs in the training windows (add-one smoothing: every id keeps some mass); of
+// kUniform: −log vocab for every id. f32 [vocab].
+std::vector<float> tail_log_prior(TeacherTail tail, const std::vector<int64_t>& counts);
 
 }  // namespace refinery::distill

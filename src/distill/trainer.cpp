@@ -56,7 +56,8 @@ nlohmann::json run_identity(const DataLoader& data, const TrainerOptions& o) {
           {"--beta", o.loss.beta},
           {"--alpha", o.loss.alpha},
           {"--kd-weight", o.loss.kd_weight},
-          {"--ce-weight", o.loss.ce_weight}};
+          {"--ce-weight", o.loss.ce_weight},
+          {"--teacher-tail", o.teacher_tail}};
 }
 
 // "--seq-len 32 in the checkpoint but 16 now; ..." for every field that differs.

@@ -43,6 +43,7 @@ struct TrainerOptions {
   // (TrainableModel::update_correction_bias), applied after every step; 0: off.
   double bias_update_rate = 1e-3;
   LossOptions loss;
+  std::string teacher_tail = "bucket";  // a top-k cache's tail handling (recorded for --resume)
   int64_t eval_every = 0;          // steps between held-out evaluations; 0: only at the end
   int64_t eval_windows = 16;       // held-out windows per evaluation (at most the held-out split)
   int64_t save_every = 0;          // steps between checkpoints; 0: only at the end

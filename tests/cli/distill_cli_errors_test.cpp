@@ -154,5 +154,15 @@ TEST_F(DistillCliErrors, BadLossLearningRateAndMissingTeacher) {
     EXPECT_FALSE(fs::exists(dir_.file(o))) << o << ": a failed start leaves no output directory";
 }
 
+TEST_F(DistillCliErrors, TeacherTailNeedsACacheAndAKnownName) {
+  expect_user_error("distill --student-config " + kStudentConfig + " --teacher " + kTeacher +
+                        " --data " + data_ + " --out " + dir_.file("o1") +
+                        " --seq-len 32 --batch 2 --steps 1 --threads 1 --teacher-tail unigram",
+                    {"--teacher-tail", "--teacher-logits"});
+  expect_user_error(ce_run(dir_.file("o2")) + " --student-config " + kStudentConfig +
+                        " --teacher-tail zipf",
+                    {"--teacher-tail", "zipf", "unigram"});
+}
+
 }  // namespace
 }  // namespace refinery::distill_cli_test

@@ -169,6 +169,29 @@ TEST(DistillCliOffline, TopKCacheTrainsAStudentThatEvalReads) {
   EXPECT_TRUE(std::isfinite(ppl) && ppl > 1.0) << e.out;
 }
 
+// --teacher-tail unigram: the cache's tail mass spread by the training data's unigram counts
+// (a dense teacher per chunk); recorded in refinery.json, and a different loss than the bucket.
+TEST(DistillCliOffline, UnigramTailPriorTrainsAndIsRecorded) {
+  OneOmpThread one_thread;
+  ScratchDir dir;
+  const std::string data = valid_slice(dir, 1);
+  const std::string cache = dir.file("c.h5");
+  run_ok("logits " + kTeacher + " --data " + data + " --top-k 16 --seq-len 32 --out " + cache);
+  const std::string common = "distill --student-config " + kStudentConfig + " --teacher-logits " +
+                             cache + " --batch 2 --steps 2 --lr 1e-9 --threads 1 --json --tokenizer " +
+                             kTokenizer;
+  const json bucket = json::parse(run_ok(common + " --out " + dir.file("b")).out);
+  const json prior =
+      json::parse(run_ok(common + " --teacher-tail unigram --out " + dir.file("u")).out);
+  const double kd_b = bucket["eval"]["kd"].get<double>(), kd_u = prior["eval"]["kd"].get<double>();
+  EXPECT_TRUE(std::isfinite(kd_u) && kd_u > 0.0) << prior.dump();
+  // (Practically) the same student (lr 1e-9), same data: the dense KL over the vocabulary is at least the bucketed one
+  // (merging outcomes never increases a KL), and here strictly larger.
+  EXPECT_GT(kd_u, kd_b);
+  const json provenance = json::parse(std::ifstream(fs::path(dir.file("u")) / "refinery.json"));
+  EXPECT_EQ(provenance["teacher_tail"], "unigram") << provenance.dump();
+}
+
 void expect_rel(const json& got, const json& want, double rel, const std::string& what) {
   const double g = got.get<double>(), w = want.get<double>();
   EXPECT_LE(std::fabs(g - w), rel * std::fabs(w)) << what << ": offline " << g << ", online " << w;

@@ -195,6 +195,71 @@ TEST(DistillLosses, SparseWithFullVocabularyEqualsDense) {
   }
 }
 
+// The tail-prior teacher (losses.hpp): cached ids keep their log-probs, the tail mass
+// 1 − Σ P_i is spread over the other ids in proportion to the prior, and each row is a
+// distribution (log-sum-exp 0); with k == vocab it is the cached row itself.
+TEST(DistillLosses, ExpandTopKSpreadsTheTailByThePrior) {
+  const int64_t vocab = 7, k = 3;
+  const std::vector<int32_t> ids = {5, 0, 2};
+  const std::vector<float> lps = {std::log(0.5f), std::log(0.2f), std::log(0.1f)};  // tail 0.2
+  const std::vector<double> prior = {0.05, 0.1, 0.3, 0.25, 0.05, 0.15, 0.1};
+  std::vector<float> log_prior(vocab);
+  for (int64_t j = 0; j < vocab; ++j) log_prior[j] = static_cast<float>(std::log(prior[j]));
+  std::vector<float> out(vocab, NAN);
+  expand_top_k_row(ids.data(), lps.data(), k, log_prior.data(), vocab, out.data());
+  EXPECT_NEAR(std::exp(out[5]), 0.5, 1e-7);
+  EXPECT_NEAR(std::exp(out[0]), 0.2, 1e-7);
+  EXPECT_NEAR(std::exp(out[2]), 0.1, 1e-7);
+  const double uncached_prior = 0.1 + 0.25 + 0.05 + 0.1;  // ids 1, 3, 4, 6
+  for (int64_t j : {1, 3, 4, 6})
+    EXPECT_NEAR(std::exp(out[j]), 0.2 * prior[j] / uncached_prior, 1e-7) << j;
+  double total = 0.0;
+  for (float v : out) total += std::exp(static_cast<double>(v));
+  EXPECT_NEAR(total, 1.0, 1e-6);
+
+  // k == vocab: nothing to spread.
+  const std::vector<int32_t> all = {3, 1, 0, 2, 6, 5, 4};
+  std::vector<float> all_lps(vocab);
+  for (int64_t i = 0; i < vocab; ++i) all_lps[i] = static_cast<float>(-1.0 - 0.1 * i);
+  expand_top_k_row(all.data(), all_lps.data(), vocab, log_prior.data(), vocab, out.data());
+  for (int64_t i = 0; i < vocab; ++i) EXPECT_EQ(out[all[i]], all_lps[i]);
+}
+
+// The dense loss on the expanded teacher equals the sparse (bucket) loss's KD term when the
+// student's own tail shape is the prior: then the bucket and the prior agree on the tail.
+TEST(DistillLosses, ExpandTopKWithTheStudentsTailShapeEqualsTheBucket) {
+  const int64_t vocab = 40, k = 6;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n01(0.0f, 1.5f);
+  std::vector<float> student(vocab), teacher(vocab);
+  for (auto& v : student) v = n01(rng);
+  for (auto& v : teacher) v = n01(rng);
+  auto log_softmax = [&](const std::vector<float>& x) {
+    double hi = *std::max_element(x.begin(), x.end()), sum = 0.0;
+    for (float v : x) sum += std::exp(v - hi);
+    std::vector<float> out(x.size());
+    for (size_t j = 0; j < x.size(); ++j) out[j] = static_cast<float>(x[j] - hi - std::log(sum));
+    return out;
+  };
+  const std::vector<float> lt = log_softmax(teacher), prior = log_softmax(student);
+  std::vector<int32_t> all(vocab);  // the teacher's top-k ids
+
+  std::iota(all.begin(), all.end(), 0);
+  std::partial_sort(all.begin(), all.begin() + k, all.end(),
+                    [&](int32_t a, int32_t b) { return lt[a] > lt[b]; });
+  const std::vector<int32_t> ids(all.begin(), all.begin() + k);
+  std::vector<float> lps(k);
+  for (int64_t i = 0; i < k; ++i) lps[i] = lt[ids[i]];
+  std::vector<float> dense_teacher(vocab);
+  expand_top_k_row(ids.data(), lps.data(), k, prior.data(), vocab, dense_teacher.data());
+  const int32_t label = 3;
+  LossOptions o;  // forward KL, T = 1
+  const LossResult d = dense_loss(student.data(), dense_teacher.data(), &label, 1, vocab, o, nullptr);
+  const LossResult s = sparse_loss(student.data(), ids.data(), lps.data(), k, &label, 1, vocab, o,
+                                   nullptr);
+  EXPECT_NEAR(d.kd, s.kd, 1e-6);
+}
+
 TEST(DistillLosses, IdenticalDistributionsGiveZeroDivergence) {
   const Set a = load_set("a", 5, 50);
   for (Divergence div : kDivs) {

@@ -51,6 +51,9 @@ void Backend::kd_loss(const Tensor&, const Tensor&, const Tensor&, const Tensor&
                       const KdLossOptions&, float, Tensor&, Tensor&) {
   missing(*this, "kd_loss");
 }
+void Backend::expand_top_k(const Tensor&, const Tensor&, const Tensor&, Tensor&) {
+  missing(*this, "expand_top_k");
+}
 double Backend::sum_squares(const Tensor&) { missing(*this, "sum_squares"); }
 void Backend::adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamWScalars&,
                            Tensor&) {

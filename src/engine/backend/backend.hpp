@@ -199,6 +199,14 @@ class Backend {
                        const Tensor& teacher_ids, const Tensor& teacher_log_probs,
                        const Tensor& labels, const KdLossOptions& options, float grad_scale,
                        Tensor& row_terms, Tensor& grad);
+  // A top-k teacher made dense with a prior over its tail (distill/losses.hpp, "tail prior"):
+  // for every row r, out[r, ids[r, i]] = log_probs[r, i] (the cached log-softmax at T = 1), and
+  // for every other id j: out[r, j] = log P_tail + log_prior[j] − log Σ_{j' uncached} prior[j'],
+  // with P_tail = max(1 − Σ_i exp(log_probs[r, i]), kSparseTailFloor) and log_prior f32 [V] a
+  // normalized log-distribution over the vocabulary. ids I32 [R, k], log_probs f32 [R, k],
+  // out f32 [R, V]: a log-distribution per row, usable as kd_loss's dense teacher_logits.
+  virtual void expand_top_k(const Tensor& ids, const Tensor& log_probs, const Tensor& log_prior,
+                            Tensor& out);
   // Σ t² over all elements (f32 or bf16), accumulated in double in an order that does not depend
   // on the thread count (the global gradient norm; deterministic resume).
   virtual double sum_squares(const Tensor& t);

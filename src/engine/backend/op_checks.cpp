@@ -1,6 +1,8 @@
 // Shared argument checks of the backend ops (see op_checks.hpp).
 #include "engine/backend/op_checks.hpp"
 
+#include <cmath>
+
 namespace refinery::backend {
 
 namespace {
@@ -188,6 +190,33 @@ TopKSizes check_log_softmax_top_k(Device device, const Tensor& hidden, const Lin
   require_i32(device, indices, {rows, k}, "log_softmax_top_k indices");
   require_f32(device, log_probs, {rows, k}, "log_softmax_top_k log_probs");
   return {rows, vocab, k};
+}
+
+void check_top_k_rows(const int32_t* ids, const float* log_probs, int64_t rows, int64_t k,
+                      int64_t vocab, const char* what) {
+  if (k < 1 || k > vocab)
+    throw_user_error(what, ": the teacher cache has top-k = ", k, ", expected 1 <= k <= vocab (",
+                     vocab, "); the cache was made for another vocabulary or is damaged");
+  std::vector<uint8_t> seen(static_cast<std::size_t>(vocab), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* row = ids + r * k;
+    for (int64_t i = 0; i < k; ++i) {
+      if (row[i] < 0 || row[i] >= vocab)
+        throw_user_error(what, ": teacher id ", i, " of row ", r, " is ", row[i],
+                         ", expected a token id in [0, ", vocab,
+                         "); the logit cache does not match the student's vocabulary");
+      if (seen[row[i]])
+        throw_user_error(what, ": teacher id ", row[i], " appears twice in row ", r,
+                         " of the top-k cache; the cache is damaged, regenerate it with refine "
+                         "logits");
+      seen[row[i]] = 1;
+      if (!std::isfinite(log_probs[r * k + i]))
+        throw_user_error(what, ": teacher log-prob ", i, " of row ", r, " is ",
+                         log_probs[r * k + i],
+                         ", expected a finite log-probability; the cache is damaged");
+    }
+    for (int64_t i = 0; i < k; ++i) seen[row[i]] = 0;
+  }
 }
 
 }  // namespace refinery::backend

@@ -102,4 +102,10 @@ struct TopKSizes {
 TopKSizes check_log_softmax_top_k(Device device, const Tensor& hidden, const LinearWeight& lm_head,
                                   int64_t k, const Tensor& indices, const Tensor& log_probs);
 
+// The content of top-k teacher rows (host arrays ids [rows, k], log-probs [rows, k]): k in
+// [1, vocab], ids in [0, vocab) and distinct within a row, log-probs finite. Unlike the checks
+// above these are USER errors naming `what` (the rows come from a logit cache file).
+void check_top_k_rows(const int32_t* ids, const float* log_probs, int64_t rows, int64_t k,
+                      int64_t vocab, const char* what);
+
 }  // namespace refinery::backend

@@ -176,7 +176,11 @@ LossSums TrainableModel::head_and_loss(const Batch& b, const Tensor& x,
     be.linear(h_c, weights_.lm_head, logits);
     Tensor teacher_logits, ids, log_probs;
     if (online) teacher_logits = teacher.teacher->logits(teacher.teacher_hidden.slice(r0, r1));
-    if (sparse) {
+    if (sparse && teacher.tail_log_prior.defined()) {
+      teacher_logits = be.empty(DType::kF32, {n, vocab});
+      be.expand_top_k(teacher.top_k_ids.slice(r0, r1), teacher.top_k_log_probs.slice(r0, r1),
+                      teacher.tail_log_prior, teacher_logits);
+    } else if (sparse) {
       ids = teacher.top_k_ids.slice(r0, r1);
       log_probs = teacher.top_k_log_probs.slice(r0, r1);
     }

@@ -40,6 +40,10 @@ struct TeacherTargets {
   // Offline: the top-k cache rows of these tokens, ids I32 [T, k] and log-probs f32 [T, k].
   Tensor top_k_ids;
   Tensor top_k_log_probs;
+  // Optional, with the top-k rows: a prior f32 [vocab] (normalized log-distribution) over which
+  // the teacher's tail mass is spread; each loss chunk's teacher is then made dense
+  // (Backend::expand_top_k) and the dense loss is used instead of the tail bucket.
+  Tensor tail_log_prior;
 };
 
 // Sums over the counted positions of one or more micro-batches.

@@ -42,33 +42,6 @@ double ce_row(const float* s, int64_t vocab, int32_t label, double ce_weight, fl
   return ce;
 }
 
-// The checks of the loss functions, with this call's row numbers, before any parallel work.
-void check_sparse_cache(const int32_t* ids, const float* lps, int64_t rows, int64_t k,
-                        int64_t vocab) {
-  if (k < 1 || k > vocab)
-    throw_user_error("kd_loss: the teacher cache has top-k = ", k, ", expected 1 <= k <= vocab (",
-                     vocab, "); the cache was made for another vocabulary or is damaged");
-  std::vector<uint8_t> seen(static_cast<std::size_t>(vocab), 0);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t i = 0; i < k; ++i) {
-      const int32_t id = ids[r * k + i];
-      if (id < 0 || id >= vocab)
-        throw_user_error("kd_loss: teacher id ", i, " of row ", r, " is ", id,
-                         ", expected a token id in [0, ", vocab,
-                         "); the logit cache does not match the student's vocabulary");
-      if (seen[id])
-        throw_user_error("kd_loss: teacher id ", id, " appears twice in row ", r,
-                         " of the top-k cache; the cache is damaged, regenerate it with refine "
-                         "logits");
-      seen[id] = 1;
-      if (!std::isfinite(lps[r * k + i]))
-        throw_user_error("kd_loss: teacher log-prob ", i, " of row ", r, " is ", lps[r * k + i],
-                         ", expected a finite log-probability; the cache is damaged");
-    }
-    for (int64_t i = 0; i < k; ++i) seen[ids[r * k + i]] = 0;
-  }
-}
-
 }  // namespace
 
 void CpuBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_logits,
@@ -111,8 +84,8 @@ void CpuBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_log
                        vocab, ") or -1 to ignore the position; check that the data's tokenizer "
                        "matches the model's vocabulary");
   if (kind == TeacherKind::kSparse)
-    check_sparse_cache(teacher_ids.data<int32_t>(), teacher_log_probs.data<float>(), rows, k,
-                       vocab);
+    check_top_k_rows(teacher_ids.data<int32_t>(), teacher_log_probs.data<float>(), rows, k, vocab,
+                     "kd_loss");
 
   const float* ps = student_logits.data<float>();
   float* pg = grad.defined() ? grad.mutable_data<float>() : nullptr;
@@ -163,6 +136,25 @@ void CpuBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_log
     }
   }
   if (failure) std::rethrow_exception(failure);
+}
+
+void CpuBackend::expand_top_k(const Tensor& ids, const Tensor& log_probs, const Tensor& log_prior,
+                              Tensor& out) {
+  REFINERY_CHECK(ids.ndim() == 2 && out.ndim() == 2, "expand_top_k: ids [R, k] and out [R, V], found ",
+                 ids.describe(), " and ", out.describe());
+  const int64_t rows = ids.size(0), k = ids.size(1), vocab = out.size(1);
+  require_i32(ids, {rows, k}, "expand_top_k ids");
+  require_f32(log_probs, {rows, k}, "expand_top_k log_probs");
+  require_f32(log_prior, {vocab}, "expand_top_k log_prior");
+  require_f32(out, {rows, vocab}, "expand_top_k out");
+  check_top_k_rows(ids.data<int32_t>(), log_probs.data<float>(), rows, k, vocab, "expand_top_k");
+  const int32_t* pi = ids.data<int32_t>();
+  const float* pl = log_probs.data<float>();
+  const float* prior = log_prior.data<float>();
+  float* po = out.mutable_data<float>();
+#pragma omp parallel for schedule(static) if (rows > 1 && !omp_in_parallel())
+  for (int64_t r = 0; r < rows; ++r)
+    distill::expand_top_k_row(pi + r * k, pl + r * k, k, prior, vocab, po + r * vocab);
 }
 
 }  // namespace refinery::backend::cpu

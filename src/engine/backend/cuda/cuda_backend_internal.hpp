@@ -97,6 +97,8 @@ class CudaBackend final : public Backend {
                const Tensor& teacher_ids, const Tensor& teacher_log_probs, const Tensor& labels,
                const KdLossOptions& options, float grad_scale, Tensor& row_terms,
                Tensor& grad) override;  // kd_loss.cu
+  void expand_top_k(const Tensor& ids, const Tensor& log_probs, const Tensor& log_prior,
+                    Tensor& out) override;  // kd_loss.cu
   double sum_squares(const Tensor& t) override;  // optimizer_ops.cu
   void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                     const AdamWScalars& s, Tensor& compute) override;

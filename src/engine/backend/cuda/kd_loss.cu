@@ -329,6 +329,36 @@ std::vector<float> host_f32(const Tensor& t) {
   return std::vector<float>(h.data<float>(), h.data<float>() + h.numel());
 }
 
+// expand_top_k (losses.hpp, "tail prior"): one block per row. The two cached sums (teacher mass,
+// prior mass) in double with the fixed-order block_sum; then every id gets the tail value, and
+// after a barrier the cached ids are overwritten by their log-probs (same block, so the barrier
+// orders the global writes).
+constexpr int kExpandThreads = 256;
+
+__global__ void expand_top_k_kernel(const int32_t* ids, const float* lps, const float* log_prior,
+                                    int64_t k, int64_t vocab, float* out) {
+  __shared__ double scratch[33];
+  const int64_t r = blockIdx.x;
+  const int32_t* row_ids = ids + r * k;
+  const float* row_lps = lps + r * k;
+  float* row_out = out + r * vocab;
+  double known = 0.0, prior_cached = 0.0;
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
+    known += exp(static_cast<double>(row_lps[i]));
+    prior_cached += exp(static_cast<double>(log_prior[row_ids[i]]));
+  }
+  known = block_sum(known, scratch);
+  prior_cached = block_sum(prior_cached, scratch);
+  if (k < vocab) {
+    const double base = log(fmax(1.0 - known, kSparseTailFloor)) -
+                        log(fmax(1.0 - prior_cached, kSparseTailFloor));
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x)
+      row_out[j] = static_cast<float>(base + static_cast<double>(log_prior[j]));
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < k; i += blockDim.x) row_out[row_ids[i]] = row_lps[i];
+}
+
 }  // namespace
 
 void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_logits,
@@ -375,25 +405,7 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
   if (sparse) {
     const std::vector<int32_t> ids = host_i32(teacher_ids);
     const std::vector<float> lps = host_f32(teacher_log_probs);
-    std::vector<uint8_t> seen(static_cast<std::size_t>(vocab), 0);
-    for (int64_t r = 0; r < rows; ++r) {
-      const int32_t* row = ids.data() + r * k;
-      for (int64_t i = 0; i < k; ++i) {
-        if (row[i] < 0 || row[i] >= vocab)
-          throw_user_error("kd_loss: teacher id ", i, " of row ", r, " is ", row[i],
-                           ", expected a token id in [0, ", vocab,
-                           "); the logit cache does not match the student's vocabulary");
-        if (seen[row[i]])
-          throw_user_error("kd_loss: teacher id ", row[i], " appears twice in row ", r,
-                           " of the top-k cache; the cache is damaged, regenerate it with "
-                           "refine logits");
-        seen[row[i]] = 1;
-        if (!std::isfinite(lps[r * k + i]))
-          throw_user_error("kd_loss: teacher log-prob ", i, " of row ", r, " is ", lps[r * k + i],
-                           ", expected a finite log-probability; the cache is damaged");
-      }
-      for (int64_t i = 0; i < k; ++i) seen[row[i]] = 0;
-    }
+    check_top_k_rows(ids.data(), lps.data(), rows, k, vocab, "kd_loss");
   }
   if (rows == 0) return;
 
@@ -442,6 +454,28 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
       labels.data<int32_t>(), p, static_cast<double*>(bucket_h.mutable_data()),
       cached_s.mutable_data<float>(), row_terms.mutable_data<float>(), g);
   REFINERY_CUDA_AFTER_LAUNCH(*this, "kd_loss (sparse)");
+}
+
+void CudaBackend::expand_top_k(const Tensor& ids, const Tensor& log_probs,
+                               const Tensor& log_prior, Tensor& out) {
+  OpTimer timer(profiler_, stream_, "expand_top_k");
+  REFINERY_CHECK(ids.ndim() == 2 && out.ndim() == 2,
+                 "expand_top_k: ids [R, k] and out [R, V], found ", ids.describe(), " and ",
+                 out.describe());
+  const int64_t rows = ids.size(0), k = ids.size(1), vocab = out.size(1);
+  require_i32(ids, {rows, k}, "expand_top_k ids");
+  require_f32(log_probs, {rows, k}, "expand_top_k log_probs");
+  require_f32(log_prior, {vocab}, "expand_top_k log_prior");
+  require_f32(out, {rows, vocab}, "expand_top_k out");
+  const std::vector<int32_t> host_ids = host_i32(ids);
+  const std::vector<float> host_lps = host_f32(log_probs);
+  check_top_k_rows(host_ids.data(), host_lps.data(), rows, k, vocab, "expand_top_k");
+  if (rows == 0) return;
+  REFINERY_CHECK(rows < (int64_t{1} << 31), "expand_top_k: too many rows: ", rows);
+  expand_top_k_kernel<<<static_cast<unsigned>(rows), kExpandThreads, 0, stream_>>>(
+      ids.data<int32_t>(), log_probs.data<float>(), log_prior.data<float>(), k, vocab,
+      out.mutable_data<float>());
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "expand_top_k");
 }
 
 }  // namespace refinery::backend::cuda

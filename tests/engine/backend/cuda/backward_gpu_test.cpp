@@ -12,6 +12,7 @@
 //   kd_loss   row terms relative 1e-4, gradients absolute 1e-5
 //   sum_squares  relative 1e-12 to a host double sum, and bitwise equal across calls
 //   adamw_update, convert  bitwise equal
+#include <array>
 #include <cmath>
 
 #include "cuda_test_util.hpp"
@@ -394,6 +395,42 @@ TEST(CudaBackwardLoss, KdLossMatchesCpu) {
   // A vocabulary whose sparse bitmap needs opt-in shared memory (> 48 KiB).
   KdLossOptions big;
   expect_kd_matches(*cpu, *be, {big, 2, 400003, 64}, seed += 2);
+}
+
+TEST(CudaBackwardLoss, ExpandTopKMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto cpu = backend::make_cpu_backend(1);
+  auto be = backend::make_cuda_backend(0, DType::kF32);
+  for (const auto& [rows, vocab, k] : std::vector<std::array<int64_t, 3>>{
+           {5, 1003, 64}, {3, 517, 517}, {2, 100003, 7}}) {
+    std::vector<int32_t> id_values(rows * k);
+    std::vector<float> lp_values(rows * k);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < k; ++i) {
+        id_values[r * k + i] = static_cast<int32_t>((i * 7 + r) % vocab);
+        lp_values[r * k + i] = static_cast<float>(-3.0 - 0.01 * i - 0.1 * r - std::log(double(k)));
+      }
+    std::vector<float> prior(vocab);
+    double sum = 0.0;
+    for (int64_t j = 0; j < vocab; ++j) sum += 1.0 + double(j % 13);
+    for (int64_t j = 0; j < vocab; ++j) prior[j] = static_cast<float>(std::log((1.0 + double(j % 13)) / sum));
+    const Tensor ids = Tensor::copy_of(DType::kI32, {rows, k}, id_values.data());
+    const Tensor lps = Tensor::copy_of(DType::kF32, {rows, k}, lp_values.data());
+    const Tensor log_prior = Tensor::copy_of(DType::kF32, {vocab}, prior.data());
+    Tensor want = Tensor::empty(DType::kF32, {rows, vocab});
+    cpu->expand_top_k(ids, lps, log_prior, want);
+    Tensor got = poisoned_gpu({rows, vocab});
+    be->expand_top_k(gpu(ids), gpu(lps), gpu(log_prior), got);
+    EXPECT_TRUE(close(str("expand_top_k [", rows, ", ", vocab, "] k=", k), got, want, 1e-6));
+  }
+  // A duplicated id is the cache's fault: a user error, as on the CPU.
+  const std::vector<int32_t> dup = {1, 1};
+  const std::vector<float> lp2 = {-1.0f, -2.0f}, prior3 = {-1.0f, -1.5f, -1.0f};
+  Tensor out = poisoned_gpu({1, 3});
+  EXPECT_THROW(be->expand_top_k(gpu(Tensor::copy_of(DType::kI32, {1, 2}, dup.data())),
+                                gpu(Tensor::copy_of(DType::kF32, {1, 2}, lp2.data())),
+                                gpu(Tensor::copy_of(DType::kF32, {3}, prior3.data())), out),
+               Error);
 }
 
 // ---- sum_squares, adamw_update, convert ----

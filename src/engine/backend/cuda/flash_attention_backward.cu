@@ -28,9 +28,9 @@
 // double buffers for the tiles a block streams:
 //   dkdv: K [64][dk+8], V [64][dv+8] resident; Q [2][BQ][dk+8], dO [2][BQ][dv+8], lse/D [2][BQ].
 //         BQ = 64 (dk <= 128) or 32 (dk = 192, to keep dK + dV + Sᵀ + dPᵀ in registers).
-//         (64,64): 56 KiB, (128,128): 105 KiB, (192,128): 87 KiB.
+//         (64,64): 55 KiB, (128,128): 103 KiB, (192,128): 85 KiB.
 //   dq:   Q [64][dk+8], dO [64][dv+8] resident; K [2][64][dk+8], V [2][64][dv+8].
-//         (64,64): 54 KiB, (128,128): 102 KiB, (192,128): 127 KiB.
+//         (64,64): 54 KiB, (128,128): 102 KiB, (192,128): 126 KiB.
 //   lse:  Q [64][dk+8], K [2][64][dk+8].
 // The A-operand fragments of the resident tiles (K, V in dkdv; Q, dO in dq) stay in registers for
 // the narrow widths and are re-read with ldmatrix per tile for the wide ones.

@@ -4,12 +4,16 @@
 //   gemm       linear x[8192, 4096] · W[14336, 4096]ᵀ (a 7B MLP projection)       -> TFLOP/s
 //   attention  causal prefill, L = 2048: MLA 16 heads dk 192 / dv 128 (V2-Lite), GQA 32/8 dk 128
 //              (Llama 7B); FLOPs = 2·H·(dk + dv)·L(L+1)/2                          -> TFLOP/s
+//   attention_backward  L = 2048, 32 heads of 64, GQA 32/4 (the 1.4B student), fused kernels
+//              (flash) and the cuBLAS path (REFINERY_ATTN_BWD=cublas); FLOPs = 2.5x the forward's
+//              causal count (the standard 5 GEMMs over the causal half)              -> TFLOP/s
 //   experts    moe_experts, T = 2048 and 8192 tokens, 64 experts of 2048 -> 1408, top-6
 //              (distinct experts per token, uniform); FLOPs = 2·T·k·3·2048·1408     -> TFLOP/s
 //   copy       add of two 2^28-element bf16 tensors: 3 x 512 MiB moved             -> TB/s
 // Prints one JSON line. The card's ceilings (issue 4): bf16 GEMM ≈ 779 TFLOP/s, copy ≈ 2.99 TB/s.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <numeric>
@@ -83,6 +87,28 @@ int main() {
       const double s = time_it([&] { be->attention(q, k, v, scale, out); }, sync);
       const double flops = 2.0 * a.heads * (a.dk + a.dv) * (l * (l + 1) / 2.0);
       json += str(", \"attention_", a.name, "_L2048_tflops\": ", flops / s / 1e12);
+    }
+    {  // attention backward
+      const int64_t l = 2048, heads = 32, kv = 4, d = 64;
+      const Tensor q = random_bf16({l, heads, d}, 20, 1.0f);
+      const Tensor k = random_bf16({l, kv, d}, 21, 1.0f);
+      const Tensor v = random_bf16({l, kv, d}, 22, 1.0f);
+      const Tensor dout = random_bf16({l, heads, d}, 23, 1.0f);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      Tensor out = be->empty(DType::kBF16, {l, heads, d});
+      be->attention(q, k, v, scale, out);
+      Tensor dq = be->empty(DType::kBF16, {l, heads, d});
+      Tensor dk = be->empty(DType::kBF16, {l, kv, d}), dv = be->empty(DType::kBF16, {l, kv, d});
+      for (Tensor* g : {&dq, &dk, &dv}) be->fill_zero(*g);
+      const double flops = 2.5 * 2.0 * heads * (d + d) * (l * (l + 1) / 2.0);
+      for (const char* path : {"flash", "cublas"}) {
+        setenv("REFINERY_ATTN_BWD", path, 1);
+        const double s = time_it(
+            [&] { be->attention_backward(q, k, v, out, dout, scale, dq, dk, dv); }, sync);
+        json += str(", \"attention_backward_", path, "_gqa_32x4x64_L2048_tflops\": ",
+                    flops / s / 1e12);
+      }
+      unsetenv("REFINERY_ATTN_BWD");
     }
     {  // routed experts
       const int64_t hidden = 2048, inter = 1408, e_count = 64, top = 6;

@@ -18,11 +18,18 @@
 // bf16 inputs: operands bf16 (P and dS rounded to bf16, as FlashAttention does), f32
 // accumulation; f32 inputs: plain f32 GEMMs (no TF32), which the CPU comparison tests use.
 // Cost: 5 GEMMs of T·T·d per head (about 2x the causal minimum, the masked half is computed)
-// and O(T²) scratch traffic; a fused FlashAttention-2 style kernel would avoid both.
+// and O(T²) scratch traffic. bf16 inputs with head widths flash_attention_backward_supports
+// therefore go to the fused kernels of flash_attention_backward.cu instead (no score matrix,
+// masked tiles skipped); REFINERY_ATTN_BWD=cublas forces this path for them (A/B comparisons).
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "engine/backend/cuda/cublas_check.hpp"
+#include "engine/backend/cuda/flash_attention_backward.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
+#include "engine/core/log.hpp"
 
 namespace refinery::backend::cuda {
 
@@ -125,6 +132,21 @@ void batched_gemm(cublasHandle_t handle, bool trans_a, bool trans_b, int64_t m, 
       CUBLAS_GEMM_DEFAULT));
 }
 
+// REFINERY_ATTN_BWD: unset, "" or "flash" = the fused kernels where supported; "cublas" = this
+// file's GEMM path always. Read on every call so that tests and benchmarks can switch.
+bool flash_backward_enabled() {
+  const char* choice = std::getenv("REFINERY_ATTN_BWD");
+  if (choice == nullptr || choice[0] == '\0' || std::strcmp(choice, "flash") == 0) return true;
+  if (std::strcmp(choice, "cublas") == 0) return false;
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) {
+    log::warn("REFINERY_ATTN_BWD=", choice, " is not one of flash, cublas; using flash");
+  }
+  return true;
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
+
 }  // namespace
 
 void CudaBackend::accumulate_f32(const float* x, int64_t n, Tensor& y, const char* op) {
@@ -166,6 +188,23 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                  " heads exceed the launch limits");
   const int64_t g = heads / kv_heads;
   const bool bf16 = q.dtype() == DType::kBF16;
+
+  if (bf16 && flash_attention_backward_supports(dqk, dvv) && flash_backward_enabled() &&
+      aligned16(q.data()) && aligned16(k.data()) && aligned16(v.data()) && aligned16(out.data()) &&
+      aligned16(dout.data()) && (!dq.defined() || aligned16(dq.data())) &&
+      (!dk.defined() || aligned16(dk.data())) && (!dv.defined() || aligned16(dv.data()))) {
+    FlashAttentionBackwardArgs args{q.data(), k.data(), v.data(), out.data(), dout.data(),
+                                    dq.defined() ? dq.mutable_data() : nullptr,
+                                    dk.defined() ? dk.mutable_data() : nullptr,
+                                    dv.defined() ? dv.mutable_data() : nullptr,
+                                    t_count, heads, kv_heads, dqk, dvv, scale, nullptr};
+    const int64_t bytes = flash_attention_backward_workspace_bytes(args);
+    Tensor workspace = empty(DType::kF32, {bytes / 4});
+    args.workspace = workspace.mutable_data();
+    flash_attention_backward_bf16(args, stream_);
+    sync_if_debugging("attention_backward (flash)");
+    return;
+  }
   const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   const int64_t element = bf16 ? 2 : 4;
 

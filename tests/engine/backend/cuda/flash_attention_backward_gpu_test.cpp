@@ -1,0 +1,334 @@
+// The bf16 flash attention backward (flash_attention_backward.cu) against a host reference in
+// double computed from the same bf16 inputs, and against the backend's cuBLAS path
+// (REFINERY_ATTN_BWD=cublas) on the same inputs.
+//
+// Error bound per gradient element, with P the exact softmax, dS = P ∘ (dP − D):
+//   dV[j, d]: 2^-7 · (|want| + Σ_i P_ij |dO_id|)
+//   dK[j, d]: 2^-7 · (|want| + scale · Σ_i P_ij (|dP_ij| + |D_i|) |Q_id|)
+//   dQ[i, d]: 2^-7 · (|want| + scale · Σ_j P_ij (|dP_ij| + |D_i|) |K_jd|)      (+ 1e-5 each)
+// Why: the kernels round P (for dV) and dS (for dK, dQ) to bf16 as mma operands (relative error
+// <= 2^-8 per term, and |dS| <= P (|dP| + |D|)), and round the accumulated gradient to bf16 once
+// (<= 2^-8 · |want|, the pre-filled value included). S, dP, D and the sums are f32 (~1e-6
+// relative), the exp2 approximation ~2^-22. The bound is twice that first-order worst case;
+// the cuBLAS path has the same roundings, so it is held to the same bound. A wrong mask, tile
+// offset or lse gives errors of the order of the gradient itself; the relative L2 check on
+// zero-initialised gradients (bf16 noise ~ 2^-9) catches smaller systematic errors.
+#include "engine/backend/cuda/flash_attention_backward.hpp"
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda_test_util.hpp"
+#include "engine/core/error.hpp"
+
+namespace refinery {
+namespace {
+
+using namespace cuda_test;
+using backend::cuda::flash_attention_backward_bf16;
+using backend::cuda::flash_attention_backward_supports;
+using backend::cuda::flash_attention_backward_workspace_bytes;
+using backend::cuda::FlashAttentionBackwardArgs;
+
+bool no_gpu() { return cuda::list_devices().empty(); }
+
+struct Case {
+  int64_t t, heads, kv, dk, dv;
+  float q_std;  // larger q: a peaky softmax
+};
+
+std::string name(const Case& c) {
+  return str("T=", c.t, " H=", c.heads, " KV=", c.kv, " dk=", c.dk, " dv=", c.dv, " q_std=", c.q_std);
+}
+
+// bf16 inputs (host, bf16 dtype) of one case; out is the exact forward rounded to bf16.
+struct Inputs {
+  Tensor q, k, v, out, dout;
+  float scale;
+};
+
+// Exact causal softmax rows of head h: p[i][j], j <= i.
+std::vector<std::vector<double>> softmax_rows(const Case& c, const std::vector<float>& q,
+                                              const std::vector<float>& k, float scale, int64_t h) {
+  const int64_t kvh = h / (c.heads / c.kv);
+  std::vector<std::vector<double>> p(static_cast<std::size_t>(c.t));
+  for (int64_t i = 0; i < c.t; ++i) {
+    auto& row = p[i];
+    row.resize(static_cast<std::size_t>(i + 1));
+    double mx = -INFINITY;
+    for (int64_t j = 0; j <= i; ++j) {
+      double dot = 0.0;
+      for (int64_t d = 0; d < c.dk; ++d)
+        dot += double(q[(i * c.heads + h) * c.dk + d]) * double(k[(j * c.kv + kvh) * c.dk + d]);
+      row[j] = dot * double(scale);
+      mx = std::max(mx, row[j]);
+    }
+    double sum = 0.0;
+    for (auto& x : row) sum += (x = std::exp(x - mx));
+    for (auto& x : row) x /= sum;
+  }
+  return p;
+}
+
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Inputs in;
+  in.q = convert(random_f32({c.t, c.heads, c.dk}, seed + 1, c.q_std), DType::kBF16);
+  in.k = convert(random_f32({c.t, c.kv, c.dk}, seed + 2), DType::kBF16);
+  in.v = convert(random_f32({c.t, c.kv, c.dv}, seed + 3), DType::kBF16);
+  in.dout = convert(random_f32({c.t, c.heads, c.dv}, seed + 4), DType::kBF16);
+  in.scale = 1.0f / std::sqrt(static_cast<float>(c.dk));
+  const std::vector<float> q = values(in.q), k = values(in.k), v = values(in.v);
+  Tensor out = Tensor::empty(DType::kF32, {c.t, c.heads, c.dv});
+  float* o = out.mutable_data<float>();
+  for (int64_t h = 0; h < c.heads; ++h) {
+    const int64_t kvh = h / (c.heads / c.kv);
+    const auto p = softmax_rows(c, q, k, in.scale, h);
+    for (int64_t i = 0; i < c.t; ++i)
+      for (int64_t d = 0; d < c.dv; ++d) {
+        double acc = 0.0;
+        for (int64_t j = 0; j <= i; ++j) acc += p[i][j] * double(v[(j * c.kv + kvh) * c.dv + d]);
+        o[(i * c.heads + h) * c.dv + d] = static_cast<float>(acc);
+      }
+  }
+  in.out = convert(out, DType::kBF16);
+  return in;
+}
+
+// want = pre + exact gradient (f32 tensors), bound per element as in the file comment.
+struct Reference {
+  Tensor dq, dk, dv;
+  std::vector<float> bq, bk, bv;
+};
+
+Reference reference(const Case& c, const Inputs& in, const Tensor& dq0, const Tensor& dk0,
+                    const Tensor& dv0) {
+  const std::vector<float> q = values(in.q), k = values(in.k), v = values(in.v);
+  const std::vector<float> out = values(in.out), dout = values(in.dout);
+  std::vector<double> gq(static_cast<std::size_t>(dq0.numel()), 0.0), gk(static_cast<std::size_t>(dk0.numel()), 0.0),
+      gv(static_cast<std::size_t>(dv0.numel()), 0.0);
+  std::vector<double> bq(gq.size(), 0.0), bk(gk.size(), 0.0), bv(gv.size(), 0.0);
+  const double scale = in.scale;
+  for (int64_t h = 0; h < c.heads; ++h) {
+    const int64_t kvh = h / (c.heads / c.kv);
+    const auto p = softmax_rows(c, q, k, in.scale, h);
+    for (int64_t i = 0; i < c.t; ++i) {
+      const float* dor = &dout[(i * c.heads + h) * c.dv];
+      double d_row = 0.0;
+      for (int64_t d = 0; d < c.dv; ++d) d_row += double(dor[d]) * double(out[(i * c.heads + h) * c.dv + d]);
+      for (int64_t j = 0; j <= i; ++j) {
+        const float* vr = &v[(j * c.kv + kvh) * c.dv];
+        double dp = 0.0;
+        for (int64_t d = 0; d < c.dv; ++d) dp += double(dor[d]) * double(vr[d]);
+        const double pij = p[i][j], ds = pij * (dp - d_row), ds_abs = pij * (std::abs(dp) + std::abs(d_row));
+        for (int64_t d = 0; d < c.dv; ++d) {
+          gv[(j * c.kv + kvh) * c.dv + d] += pij * dor[d];
+          bv[(j * c.kv + kvh) * c.dv + d] += pij * std::abs(dor[d]);
+        }
+        for (int64_t d = 0; d < c.dk; ++d) {
+          const double kd = k[(j * c.kv + kvh) * c.dk + d], qd = q[(i * c.heads + h) * c.dk + d];
+          gq[(i * c.heads + h) * c.dk + d] += scale * ds * kd;
+          bq[(i * c.heads + h) * c.dk + d] += scale * ds_abs * std::abs(kd);
+          gk[(j * c.kv + kvh) * c.dk + d] += scale * ds * qd;
+          bk[(j * c.kv + kvh) * c.dk + d] += scale * ds_abs * std::abs(qd);
+        }
+      }
+    }
+  }
+  auto finish = [](const Tensor& pre, const std::vector<double>& g, const std::vector<double>& b,
+                   Tensor& want, std::vector<float>& bound) {
+    const std::vector<float> p = values(pre);
+    want = Tensor::empty(DType::kF32, pre.shape());
+    bound.resize(g.size());
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      const double w = double(p[i]) + g[i];
+      want.mutable_data<float>()[i] = static_cast<float>(w);
+      bound[i] = static_cast<float>(std::ldexp(std::abs(w) + b[i], -7) + 1e-5);
+    }
+  };
+  Reference r;
+  finish(dq0, gq, bq, r.dq, r.bq);
+  finish(dk0, gk, bk, r.dk, r.bk);
+  finish(dv0, gv, bv, r.dv, r.bv);
+  return r;
+}
+
+// ‖got − want‖ / ‖want − pre‖ (the accumulated part only), the norm floored at an RMS of 1e-3:
+// for T = 1, dS = P (dP − D) is exactly 0 (out == v), and dq, dk are f32 noise.
+double relative_l2(const Tensor& got, const Tensor& want, const Tensor& pre) {
+  const std::vector<float> g = values(got), w = values(want), p = values(pre);
+  double err = 0.0, norm = 0.0;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    err += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
+    norm += (double(w[i]) - p[i]) * (double(w[i]) - p[i]);
+  }
+  return std::sqrt(err / std::max(norm, 1e-6 * static_cast<double>(g.size())));
+}
+
+// Device gradients (bf16, copies of the pre-filled values) and a NaN-poisoned workspace.
+struct DeviceRun {
+  Tensor dq, dk, dv;
+};
+
+DeviceRun run_kernel(const Case& c, const Inputs& in, const Tensor& dq0, const Tensor& dk0,
+                     const Tensor& dv0, bool want_q, bool want_k, bool want_v) {
+  const Tensor q = gpu(in.q), k = gpu(in.k), v = gpu(in.v), out = gpu(in.out), dout = gpu(in.dout);
+  DeviceRun r{gpu(dq0), gpu(dk0), gpu(dv0)};
+  FlashAttentionBackwardArgs args{q.data(), k.data(), v.data(), out.data(), dout.data(),
+                                  want_q ? r.dq.mutable_data() : nullptr,
+                                  want_k ? r.dk.mutable_data() : nullptr,
+                                  want_v ? r.dv.mutable_data() : nullptr,
+                                  c.t, c.heads, c.kv, c.dk, c.dv, in.scale, nullptr};
+  const int64_t bytes = flash_attention_backward_workspace_bytes(args);
+  EXPECT_EQ(bytes % 16, 0);
+  Tensor host_ws = Tensor::empty(DType::kF32, {bytes / 4});
+  std::memset(host_ws.mutable_data(), 0xff, host_ws.nbytes());  // NaN everywhere
+  Tensor ws = gpu(host_ws);
+  args.workspace = ws.mutable_data();
+  flash_attention_backward_bf16(args, nullptr);  // default stream: the downloads wait for it
+  return r;
+}
+
+const Case kCases[] = {
+    {1, 4, 2, 64, 64, 1.0f},        // the first token alone
+    {15, 6, 2, 64, 64, 1.0f},       // GQA 3:1, one partial tile
+    {64, 6, 2, 128, 128, 1.0f},     // exactly one tile
+    {130, 6, 2, 192, 128, 1.0f},    // MLA widths, 3 tiles (last partial), BQ = 32
+    {130, 3, 3, 64, 64, 4.0f},      // MHA: one split, gradients added in the dkdv kernel
+    {1030, 8, 2, 64, 64, 4.0f},     // GQA 4:1 over 17 tiles, peaky softmax
+    {1030, 2, 2, 128, 128, 1.0f},
+    {200, 4, 1, 192, 128, 2.0f},    // MQA, MLA widths
+};
+
+TEST(FlashAttentionBackwardGpu, SupportsThePromisedHeadWidths) {
+  EXPECT_FALSE(flash_attention_backward_supports(72, 72));
+  EXPECT_FALSE(flash_attention_backward_supports(128, 192));
+  EXPECT_FALSE(flash_attention_backward_supports(40, 24));
+  if (!cuda::built_with_cuda()) GTEST_SKIP() << cuda::no_device_reason();
+  EXPECT_TRUE(flash_attention_backward_supports(64, 64));
+  EXPECT_TRUE(flash_attention_backward_supports(128, 128));
+  EXPECT_TRUE(flash_attention_backward_supports(192, 128));
+}
+
+TEST(FlashAttentionBackwardGpu, RefusesBadArgumentsBeforeTouchingTheDevice) {
+  FlashAttentionBackwardArgs args{nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                  nullptr, 4, 2, 2, 72, 72, 0.1f, nullptr};
+  EXPECT_THROW(flash_attention_backward_bf16(args, nullptr), Error);  // widths
+  if (!cuda::built_with_cuda()) return;
+  args.dk = args.dv = 64;
+  args.heads = 3;  // not a multiple of kv_heads
+  EXPECT_THROW(flash_attention_backward_bf16(args, nullptr), Error);
+  args.heads = 4;
+  args.d_q = reinterpret_cast<void*>(uintptr_t{64});
+  EXPECT_THROW(flash_attention_backward_bf16(args, nullptr), Error);  // no workspace
+}
+
+TEST(FlashAttentionBackwardGpu, AccumulatesTheExactGradientsWithinTheBf16Bound) {
+  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
+  uint64_t seed = 12000;
+  for (const Case& c : kCases) {
+    ASSERT_TRUE(flash_attention_backward_supports(c.dk, c.dv));
+    const Inputs in = make_inputs(c, seed += 10);
+    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, seed + 5), DType::kBF16);
+    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, seed + 6), DType::kBF16);
+    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, seed + 7), DType::kBF16);
+    const Reference want = reference(c, in, dq0, dk0, dv0);
+    const DeviceRun got = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
+    EXPECT_TRUE(close("flash backward dq " + name(c), got.dq, want.dq, 0.0, want.bq));
+    EXPECT_TRUE(close("flash backward dk " + name(c), got.dk, want.dk, 0.0, want.bk));
+    EXPECT_TRUE(close("flash backward dv " + name(c), got.dv, want.dv, 0.0, want.bv));
+  }
+}
+
+TEST(FlashAttentionBackwardGpu, FreshGradientsHaveSmallRelativeError) {
+  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
+  uint64_t seed = 13000;
+  for (const Case& c : kCases) {
+    const Inputs in = make_inputs(c, seed += 10);
+    const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
+    const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
+    const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
+    const Reference want = reference(c, in, dq0, dk0, dv0);
+    const DeviceRun got = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
+    EXPECT_TRUE(close("fresh dq " + name(c), got.dq, want.dq, 0.0, want.bq));
+    EXPECT_TRUE(close("fresh dk " + name(c), got.dk, want.dk, 0.0, want.bk));
+    EXPECT_TRUE(close("fresh dv " + name(c), got.dv, want.dv, 0.0, want.bv));
+    // bf16 has a relative precision of 2^-8 (3.9e-3); random rounding errors average below it.
+    EXPECT_LT(relative_l2(got.dq, want.dq, dq0), 1e-2) << name(c);
+    EXPECT_LT(relative_l2(got.dk, want.dk, dk0), 1e-2) << name(c);
+    EXPECT_LT(relative_l2(got.dv, want.dv, dv0), 1e-2) << name(c);
+  }
+}
+
+TEST(FlashAttentionBackwardGpu, IsDeterministicAndComputesOnlyTheWantedGradients) {
+  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
+  for (const Case& c : {Case{1030, 8, 2, 64, 64, 2.0f}, Case{130, 6, 2, 192, 128, 1.0f}}) {
+    const Inputs in = make_inputs(c, 14000);
+    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, 14005), DType::kBF16);
+    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, 14006), DType::kBF16);
+    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, 14007), DType::kBF16);
+    const DeviceRun all = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
+    const DeviceRun again = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
+    const DeviceRun only_q = run_kernel(c, in, dq0, dk0, dv0, true, false, false);
+    const DeviceRun only_v = run_kernel(c, in, dq0, dk0, dv0, false, false, true);
+    const DeviceRun only_k = run_kernel(c, in, dq0, dk0, dv0, false, true, false);
+    auto same = [](const Tensor& a, const Tensor& b) { return values(a) == values(b); };
+    EXPECT_TRUE(same(all.dq, again.dq) && same(all.dk, again.dk) && same(all.dv, again.dv)) << name(c);
+    EXPECT_TRUE(same(only_q.dq, all.dq)) << name(c);
+    EXPECT_TRUE(same(only_k.dk, all.dk)) << name(c);
+    EXPECT_TRUE(same(only_v.dv, all.dv)) << name(c);
+    // Unwanted gradients are left alone.
+    EXPECT_TRUE(same(only_q.dk, gpu(dk0)) && same(only_q.dv, gpu(dv0))) << name(c);
+    EXPECT_TRUE(same(only_v.dq, gpu(dq0)) && same(only_k.dv, gpu(dv0))) << name(c);
+  }
+}
+
+// Sets REFINERY_ATTN_BWD for one scope.
+struct ScopedPath {
+  explicit ScopedPath(const char* value) { setenv("REFINERY_ATTN_BWD", value, 1); }
+  ~ScopedPath() { unsetenv("REFINERY_ATTN_BWD"); }
+};
+
+TEST(FlashAttentionBackwardGpu, BackendRoutesBf16AndMatchesTheCublasPath) {
+  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0, DType::kBF16);
+  uint64_t seed = 15000;
+  for (const Case& c : kCases) {
+    const Inputs in = make_inputs(c, seed += 10);
+    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, seed + 5), DType::kBF16);
+    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, seed + 6), DType::kBF16);
+    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, seed + 7), DType::kBF16);
+    const Reference want = reference(c, in, dq0, dk0, dv0);
+    const Tensor q = gpu(in.q), k = gpu(in.k), v = gpu(in.v), out = gpu(in.out), dout = gpu(in.dout);
+    Tensor dq[2] = {gpu(dq0), gpu(dq0)}, dk[2] = {gpu(dk0), gpu(dk0)}, dv[2] = {gpu(dv0), gpu(dv0)};
+    {
+      ScopedPath path("cublas");
+      be->attention_backward(q, k, v, out, dout, in.scale, dq[0], dk[0], dv[0]);
+    }
+    {
+      ScopedPath path("flash");  // the default; explicit in case the environment says otherwise
+      be->attention_backward(q, k, v, out, dout, in.scale, dq[1], dk[1], dv[1]);
+    }
+    const DeviceRun direct = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
+    for (int path = 0; path < 2; ++path) {
+      const std::string what = str(path == 0 ? "cublas " : "flash ", name(c));
+      EXPECT_TRUE(close(what + " dq", dq[path], want.dq, 0.0, want.bq));
+      EXPECT_TRUE(close(what + " dk", dk[path], want.dk, 0.0, want.bk));
+      EXPECT_TRUE(close(what + " dv", dv[path], want.dv, 0.0, want.bv));
+    }
+    // The paths differ only by rounding: each is within the bound of the exact value.
+    std::vector<float> twice_q(want.bq), twice_k(want.bk), twice_v(want.bv);
+    for (auto* b : {&twice_q, &twice_k, &twice_v})
+      for (float& x : *b) x *= 2.0f;
+    EXPECT_TRUE(close("flash vs cublas dq " + name(c), dq[1], dq[0], 0.0, twice_q));
+    EXPECT_TRUE(close("flash vs cublas dk " + name(c), dk[1], dk[0], 0.0, twice_k));
+    EXPECT_TRUE(close("flash vs cublas dv " + name(c), dv[1], dv[0], 0.0, twice_v));
+    // The backend's default path is the kernel (bitwise: same kernels, same order).
+    EXPECT_TRUE(values(dq[1]) == values(direct.dq) && values(dk[1]) == values(direct.dk) &&
+                values(dv[1]) == values(direct.dv))
+        << name(c);
+  }
+}
+
+}  // namespace
+}  // namespace refinery

@@ -91,12 +91,7 @@ Tensor Transformer::forward_hidden_batch(std::span<const int32_t> tokens, int64_
   return run_layers(s, tokens);
 }
 
-Tensor Transformer::run_layers(Step& s, std::span<const int32_t> tokens) {
-  KvCache& cache = *s.cache;
-  TapObserver* taps = s.taps;
-  const int64_t t_count = s.tokens;
-  const int64_t hidden = config_.hidden_size;
-  const float eps = static_cast<float>(config_.rms_norm_eps);
+void Transformer::prepare_positions(const Step& s) {
   ensure_rope(s.first_position + s.segment_length());
   if (config_.sliding_window && s.first_position + s.segment_length() > *config_.sliding_window &&
       !warned_window_) {
@@ -105,6 +100,28 @@ Tensor Transformer::run_layers(Step& s, std::span<const int32_t> tokens) {
               " is not implemented; positions beyond it "
               "attend to the full context, so logits there differ from transformers");
   }
+}
+
+void Transformer::run_layer(Step& s, int l, Tensor& x, Tensor& h) {
+  const LayerWeights& lw = weights_.layers[static_cast<std::size_t>(l)];
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  const std::string prefix = "layers." + std::to_string(l);
+  if (s.taps) tap(s, prefix + ".input", x);
+  backend_->rms_norm(x, lw.input_layernorm, eps, h);
+  Tensor a = config_.attention.kind == AttentionKind::kMla ? attention_mla(s, l, h)
+                                                           : attention_gqa(s, l, h);
+  backend_->add(x, a, x);
+  backend_->rms_norm(x, lw.post_attention_layernorm, eps, h);
+  Tensor m = lw.moe ? moe(s, l, h) : mlp(s, *lw.mlp, h);
+  backend_->add(x, m, x);
+  if (s.taps) tap(s, prefix + ".output", x);
+}
+
+Tensor Transformer::run_layers(Step& s, std::span<const int32_t> tokens) {
+  KvCache& cache = *s.cache;
+  const int64_t t_count = s.tokens;
+  const int64_t hidden = config_.hidden_size;
+  prepare_positions(s);
   cache.reserve_more(t_count);
 
   Tensor ids = backend_->upload(Tensor::copy_of(DType::kI32, {t_count}, tokens.data()));
@@ -114,23 +131,54 @@ Tensor Transformer::run_layers(Step& s, std::span<const int32_t> tokens) {
   Tensor x = backend_->empty(DType::kF32, {t_count, hidden});
   backend_->embedding(ids, weights_.embed_tokens, x);
   Tensor h = backend_->empty(act, {t_count, hidden});
-  for (int l = 0; l < config_.num_layers; ++l) {
-    const LayerWeights& lw = weights_.layers[static_cast<std::size_t>(l)];
-    const std::string prefix = "layers." + std::to_string(l);
-    if (taps) tap(s, prefix + ".input", x);
-    backend_->rms_norm(x, lw.input_layernorm, eps, h);
-    Tensor a = config_.attention.kind == AttentionKind::kMla ? attention_mla(s, l, h)
-                                                             : attention_gqa(s, l, h);
-    backend_->add(x, a, x);
-    backend_->rms_norm(x, lw.post_attention_layernorm, eps, h);
-    Tensor m = lw.moe ? moe(s, l, h) : mlp(s, *lw.mlp, h);
-    backend_->add(x, m, x);
-    if (taps) tap(s, prefix + ".output", x);
-  }
+  for (int l = 0; l < config_.num_layers; ++l) run_layer(s, l, x, h);
   cache.advance(t_count);
-  backend_->rms_norm(x, weights_.norm, eps, h);
-  if (taps) tap(s, "norm.output", h);
+  backend_->rms_norm(x, weights_.norm, static_cast<float>(config_.rms_norm_eps), h);
+  if (s.taps) tap(s, "norm.output", h);
   return h;
+}
+
+namespace {
+void check_calibration_call(const ModelConfig& config, int layer, const Tensor& x,
+                            int64_t sequences, const KvCache* cache) {
+  REFINERY_CHECK(layer >= 0 && layer < config.num_layers, "layer ", layer, " of ",
+                 config.num_layers);
+  REFINERY_CHECK(x.ndim() == 2 && x.size(1) == config.hidden_size && sequences > 0 &&
+                     x.size(0) % sequences == 0,
+                 "calibration rows ", x.describe(), " are not ", sequences,
+                 " sequences of one length");
+  REFINERY_CHECK(cache == nullptr || cache->length() == 0, "calibration needs an empty cache");
+}
+}  // namespace
+
+Tensor Transformer::layer_forward(int layer, const Tensor& x, int64_t sequences, KvCache& cache,
+                                  TapObserver* taps) {
+  check_calibration_call(config_, layer, x, sequences, &cache);
+  Step s{&cache, 0, x.size(0), taps, sequences};
+  prepare_positions(s);
+  cache.reserve_more(s.tokens);
+  Tensor out = backend_->empty(DType::kF32, x.shape());
+  out.copy_from(x);
+  Tensor h = backend_->empty(backend_->activation_dtype(), x.shape());
+  run_layer(s, layer, out, h);
+  return out;
+}
+
+Tensor Transformer::attention_block(int layer, const Tensor& h, int64_t sequences, KvCache& cache,
+                                    TapObserver* taps) {
+  check_calibration_call(config_, layer, h, sequences, &cache);
+  Step s{&cache, 0, h.size(0), taps, sequences};
+  prepare_positions(s);
+  cache.reserve_more(s.tokens);
+  return config_.attention.kind == AttentionKind::kMla ? attention_mla(s, layer, h)
+                                                       : attention_gqa(s, layer, h);
+}
+
+Tensor Transformer::mlp_block(int layer, const Tensor& h, TapObserver* taps) {
+  check_calibration_call(config_, layer, h, 1, nullptr);
+  Step s{nullptr, 0, h.size(0), taps};
+  const LayerWeights& lw = weights_.layers[static_cast<std::size_t>(layer)];
+  return lw.moe ? moe(s, layer, h) : mlp(s, *lw.mlp, h);
 }
 
 Tensor Transformer::logits(const Tensor& hidden, TapObserver* taps) {

@@ -31,6 +31,10 @@ class Transformer {
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
+  // For passes that rewrite weights in place between calls (AWQ's scale search): replace a
+  // LinearWeight's storage or a norm tensor. Tensors given here must live on the backend's device
+  // (upload them) so that no per-pointer device cache keeps stale copies.
+  ModelWeights& mutable_weights() { return weights_; }
   backend::Backend& backend() { return *backend_; }
 
   KvCache make_cache(int64_t capacity) { return KvCache(*backend_, config_, capacity); }
@@ -45,6 +49,19 @@ class Transformer {
   // sequences' keys side by side, which serves no further decoding. For scoring (prefill).
   Tensor forward_hidden_batch(std::span<const int32_t> tokens, int64_t sequences, KvCache& cache,
                               TapObserver* taps = nullptr);
+  // ---- calibration (AWQ, pruning): one layer at a time over `sequences` equal-length sequences
+  // side by side (each from position 0, attending only to itself), as forward_hidden_batch.
+  // `cache` must be empty and have room for all rows; layer `layer`'s slot is overwritten. ----
+  // x f32 [T, hidden]: the residual stream into layer `layer`; returns the residual out of it.
+  Tensor layer_forward(int layer, const Tensor& x, int64_t sequences, KvCache& cache,
+                       TapObserver* taps = nullptr);
+  // The attention block alone: h [T, hidden] (activation dtype) is its normed input
+  // (input_layernorm(x)); returns the attention output [T, hidden] before the residual add.
+  Tensor attention_block(int layer, const Tensor& h, int64_t sequences, KvCache& cache,
+                         TapObserver* taps = nullptr);
+  // The MLP or MoE block alone: h = post_attention_layernorm(x); output before the residual add.
+  Tensor mlp_block(int layer, const Tensor& h, TapObserver* taps = nullptr);
+
   // lm_head over hidden rows: [R, hidden] -> [R, vocab].
   Tensor logits(const Tensor& hidden, TapObserver* taps = nullptr);
   // The k most likely next tokens per row of `hidden` [T, hidden] and their log-softmax over the
@@ -68,6 +85,9 @@ class Transformer {
   Tensor mlp(Step& s, const MlpWeights& w, const Tensor& h);  // transformer_mlp.cpp
   Tensor moe(Step& s, int layer, const Tensor& h);
   Tensor run_layers(Step& s, std::span<const int32_t> tokens);  // forward_hidden's body
+  // Layer `l` on the residual x (in place); h: scratch for the normed block inputs.
+  void run_layer(Step& s, int l, Tensor& x, Tensor& h);
+  void prepare_positions(const Step& s);  // RoPE table and the sliding-window warning
   void ensure_rope(int64_t positions);
   void tap(Step& s, const std::string& name, const Tensor& value);
 

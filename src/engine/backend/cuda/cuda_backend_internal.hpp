@@ -134,7 +134,8 @@ class CudaBackend final : public Backend {
   // The weight as bf16 rows [r0, r0 + rows) of [out, in] on the device: the weight itself for a
   // dense bf16 weight (no copy; `scratch` then holds the device tensor so that it outlives the
   // GEMMs the caller enqueues), else a converted copy in `scratch` (fp8 block: e4m3 x scale_inv
-  // rounded to bf16; f32/f16 rounded to bf16), reused when large enough (linear.cu). Returns the
+  // rounded to bf16; f32/f16 rounded to bf16; awq dequantized, r0 and rows multiples of the pack
+  // factor, awq_linear.cu), reused when large enough (linear.cu). Returns the
   // device pointer.
   const void* bf16_weight_rows(const LinearWeight& w, int64_t r0, int64_t rows, Tensor& scratch);
   // The contents of `t` on this device: `t` itself when it is already there; for a read-only host

@@ -12,12 +12,16 @@
 //         to f32 when bf16. Agrees with the CPU to f32 rounding (the op tests rely on it).
 //   f16   x could overflow f16 (|x| > 65504), so W is widened to f32 in chunks of rows and each
 //         chunk runs the f32 GEMM.
+//   awq   W stays packed on the device; up to kAwqGemvMaxRows token rows run the GEMV (exact
+//         dequantized W, f32 accumulation), more rows dequantize chunks of W rows to bf16 and run
+//         the bf16 GEMM per chunk (awq_linear.cu).
 // Weights on the host are copied to the device once (CudaBackend::on_device).
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <variant>
 
+#include "engine/backend/cuda/awq_linear.hpp"
 #include "engine/backend/cuda/cublas_check.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
@@ -112,6 +116,19 @@ const void* CudaBackend::bf16_weight_rows(const LinearWeight& w, int64_t r0, int
       scratch = wd;  // keeps a per-call copy of a writable host weight alive for the caller
       return static_cast<const __nv_bfloat16*>(wd.data()) + r0 * in;
     }
+  } else if (const auto* awq = std::get_if<AwqWeight>(&w.storage)) {
+    // Whole packed int32 columns only (the LM head's vocabulary chunks are multiples of 8).
+    std::vector<Tensor> keep;
+    const AwqDeviceMatrix m = awq_device_matrix(*this, *awq, w.name, keep);
+    const int pack = awq_pack_factor(m.bits);
+    REFINERY_CHECK(r0 % pack == 0 && rows % pack == 0, "linear ", w.name, ": AWQ weight rows [",
+                   r0, ", +", rows, ") do not start and end on a multiple of ", pack);
+    if (!scratch.defined() || scratch.dtype() != DType::kBF16 || scratch.numel() < rows * in ||
+        scratch.is_read_only())
+      scratch = empty(DType::kBF16, {rows * in});
+    awq_dequantize_bf16(m, r0 / pack, rows / pack, scratch.mutable_data(), stream_);
+    sync_if_debugging("linear (awq weight to bf16)");
+    return scratch.data();
   } else {
     const auto& fp8 = std::get<Fp8BlockWeight>(w.storage);
     validate_fp8_block(fp8, w.name);
@@ -143,12 +160,13 @@ void CudaBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
   const LinearSizes sizes = check_linear(Device::kCUDA, x, w, y);
   const int64_t rows = sizes.rows, in = sizes.in, out = sizes.out;
   if (rows == 0 || out == 0) return;
-  if (std::holds_alternative<AwqWeight>(w.storage))
-    throw_user_error("linear ", w.name, ": AWQ weights are not executable on CUDA yet");
   const auto* dense = std::get_if<DenseWeight>(&w.storage);
+  const auto* awq = std::get_if<AwqWeight>(&w.storage);
   const DType wdtype = dense != nullptr ? dense->weight.dtype() : DType::kF8E4M3;
   if (in == 0) {
     fill_zero(y);
+  } else if (awq != nullptr) {
+    awq_linear(*this, x, *awq, w.name, y);
   } else if (wdtype == DType::kF32 || wdtype == DType::kF16) {
     // The f32 path (tests, f32/f16 checkpoints).
     const Tensor x32 = as_dtype(x, DType::kF32, "linear (x to f32)");

@@ -70,7 +70,8 @@ void CudaBackend::linear_backward(const Tensor& x, const LinearWeight& w, const 
   const int64_t rows = sizes.rows, in = sizes.in, out = sizes.out;
   const auto* dense = std::get_if<DenseWeight>(&w.storage);
   REFINERY_CHECK(dense != nullptr, "linear_backward ", w.name,
-                 ": only dense weights have a backward, found another storage");
+                 ": only dense weights have a backward (quantized fp8/AWQ weights are frozen), "
+                 "found ", w.describe());
   const DType wdtype = dense->weight.dtype();
   REFINERY_CHECK(wdtype == DType::kF32 || wdtype == DType::kBF16 || wdtype == DType::kF16,
                  "linear_backward ", w.name, ": dense weights must be f32, bf16 or f16, found ",

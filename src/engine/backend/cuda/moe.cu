@@ -21,11 +21,17 @@
 //      of a token summed in f32 in expert order (as the CPU does): deterministic, no atomics.
 // Experts whose weights are not dense bf16 (FP8, f32 fixtures) run expert by expert through
 // linear(), which dequantizes per call; so do all experts if cuBLAS rejects the grouped call.
+// AWQ experts (all AWQ without bias, one shape): when some expert gets more than
+// kAwqGemvMaxRows rows, the whole layer is dequantized per call into a bf16 stack of the layout
+// above (not cached: it would cost the bf16 size the quantization saved) and runs the paths
+// above; decode-sized calls (every expert <= kAwqGemvMaxRows rows) go expert by expert through
+// linear(), i.e. the AWQ GEMV, reading only the routed experts' packed weights.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <variant>
 
+#include "engine/backend/cuda/awq_linear.hpp"
 #include "engine/backend/cuda/cublas_check.hpp"
 #include "engine/backend/cuda/grouped_gemm.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
@@ -62,6 +68,41 @@ class PackedIndices {
 bool dense_bf16(const LinearWeight& w) {
   const auto* dense = std::get_if<DenseWeight>(&w.storage);
   return dense != nullptr && dense->weight.dtype() == DType::kBF16 && !w.bias.defined();
+}
+
+// The layer's AWQ experts dequantized into a per-call stack (layout of StackedExperts: gate_up
+// bf16 [E, 2I, H], down bf16 [E, H, I]); nullptr unless every expert's three projections are AWQ
+// without bias with gate/up [I, H] and down [H, I].
+std::shared_ptr<const CudaBackend::StackedExperts> awq_stacked_experts(
+    CudaBackend& be, std::span<const ExpertWeights> experts) {
+  if (experts.empty()) return nullptr;
+  const int64_t inter = experts[0].gate.out_features(), hidden = experts[0].gate.in_features();
+  for (const ExpertWeights& ew : experts) {
+    for (const LinearWeight* w : {&ew.gate, &ew.up, &ew.down})
+      if (!std::holds_alternative<AwqWeight>(w->storage) || w->bias.defined()) return nullptr;
+    if (ew.gate.out_features() != inter || ew.up.out_features() != inter ||
+        ew.gate.in_features() != hidden || ew.up.in_features() != hidden ||
+        ew.down.out_features() != hidden || ew.down.in_features() != inter)
+      return nullptr;
+  }
+  const int64_t e_count = static_cast<int64_t>(experts.size());
+  auto stack = std::make_shared<CudaBackend::StackedExperts>();
+  stack->inter = inter;
+  stack->gate_up = be.empty(DType::kBF16, {e_count, 2 * inter, hidden});
+  stack->down = be.empty(DType::kBF16, {e_count, hidden, inter});
+  const std::size_t matrix_bytes = static_cast<std::size_t>(inter * hidden) * 2;
+  auto* gate_up = static_cast<std::byte*>(stack->gate_up.mutable_data());
+  auto* down = static_cast<std::byte*>(stack->down.mutable_data());
+  for (int64_t e = 0; e < e_count; ++e) {
+    const ExpertWeights& ew = experts[e];
+    awq_dequantize_weight(be, std::get<AwqWeight>(ew.gate.storage), ew.gate.name,
+                          gate_up + 2 * e * matrix_bytes);
+    awq_dequantize_weight(be, std::get<AwqWeight>(ew.up.storage), ew.up.name,
+                          gate_up + (2 * e + 1) * matrix_bytes);
+    awq_dequantize_weight(be, std::get<AwqWeight>(ew.down.storage), ew.down.name,
+                          down + e * matrix_bytes);
+  }
+  return stack;
 }
 
 // One GEMM problem of a grouped call: C[m, n] (column-major, ldc) = op_T(A) · B with A the
@@ -227,9 +268,11 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
 
   const DType act = y.dtype();
   const std::size_t act_bytes = dtype_bits(act) / 8;
-  const std::shared_ptr<const StackedExperts> stack = stacked_experts(expert_weights);
   int64_t m_max = 0;
   for (int64_t e = 0; e < e_count; ++e) m_max = std::max(m_max, start[e + 1] - start[e]);
+  std::shared_ptr<const StackedExperts> stack = stacked_experts(expert_weights);
+  if (stack == nullptr && m_max > kAwqGemvMaxRows)
+    stack = awq_stacked_experts(*this, expert_weights);
   static const bool use_ggemm = [] {
     const char* v = std::getenv("REFINERY_MOE_GEMM");
     return v != nullptr && std::strcmp(v, "ggemm") == 0;
@@ -345,9 +388,10 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   Tensor up_buffer = empty(act, {1, std::max<int64_t>(scratch_elements, 1)});
   Tensor outs = empty(act, {n, hidden});
 
-  // Grouped path: every active expert has dense bf16 weights without bias.
+  // Grouped path: a stack (dense bf16 or dequantized AWQ), or every active expert has dense bf16
+  // weights without bias.
   bool grouped = true;
-  for (int64_t e = 0; e < e_count && grouped; ++e)
+  for (int64_t e = 0; e < e_count && grouped && stack == nullptr; ++e)
     if (start[e + 1] > start[e])
       grouped = dense_bf16(expert_weights[e].gate) && dense_bf16(expert_weights[e].up) &&
                 dense_bf16(expert_weights[e].down);

@@ -1,0 +1,306 @@
+// CUDA linear and moe_experts on AutoAWQ (GEMM layout) weights. The weights are built here from
+// random codes, zeros and f16 scales by a packer written straight from the format's definition
+// (linear_weight.hpp): 4/3 bits, nibble j of an int32 holds output column base + order[j],
+// order = [0,2,4,6,1,3,5,7]; 8 bits, byte j holds column base + j. The reference is
+// W[r, c] = (code - zero) · scale computed on the host and an f64 matmul with x rounded to bf16
+// (what the kernels read).
+// Error bounds per element, with A[t, r] = Σ_c |x[t, c]| |W[r, c]|:
+//   GEMV (rows <= 8): W is exact in f32 and the sum is an f32 sum of at most ~200 sequential
+//     roundings (64 rows per task, task sums, 4 warps, split-K sums): |Δ| <= 2e-5 · A;
+//   dequantize + GEMM (rows > 8): W rounded to bf16 (<= 2^-9 relative) then an f32-accumulated
+//     GEMM: |Δ| <= 2^-8 · A;
+//   a bf16 output adds its rounding, <= 2^-8 · |y| (half an ulp is 2^-9);
+//   everywhere an absolute 1e-6 · max|y|.
+// MoE: AWQ experts against dense bf16 experts holding the same dequantized values rounded to bf16:
+// with more than 8 rows per expert both run the same stacked GEMMs on bitwise equal weights
+// (differences only from rounding order: <= 2^-7 · max|y|); decode-sized calls run the AWQ GEMV on
+// exact weights against bf16 GEMMs (<= 2e-2 · max|y|, the bf16 tolerance of moe_gpu_test).
+#include <cmath>
+#include <functional>
+
+#include "cuda_test_util.hpp"
+#include "engine/core/error.hpp"
+
+namespace refinery {
+namespace {
+
+using namespace cuda_test;
+using backend::AwqWeight;
+using backend::LinearWeight;
+
+// An AwqWeight on the host and its dequantized matrix [out, in] (exact, in f32).
+struct HostAwq {
+  AwqWeight w;
+  std::vector<float> dense;
+};
+
+HostAwq random_awq(int bits, int group, int64_t out, int64_t in, uint64_t seed) {
+  const int pack = bits == 8 ? 4 : 8, width = bits == 8 ? 8 : 4;
+  const int order4[8] = {0, 2, 4, 6, 1, 3, 5, 7}, order8[4] = {0, 1, 2, 3};
+  const int* order = bits == 8 ? order8 : order4;
+  const int64_t words = out / pack, groups = in / group;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> code_of(0, (1 << bits) - 1);
+  std::vector<int> codes(static_cast<std::size_t>(out * in)), zeros(groups * out);
+  for (int& c : codes) c = code_of(rng);
+  for (int& z : zeros) z = code_of(rng);
+  // Scales in f16, positive, varied magnitude; the exact f16 values are read back.
+  Tensor scales32 = Tensor::empty(DType::kF32, {groups, out});
+  std::uniform_real_distribution<float> mag(0.002f, 0.02f);
+  for (int64_t i = 0; i < groups * out; ++i) scales32.mutable_data<float>()[i] = mag(rng);
+  HostAwq h;
+  h.w.bits = bits;
+  h.w.group_size = group;
+  h.w.out = out;
+  h.w.in = in;
+  h.w.scales = convert(scales32, DType::kF16);
+  const std::vector<float> scale = values(h.w.scales);
+  // pack(values of row-major [rows, out]) -> int32 [rows, words]
+  auto pack_rows = [&](const std::function<int(int64_t, int64_t)>& value, int64_t rows) {
+    Tensor t = Tensor::empty(DType::kI32, {rows, words});
+    for (int64_t c = 0; c < rows; ++c)
+      for (int64_t k = 0; k < words; ++k) {
+        uint32_t word = 0;
+        for (int j = 0; j < pack; ++j)
+          word |= static_cast<uint32_t>(value(c, k * pack + order[j])) << (width * j);
+        t.mutable_data<int32_t>()[c * words + k] = static_cast<int32_t>(word);
+      }
+    return t;
+  };
+  h.w.qweight = pack_rows([&](int64_t c, int64_t r) { return codes[r * in + c]; }, in);
+  h.w.qzeros = pack_rows([&](int64_t g, int64_t r) { return zeros[g * out + r]; }, groups);
+  h.dense.resize(static_cast<std::size_t>(out * in));
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t c = 0; c < in; ++c) {
+      const int64_t g = c / group;
+      h.dense[r * in + c] =
+          static_cast<float>(codes[r * in + c] - zeros[g * out + r]) * scale[g * out + r];
+    }
+  return h;
+}
+
+LinearWeight linear_of(const HostAwq& h, const std::string& name) {
+  LinearWeight w;
+  w.storage = h.w;
+  w.name = name;
+  return w;
+}
+
+// want[t, r] = Σ_c x[t, c] W[r, c] (+ bias) in f64 and bound[t, r] = rel · Σ |x||W|
+// (+ out_rel · |want|); x is already bf16-exact.
+void reference(const std::vector<float>& x, const HostAwq& h, const std::vector<float>& bias,
+               int64_t t_count, double rel, double out_rel, Tensor& want,
+               std::vector<float>& bound) {
+  const int64_t out = h.w.out, in = h.w.in;
+  want = Tensor::empty(DType::kF32, {t_count, out});
+  bound.assign(static_cast<std::size_t>(t_count * out), 0.0f);
+  for (int64_t t = 0; t < t_count; ++t)
+    for (int64_t r = 0; r < out; ++r) {
+      double sum = 0.0, abs_sum = 0.0;
+      for (int64_t c = 0; c < in; ++c) {
+        const double p = double(x[t * in + c]) * double(h.dense[r * in + c]);
+        sum += p;
+        abs_sum += std::abs(p);
+      }
+      if (!bias.empty()) sum += bias[r];
+      want.mutable_data<float>()[t * out + r] = static_cast<float>(sum);
+      bound[t * out + r] = static_cast<float>(rel * abs_sum + out_rel * std::abs(sum));
+    }
+}
+
+// Runs be.linear on x [t, in] (bf16-exact values, given to the op as `x_dtype`) into a poisoned y
+// of `y_dtype` and compares with the reference under the bounds at the top of this file.
+void check_awq_linear(Backend& be, const HostAwq& h, const LinearWeight& w, int64_t t,
+                      DType x_dtype, DType y_dtype, uint64_t seed) {
+  const Tensor x16 = convert(random_f32({t, h.w.in}, seed), DType::kBF16);
+  const std::vector<float> x = values(x16);
+  std::vector<float> bias;
+  if (w.bias.defined()) bias = values(w.bias);
+  const double rel = t <= 8 ? 2e-5 : std::ldexp(1.0, -8);
+  const double out_rel = y_dtype == DType::kBF16 ? std::ldexp(1.0, -8) : 0.0;
+  Tensor want;
+  std::vector<float> bound;
+  reference(x, h, bias, t, rel, out_rel, want, bound);
+  Tensor got = poisoned_gpu({t, h.w.out}, y_dtype);
+  be.linear(gpu(x_dtype == DType::kBF16 ? x16 : x16.to_f32()), w, got);
+  EXPECT_TRUE(close(str("awq linear ", w.describe(), w.bias.defined() ? " +bias" : "", " T=", t,
+                        " x ", dtype_name(x_dtype), " y ", dtype_name(y_dtype)),
+                    got, want, 1e-6 * max_abs(want), bound));
+}
+
+struct Shape {
+  int bits, group;
+  int64_t out, in;
+};
+
+TEST(AwqLinearGpu, MatchesHostDequantizedReference) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  // out = 8k not a multiple of 64 (8-bit: 4k not a multiple of 8), several groups, group sizes
+  // 32/64/128 and two that are not multiples of 8 (element-wise dequantize path), a long K with
+  // many split-K partial sums, and single-group matrices (one split, direct write).
+  const Shape shapes[] = {{4, 32, 200, 96},   {4, 64, 72, 192}, {3, 128, 328, 384},
+                          {8, 64, 204, 128},  {8, 32, 8, 32},   {4, 128, 1032, 4096},
+                          {3, 32, 40, 32},    {4, 20, 40, 60},  {8, 12, 20, 36},
+                          {4, 128, 136, 1024}};
+  uint64_t seed = 7000;
+  for (const Shape& s : shapes) {
+    const HostAwq h = random_awq(s.bits, s.group, s.out, s.in, ++seed);
+    const LinearWeight w = linear_of(h, "test.awq");
+    for (int64_t t : {1, 3, 8, 9, 37})
+      for (DType y_dtype : {DType::kF32, DType::kBF16})
+        check_awq_linear(*be, h, w, t, t % 2 == 0 ? DType::kF32 : DType::kBF16, y_dtype, ++seed);
+  }
+}
+
+TEST(AwqLinearGpu, BiasDeviceAndReadOnlyWeights) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  const HostAwq h = random_awq(4, 64, 136, 256, 7500);
+  LinearWeight with_bias = linear_of(h, "test.awq_bias");
+  with_bias.bias = convert(random_f32({136}, 7501), DType::kBF16);
+  for (int64_t t : {1, 5, 12})
+    check_awq_linear(*be, h, with_bias, t, DType::kBF16, DType::kF32, 7502 + t);
+
+  // Tensors already on the device.
+  AwqWeight on_gpu = h.w;
+  on_gpu.qweight = gpu(h.w.qweight);
+  on_gpu.qzeros = gpu(h.w.qzeros);
+  on_gpu.scales = gpu(h.w.scales);
+  LinearWeight device_w;
+  device_w.storage = on_gpu;
+  device_w.name = "test.awq_device";
+  for (int64_t t : {2, 16})
+    check_awq_linear(*be, h, device_w, t, DType::kBF16, DType::kBF16, 7510 + t);
+
+  // Read-only host tensors (memory-mapped checkpoints) are cached on the device: still right on
+  // the second and third call.
+  auto keep = std::make_shared<AwqWeight>(h.w);
+  AwqWeight mapped = h.w;
+  mapped.qweight =
+      Tensor::from_external(DType::kI32, h.w.qweight.shape(), keep->qweight.data(), keep);
+  mapped.qzeros = Tensor::from_external(DType::kI32, h.w.qzeros.shape(), keep->qzeros.data(), keep);
+  mapped.scales = Tensor::from_external(DType::kF16, h.w.scales.shape(), keep->scales.data(), keep);
+  ASSERT_TRUE(mapped.qweight.is_read_only());
+  LinearWeight mapped_w;
+  mapped_w.storage = mapped;
+  mapped_w.name = "test.awq_mapped";
+  for (int64_t t : {1, 1, 20})
+    check_awq_linear(*be, h, mapped_w, t, DType::kBF16, DType::kF32, 7520 + t);
+}
+
+// A weight above the 16 Mi-element dequantization scratch is multiplied in two row chunks.
+TEST(AwqLinearGpu, LargeWeightIsDequantizedInChunks) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  const HostAwq h = random_awq(4, 128, 4160, 4096, 7600);
+  const LinearWeight w = linear_of(h, "test.awq_large");
+  check_awq_linear(*be, h, w, 9, DType::kBF16, DType::kF32, 7601);
+  check_awq_linear(*be, h, w, 1, DType::kBF16, DType::kBF16, 7602);
+}
+
+TEST(AwqLinearGpu, RejectsMalformedWeightsAndBackward) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  const HostAwq h = random_awq(4, 32, 64, 96, 7700);
+  const Tensor x = gpu(convert(random_f32({2, 96}, 7701), DType::kBF16));
+  Tensor y = poisoned_gpu({2, 64}, DType::kBF16);
+  auto expect_user_error = [&](AwqWeight bad, const std::string& needle) {
+    LinearWeight w;
+    w.storage = std::move(bad);
+    w.name = "model.layers.0.mlp.up_proj";
+    try {
+      be->linear(x, w, y);
+      ADD_FAILURE() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kUser) << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("up_proj"), std::string::npos) << e.what();
+    }
+  };
+  AwqWeight bad = h.w;
+  bad.qweight = h.w.qweight.view({96 * 8, 1});
+  expect_user_error(bad, "qweight");
+  bad = h.w;
+  bad.scales = h.w.scales.to_f32();
+  expect_user_error(bad, "scales");
+  bad = h.w;
+  bad.qzeros = h.w.qweight;
+  expect_user_error(bad, "qzeros");
+  bad = h.w;
+  bad.bits = 2;
+  expect_user_error(bad, "bits");
+  bad = h.w;
+  bad.group_size = 64;  // does not divide in = 96
+  expect_user_error(bad, "group_size");
+
+  // No backward through a quantized weight.
+  LinearWeight w = linear_of(h, "test.awq_frozen");
+  Tensor dx = gpu(Tensor::zeros(DType::kBF16, {2, 96})), dw, db;
+  try {
+    be->linear_backward(x, w, gpu(convert(random_f32({2, 64}, 7702), DType::kBF16)), dx, dw, db);
+    ADD_FAILURE() << "linear_backward accepted an AWQ weight";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("awq"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("only dense weights"), std::string::npos) << e.what();
+  }
+}
+
+TEST(AwqMoeGpu, AwqExpertsMatchDenseExpertsOfTheSameValues) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  const int64_t hidden = 96, inter = 64, e_count = 6, k = 2;
+  uint64_t seed = 8000;
+  std::vector<backend::ExpertWeights> awq(e_count), dense(e_count);
+  auto dense_of = [](const HostAwq& h) {  // the dequantized values rounded to bf16
+    const Tensor f = Tensor::copy_of(DType::kF32, {h.w.out, h.w.in}, h.dense.data());
+    return backend::DenseWeight{convert(f, DType::kBF16)};
+  };
+  for (int64_t e = 0; e < e_count; ++e) {
+    const HostAwq g = random_awq(4, 32, inter, hidden, ++seed);
+    const HostAwq u = random_awq(4, 32, inter, hidden, ++seed);
+    const HostAwq d = random_awq(e % 2 == 0 ? 4 : 8, 32, hidden, inter, ++seed);
+    awq[e].gate = linear_of(g, "gate");
+    awq[e].up = linear_of(u, "up");
+    awq[e].down = linear_of(d, "down");
+    dense[e].gate.storage = dense_of(g);
+    dense[e].up.storage = dense_of(u);
+    dense[e].down.storage = dense_of(d);
+    dense[e].gate.name = "gate";
+    dense[e].up.name = "up";
+    dense[e].down.name = "down";
+  }
+  // (tokens, skewed): decode sizes (every expert <= 8 rows: AWQ GEMV per expert), balanced
+  // prefill (padded batched GEMMs on the stack) and skewed prefill (expert 0 in every token:
+  // grouped GEMMs on the stack).
+  for (auto [t, skewed] : {std::pair<int64_t, bool>{1, false},
+                           {3, false},
+                           {4, true},
+                           {33, false},
+                           {200, false},
+                           {40, true}}) {
+    std::mt19937_64 rng(++seed);
+    std::vector<int32_t> chosen;
+    for (int64_t i = 0; i < t; ++i) {  // distinct experts from {0, .., 4}: expert 5 never runs
+      const int32_t a = skewed ? 0 : static_cast<int32_t>(rng() % 5);
+      chosen.push_back(a);
+      chosen.push_back(static_cast<int32_t>((a + 1 + rng() % 4) % 5));
+    }
+    const Tensor ids = gpu(Tensor::copy_of(DType::kI32, {t, k}, chosen.data()));
+    const Tensor w = gpu(random_f32({t, k}, ++seed));
+    const Tensor x = gpu(convert(random_f32({t, hidden}, ++seed), DType::kBF16));
+    Tensor want = poisoned_gpu({t, hidden}, DType::kBF16);
+    be->moe_experts(x, ids, w, dense, want);
+    Tensor got = poisoned_gpu({t, hidden}, DType::kBF16);
+    be->moe_experts(x, ids, w, awq, got);
+    const bool stacked = t > 4;  // some expert gets more than 8 rows
+    const double rel = stacked ? std::ldexp(1.0, -7) : 2e-2;
+    const double scale = max_abs(want);
+    ASSERT_GT(scale, 0.0);
+    EXPECT_TRUE(
+        close(str("awq moe_experts T=", t, skewed ? " skewed" : ""), got, want, rel * scale));
+  }
+}
+
+}  // namespace
+}  // namespace refinery

@@ -1,0 +1,265 @@
+// AWQ: the per-layer state and the scale search (awq.hpp steps 1-2).
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "engine/core/log.hpp"
+#include "quantize/awq_layer.hpp"
+
+namespace refinery::quantize::awq_detail {
+
+namespace {
+
+// Asks for the per-expert inputs so that Transformer::moe runs expert by expert through
+// Backend::linear (no stacked copy of the experts is cached on the device for weights that
+// change between calls); records nothing.
+class PerExpertPath final : public model::TapObserver {
+ public:
+  bool wants(std::string_view name) const override {
+    return name.find(".experts.") != std::string_view::npos;
+  }
+  void observe(std::string_view, const Tensor&) override {}
+};
+
+Tensor copy_on(backend::Backend& be, const Tensor& t) {
+  Tensor out = be.empty(t.dtype(), t.shape());
+  out.copy_from(t);
+  return out;
+}
+
+Tensor ones_f32(backend::Backend& be, int64_t n, float value) {
+  return be.upload(Tensor::copy_of(DType::kF32, {n}, std::vector<float>(n, value).data()));
+}
+
+}  // namespace
+
+LayerState::LayerState(model::Transformer& m, const AwqOptions& o, int l, int64_t max_rows)
+    : model(m), options(o), layer(l), cache(m.make_cache(max_rows)) {
+  model::LayerWeights& lw = m.mutable_weights().layers.at(static_cast<std::size_t>(l));
+  auto add = [&](backend::LinearWeight& w) {
+    if (w.defined()) linears[w.name] = &w;
+  };
+  model::AttentionWeights& a = lw.attention;
+  for (auto* w : {&a.q_proj, &a.k_proj, &a.v_proj, &a.q_a_proj, &a.q_b_proj,
+                  &a.kv_a_proj_with_mqa, &a.kv_b_proj, &a.o_proj})
+    add(*w);
+  if (lw.mlp) {
+    add(lw.mlp->gate_proj);
+    add(lw.mlp->up_proj);
+    add(lw.mlp->down_proj);
+  }
+  if (lw.moe) {
+    add(lw.moe->router);
+    add(lw.moe->shared_gate);
+    for (auto& e : lw.moe->experts) {
+      add(e.gate);
+      add(e.up);
+      add(e.down);
+    }
+    if (lw.moe->shared) {
+      add(lw.moe->shared->gate_proj);
+      add(lw.moe->shared->up_proj);
+      add(lw.moe->shared->down_proj);
+    }
+  }
+  for (const auto& [prefix, w] : linears) {
+    const auto* dense = std::get_if<backend::DenseWeight>(&w->storage);
+    if (dense == nullptr)
+      throw_user_error("AWQ: ", prefix, " is stored as ", w->describe(),
+                       "; AWQ quantizes a dense bf16/f16/f32 checkpoint (dequantize it first)");
+    const Tensor host = dense->weight.device() == Device::kCPU ? dense->weight
+                                                               : m.backend().download(dense->weight);
+    const Tensor f = host.to_f32();
+    HostMatrix hm{w->out_features(), w->in_features(), dense->weight.dtype(), {}};
+    hm.values.assign(f.data<float>(), f.data<float>() + f.numel());
+    work[prefix] = std::move(hm);
+    original_[prefix] = w->storage;
+  }
+}
+
+Tensor LayerState::group_input(const ScaleGroup& g, std::size_t c) {
+  if (!g.expert_down) return inputs.at(c).at(g.input_tap);
+  // swiglu(gate_e(h), up_e(h)) for every row of the MoE input h.
+  backend::Backend& be = model.backend();
+  const model::MoeWeights& moe =
+      *model.weights().layers.at(static_cast<std::size_t>(layer)).moe;
+  const Tensor& h = inputs.at(c).at(input_tap_of(moe.router.name));
+  const backend::ExpertWeights& e = moe.experts.at(static_cast<std::size_t>(*g.expert_down));
+  Tensor gate = be.empty(be.activation_dtype(), {h.size(0), e.gate.out_features()});
+  Tensor up = be.empty(be.activation_dtype(), {h.size(0), e.up.out_features()});
+  be.linear(h, e.gate, gate);
+  be.linear(h, e.up, up);
+  be.swiglu(gate, up, gate);
+  return gate;
+}
+
+void LayerState::set_linear(const std::string& prefix, const std::vector<float>& values) {
+  backend::Backend& be = model.backend();
+  backend::LinearWeight& w = *linears.at(prefix);
+  const DType dt = be.activation_dtype();  // f32 on the CPU, bf16 on CUDA
+  Tensor host = Tensor::empty(dt, {w.out_features(), w.in_features()});
+  convert_from_f32(dt, values.data(), host.mutable_data(), values.size());
+  w.storage = backend::DenseWeight{be.upload(host)};
+}
+
+void LayerState::restore_linear(const std::string& prefix) {
+  linears.at(prefix)->storage = original_.at(prefix);
+}
+
+std::vector<Tensor> LayerState::inspect(const ScaleGroup& g, std::size_t c) {
+  backend::Backend& be = model.backend();
+  const Tensor in = group_input(g, c);
+  switch (g.inspect) {
+    case Inspect::kAttention:
+      return {model.attention_block(layer, in, sequences.at(c), cache)};
+    case Inspect::kMlp: {
+      PerExpertPath per_expert;
+      return {model.mlp_block(layer, in, &per_expert)};
+    }
+    case Inspect::kLinears: {
+      std::vector<Tensor> out;
+      for (const auto& prefix : g.linears) {
+        const backend::LinearWeight& w = *linears.at(prefix);
+        Tensor y = be.empty(be.activation_dtype(), {in.size(0), w.out_features()});
+        be.linear(in, w, y);
+        out.push_back(std::move(y));
+      }
+      return out;
+    }
+  }
+  return {};
+}
+
+double squared_distance(backend::Backend& be, const Tensor& a, const Tensor& b) {
+  // d = a − b with the ops every backend has: d = 0; d += 1·a; d += (−1)·b (row scatter-adds
+  // over the identity row map), then Σ d².
+  const int64_t rows = a.size(0);
+  std::vector<int32_t> ids(static_cast<std::size_t>(rows));
+  std::iota(ids.begin(), ids.end(), 0);
+  const Tensor idx = be.upload(Tensor::copy_of(DType::kI32, {rows}, ids.data()));
+  Tensor d = be.empty(a.dtype(), a.shape());
+  be.fill_zero(d);
+  be.scatter_add_rows(a, idx, ones_f32(be, rows, 1.0f), d);
+  be.scatter_add_rows(b, idx, ones_f32(be, rows, -1.0f), d);
+  return be.sum_squares(d);
+}
+
+int group_size_of(const LayerState& st, const std::string& prefix) {
+  const HostMatrix& w = st.work.at(prefix);
+  return usable_group_size(w.cols, w.rows, st.options.spec);
+}
+
+std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupReport& report) {
+  backend::Backend& be = st.model.backend();
+  report.name = g.name;
+  const int64_t in = st.work.at(g.linears.front()).cols;
+  for (const auto& p : g.linears)
+    if (group_size_of(st, p) == 0) {
+      report.note = p + " stays unquantized (its shape fits no group size); group not scaled";
+      return {};
+    }
+
+  // x_mean: mean |x| per input channel over all calibration rows.
+  std::vector<double> x_sum(static_cast<std::size_t>(in), 0.0);
+  int64_t rows = 0;
+  for (std::size_t c = 0; c < st.x.size(); ++c) {
+    const Tensor x = be.download(st.group_input(g, c)).to_f32();
+    const float* px = x.data<float>();
+    for (int64_t r = 0; r < x.size(0); ++r)
+      for (int64_t j = 0; j < in; ++j) x_sum[j] += std::fabs(px[r * in + j]);
+    rows += x.size(0);
+  }
+  std::vector<double> x_mean(static_cast<std::size_t>(in));
+  for (int64_t j = 0; j < in; ++j) x_mean[j] = x_sum[j] / static_cast<double>(std::max<int64_t>(rows, 1));
+
+  // w_mean: |w| / max |w| within each quantization group of each row, averaged over the rows of
+  // every linear of the group.
+  std::vector<double> w_mean(static_cast<std::size_t>(in), 0.0);
+  int64_t w_rows = 0;
+  for (const auto& p : g.linears) {
+    const HostMatrix& w = st.work.at(p);
+    const int gs = group_size_of(st, p);
+    for (int64_t r = 0; r < w.rows; ++r)
+      for (int64_t c0 = 0; c0 < in; c0 += gs) {
+        const float* row = w.values.data() + r * in + c0;
+        float hi = 0.0f;
+        for (int j = 0; j < gs; ++j) hi = std::max(hi, std::fabs(row[j]));
+        for (int j = 0; j < gs; ++j) w_mean[c0 + j] += std::fabs(row[j]) / (hi + 1e-6);
+      }
+    w_rows += w.rows;
+  }
+  for (auto& v : w_mean) v /= static_cast<double>(w_rows);
+
+  // The unmodified outputs, then the loss of one candidate s (empty s: plain RTN).
+  std::vector<std::vector<Tensor>> reference;
+  double elements = 0.0;
+  for (std::size_t c = 0; c < st.x.size(); ++c) {
+    reference.push_back(st.inspect(g, c));
+    for (const Tensor& t : reference.back()) elements += static_cast<double>(t.numel());
+  }
+  auto loss_of = [&](const std::vector<float>& s) {
+    for (const auto& p : g.linears) {
+      const HostMatrix& w = st.work.at(p);
+      std::vector<float> q = w.values;
+      if (!s.empty())
+        for (int64_t r = 0; r < w.rows; ++r)
+          for (int64_t j = 0; j < in; ++j) q[r * in + j] *= s[j];
+      GroupQuantSpec spec = st.options.spec;
+      spec.group_size = group_size_of(st, p);
+      fake_quantize(q.data(), w.rows, in, spec, p);
+      if (!s.empty())
+        for (int64_t r = 0; r < w.rows; ++r)
+          for (int64_t j = 0; j < in; ++j) q[r * in + j] /= s[j];
+      st.set_linear(p, q);
+    }
+    double total = 0.0;
+    for (std::size_t c = 0; c < st.x.size(); ++c) {
+      const std::vector<Tensor> out = st.inspect(g, c);
+      for (std::size_t i = 0; i < out.size(); ++i)
+        total += squared_distance(be, out[i], reference[c][i]);
+    }
+    for (const auto& p : g.linears) st.restore_linear(p);
+    return total / std::max(elements, 1.0);
+  };
+
+  report.loss_rtn = loss_of({});
+  double best = std::isfinite(report.loss_rtn) ? report.loss_rtn
+                                               : std::numeric_limits<double>::infinity();
+  if (!std::isfinite(report.loss_rtn)) ++report.non_finite;
+  std::vector<float> best_s;
+  for (int i = 0; i < st.options.grid; ++i) {
+    const double ratio = static_cast<double>(i) / st.options.grid;
+    std::vector<float> s(static_cast<std::size_t>(in));
+    double hi = 0.0, lo = std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < in; ++j) {
+      double v = st.options.duo_scaling
+                     ? std::pow(x_mean[j], ratio) / (std::pow(w_mean[j], 1.0 - ratio) + 1e-4)
+                     : std::pow(x_mean[j], ratio);
+      v = std::max(v, 1e-4);
+      s[j] = static_cast<float>(v);
+      hi = std::max(hi, v);
+      lo = std::min(lo, v);
+    }
+    const double norm = std::sqrt(hi * lo);
+    for (auto& v : s) v = static_cast<float>(v / norm);
+    const double loss = loss_of(s);
+    if (!std::isfinite(loss)) {
+      ++report.non_finite;
+      continue;
+    }
+    if (loss < best) {
+      best = loss;
+      best_s = s;
+      report.ratio = ratio;
+    }
+  }
+  report.loss_best = std::isfinite(best) ? best : report.loss_rtn;
+  if (!std::isfinite(best)) {
+    report.note = "every candidate gave a non-finite loss; the group stays unscaled";
+    log::warn("AWQ: ", g.name, ": ", report.note);
+  }
+  return best_s;
+}
+
+}  // namespace refinery::quantize::awq_detail

@@ -14,7 +14,7 @@ namespace {
 std::string skip_reason(int64_t out, int64_t in, const GroupQuantSpec& spec) {
   const int pack = backend::awq_pack_factor(spec.bits);
   if (out % pack != 0) return str("out ", out, " is not a multiple of ", pack, " (codes per int32)");
-  return str("in ", in, " is not a multiple of 32 (smallest group size)");
+  return str("no group size from ", spec.group_size, " down to 32 divides in ", in);
 }
 
 }  // namespace

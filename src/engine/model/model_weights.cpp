@@ -4,6 +4,8 @@
 #include <initializer_list>
 #include <map>
 
+#include "engine/backend/awq_dequant.hpp"
+
 namespace refinery::model {
 
 namespace {
@@ -109,10 +111,57 @@ class Loader {
     return has(name) ? tensor(name, shape) : Tensor();
   }
 
-  // `prefix`.weight [out, in] (+ `prefix`.bias [out] when `bias`), dense or FP8 block.
+  // A module listed in quantization_config.modules_to_not_convert: transformers and vLLM skip a
+  // module when any listed string is a substring of its name.
+  bool not_converted(const std::string& prefix) const {
+    for (const std::string& m : config_.quant.modules_to_not_convert)
+      if (!m.empty() && prefix.find(m) != std::string::npos) return true;
+    return false;
+  }
+
+  // AutoAWQ GEMM tensors of `prefix` (qweight, qzeros, scales), validated against [out, in].
+  backend::AwqWeight awq(const std::string& prefix, int64_t out, int64_t in) const {
+    const QuantConfig& q = config_.quant;
+    if (q.version != AwqVersion::kGemm)
+      throw_user_error(lookup_.source(), ": quantization_config.version is \"gemv\"; the engine "
+                       "executes the AutoAWQ GEMM packing only; requantize with version \"gemm\" "
+                       "(refine quantize writes it)");
+    backend::AwqWeight a;
+    a.bits = q.bits;
+    a.group_size = q.group_size;
+    a.out = out;
+    a.in = in;
+    const int64_t pack = backend::awq_pack_factor(q.bits);
+    const int64_t words = out % pack == 0 ? out / pack : -1;
+    const int64_t groups = in % q.group_size == 0 ? in / q.group_size : -1;
+    a.qweight = lookup_.find(prefix + ".qweight", {in, words});
+    a.scales = lookup_.find(prefix + ".scales", {groups, out});
+    // A layer whose input size the configured group size does not divide may carry a smaller
+    // group (refine quantize falls back to the largest dividing one): the scales' rows say which.
+    if (a.scales.defined() && a.scales.ndim() == 2 && a.scales.size(0) > 0 &&
+        in % a.scales.size(0) == 0 && in / a.scales.size(0) != q.group_size)
+      a.group_size = static_cast<int>(in / a.scales.size(0));
+    a.qzeros = lookup_.find(prefix + ".qzeros", {in / a.group_size, words});
+    for (const auto& [part, t] : {std::pair{"qzeros", a.qzeros}, std::pair{"scales", a.scales}})
+      if (!t.defined())
+        throw_user_error("tensor ", prefix, ".", part, " is missing from ", lookup_.source(),
+                         " (", prefix, ".qweight is there); an AWQ linear needs qweight, qzeros "
+                         "and scales: the checkpoint is incomplete");
+    backend::validate_awq(a, prefix);
+    return a;
+  }
+
+  // `prefix`.weight [out, in] (+ `prefix`.bias [out] when `bias`): dense, FP8 block, or AWQ
+  // (`prefix`.qweight/qzeros/scales when the config says awq and the module is not excluded).
   LinearWeight linear(const std::string& prefix, int64_t out, int64_t in, bool bias) const {
     LinearWeight w;
     w.name = prefix;
+    if (config_.quant.method == QuantMethod::kAwq && !not_converted(prefix) &&
+        has(prefix + ".qweight")) {
+      w.storage = awq(prefix, out, in);
+      if (bias) w.bias = tensor(prefix + ".bias", {out});
+      return w;
+    }
     Tensor weight = tensor(prefix + ".weight", {out, in});
     if (weight.dtype() == DType::kF8E4M3) {
       const std::string scale_name = prefix + ".weight_scale_inv";
@@ -231,11 +280,6 @@ MoeWeights load_moe(const Loader& l, const ModelConfig& c, const std::string& p)
 }
 
 ModelWeights load_weights(const TensorLookup& lookup, const ModelConfig& c) {
-  if (c.quant.method == QuantMethod::kAwq)
-    throw_user_error(
-        c.source,
-        ": quantization_config.quant_method \"awq\": the engine cannot execute AWQ INT4 "
-        "checkpoints yet (FP8 block and dense f32/bf16/f16 only); run the unquantized model");
   Loader l(lookup, c);
   const int64_t hidden = c.hidden_size, vocab = c.vocab_size;
   ModelWeights w;

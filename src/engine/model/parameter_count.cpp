@@ -1,5 +1,6 @@
 #include "engine/model/parameter_count.hpp"
 
+#include "engine/backend/linear_weight.hpp"
 #include "engine/core/error.hpp"
 #include "engine/model/model_config.hpp"
 
@@ -109,7 +110,8 @@ int64_t logical_parameters(const TensorRole& role, const std::vector<int64_t>& s
     case TensorKind::kBias: return numel;
     case TensorKind::kAwqQweight: {
       const int bits = c.quant.method == QuantMethod::kAwq ? c.quant.bits : 4;
-      return numel * 32 / bits;  // int32 words of packed `bits`-bit weights
+      // int32 words of packed codes: 8 per word for 4 bits and for 3 bits (4-bit slots), 4 for 8.
+      return numel * backend::awq_pack_factor(bits);
     }
     case TensorKind::kFp8ScaleInv:
     case TensorKind::kAwqQzeros:

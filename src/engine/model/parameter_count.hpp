@@ -13,7 +13,8 @@
 //    active_excluding_embedding().
 //  - DeepSeek-V3 multi-token-prediction layers (num_nextn_predict_layers) are not part of the
 //    transformers model: they are counted in `mtp` and in neither total nor active.
-//  - Quantized tensors count logical weights: an AWQ qweight int32 word holds 32/bits weights;
+//  - Quantized tensors count logical weights: an AWQ qweight int32 word holds 8 weights
+//    (4 and 3 bits, 3-bit codes in 4-bit slots) or 4 (8 bits);
 //    FP8 weight_scale_inv, AWQ qzeros and scales are storage metadata and count zero.
 
 #include <cstdint>

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <variant>
 
+#include "engine/backend/awq_dequant.hpp"
 #include "engine/backend/cpu/cpu_backend.hpp"
 
 namespace refinery::backend::cpu {
@@ -125,6 +126,26 @@ void linear_fp8(const ConstMap& x, const Fp8BlockWeight& fw, Map& y) {
   }
 }
 
+// AWQ: each tile of output rows (a multiple of the pack factor, so a tile owns whole words) is
+// dequantized into the per-thread buffer by awq_dequantize_rows, then multiplied like a dense tile.
+void linear_awq(const ConstMap& x, const AwqWeight& aw, Map& y) {
+  const int64_t out = aw.out, in = aw.in;
+  const int64_t pack = awq_pack_factor(aw.bits);
+  const int64_t tile = std::max<int64_t>(pack, dense_tile_rows(in) / pack * pack);
+  const int64_t tiles = (out + tile - 1) / tile;
+#pragma omp parallel if (tiles > 1 && x.rows() * in * out >= kParallelWork && !omp_in_parallel())
+  {
+    std::vector<float> buffer;
+#pragma omp for schedule(dynamic)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t r0 = t * tile, n = std::min(tile, out - r0);
+      buffer.resize(static_cast<std::size_t>(n * in));
+      awq_dequantize_rows(aw, r0, n, buffer.data());
+      gemm_tile(x, buffer.data(), n, r0, y);
+    }
+  }
+}
+
 }  // namespace
 
 void CpuBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
@@ -141,7 +162,7 @@ void CpuBackend::linear(const Tensor& x, const LinearWeight& w, Tensor& y) {
         else if constexpr (std::is_same_v<S, Fp8BlockWeight>)
           linear_fp8(xm, storage, ym);
         else
-          throw_user_error("linear ", w.name, ": AWQ weights are not executable on the CPU yet");
+          linear_awq(xm, storage, ym);
       },
       w.storage);
   if (w.bias.defined()) {

@@ -14,6 +14,11 @@
 #include "engine/io/checkpoint.hpp"
 #include "engine/model/model_config.hpp"
 #include "engine/model/model_weights.hpp"
+#include "engine/backend/cpu/cpu_backend.hpp"
+#include "engine/backend/cuda/cuda_backend.hpp"
+#include "engine/eval/token_stream.hpp"
+#include "engine/model/transformer.hpp"
+#include "quantize/awq.hpp"
 #include "quantize/quantized_model_writer.hpp"
 #include "quantize/rtn.hpp"
 
@@ -23,7 +28,9 @@ namespace {
 namespace fs = std::filesystem;
 
 struct QuantizeCliOptions {
-  std::string model, out, method = "rtn", calib, device = "cpu";
+  std::string model, out, method = "rtn", calib, device = "cpu", tokenizer;
+  int threads = 0;
+  bool add_special = false, no_clip = false;
   int bits = 4, group_size = 128;
   int64_t calib_tokens = 65536, seq_len = 512;
   bool symmetric = false, force = false, json = false;
@@ -36,6 +43,64 @@ nlohmann::json options_json(const QuantizeCliOptions& o) {
     j.update({{"calib", o.calib}, {"calib_tokens", o.calib_tokens}, {"seq_len", o.seq_len},
               {"device", o.device}});
   return j;
+}
+
+// AWQ: calibration windows from --calib, the layer-streamed search on --device, then the writer.
+void run_awq(const QuantizeCliOptions& o, const quantize::GroupQuantSpec& spec,
+             const fs::path& model_dir, nlohmann::json provenance) {
+  if (o.calib.empty())
+    throw_user_error("--method awq needs calibration data: pass --calib FILE (.txt, .jsonl, tokens "
+                     "JSON or a token dataset .h5), e.g. a few hundred KB of text like the "
+                     "model's training data");
+  if (o.seq_len < 2 || o.calib_tokens < o.seq_len)
+    throw_user_error("--calib-tokens ", o.calib_tokens, " and --seq-len ", o.seq_len,
+                     ": AWQ needs at least one window (--calib-tokens >= --seq-len >= 2)");
+  const fs::path tokenizer = o.tokenizer.empty() ? model_dir : fs::path(o.tokenizer);
+  const std::vector<int32_t> stream =
+      eval::read_token_stream({o.calib}, eval::lazy_tokenizer_encoder(tokenizer, o.add_special))
+          .tokens;
+  const int64_t windows =
+      std::min(o.calib_tokens, static_cast<int64_t>(stream.size())) / o.seq_len;
+  if (windows < 1)
+    throw_user_error("--calib ", o.calib, " holds ", stream.size(), " tokens, fewer than one window "
+                     "of --seq-len ", o.seq_len, "; give more calibration text or a smaller "
+                     "--seq-len");
+  const std::span<const int32_t> tokens(stream.data(), static_cast<std::size_t>(windows * o.seq_len));
+  std::shared_ptr<backend::Backend> be = o.device == "cuda" ? backend::make_cuda_backend(0)
+                                                            : backend::make_cpu_backend(o.threads);
+  auto model = model::Transformer::load(model_dir, be);
+  for (const int32_t id : tokens)
+    if (id < 0 || id >= model->config().vocab_size)
+      throw_user_error("--calib ", o.calib, " holds token id ", id, ", outside the model's "
+                       "vocabulary of ", model->config().vocab_size,
+                       "; tokenize it with the model's tokenizer (--tokenizer)");
+  log::info("quantize: AWQ W", spec.bits, " g", spec.group_size,
+            spec.zero_point ? " asymmetric" : " symmetric", " of ", o.model, " on ", be->name(),
+            ", ", windows, " calibration windows of ", o.seq_len, " tokens");
+  quantize::AwqOptions options;
+  options.spec = spec;
+  options.clip = !o.no_clip;
+  const quantize::AwqResult r = quantize::quantize_awq(*model, tokens, windows, options);
+  provenance["awq"] = r.report();
+  provenance["metrics"] = {{"quantized_linears", r.parts.quantized.size()},
+                           {"unquantized_linears", r.parts.not_converted.size()},
+                           {"linear_bytes_before", r.dense_bytes},
+                           {"linear_bytes_after", r.packed_bytes}};
+  quantize::write_quantized_model(model_dir, o.out, r.parts, spec, provenance);
+  int scaled = 0;
+  for (const auto& g : r.groups) scaled += g.ratio >= 0.0;
+  log::info("quantize: ", r.parts.quantized.size(), " linears quantized, ",
+            r.parts.not_converted.size(), " left unquantized; ", scaled, " of ", r.groups.size(),
+            " scaling groups scaled (the others kept s = 1, plain RTN)");
+  if (o.json)
+    std::cout << nlohmann::json({{"out", o.out},
+                                 {"quantized_linears", r.parts.quantized.size()},
+                                 {"unquantized_linears", r.parts.not_converted.size()},
+                                 {"scaled_groups", scaled}})
+                     .dump()
+              << "\n";
+  else
+    std::cout << "quantized model written to " << o.out << "\n";
 }
 
 void run_quantize(const QuantizeCliOptions& o) {
@@ -68,10 +133,8 @@ void run_quantize(const QuantizeCliOptions& o) {
                                {"options", options_json(o)}};
 
   if (o.method == "awq") {
-    // ---- AWQ plug-in point (the lead's src/quantize/awq*.cpp): replace this throw with
-    //   quantize::run_awq(...) producing QuantizedModelParts, then write_quantized_model below.
-    throw_user_error("refine quantize: --method awq is not available in this build yet; use "
-                     "--method rtn");
+    run_awq(o, spec, model_dir, provenance);
+    return;
   }
 
   const io::Checkpoint checkpoint = io::Checkpoint::open(model_dir);
@@ -125,6 +188,10 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--calib-tokens", o->calib_tokens, "AWQ calibration tokens")->capture_default_str();
   cmd->add_option("--seq-len", o->seq_len, "AWQ calibration window length")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu or cuda (AWQ calibration)")->capture_default_str();
+  cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer for --calib text (default: MODEL's)");
+  cmd->add_flag("--add-special", o->add_special, "Encode --calib text with the tokenizer's special tokens");
+  cmd->add_flag("--no-clip", o->no_clip, "AWQ without the clip search");
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd->add_flag("--force", o->force, "Replace a non-empty --out (after the new model is complete)");
   cmd->add_flag("--json", o->json, "Print a JSON summary on stdout");
   cmd->callback([o] { run_quantize(*o); });

@@ -178,7 +178,10 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     // 4. Clip search on sampled input rows (divided by the group's s).
     if (options.clip) {
       for (const auto& p : quantized) {
-        if (skips_clip(p)) continue;
+        const std::vector<float>& values = st.work.at(p).values;
+        if (skips_clip(p) || !std::all_of(values.begin(), values.end(),
+                                          [](float v) { return std::isfinite(v); }))
+          continue;
         const auto git = group_of.find(p);
         int64_t total = 0;
         for (const auto& x : xs) total += x.size(0);
@@ -221,7 +224,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
       }
       const backend::AwqWeight packed = pack_awq(quantize_groups(w.values.data(), w.rows, w.cols,
                                                                  spec, p));
-      result.dense_bytes += w.rows * w.cols * static_cast<int64_t>(dtype_size_bytes(w.dtype));
+      result.dense_bytes += w.rows * w.cols * static_cast<int64_t>(dtype_bytes_for(w.dtype, 1));
       result.packed_bytes += static_cast<int64_t>(packed.qweight.nbytes() + packed.qzeros.nbytes() +
                                                   packed.scales.nbytes());
       result.parts.quantized[p] = packed;

@@ -198,7 +198,7 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
     reference.push_back(st.inspect(g, c));
     for (const Tensor& t : reference.back()) elements += static_cast<double>(t.numel());
   }
-  auto loss_of = [&](const std::vector<float>& s) {
+  auto candidate_loss_impl = [&](const std::vector<float>& s) {
     for (const auto& p : g.linears) {
       const HostMatrix& w = st.work.at(p);
       std::vector<float> q = w.values;
@@ -221,6 +221,17 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
     }
     for (const auto& p : g.linears) st.restore_linear(p);
     return total / std::max(elements, 1.0);
+  };
+
+  // A candidate whose scaled weights or outputs are not finite (fake_quantize refuses
+  // non-finite weights) scores NaN: it is skipped, never fatal.
+  auto loss_of = [&](const std::vector<float>& s) -> double {
+    try {
+      return candidate_loss_impl(s);
+    } catch (const Error&) {
+      for (const auto& p : g.linears) st.restore_linear(p);
+      return std::numeric_limits<double>::quiet_NaN();
+    }
   };
 
   report.loss_rtn = loss_of({});

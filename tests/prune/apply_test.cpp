@@ -13,6 +13,7 @@
 #include "engine/model/transformer.hpp"
 #include "prune/apply.hpp"
 #include "prune/pruned_config.hpp"
+#include "prune/tensor_map.hpp"
 #include "prune_test_util.hpp"
 #include "tests/support/expect_error.hpp"
 #include "tests/support/scratch_dir.hpp"
@@ -60,7 +61,9 @@ TEST_P(IdentityTest, KeepingEverythingReproducesTheParent) {
     ASSERT_EQ(x.size(), y.size()) << n;
     EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size()), 0) << n;
   }
-  if (fs::exists(parent / "tokenizer.json")) EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
+  if (fs::exists(parent / "tokenizer.json")) {
+    EXPECT_TRUE(fs::exists(out / "tokenizer.json"));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(PruneApply, IdentityTest,
@@ -210,6 +213,34 @@ TEST(PruneApply, DeepseekLayerPatternMustStayExpressible) {
   dm.layers = {LayerPlan{1, {}, {}, {}, {}}, LayerPlan{2, {}, {}, {}, {}}};
   const std::string msg = error_message_of([&] { pruned_config(v2, v2c, dm); });
   EXPECT_NE(msg.find("DM"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace refinery::prune
+
+namespace refinery::prune {
+namespace {
+
+// The byte gather under every slice: a [3, 4, 2] u16 tensor, whole, by index lists, and by blocks
+// of dimension 0 with per-block selections (the fused-expert layout [E, 2I, H]).
+TEST(PruneApply, GatherPieces) {
+  std::vector<uint16_t> src(24);
+  for (std::size_t i = 0; i < src.size(); ++i) src[i] = static_cast<uint16_t>(i);
+  const auto* bytes = reinterpret_cast<const std::byte*>(src.data());
+  const std::vector<int64_t> shape = {3, 4, 2};
+  std::vector<uint16_t> dst(24, 999);
+  auto* out = reinterpret_cast<std::byte*>(dst.data());
+  EXPECT_EQ(gather_piece(bytes, shape, 2, TensorPiece{-1, {}}, out), 48u);
+  EXPECT_EQ(dst, src);
+  // rows {0, 2} of dim 0, columns {1} of dim 2: elements (0,j,1), (2,j,1)
+  dst.assign(24, 999);
+  EXPECT_EQ(gather_piece(bytes, shape, 2, TensorPiece{-1, {{0, 2}, {}, {1}}}, out), 16u);
+  EXPECT_EQ(std::vector<uint16_t>(dst.begin(), dst.begin() + 8), (std::vector<uint16_t>{1, 3, 5, 7, 17, 19, 21, 23}));
+  // block 1 (a [4, 2] matrix 8..15), rows {3, 0}
+  dst.assign(24, 999);
+  EXPECT_EQ(gather_piece(bytes, shape, 2, TensorPiece{1, {{3, 0}, {}}}, out), 8u);
+  EXPECT_EQ(std::vector<uint16_t>(dst.begin(), dst.begin() + 4), (std::vector<uint16_t>{14, 15, 8, 9}));
+  EXPECT_EQ(dst[4], 999);
 }
 
 }  // namespace

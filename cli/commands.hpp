@@ -14,6 +14,7 @@ void register_run(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_eval(CLI::App& app);
 void register_distill(CLI::App& app);
+void register_prune(CLI::App& app);
 void register_quantize(CLI::App& app);
 
 }  // namespace refinery::cli

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   refinery::cli::register_logits(app);
   refinery::cli::register_eval(app);
   refinery::cli::register_distill(app);
+  refinery::cli::register_prune(app);
   refinery::cli::register_quantize(app);
 
   try {

@@ -1,0 +1,199 @@
+// `refine prune MODEL --calib F --out DIR [--experts N] [--expert-metric M] [--layers N]
+//  [--ffn-ratio R] [--report scores.json] ...`: importance from a calibration pass, a plan, and the
+// pruned model directory (src/prune/).
+#include <filesystem>
+#include <iostream>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/cli_util.hpp"
+#include "cli/commands.hpp"
+#include "engine/backend/cuda/cuda_backend.hpp"
+#include "engine/core/log.hpp"
+#include "engine/core/progress.hpp"
+#include "engine/eval/token_stream.hpp"
+#include "engine/io/atomic_file.hpp"
+#include "engine/io/text_source.hpp"
+#include "engine/model/model_config.hpp"
+#include "engine/model/transformer.hpp"
+#include "prune/apply.hpp"
+#include "prune/importance.hpp"
+#include "prune/plan.hpp"
+
+namespace refinery::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct PruneCliOptions {
+  std::string model, out, report, scores, plan;
+  std::vector<std::string> calib;
+  int experts = 0, layers = 0;  // 0: not given
+  double ffn_ratio = 0.0;       // 0: not given
+  std::string expert_metric = "frequency";
+  uint64_t seed = 0;
+  int64_t calib_tokens = 65536, seq_len = 512;
+  std::string device = "cpu";
+  int threads = 0;
+  bool force = false, add_special = false, json = false;
+  bool experts_given = false, layers_given = false, ffn_given = false;
+};
+
+nlohmann::json read_json_file(const fs::path& path) {
+  try {
+    return nlohmann::json::parse(read_whole_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    throw_user_error(path.string(), " is not valid JSON (", e.what(), ")");
+  }
+}
+
+prune::ImportanceReport calibrate(const PruneCliOptions& o, const model::ModelConfig& config) {
+  if (o.calib.empty())
+    throw_user_error("importance scores need calibration data: give --calib FILE (.txt, .jsonl, "
+                     "tokens JSON or a token dataset .h5), or --scores scores.json from an earlier --report");
+  if (o.seq_len < 1) throw_user_error("--seq-len is ", o.seq_len, "; it must be >= 1");
+  if (o.calib_tokens < 0) throw_user_error("--calib-tokens is ", o.calib_tokens, "; give 0 (all) or more");
+  if (config.max_position_embeddings > 0 && o.seq_len > config.max_position_embeddings)
+    throw_user_error("--seq-len ", o.seq_len, " exceeds the model's max_position_embeddings ",
+                     config.max_position_embeddings);
+  io::TextSource check(o.calib);  // every input exists, before the model loads
+  const auto stream = eval::read_token_stream(o.calib, eval::lazy_tokenizer_encoder(o.model, o.add_special));
+  std::shared_ptr<backend::Backend> be = o.device == "cuda" ? backend::make_cuda_backend(0)
+                                                            : backend::make_cpu_backend(o.threads);
+  auto model = model::Transformer::load(o.model, be);
+  Progress progress("prune calibration", 0, "tokens");
+  prune::CalibrationOptions c;
+  c.seq_len = o.seq_len;
+  c.max_tokens = o.calib_tokens;
+  c.on_window = [&](int64_t done, int64_t total) {
+    progress.set_total(static_cast<uint64_t>(total));
+    progress.advance(static_cast<uint64_t>(done) - progress.done());
+  };
+  prune::ImportanceReport report = prune::compute_importance(*model, stream.tokens, c);
+  progress.finish();
+  report.model = o.model;
+  return report;
+}
+
+void run_prune(const PruneCliOptions& o) {
+  if (o.out.empty() && o.report.empty())
+    throw_user_error("nothing to do: give --out DIR (write the pruned model) and/or --report "
+                     "scores.json (write the importance scores)");
+  prune::PruneOptions po;
+  if (o.experts_given) {
+    if (o.experts < 1) throw_user_error("--experts is ", o.experts, "; give the routed experts to keep per layer (>= 1)");
+    po.experts = o.experts;
+  }
+  if (o.layers_given) {
+    if (o.layers < 1) throw_user_error("--layers is ", o.layers, "; give the number of layers to keep (>= 1)");
+    po.layers = o.layers;
+  }
+  if (o.ffn_given) po.ffn_ratio = o.ffn_ratio;
+  po.expert_metric = prune::parse_expert_metric(o.expert_metric);
+  po.seed = o.seed;
+  const bool targets = po.experts || po.layers || po.ffn_ratio;
+  if (!o.plan.empty() && targets)
+    throw_user_error("--plan gives the whole plan; drop --experts, --layers and --ffn-ratio");
+  if (!o.out.empty() && o.plan.empty() && !targets)
+    throw_user_error("nothing to prune: give --experts N, --layers N and/or --ffn-ratio R (or --plan FILE)");
+  if (!o.scores.empty() && !o.calib.empty())
+    throw_user_error("give one of --scores (reuse a report) and --calib (compute the scores)");
+  if (!fs::is_regular_file(fs::path(o.model) / "config.json"))
+    throw_user_error(o.model, " is not a model directory (no config.json); give a Hugging Face model directory");
+  const model::ModelConfig config = model::load_model_config(o.model);
+  prune::check_options(config, po);  // before a long calibration pass
+  if (!o.out.empty()) prune::check_output_directory(o.out, o.model, o.force);
+
+  std::optional<prune::PrunePlan> plan;
+  if (!o.plan.empty()) {
+    plan = prune::plan_from_json(read_json_file(o.plan), o.plan);
+    prune::validate_plan(config, *plan);
+  }
+  std::optional<prune::ImportanceReport> report;
+  const bool need_scores = !o.report.empty() || (!o.out.empty() && !plan && po.needs_scores());
+  if (!o.scores.empty()) {
+    report = prune::report_from_json(read_json_file(o.scores), o.scores);
+  } else if (need_scores) {
+    report = calibrate(o, config);
+  }
+  if (!o.report.empty()) {
+    io::write_file_atomically(o.report, prune::report_to_json(*report).dump(1) + "\n");
+    log::info("prune: importance scores written to ", o.report);
+  }
+  nlohmann::json summary = {{"model", o.model}};
+  if (!o.report.empty()) summary["report"] = o.report;
+  if (!o.out.empty()) {
+    if (!plan) plan = prune::build_plan(config, report ? &*report : nullptr, po);
+    prune::ApplyOptions ao;
+    ao.force = o.force;
+    nlohmann::json options = {{"expert_metric", o.expert_metric}, {"seed", o.seed}};
+    if (po.experts) options["experts"] = *po.experts;
+    if (po.layers) options["layers"] = *po.layers;
+    if (po.ffn_ratio) options["ffn_ratio"] = *po.ffn_ratio;
+    if (!o.plan.empty()) options["plan"] = o.plan;
+    ao.provenance = {{"pass", "prune"}, {"created_by", "refine prune"}, {"parent", o.model}, {"options", options}};
+    if (report) {
+      ao.provenance["calibration"] = {{"data", o.calib}, {"scores", o.scores}, {"tokens", report->tokens},
+                                      {"seq_len", report->seq_len}};
+      ao.provenance["scores_summary"] = prune::plan_summary(*report, *plan);
+    }
+    const prune::ApplyResult r = prune::apply_plan(o.model, *plan, o.out, ao);
+    summary["out"] = o.out;
+    summary["parameters_before"] = r.parameters_before;
+    summary["parameters_after"] = r.parameters_after;
+    summary["layers"] = plan->layers.size();
+  }
+  if (o.json) {
+    std::cout << summary.dump() << "\n";
+    return;
+  }
+  if (!o.report.empty()) std::cout << "importance scores written to " << o.report << "\n";
+  if (!o.out.empty())
+    std::cout << "pruned model written to " << o.out << ": " << summary["parameters_after"].get<int64_t>()
+              << " of " << summary["parameters_before"].get<int64_t>() << " parameters kept\n";
+}
+
+}  // namespace
+
+void register_prune(CLI::App& app) {
+  auto o = std::make_shared<PruneCliOptions>();
+  auto* cmd = app.add_subcommand("prune", "Structured pruning: importance scores, plans, pruned models");
+  cmd->footer(
+      "Examples:\n"
+      "  refine prune teacher/ --calib calib.jsonl --report scores.json\n"
+      "  refine prune teacher/ --scores scores.json --out pruned/ --experts 32 --expert-metric gate_norm\n"
+      "  refine prune teacher/ --calib calib.jsonl --out pruned/ --layers 20 --ffn-ratio 0.5\n"
+      "Scores come from one calibration pass (--calib-tokens tokens in windows of --seq-len):\n"
+      "experts by routing frequency and gate-weighted output norm, heads, MLP channels (RMS at\n"
+      "down_proj's input), embedding channels and layers (1 - cos(block input, output)).\n"
+      "--experts N keeps the N best routed experts of every MoE layer (with DeepSeek's grouped\n"
+      "routing, N / n_group of each group, so routing groups stay valid); --layers N keeps the N\n"
+      "layers that change the residual stream most; --ffn-ratio R keeps round(R x width) channels\n"
+      "of every dense MLP, routed and shared expert. --plan FILE applies a plan JSON as is (the\n"
+      "`plan` of a pruned model's refinery.json is one). The output is a Hugging Face model\n"
+      "directory with refinery.json (pass, options, parent, scores summary).");
+  cmd->add_option("MODEL", o->model, "Model directory (Hugging Face layout)")->required();
+  cmd->add_option("--calib", o->calib, "Calibration data: .txt, .jsonl, tokens JSON or a token dataset .h5");
+  cmd->add_option("--out", o->out, "Output model directory");
+  cmd->add_option("--report", o->report, "Write the importance scores (JSON) here");
+  cmd->add_option("--scores", o->scores, "Reuse scores from an earlier --report instead of --calib");
+  cmd->add_option("--plan", o->plan, "Apply this prune plan JSON instead of --experts/--layers/--ffn-ratio");
+  cmd->add_option("--experts", o->experts, "Routed experts to keep per MoE layer")
+      ->each([o](const std::string&) { o->experts_given = true; });
+  cmd->add_option("--expert-metric", o->expert_metric, "frequency, gate_norm or random")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Seed of --expert-metric random")->capture_default_str();
+  cmd->add_option("--layers", o->layers, "Layers to keep")->each([o](const std::string&) { o->layers_given = true; });
+  cmd->add_option("--ffn-ratio", o->ffn_ratio, "Fraction of MLP channels to keep, in (0, 1]")
+      ->each([o](const std::string&) { o->ffn_given = true; });
+  cmd->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens (0: all)")->capture_default_str();
+  cmd->add_option("--seq-len", o->seq_len, "Tokens per calibration window")->capture_default_str();
+  cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
+  cmd->add_flag("--force", o->force, "Replace a non-empty --out directory");
+  cmd->add_flag("--add-special", o->add_special, "Encode --calib text with the tokenizer's special tokens");
+  cmd->add_flag("--json", o->json, "Print a JSON summary on stdout");
+  cmd->callback([o] { run_prune(*o); });
+}
+
+}  // namespace refinery::cli

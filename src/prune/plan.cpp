@@ -1,0 +1,348 @@
+// Building, checking and (de)serializing prune plans (plan.hpp).
+#include "prune/plan.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+
+#include "engine/core/error.hpp"
+
+namespace refinery::prune {
+
+namespace {
+
+bool grouped_routing(const model::MoeConfig& m) {
+  return m.n_group > 1 && m.topk_method != model::TopkMethod::kGreedy;
+}
+
+// Whether N experts per layer keep `m`'s routing well defined (see plan.hpp).
+bool valid_expert_count(const model::MoeConfig& m, int n) {
+  if (n < m.experts_per_token || n > m.num_experts) return false;
+  if (!grouped_routing(m)) return true;
+  if (n % m.n_group != 0) return false;
+  const int per = n / m.n_group;
+  const int min_per = m.topk_method == model::TopkMethod::kNoauxTc ? 2 : 1;
+  return per >= min_per && per * m.topk_group >= m.experts_per_token;
+}
+
+std::string valid_expert_counts(const model::MoeConfig& m) {
+  std::string list;
+  for (int n = 1; n <= m.num_experts; ++n)
+    if (valid_expert_count(m, n)) list += (list.empty() ? "" : ", ") + std::to_string(n);
+  return list.empty() ? "none" : list;
+}
+
+// The `keep` best indices of `scores` (highest first; ties: lower index), returned ascending.
+std::vector<int> top_indices(const std::vector<double>& scores, int keep) {
+  std::vector<int> order(scores.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) {
+    return scores[static_cast<std::size_t>(a)] > scores[static_cast<std::size_t>(b)];
+  });
+  order.resize(static_cast<std::size_t>(std::min<int>(keep, static_cast<int>(order.size()))));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+int ratio_count(double ratio, int width) {
+  return std::max(1, static_cast<int>(std::lround(ratio * width)));
+}
+
+std::vector<double> expert_scores(const model::ModelConfig& c, const ImportanceReport* report,
+                                  const PruneOptions& o, int layer) {
+  const int e_count = c.moe->num_experts;
+  if (o.expert_metric == ExpertMetric::kRandom) {
+    // A random permutation per layer from (seed, layer): reproducible, independent of the data.
+    std::mt19937_64 rng(o.seed * 1000003ULL + static_cast<uint64_t>(layer));
+    std::vector<double> s(static_cast<std::size_t>(e_count));
+    std::iota(s.begin(), s.end(), 0.0);
+    std::shuffle(s.begin(), s.end(), rng);
+    return s;
+  }
+  const auto& l = report->layers.at(static_cast<std::size_t>(layer));
+  if (!l.experts || static_cast<int>(l.experts->frequency.size()) != e_count)
+    throw_user_error("the importance report has no expert scores for layer ", layer,
+                     "; it was made for another model");
+  return o.expert_metric == ExpertMetric::kFrequency ? l.experts->frequency : l.experts->gate_norm;
+}
+
+const std::vector<double>& channel_scores(const ChannelScores& c, int width, int layer,
+                                          const char* what) {
+  if (static_cast<int>(c.rms.size()) != width)
+    throw_user_error("the importance report has ", c.rms.size(), " ", what, " channel scores for layer ",
+                     layer, " but the model has ", width, "; it was made for another model");
+  return c.rms;
+}
+
+void check_indices(const std::vector<int>& idx, int limit, int layer, const char* what) {
+  for (std::size_t i = 0; i < idx.size(); ++i) {
+    if (idx[i] < 0 || idx[i] >= limit)
+      throw_user_error("prune plan, layer ", layer, ": ", what, " index ", idx[i],
+                       " is outside 0..", limit - 1);
+    if (i > 0 && idx[i] <= idx[i - 1])
+      throw_user_error("prune plan, layer ", layer, ": ", what,
+                       " indices must be ascending and unique (", idx[i - 1], " then ", idx[i], ")");
+  }
+}
+
+// The one count every structure of a kind must share; -1 while none was seen.
+void same_count(int& seen, int count, int layer, const char* what) {
+  if (seen >= 0 && seen != count)
+    throw_user_error("prune plan, layer ", layer, ": keeps ", count, " ", what, " but another layer keeps ",
+                     seen, "; config.json holds one number for all, so every layer must keep the same");
+  seen = count;
+}
+
+}  // namespace
+
+ExpertMetric parse_expert_metric(const std::string& name) {
+  if (name == "frequency") return ExpertMetric::kFrequency;
+  if (name == "gate_norm") return ExpertMetric::kGateNorm;
+  if (name == "random") return ExpertMetric::kRandom;
+  throw_user_error("--expert-metric ", name, ": expected frequency, gate_norm or random");
+}
+
+const char* expert_metric_name(ExpertMetric metric) {
+  switch (metric) {
+    case ExpertMetric::kFrequency: return "frequency";
+    case ExpertMetric::kGateNorm: return "gate_norm";
+    case ExpertMetric::kRandom: return "random";
+  }
+  return "?";
+}
+
+PrunePlan PrunePlan::identity(const model::ModelConfig& config) {
+  PrunePlan p;
+  for (int l = 0; l < config.num_layers; ++l) p.layers.push_back(LayerPlan{l, {}, {}, {}, {}});
+  return p;
+}
+
+void check_options(const model::ModelConfig& c, const PruneOptions& o) {
+  if (o.experts) {
+    if (!c.moe)
+      throw_user_error("--experts: ", c.source, " is a dense ", c.model_type,
+                       " model without routed experts; drop --experts");
+    const model::MoeConfig& m = *c.moe;
+    const int n = *o.experts;
+    if (n > m.num_experts)
+      throw_user_error("--experts ", n, " exceeds the ", m.num_experts, " routed experts per layer of ", c.source);
+    if (!valid_expert_count(m, n))
+      throw_user_error("--experts ", n, " is not valid for this model (top-k ", m.experts_per_token,
+                       grouped_routing(m) ? str(", ", m.n_group, " expert groups, topk_group ", m.topk_group)
+                                          : std::string(),
+                       "); valid values: ", valid_expert_counts(m));
+  }
+  if (o.layers && (*o.layers < 1 || *o.layers > c.num_layers))
+    throw_user_error("--layers ", *o.layers, ": the model has ", c.num_layers,
+                     " layers; keep between 1 and ", c.num_layers);
+  if (o.ffn_ratio && !(*o.ffn_ratio > 0.0 && *o.ffn_ratio <= 1.0))
+    throw_user_error("--ffn-ratio ", *o.ffn_ratio, " is outside (0, 1]; give the fraction of MLP "
+                     "channels to keep, e.g. 0.5");
+}
+
+PrunePlan build_plan(const model::ModelConfig& c, const ImportanceReport* report,
+                     const PruneOptions& o) {
+  check_options(c, o);
+  if (o.needs_scores() && report == nullptr)
+    throw_internal_error("build_plan: these options need an importance report");
+  if (report != nullptr && static_cast<int>(report->layers.size()) != c.num_layers)
+    throw_user_error("the importance report covers ", report->layers.size(), " layers but the model has ",
+                     c.num_layers, "; it was made for another model");
+  std::vector<int> kept_layers(static_cast<std::size_t>(c.num_layers));
+  std::iota(kept_layers.begin(), kept_layers.end(), 0);
+  if (o.layers) {
+    std::vector<double> s;
+    for (const auto& l : report->layers) s.push_back(l.block_score);
+    kept_layers = top_indices(s, *o.layers);
+  }
+  PrunePlan plan;
+  for (int l : kept_layers) {
+    LayerPlan lp;
+    lp.source = l;
+    const bool moe = c.layer_is_moe(l);
+    if (moe && o.experts) {
+      const model::MoeConfig& m = *c.moe;
+      const std::vector<double> s = expert_scores(c, report, o, l);
+      if (grouped_routing(m)) {
+        const int group = m.num_experts / m.n_group, per = *o.experts / m.n_group;
+        for (int g = 0; g < m.n_group; ++g) {
+          std::vector<double> gs(s.begin() + g * group, s.begin() + (g + 1) * group);
+          for (int i : top_indices(gs, per)) lp.experts.push_back(g * group + i);
+        }
+      } else {
+        lp.experts = top_indices(s, *o.experts);
+      }
+    }
+    if (o.ffn_ratio) {
+      const double r = *o.ffn_ratio;
+      const auto& li = report->layers.at(static_cast<std::size_t>(l));
+      if (!moe) {
+        lp.mlp_channels = top_indices(channel_scores(li.mlp_channels, c.intermediate_size, l, "MLP"),
+                                      ratio_count(r, c.intermediate_size));
+      } else {
+        const model::MoeConfig& m = *c.moe;
+        const int keep = ratio_count(r, m.expert_intermediate_size);
+        const std::vector<int> experts = lp.experts.empty() ? [&] {
+          std::vector<int> all(static_cast<std::size_t>(m.num_experts));
+          std::iota(all.begin(), all.end(), 0);
+          return all;
+        }() : lp.experts;
+        for (int e : experts)
+          lp.expert_channels.push_back(top_indices(
+              channel_scores(li.experts->channels.at(static_cast<std::size_t>(e)),
+                             m.expert_intermediate_size, l, "expert"),
+              keep));
+        if (m.shared_intermediate_size > 0) {
+          const bool deepseek = c.family == model::ModelFamily::kDeepseekV2 ||
+                                c.family == model::ModelFamily::kDeepseekV3;
+          const int shared_keep = deepseek ? keep * m.num_shared_experts
+                                           : ratio_count(r, m.shared_intermediate_size);
+          lp.shared_channels = top_indices(
+              channel_scores(li.shared_channels, m.shared_intermediate_size, l, "shared expert"),
+              shared_keep);
+        }
+      }
+    }
+    plan.layers.push_back(std::move(lp));
+  }
+  validate_plan(c, plan);
+  return plan;
+}
+
+PlanShape plan_shape(const model::ModelConfig& c, const PrunePlan& plan) {
+  PlanShape s;
+  s.layers = static_cast<int>(plan.layers.size());
+  for (const LayerPlan& l : plan.layers) {
+    if (!l.experts.empty()) s.experts = static_cast<int>(l.experts.size());
+    if (!l.mlp_channels.empty()) s.mlp_width = static_cast<int>(l.mlp_channels.size());
+    if (!l.shared_channels.empty()) s.shared_width = static_cast<int>(l.shared_channels.size());
+    for (const auto& ch : l.expert_channels)
+      if (!ch.empty()) s.expert_width = static_cast<int>(ch.size());
+  }
+  (void)c;
+  return s;
+}
+
+void validate_plan(const model::ModelConfig& c, const PrunePlan& plan) {
+  if (plan.layers.empty()) throw_user_error("prune plan: it keeps no layer; keep at least one");
+  int experts = -1, mlp = -1, shared = -1, expert_width = -1;
+  for (std::size_t i = 0; i < plan.layers.size(); ++i) {
+    const LayerPlan& l = plan.layers[i];
+    if (l.source < 0 || l.source >= c.num_layers)
+      throw_user_error("prune plan: layer ", l.source, " is outside 0..", c.num_layers - 1);
+    if (i > 0 && l.source <= plan.layers[i - 1].source)
+      throw_user_error("prune plan: layers must be ascending and unique (", plan.layers[i - 1].source,
+                       " then ", l.source, ")");
+    const bool moe = c.layer_is_moe(l.source);
+    if (!moe) {
+      if (!l.experts.empty() || !l.shared_channels.empty() || !l.expert_channels.empty())
+        throw_user_error("prune plan, layer ", l.source, ": a dense layer has no experts to prune");
+      check_indices(l.mlp_channels, c.intermediate_size, l.source, "MLP channel");
+      same_count(mlp, l.mlp_channels.empty() ? c.intermediate_size : static_cast<int>(l.mlp_channels.size()),
+                 l.source, "MLP channels");
+      continue;
+    }
+    const model::MoeConfig& m = *c.moe;
+    if (!l.mlp_channels.empty())
+      throw_user_error("prune plan, layer ", l.source, ": an MoE layer has no dense MLP; use "
+                       "expert_channels / shared_channels");
+    check_indices(l.experts, m.num_experts, l.source, "expert");
+    const int n = l.experts.empty() ? m.num_experts : static_cast<int>(l.experts.size());
+    same_count(experts, n, l.source, "experts");
+    if (!valid_expert_count(m, n))
+      throw_user_error("prune plan, layer ", l.source, ": ", n, " experts is not valid for this model; "
+                       "valid counts: ", valid_expert_counts(m));
+    if (grouped_routing(m) && !l.experts.empty()) {
+      // Every new group (n / n_group consecutive kept experts) must lie in one old group.
+      const int per = n / m.n_group, old = m.num_experts / m.n_group;
+      for (int g = 0; g < m.n_group; ++g)
+        for (int j = 0; j < per; ++j)
+          if (l.experts[static_cast<std::size_t>(g * per + j)] / old != g)
+            throw_user_error("prune plan, layer ", l.source, ": with ", m.n_group,
+                             " routing groups, keep ", per, " experts of each group (experts ",
+                             g * old, "..", (g + 1) * old - 1, " form group ", g, ")");
+    }
+    if (!l.expert_channels.empty()) {
+      if (static_cast<int>(l.expert_channels.size()) != n)
+        throw_user_error("prune plan, layer ", l.source, ": expert_channels has ", l.expert_channels.size(),
+                         " lists for ", n, " kept experts");
+      for (const auto& ch : l.expert_channels) {
+        check_indices(ch, m.expert_intermediate_size, l.source, "expert channel");
+        same_count(expert_width, ch.empty() ? m.expert_intermediate_size : static_cast<int>(ch.size()),
+                   l.source, "channels per expert");
+      }
+    } else {
+      same_count(expert_width, m.expert_intermediate_size, l.source, "channels per expert");
+    }
+    if (!l.shared_channels.empty() && m.shared_intermediate_size == 0)
+      throw_user_error("prune plan, layer ", l.source, ": the model has no shared expert");
+    check_indices(l.shared_channels, m.shared_intermediate_size, l.source, "shared-expert channel");
+    if (m.shared_intermediate_size > 0)
+      same_count(shared, l.shared_channels.empty() ? m.shared_intermediate_size
+                                                   : static_cast<int>(l.shared_channels.size()),
+                 l.source, "shared-expert channels");
+  }
+  const bool deepseek = c.family == model::ModelFamily::kDeepseekV2 || c.family == model::ModelFamily::kDeepseekV3;
+  if (deepseek && shared >= 0 && expert_width >= 0 && shared != expert_width * c.moe->num_shared_experts)
+    throw_user_error("prune plan: ", c.model_type, " ties the shared experts' width to moe_intermediate_size x "
+                     "n_shared_experts, so keeping ", expert_width, " channels per expert means keeping ",
+                     expert_width * c.moe->num_shared_experts, " shared channels, not ", shared);
+}
+
+nlohmann::json plan_summary(const ImportanceReport& report, const PrunePlan& plan) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LayerImportance& l : report.layers) {
+    const auto kept = std::find_if(plan.layers.begin(), plan.layers.end(),
+                                   [&](const LayerPlan& p) { return p.source == l.layer; });
+    nlohmann::json j = {{"layer", l.layer}, {"block_score", l.block_score}, {"kept", kept != plan.layers.end()}};
+    if (l.experts && kept != plan.layers.end()) {
+      double total = 0.0, routed = 0.0;
+      for (std::size_t e = 0; e < l.experts->frequency.size(); ++e) {
+        total += l.experts->frequency[e];
+        const bool keep = kept->experts.empty() ||
+                          std::find(kept->experts.begin(), kept->experts.end(), static_cast<int>(e)) !=
+                              kept->experts.end();
+        if (keep) routed += l.experts->frequency[e];
+      }
+      j["kept_expert_routing_share"] = total > 0.0 ? routed / total : 0.0;
+    }
+    layers.push_back(std::move(j));
+  }
+  return {{"calibration_tokens", report.tokens}, {"layers", layers}};
+}
+
+nlohmann::json plan_to_json(const PrunePlan& plan) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LayerPlan& l : plan.layers) {
+    nlohmann::json j = {{"source", l.source}};
+    if (!l.experts.empty()) j["experts"] = l.experts;
+    if (!l.mlp_channels.empty()) j["mlp_channels"] = l.mlp_channels;
+    if (!l.shared_channels.empty()) j["shared_channels"] = l.shared_channels;
+    if (!l.expert_channels.empty()) j["expert_channels"] = l.expert_channels;
+    layers.push_back(std::move(j));
+  }
+  return {{"format", "refinery.prune_plan.v1"}, {"layers", layers}};
+}
+
+PrunePlan plan_from_json(const nlohmann::json& j, const std::string& source) {
+  try {
+    if (j.value("format", std::string()) != "refinery.prune_plan.v1")
+      throw_user_error(source, " is not a prune plan (\"format\" is not \"refinery.prune_plan.v1\")");
+    PrunePlan p;
+    for (const nlohmann::json& lj : j.at("layers")) {
+      LayerPlan l;
+      l.source = lj.at("source").get<int>();
+      l.experts = lj.value("experts", std::vector<int>{});
+      l.mlp_channels = lj.value("mlp_channels", std::vector<int>{});
+      l.shared_channels = lj.value("shared_channels", std::vector<int>{});
+      l.expert_channels = lj.value("expert_channels", std::vector<std::vector<int>>{});
+      p.layers.push_back(std::move(l));
+    }
+    return p;
+  } catch (const nlohmann::json::exception& e) {
+    throw_user_error(source, " is not a valid prune plan (", e.what(), ")");
+  }
+}
+
+}  // namespace refinery::prune

@@ -155,8 +155,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
       scaled.insert(scaled.end(), g.passengers.begin(), g.passengers.end());
       for (const auto& p : scaled) {
         HostMatrix& w = st.work.at(p);
-        for (int64_t r = 0; r < w.rows; ++r)
-          for (int64_t j = 0; j < in; ++j) w.values[r * in + j] *= s[j];
+        scale_columns(w.values, w.rows, s, false);
         modified.insert(p);
       }
       if (!g.prev_norm.empty()) {
@@ -201,8 +200,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
             }
         }
         if (const auto it = input_scale.find(p); it != input_scale.end())
-          for (int64_t r = 0; r < n; ++r)
-            for (int64_t j = 0; j < in; ++j) sample[r * in + j] /= (*it->second)[j];
+          scale_columns(sample, n, *it->second, true);
         search_clip(st, p, sample, n);
       }
     }

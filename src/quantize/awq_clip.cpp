@@ -39,12 +39,14 @@ void search_clip(LayerState& st, const std::string& prefix, const std::vector<fl
     Eigen::VectorXd best_err = Eigen::VectorXd::Constant(out, std::numeric_limits<double>::infinity());
     for (int i = 0; i < steps; ++i) {
       const float shrink = 1.0f - static_cast<float>(i) / static_cast<float>(st.options.clip_grid);
+#pragma omp parallel for schedule(static)
       for (int64_t o = 0; o < out; ++o) {
         const float m = org_max[o] * shrink;
         for (int j = 0; j < gs; ++j) cand(o, j) = std::clamp(wg(o, j), -m, m);
       }
       fake_quantize(cand.data(), out, gs, spec, prefix);
       const RowMatrix diff = xg * cand.transpose() - reference;  // [n, out]
+#pragma omp parallel for schedule(static)
       for (int64_t o = 0; o < out; ++o) {
         const double err = static_cast<double>(diff.col(o).squaredNorm()) / static_cast<double>(n);
         if (err < best_err[o]) {

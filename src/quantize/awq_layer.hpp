@@ -60,6 +60,9 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
 // [n, in], already divided by the group's s). Clamps the work copy in place.
 void search_clip(LayerState& st, const std::string& prefix, const std::vector<float>& x, int64_t n);
 
+// w [rows, s.size()] := w · diag(s), or w · diag(s)^-1 with `divide` (in parallel over rows).
+void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>& s, bool divide);
+
 // The group size linear `prefix` is quantized with (0: stays dense).
 int group_size_of(const LayerState& st, const std::string& prefix);
 

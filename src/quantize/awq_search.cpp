@@ -145,6 +145,18 @@ double squared_distance(backend::Backend& be, const Tensor& a, const Tensor& b) 
   return be.sum_squares(d);
 }
 
+void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>& s, bool divide) {
+  const auto cols = static_cast<int64_t>(s.size());
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = w.data() + r * cols;
+    if (divide)
+      for (int64_t j = 0; j < cols; ++j) row[j] /= s[j];
+    else
+      for (int64_t j = 0; j < cols; ++j) row[j] *= s[j];
+  }
+}
+
 int group_size_of(const LayerState& st, const std::string& prefix) {
   const HostMatrix& w = st.work.at(prefix);
   return usable_group_size(w.cols, w.rows, st.options.spec);
@@ -166,8 +178,13 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
   for (std::size_t c = 0; c < st.x.size(); ++c) {
     const Tensor x = be.download(st.group_input(g, c)).to_f32();
     const float* px = x.data<float>();
-    for (int64_t r = 0; r < x.size(0); ++r)
-      for (int64_t j = 0; j < in; ++j) x_sum[j] += std::fabs(px[r * in + j]);
+    const int64_t n = x.size(0);
+#pragma omp parallel for schedule(static)
+    for (int64_t j = 0; j < in; ++j) {
+      double sum = 0.0;
+      for (int64_t r = 0; r < n; ++r) sum += std::fabs(px[r * in + j]);
+      x_sum[j] += sum;
+    }
     rows += x.size(0);
   }
   std::vector<double> x_mean(static_cast<std::size_t>(in));
@@ -202,15 +219,11 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
     for (const auto& p : g.linears) {
       const HostMatrix& w = st.work.at(p);
       std::vector<float> q = w.values;
-      if (!s.empty())
-        for (int64_t r = 0; r < w.rows; ++r)
-          for (int64_t j = 0; j < in; ++j) q[r * in + j] *= s[j];
+      if (!s.empty()) scale_columns(q, w.rows, s, false);
       GroupQuantSpec spec = st.options.spec;
       spec.group_size = group_size_of(st, p);
       fake_quantize(q.data(), w.rows, in, spec, p);
-      if (!s.empty())
-        for (int64_t r = 0; r < w.rows; ++r)
-          for (int64_t j = 0; j < in; ++j) q[r * in + j] /= s[j];
+      if (!s.empty()) scale_columns(q, w.rows, s, true);
       st.set_linear(p, q);
     }
     double total = 0.0;

@@ -116,6 +116,10 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     for (const auto& site : sites)
       if (site.prefix.rfind(layer_prefix, 0) == 0) quantized.push_back(site.prefix);
 
+    using Clock = std::chrono::steady_clock;
+    auto seconds_since = [](Clock::time_point t) {
+      return std::chrono::duration<double>(Clock::now() - t).count();
+    };
     // 1. One forward of the unmodified layer: the inputs of every group and of every quantized
     //    linear outside a group (MLA's o_proj), and the next layer's input.
     std::map<std::string, const ScaleGroup*> group_of;
@@ -133,6 +137,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
       st.inputs.push_back(capture.take());
     }
 
+    const double t_capture = seconds_since(started);
     // 2. Scale search per group (original weights).
     std::vector<std::vector<float>> scales(groups.size());
     for (std::size_t gi = 0; gi < groups.size(); ++gi) {
@@ -141,6 +146,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
       result.groups.push_back(std::move(report));
     }
 
+    const double t_search = seconds_since(started) - t_capture;
     // 3. Apply: columns of the group's linears and passengers × s, 1/s into the norm or the
     //    preceding linear's rows.
     const auto norms = layer_norms(model.weights(), l);
@@ -205,6 +211,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
       }
     }
 
+    const double t_clip = seconds_since(started) - t_capture - t_search;
     // 5. Quantize and pack; weights left dense but edited are written back as they are.
     for (const auto& p : quantized) {
       const HostMatrix& w = st.work.at(p);
@@ -239,7 +246,8 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     log::info("awq: layer ", l + 1, "/", config.num_layers, ": ", groups.size(), " groups, ",
-              quantized.size(), " linears quantized in ", secs, " s");
+              quantized.size(), " linears quantized in ", secs, " s (calibration forward ",
+              t_capture, " s, scale search ", t_search, " s, clip search ", t_clip, " s)");
   }
   return result;
 }

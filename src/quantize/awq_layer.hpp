@@ -40,8 +40,9 @@ struct LayerState {
   // The group's input for chunk c ([rows, in], backend device): a recorded tap, or for a routed
   // expert's down projection swiglu(gate_e(h), up_e(h)) over ALL rows of the MoE input h.
   Tensor group_input(const ScaleGroup& g, std::size_t c);
-  // Sets linear `prefix` to `values` (f32 [out, in]) on the backend's device.
-  void set_linear(const std::string& prefix, const std::vector<float>& values);
+  // Sets linear `prefix` to Q(W·diag(s))·diag(s)^-1 of its checkpoint weight W
+  // (Backend::group_fake_quantize on the device; s: f32 [in] on the device, or undefined).
+  void set_fake_quantized(const std::string& prefix, const Tensor& s, int group_size);
   // Puts back the checkpoint's weight of `prefix`.
   void restore_linear(const std::string& prefix);
   // The inspected outputs of group g for chunk c, with the weights currently set.
@@ -49,6 +50,7 @@ struct LayerState {
 
  private:
   std::map<std::string, backend::LinearStorage> original_;
+  std::map<std::string, Tensor> device_;  // the checkpoint weights on the device (activation dtype)
 };
 
 // Σ (a - b)² over all elements, on the backend (a, b: same shape and dtype).

@@ -73,6 +73,11 @@ LayerState::LayerState(model::Transformer& m, const AwqOptions& o, int l, int64_
     const Tensor f = host.to_f32();
     HostMatrix hm{w->out_features(), w->in_features(), dense->weight.dtype(), {}};
     hm.values.assign(f.data<float>(), f.data<float>() + f.numel());
+    // The device copy the search quantizes (f32 on the CPU, bf16 on CUDA).
+    const DType act = m.backend().activation_dtype();
+    Tensor host_act = Tensor::empty(act, {hm.rows, hm.cols});
+    convert_from_f32(act, hm.values.data(), host_act.mutable_data(), hm.values.size());
+    device_[prefix] = m.backend().upload(host_act);
     work[prefix] = std::move(hm);
     original_[prefix] = w->storage;
   }
@@ -94,13 +99,12 @@ Tensor LayerState::group_input(const ScaleGroup& g, std::size_t c) {
   return gate;
 }
 
-void LayerState::set_linear(const std::string& prefix, const std::vector<float>& values) {
+void LayerState::set_fake_quantized(const std::string& prefix, const Tensor& s, int group_size) {
   backend::Backend& be = model.backend();
-  backend::LinearWeight& w = *linears.at(prefix);
-  const DType dt = be.activation_dtype();  // f32 on the CPU, bf16 on CUDA
-  Tensor host = Tensor::empty(dt, {w.out_features(), w.in_features()});
-  convert_from_f32(dt, values.data(), host.mutable_data(), values.size());
-  w.storage = backend::DenseWeight{be.upload(host)};
+  const Tensor& w = device_.at(prefix);
+  Tensor out = be.empty(be.activation_dtype(), w.shape());
+  be.group_fake_quantize(w, s, options.spec.bits, group_size, options.spec.zero_point, out);
+  linears.at(prefix)->storage = backend::DenseWeight{out};
 }
 
 void LayerState::restore_linear(const std::string& prefix) {
@@ -216,16 +220,9 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
     for (const Tensor& t : reference.back()) elements += static_cast<double>(t.numel());
   }
   auto candidate_loss_impl = [&](const std::vector<float>& s) {
-    for (const auto& p : g.linears) {
-      const HostMatrix& w = st.work.at(p);
-      std::vector<float> q = w.values;
-      if (!s.empty()) scale_columns(q, w.rows, s, false);
-      GroupQuantSpec spec = st.options.spec;
-      spec.group_size = group_size_of(st, p);
-      fake_quantize(q.data(), w.rows, in, spec, p);
-      if (!s.empty()) scale_columns(q, w.rows, s, true);
-      st.set_linear(p, q);
-    }
+    const Tensor s_device =
+        s.empty() ? Tensor() : be.upload(Tensor::copy_of(DType::kF32, {in}, s.data()));
+    for (const auto& p : g.linears) st.set_fake_quantized(p, s_device, group_size_of(st, p));
     double total = 0.0;
     for (std::size_t c = 0; c < st.x.size(); ++c) {
       const std::vector<Tensor> out = st.inspect(g, c);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/backend/awq_dequant.hpp"
+#include "engine/backend/cpu/cpu_backend.hpp"
 #include "engine/io/safetensors_file.hpp"
 #include "quantize/awq_pack.hpp"
 #include "quantize/group_quant.hpp"
@@ -176,6 +177,43 @@ TEST(GroupQuant, BadInputsAreUserErrors) {
   EXPECT_NE(test::error_message_of([&] { quantize_groups(w.data(), 8, 96, {4, 32, true}, "m.q"); })
                 .find("non-finite"),
             std::string::npos);
+}
+
+}  // namespace
+}  // namespace refinery::quantize
+
+// ---- Backend::group_fake_quantize (AWQ's search on the device): the CPU op is the reference
+// fake_quantize applied to w·diag(s), then divided by s. ----
+namespace refinery::quantize {
+namespace {
+
+TEST(GroupFakeQuantizeOp, CpuOpIsScaledFakeQuantize) {
+  auto be = backend::make_cpu_backend(1);
+  const int64_t rows = 5, cols = 192;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::uniform_real_distribution<float> u(0.25f, 4.0f);
+  std::vector<float> w(rows * cols), s(cols);
+  for (auto& v : w) v = n01(rng);
+  for (auto& v : s) v = u(rng);
+  for (int bits : {3, 4, 8})
+    for (bool zp : {true, false}) {
+      GroupQuantSpec spec;
+      spec.bits = bits;
+      spec.group_size = 64;
+      spec.zero_point = zp;
+      std::vector<float> want = w;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) want[r * cols + c] *= s[c];
+      fake_quantize(want.data(), rows, cols, spec);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) want[r * cols + c] /= s[c];
+      Tensor out = Tensor::empty(DType::kF32, {rows, cols});
+      be->group_fake_quantize(Tensor::copy_of(DType::kF32, {rows, cols}, w.data()),
+                              Tensor::copy_of(DType::kF32, {cols}, s.data()), bits, 64, zp, out);
+      for (int64_t i = 0; i < rows * cols; ++i)
+        ASSERT_EQ(out.data<float>()[i], want[i]) << "bits " << bits << " zp " << zp << " at " << i;
+    }
 }
 
 }  // namespace

@@ -207,6 +207,16 @@ class Backend {
   // out f32 [R, V]: a log-distribution per row, usable as kd_loss's dense teacher_logits.
   virtual void expand_top_k(const Tensor& ids, const Tensor& log_probs, const Tensor& log_prior,
                             Tensor& out);
+  // ---- quantization (AWQ's search, src/quantize/awq.hpp) ----
+  // out = Q(w · diag(s)) · diag(s)^-1 with Q the group quantization of src/quantize/
+  // group_quant.hpp (AutoAWQ's pseudo_quantize_tensor, fp16-rounded scales; `bits`, `group_size`
+  // inputs per scale, asymmetric with a zero point or symmetric). w [out, in] f32 or bf16, s f32
+  // [in] or undefined (s = 1), out [out, in] f32 or bf16. A group holding a non-finite value:
+  // a user error on the CPU, NaN outputs on CUDA (kernels cannot throw); callers treat both as
+  // "not finite".
+  virtual void group_fake_quantize(const Tensor& w, const Tensor& s, int bits, int group_size,
+                                   bool zero_point, Tensor& out);
+
   // Σ t² over all elements (f32 or bf16), accumulated in double in an order that does not depend
   // on the thread count (the global gradient norm; deterministic resume).
   virtual double sum_squares(const Tensor& t);

@@ -103,7 +103,7 @@ void LayerState::set_fake_quantized(const std::string& prefix, const Tensor& s, 
   backend::Backend& be = model.backend();
   const Tensor& w = device_.at(prefix);
   Tensor out = be.empty(be.activation_dtype(), w.shape());
-  be.group_fake_quantize(w, s, options.spec.bits, group_size, options.spec.zero_point, out);
+  be.group_fake_quantize(w, s, {options.spec.bits, group_size, options.spec.zero_point, 1.0f}, out);
   linears.at(prefix)->storage = backend::DenseWeight{out};
 }
 

@@ -210,9 +210,52 @@ TEST(GroupFakeQuantizeOp, CpuOpIsScaledFakeQuantize) {
         for (int64_t c = 0; c < cols; ++c) want[r * cols + c] /= s[c];
       Tensor out = Tensor::empty(DType::kF32, {rows, cols});
       be->group_fake_quantize(Tensor::copy_of(DType::kF32, {rows, cols}, w.data()),
-                              Tensor::copy_of(DType::kF32, {cols}, s.data()), bits, 64, zp, out);
+                              Tensor::copy_of(DType::kF32, {cols}, s.data()), {bits, 64, zp, 1.0f},
+                              out);
       for (int64_t i = 0; i < rows * cols; ++i)
         ASSERT_EQ(out.data<float>()[i], want[i]) << "bits " << bits << " zp " << zp << " at " << i;
+    }
+}
+
+// The clip search's ops on the CPU: a clamp to ±ratio·max|w| per group before quantizing, and
+// err[o, g] = mean_t (x_g · (q − w)_gᵀ)² against a double loop.
+TEST(GroupFakeQuantizeOp, ClipAndOutputErrors) {
+  auto be = backend::make_cpu_backend(1);
+  const int64_t rows = 3, cols = 64, n = 5;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::vector<float> w(rows * cols), x(n * cols);
+  for (auto& v : w) v = n01(rng);
+  for (auto& v : x) v = n01(rng);
+  GroupQuantSpec spec;
+  spec.group_size = 32;
+  std::vector<float> want = w;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c0 = 0; c0 < cols; c0 += 32) {
+      float m = 0.0f;
+      for (int64_t c = c0; c < c0 + 32; ++c) m = std::max(m, std::fabs(w[r * cols + c]));
+      m *= 0.6f;
+      for (int64_t c = c0; c < c0 + 32; ++c)
+        want[r * cols + c] = std::clamp(w[r * cols + c], -m, m);
+    }
+  fake_quantize(want.data(), rows, cols, spec);
+  const Tensor wt = Tensor::copy_of(DType::kF32, {rows, cols}, w.data());
+  Tensor q = Tensor::empty(DType::kF32, {rows, cols});
+  be->group_fake_quantize(wt, Tensor(), {4, 32, true, 0.6f}, q);
+  for (int64_t i = 0; i < rows * cols; ++i) ASSERT_EQ(q.data<float>()[i], want[i]) << i;
+
+  Tensor err = Tensor::empty(DType::kF32, {rows, 2});
+  be->group_output_errors(Tensor::copy_of(DType::kF32, {n, cols}, x.data()), q, wt, 32, err);
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t g = 0; g < 2; ++g) {
+      double e = 0.0;
+      for (int64_t t = 0; t < n; ++t) {
+        double dot = 0.0;
+        for (int64_t c = g * 32; c < (g + 1) * 32; ++c)
+          dot += double(x[t * cols + c]) * (double(want[o * cols + c]) - double(w[o * cols + c]));
+        e += dot * dot;
+      }
+      EXPECT_NEAR(err.data<float>()[o * 2 + g], e / n, 1e-5 * e / n + 1e-8) << o << " " << g;
     }
 }
 

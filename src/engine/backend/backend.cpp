@@ -54,8 +54,11 @@ void Backend::kd_loss(const Tensor&, const Tensor&, const Tensor&, const Tensor&
 void Backend::expand_top_k(const Tensor&, const Tensor&, const Tensor&, Tensor&) {
   missing(*this, "expand_top_k");
 }
-void Backend::group_fake_quantize(const Tensor&, const Tensor&, int, int, bool, Tensor&) {
+void Backend::group_fake_quantize(const Tensor&, const Tensor&, const FakeQuantSpec&, Tensor&) {
   missing(*this, "group_fake_quantize");
+}
+void Backend::group_output_errors(const Tensor&, const Tensor&, const Tensor&, int, Tensor&) {
+  missing(*this, "group_output_errors");
 }
 double Backend::sum_squares(const Tensor&) { missing(*this, "sum_squares"); }
 void Backend::adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamWScalars&,

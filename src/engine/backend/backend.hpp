@@ -44,6 +44,14 @@ struct AdamWScalars {
   float grad_scale = 1.0f;     // every gradient is multiplied by this first (clip coefficient)
 };
 
+// How Backend::group_fake_quantize quantizes (src/quantize/group_quant.hpp).
+struct FakeQuantSpec {
+  int bits = 4;            // 3, 4 or 8
+  int group_size = 128;    // 32, 64 or 128
+  bool zero_point = true;  // asymmetric; false: symmetric
+  float clip_ratio = 1.0f; // each group clamped to ±clip_ratio·max|v| first (1: no clamp)
+};
+
 struct ExpertWeights {
   LinearWeight gate;  // [inter, hidden]
   LinearWeight up;    // [inter, hidden]
@@ -207,15 +215,21 @@ class Backend {
   // out f32 [R, V]: a log-distribution per row, usable as kd_loss's dense teacher_logits.
   virtual void expand_top_k(const Tensor& ids, const Tensor& log_probs, const Tensor& log_prior,
                             Tensor& out);
-  // ---- quantization (AWQ's search, src/quantize/awq.hpp) ----
+  // ---- quantization (AWQ's searches, src/quantize/awq.hpp) ----
   // out = Q(w · diag(s)) · diag(s)^-1 with Q the group quantization of src/quantize/
-  // group_quant.hpp (AutoAWQ's pseudo_quantize_tensor, fp16-rounded scales; `bits`, `group_size`
-  // inputs per scale, asymmetric with a zero point or symmetric). w [out, in] f32 or bf16, s f32
-  // [in] or undefined (s = 1), out [out, in] f32 or bf16. A group holding a non-finite value:
-  // a user error on the CPU, NaN outputs on CUDA (kernels cannot throw); callers treat both as
-  // "not finite".
-  virtual void group_fake_quantize(const Tensor& w, const Tensor& s, int bits, int group_size,
-                                   bool zero_point, Tensor& out);
+  // group_quant.hpp (AutoAWQ's pseudo_quantize_tensor, fp16-rounded scales; q.bits, q.group_size
+  // inputs per scale, asymmetric with a zero point or symmetric), each group first clamped to
+  // ±q.clip_ratio · max|v| of its values v (AutoAWQ's clip search; 1 = no clamp). w [out, in] f32
+  // or bf16, s f32 [in] or undefined (s = 1), out [out, in] f32 or bf16. A group holding a
+  // non-finite value: a user error on the CPU, NaN outputs on CUDA (kernels cannot throw);
+  // callers treat both as "not finite".
+  virtual void group_fake_quantize(const Tensor& w, const Tensor& s, const FakeQuantSpec& q,
+                                   Tensor& out);
+  // The clip search's error per output row and quantization group:
+  //   err[o, g] = (1/n) Σ_t (Σ_{c in group g} x[t, c] · (q[o, c] − w[o, c]))²
+  // x f32 [n, in], q and w f32 [out, in], err f32 [out, in / group_size].
+  virtual void group_output_errors(const Tensor& x, const Tensor& q, const Tensor& w,
+                                   int group_size, Tensor& err);
 
   // Σ t² over all elements (f32 or bf16), accumulated in double in an order that does not depend
   // on the thread count (the global gradient norm; deterministic resume).

@@ -76,8 +76,10 @@ class CpuBackend final : public Backend {
                Tensor& grad) override;  // kd_loss.cpp
   void expand_top_k(const Tensor& ids, const Tensor& log_probs, const Tensor& log_prior,
                     Tensor& out) override;  // kd_loss.cpp
-  void group_fake_quantize(const Tensor& w, const Tensor& s, int bits, int group_size,
-                           bool zero_point, Tensor& out) override;  // group_quant.cpp
+  void group_fake_quantize(const Tensor& w, const Tensor& s, const FakeQuantSpec& q,
+                           Tensor& out) override;  // group_quant.cpp
+  void group_output_errors(const Tensor& x, const Tensor& q, const Tensor& w, int group_size,
+                           Tensor& err) override;  // group_quant.cpp
   double sum_squares(const Tensor& t) override;  // optimizer_ops.cpp
   void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                     const AdamWScalars& s, Tensor& compute) override;  // optimizer_ops.cpp

@@ -1,8 +1,13 @@
-// group_fake_quantize on the GPU (backend.hpp; the math of src/quantize/group_quant.cpp): one
-// warp per quantization group (row r, inputs [c0, c0 + group)), each lane holding group/32
-// values (group = 32, 64 or 128). Min/max by warp shuffles; the fp16-rounded scale, zero and
+// The quantization ops of AWQ's searches on the GPU (backend.hpp).
+// group_fake_quantize (the math of src/quantize/group_quant.cpp): one warp per quantization group
+// (row r, inputs [c0, c0 + group)), each lane holding group/32 values (group = 32, 64 or 128).
+// Min/max by warp shuffles; the optional clamp to ±ratio·max|v|; the fp16-rounded scale, zero and
 // codes exactly as the CPU (IEEE division, round-half-even); a group with a non-finite value
 // writes NaN.
+// group_output_errors: one block per (group g, tile of 32 output rows); d = q − w of the tile in
+// shared memory (rows padded by one float: conflict-free reads across lanes), x in tiles of 32
+// rows; each thread owns one output row and 4 input rows per tile, squares its dot products and
+// the 8 warps' sums are added in a fixed order.
 #include <cmath>
 
 #include "engine/backend/cuda/kernel_util.cuh"
@@ -15,7 +20,8 @@ constexpr int kWarpsPerBlock = 8;
 
 template <typename Tin, typename Tout, int kPerLane>
 __global__ void group_fake_quantize_kernel(const Tin* w, const float* s, int64_t rows,
-                                           int64_t cols, int bits, bool zero_point, Tout* out) {
+                                           int64_t cols, int bits, bool zero_point,
+                                           float clip_ratio, Tout* out) {
   const int group = 32 * kPerLane;
   const int64_t groups_per_row = cols / group;
   const int64_t warp = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
@@ -37,6 +43,12 @@ __global__ void group_fake_quantize_kernel(const Tin* w, const float* s, int64_t
     hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
   }
   finite = __all_sync(0xffffffffu, finite);
+  if (clip_ratio != 1.0f) {  // clamp to ±ratio·max|v|: the clamped group's min/max follow
+    const float m = fmaxf(fabsf(lo), fabsf(hi)) * clip_ratio;
+    for (int i = 0; i < kPerLane; ++i) v[i] = fminf(fmaxf(v[i], -m), m);
+    lo = fmaxf(lo, -m);
+    hi = fminf(hi, m);
+  }
   float scale, zero = 0.0f, max_int = 0.0f, half = 0.0f;
   if (zero_point) {
     max_int = static_cast<float>((1 << bits) - 1);
@@ -59,10 +71,78 @@ __global__ void group_fake_quantize_kernel(const Tin* w, const float* s, int64_t
   }
 }
 
+constexpr int kErrRows = 32, kErrT = 32, kErrThreads = 256;
+
+template <int kGroup>
+__global__ void group_output_errors_kernel(const float* x, const float* q, const float* w,
+                                           int64_t n, int64_t in, int64_t out, float* err) {
+  __shared__ float d[kErrRows][kGroup + 1];
+  __shared__ float xs[kErrT][kGroup];
+  __shared__ float partial[kErrThreads / 32][kErrRows];
+  const int64_t g = blockIdx.x, o0 = static_cast<int64_t>(blockIdx.y) * kErrRows;
+  const int64_t c0 = g * kGroup;
+  for (int i = threadIdx.x; i < kErrRows * kGroup; i += kErrThreads) {
+    const int r = i / kGroup, c = i % kGroup;
+    const int64_t o = o0 + r;
+    d[r][c] = o < out ? q[o * in + c0 + c] - w[o * in + c0 + c] : 0.0f;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;  // lane: output row of the tile
+  float acc = 0.0f;
+  for (int64_t t0 = 0; t0 < n; t0 += kErrT) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < kErrT * kGroup; i += kErrThreads) {
+      const int r = i / kGroup, c = i % kGroup;
+      xs[r][c] = t0 + r < n ? x[(t0 + r) * in + c0 + c] : 0.0f;
+    }
+    __syncthreads();
+    for (int j = 0; j < kErrT / (kErrThreads / 32); ++j) {
+      const int t = warp + j * (kErrThreads / 32);
+      float dot = 0.0f;
+#pragma unroll 8
+      for (int c = 0; c < kGroup; ++c) dot = fmaf(xs[t][c], d[lane][c], dot);
+      acc = fmaf(dot, dot, acc);
+    }
+  }
+  partial[warp][lane] = acc;
+  __syncthreads();
+  if (warp == 0 && o0 + lane < out) {
+    float total = 0.0f;
+    for (int k = 0; k < kErrThreads / 32; ++k) total += partial[k][lane];
+    err[(o0 + lane) * (in / kGroup) + g] = total / static_cast<float>(n > 0 ? n : 1);
+  }
+}
+
 }  // namespace
 
-void CudaBackend::group_fake_quantize(const Tensor& w, const Tensor& s, int bits, int group_size,
-                                      bool zero_point, Tensor& out) {
+void CudaBackend::group_output_errors(const Tensor& x, const Tensor& q, const Tensor& w,
+                                      int group_size, Tensor& err) {
+  OpTimer timer(profiler_, stream_, "group_output_errors");
+  REFINERY_CHECK(x.ndim() == 2 && w.ndim() == 2 && w.size(1) % group_size == 0 &&
+                     (group_size == 32 || group_size == 64 || group_size == 128),
+                 "group_output_errors: x [n, in], w [out, in], group 32/64/128 dividing in; found ",
+                 x.describe(), ", ", w.describe(), ", group ", group_size);
+  const int64_t n = x.size(0), in = w.size(1), out = w.size(0), groups = in / group_size;
+  require_f32(x, {n, in}, "group_output_errors x");
+  require_f32(q, {out, in}, "group_output_errors q");
+  require_f32(w, {out, in}, "group_output_errors w");
+  require_f32(err, {out, groups}, "group_output_errors err");
+  if (out == 0 || groups == 0) return;
+  const dim3 grid(static_cast<unsigned>(groups), static_cast<unsigned>((out + kErrRows - 1) / kErrRows));
+  const float *px = x.data<float>(), *pq = q.data<float>(), *pw = w.data<float>();
+  float* pe = err.mutable_data<float>();
+  if (group_size == 32)
+    group_output_errors_kernel<32><<<grid, kErrThreads, 0, stream_>>>(px, pq, pw, n, in, out, pe);
+  else if (group_size == 64)
+    group_output_errors_kernel<64><<<grid, kErrThreads, 0, stream_>>>(px, pq, pw, n, in, out, pe);
+  else
+    group_output_errors_kernel<128><<<grid, kErrThreads, 0, stream_>>>(px, pq, pw, n, in, out, pe);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "group_output_errors");
+}
+
+void CudaBackend::group_fake_quantize(const Tensor& w, const Tensor& s, const FakeQuantSpec& q,
+                                      Tensor& out) {
+  const int bits = q.bits, group_size = q.group_size;
+  const bool zero_point = q.zero_point;
   OpTimer timer(profiler_, stream_, "group_fake_quantize");
   REFINERY_CHECK(w.ndim() == 2 && out.shape() == w.shape(),
                  "group_fake_quantize: w [out, in] and out of its shape, found ", w.describe(),
@@ -87,13 +167,13 @@ void CudaBackend::group_fake_quantize(const Tensor& w, const Tensor& s, int bits
       const auto* pw = static_cast<const Tin*>(wd.data());
       if (group_size == 32)
         group_fake_quantize_kernel<Tin, Tout, 1><<<blocks, 32 * kWarpsPerBlock, 0, stream_>>>(
-            pw, ps, rows, cols, bits, zero_point, po);
+            pw, ps, rows, cols, bits, zero_point, q.clip_ratio, po);
       else if (group_size == 64)
         group_fake_quantize_kernel<Tin, Tout, 2><<<blocks, 32 * kWarpsPerBlock, 0, stream_>>>(
-            pw, ps, rows, cols, bits, zero_point, po);
+            pw, ps, rows, cols, bits, zero_point, q.clip_ratio, po);
       else
         group_fake_quantize_kernel<Tin, Tout, 4><<<blocks, 32 * kWarpsPerBlock, 0, stream_>>>(
-            pw, ps, rows, cols, bits, zero_point, po);
+            pw, ps, rows, cols, bits, zero_point, q.clip_ratio, po);
     });
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "group_fake_quantize");

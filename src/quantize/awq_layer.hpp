@@ -2,6 +2,7 @@
 // Private to the AWQ pass (awq.cpp, awq_search.cpp, awq_clip.cpp): the state of one decoder layer
 // while it is quantized.
 
+#include <array>
 #include <map>
 #include <string>
 #include <vector>
@@ -35,6 +36,7 @@ struct LayerState {
   std::map<std::string, HostMatrix> work;
   std::map<std::string, HostMatrix> norms;
   model::KvCache cache;
+  SquaredDistance distance;
 
   LayerState(model::Transformer& m, const AwqOptions& o, int l, int64_t max_rows);
   // The group's input for chunk c ([rows, in], backend device): a recorded tap, or for a routed
@@ -53,8 +55,17 @@ struct LayerState {
   std::map<std::string, Tensor> device_;  // the checkpoint weights on the device (activation dtype)
 };
 
-// Σ (a - b)² over all elements, on the backend (a, b: same shape and dtype).
-double squared_distance(backend::Backend& be, const Tensor& a, const Tensor& b);
+// Σ (a - b)² over all elements, on the backend (a, b: same shape and dtype, a.size(0) rows).
+class SquaredDistance {
+ public:
+  explicit SquaredDistance(backend::Backend& be) : be_(be) {}
+  double operator()(const Tensor& a, const Tensor& b);
+
+ private:
+  backend::Backend& be_;
+  // Per row count: the identity row map and the weights +1 / −1 (uploaded once).
+  std::map<int64_t, std::array<Tensor, 3>> constants_;
+};
 
 // Step 2 of awq.hpp for one group: the chosen s (empty: no scaling) and its report.
 std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupReport& report);

@@ -35,7 +35,7 @@ Tensor ones_f32(backend::Backend& be, int64_t n, float value) {
 }  // namespace
 
 LayerState::LayerState(model::Transformer& m, const AwqOptions& o, int l, int64_t max_rows)
-    : model(m), options(o), layer(l), cache(m.make_cache(max_rows)) {
+    : model(m), options(o), layer(l), cache(m.make_cache(max_rows)), distance(m.backend()) {
   model::LayerWeights& lw = m.mutable_weights().layers.at(static_cast<std::size_t>(l));
   auto add = [&](backend::LinearWeight& w) {
     if (w.defined()) linears[w.name] = &w;
@@ -135,18 +135,26 @@ std::vector<Tensor> LayerState::inspect(const ScaleGroup& g, std::size_t c) {
   return {};
 }
 
-double squared_distance(backend::Backend& be, const Tensor& a, const Tensor& b) {
+double SquaredDistance::operator()(const Tensor& a, const Tensor& b) {
   // d = a − b with the ops every backend has: d = 0; d += 1·a; d += (−1)·b (row scatter-adds
   // over the identity row map), then Σ d².
   const int64_t rows = a.size(0);
-  std::vector<int32_t> ids(static_cast<std::size_t>(rows));
-  std::iota(ids.begin(), ids.end(), 0);
-  const Tensor idx = be.upload(Tensor::copy_of(DType::kI32, {rows}, ids.data()));
-  Tensor d = be.empty(a.dtype(), a.shape());
-  be.fill_zero(d);
-  be.scatter_add_rows(a, idx, ones_f32(be, rows, 1.0f), d);
-  be.scatter_add_rows(b, idx, ones_f32(be, rows, -1.0f), d);
-  return be.sum_squares(d);
+  auto it = constants_.find(rows);
+  if (it == constants_.end()) {
+    std::vector<int32_t> ids(static_cast<std::size_t>(rows));
+    std::iota(ids.begin(), ids.end(), 0);
+    it = constants_
+             .emplace(rows, std::array<Tensor, 3>{
+                                be_.upload(Tensor::copy_of(DType::kI32, {rows}, ids.data())),
+                                ones_f32(be_, rows, 1.0f), ones_f32(be_, rows, -1.0f)})
+             .first;
+  }
+  const auto& [idx, plus, minus] = it->second;
+  Tensor d = be_.empty(a.dtype(), a.shape());
+  be_.fill_zero(d);
+  be_.scatter_add_rows(a, idx, plus, d);
+  be_.scatter_add_rows(b, idx, minus, d);
+  return be_.sum_squares(d);
 }
 
 void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>& s, bool divide) {
@@ -227,7 +235,7 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
     for (std::size_t c = 0; c < st.x.size(); ++c) {
       const std::vector<Tensor> out = st.inspect(g, c);
       for (std::size_t i = 0; i < out.size(); ++i)
-        total += squared_distance(be, out[i], reference[c][i]);
+        total += st.distance(out[i], reference[c][i]);
     }
     for (const auto& p : g.linears) st.restore_linear(p);
     return total / std::max(elements, 1.0);

@@ -20,6 +20,18 @@ struct HostMatrix {
   std::vector<float> values;
 };
 
+// Σ (a - b)² over all elements, on the backend (a, b: same shape and dtype, a.size(0) rows).
+class SquaredDistance {
+ public:
+  explicit SquaredDistance(backend::Backend& be) : be_(be) {}
+  double operator()(const Tensor& a, const Tensor& b);
+
+ private:
+  backend::Backend& be_;
+  // Per row count: the identity row map and the weights +1 / −1 (uploaded once).
+  std::map<int64_t, std::array<Tensor, 3>> constants_;
+};
+
 struct LayerState {
   model::Transformer& model;
   const AwqOptions& options;
@@ -55,17 +67,6 @@ struct LayerState {
   std::map<std::string, Tensor> device_;  // the checkpoint weights on the device (activation dtype)
 };
 
-// Σ (a - b)² over all elements, on the backend (a, b: same shape and dtype, a.size(0) rows).
-class SquaredDistance {
- public:
-  explicit SquaredDistance(backend::Backend& be) : be_(be) {}
-  double operator()(const Tensor& a, const Tensor& b);
-
- private:
-  backend::Backend& be_;
-  // Per row count: the identity row map and the weights +1 / −1 (uploaded once).
-  std::map<int64_t, std::array<Tensor, 3>> constants_;
-};
 
 // Step 2 of awq.hpp for one group: the chosen s (empty: no scaling) and its report.
 std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupReport& report);

@@ -192,18 +192,22 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
         for (const auto& x : xs) total += x.size(0);
         const int64_t step = std::max<int64_t>(1, total / std::max<int64_t>(1, options.clip_rows));
         const int64_t in = st.work.at(p).cols;
+        // Every step-th calibration row, gathered on the device so only the sample comes back.
         std::vector<float> sample;
         int64_t n = 0, row = 0;
         for (std::size_t c = 0; c < xs.size(); ++c) {
           const Tensor in_c = git != group_of.end() ? st.group_input(*git->second, c)
                                                     : st.inputs[c].at(input_tap_of(p));
-          const Tensor host = be.download(in_c).to_f32();
-          const float* px = host.data<float>();
-          for (int64_t r = 0; r < host.size(0); ++r, ++row)
-            if (row % step == 0) {
-              sample.insert(sample.end(), px + r * in, px + (r + 1) * in);
-              ++n;
-            }
+          std::vector<int32_t> picked;
+          for (int64_t r = 0; r < in_c.size(0); ++r, ++row)
+            if (row % step == 0) picked.push_back(static_cast<int32_t>(r));
+          if (picked.empty()) continue;
+          const auto k = static_cast<int64_t>(picked.size());
+          Tensor rows_c = be.empty(in_c.dtype(), {k, in});
+          be.gather_rows(in_c, be.upload(Tensor::copy_of(DType::kI32, {k}, picked.data())), rows_c);
+          const Tensor host = be.download(rows_c);
+          for (int64_t i = 0; i < k * in; ++i) sample.push_back(element_f32(host, i));
+          n += k;
         }
         if (const auto it = input_scale.find(p); it != input_scale.end())
           scale_columns(sample, n, *it->second, true);

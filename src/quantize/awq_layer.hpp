@@ -77,6 +77,9 @@ void search_clip(LayerState& st, const std::string& prefix, const std::vector<fl
 // w [rows, s.size()] := w · diag(s), or w · diag(s)^-1 with `divide` (in parallel over rows).
 void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>& s, bool divide);
 
+// Element i of a host f32 or bf16 tensor as f32 (activations downloaded from the backend).
+float element_f32(const Tensor& t, int64_t i);
+
 // The group size linear `prefix` is quantized with (0: stays dense).
 int group_size_of(const LayerState& st, const std::string& prefix);
 

@@ -169,6 +169,17 @@ void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>
   }
 }
 
+float element_f32(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::kF32:
+      return t.data<float>()[i];
+    case DType::kBF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(t.data())[i]);
+    default:
+      throw_internal_error("AWQ: activations must be f32 or bf16, found ", t.describe());
+  }
+}
+
 int group_size_of(const LayerState& st, const std::string& prefix) {
   const HostMatrix& w = st.work.at(prefix);
   return usable_group_size(w.cols, w.rows, st.options.spec);
@@ -184,20 +195,25 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
       return {};
     }
 
-  // x_mean: mean |x| per input channel over all calibration rows.
+  // x_mean: mean |x| per input channel over all calibration rows (sums per block of rows in
+  // parallel, added in block order: the result does not depend on the thread count).
   std::vector<double> x_sum(static_cast<std::size_t>(in), 0.0);
   int64_t rows = 0;
   for (std::size_t c = 0; c < st.x.size(); ++c) {
-    const Tensor x = be.download(st.group_input(g, c)).to_f32();
-    const float* px = x.data<float>();
+    const Tensor x = be.download(st.group_input(g, c));
     const int64_t n = x.size(0);
+    constexpr int64_t kBlock = 256;
+    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    std::vector<double> partial(static_cast<std::size_t>(blocks * in), 0.0);
 #pragma omp parallel for schedule(static)
-    for (int64_t j = 0; j < in; ++j) {
-      double sum = 0.0;
-      for (int64_t r = 0; r < n; ++r) sum += std::fabs(px[r * in + j]);
-      x_sum[j] += sum;
+    for (int64_t b = 0; b < blocks; ++b) {
+      double* acc = partial.data() + b * in;
+      for (int64_t r = b * kBlock; r < std::min(n, (b + 1) * kBlock); ++r)
+        for (int64_t j = 0; j < in; ++j) acc[j] += std::fabs(element_f32(x, r * in + j));
     }
-    rows += x.size(0);
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t j = 0; j < in; ++j) x_sum[j] += partial[b * in + j];
+    rows += n;
   }
   std::vector<double> x_mean(static_cast<std::size_t>(in));
   for (int64_t j = 0; j < in; ++j) x_mean[j] = x_sum[j] / static_cast<double>(std::max<int64_t>(rows, 1));

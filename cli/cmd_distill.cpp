@@ -10,6 +10,7 @@
 
 #include "cli/cli_util.hpp"
 #include "cli/commands.hpp"
+#include "engine/io/model_directory.hpp"
 #include "distill/trainer.hpp"
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/core/log.hpp"
@@ -51,13 +52,6 @@ backend::Divergence parse_divergence(const std::string& name) {
   throw_user_error("--loss ", name, ": expected forward_kl, reverse_kl, jsd or skew_kl");
 }
 
-nlohmann::json read_json_file(const fs::path& path) {
-  try {
-    return nlohmann::json::parse(read_whole_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    throw_user_error(path.string(), " is not valid JSON (", e.what(), ")");
-  }
-}
 
 void run_distill(const DistillCliOptions& o) {
   if (o.student.empty() == o.student_config.empty())
@@ -81,7 +75,7 @@ void run_distill(const DistillCliOptions& o) {
   if (!fs::exists(config_path))
     throw_user_error(config_path.string(), " does not exist; --student needs a model directory "
                      "with config.json, --student-config a config.json file");
-  const nlohmann::json config_json = read_json_file(config_path);
+  const nlohmann::json config_json = io::read_json_file(config_path);
   const model::ModelConfig config = model::parse_model_config(config_json, config_path.string());
 
   std::shared_ptr<backend::Backend> be = o.device == "cuda" ? backend::make_cuda_backend(0)

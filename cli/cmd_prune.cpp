@@ -9,6 +9,7 @@
 
 #include "cli/cli_util.hpp"
 #include "cli/commands.hpp"
+#include "engine/io/model_directory.hpp"
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/core/log.hpp"
 #include "engine/core/progress.hpp"
@@ -40,13 +41,6 @@ struct PruneCliOptions {
   bool experts_given = false, layers_given = false, ffn_given = false;
 };
 
-nlohmann::json read_json_file(const fs::path& path) {
-  try {
-    return nlohmann::json::parse(read_whole_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    throw_user_error(path.string(), " is not valid JSON (", e.what(), ")");
-  }
-}
 
 prune::ImportanceReport calibrate(const PruneCliOptions& o, const model::ModelConfig& config) {
   if (o.calib.empty())
@@ -107,13 +101,13 @@ void run_prune(const PruneCliOptions& o) {
 
   std::optional<prune::PrunePlan> plan;
   if (!o.plan.empty()) {
-    plan = prune::plan_from_json(read_json_file(o.plan), o.plan);
+    plan = prune::plan_from_json(io::read_json_file(o.plan), o.plan);
     prune::validate_plan(config, *plan);
   }
   std::optional<prune::ImportanceReport> report;
   const bool need_scores = !o.report.empty() || (!o.out.empty() && !plan && po.needs_scores());
   if (!o.scores.empty()) {
-    report = prune::report_from_json(read_json_file(o.scores), o.scores);
+    report = prune::report_from_json(io::read_json_file(o.scores), o.scores);
   } else if (need_scores) {
     report = calibrate(o, config);
   }

@@ -1,6 +1,8 @@
 // Writing the pruned model directory (apply.hpp).
 #include "prune/apply.hpp"
 
+#include "engine/io/model_directory.hpp"
+
 #include <unistd.h>
 
 #include <fstream>
@@ -20,19 +22,6 @@ namespace refinery::prune {
 namespace fs = std::filesystem;
 
 namespace {
-
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw_user_error(path.string(), " cannot be read; is ", path.parent_path().string(),
-                            " a Hugging Face model directory?");
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw_user_error(path.string(), " is not valid JSON (", e.what(), ")");
-  }
-}
 
 // The directory a path names, absolute, without a trailing separator.
 fs::path normalized(const fs::path& p) {
@@ -79,23 +68,14 @@ class TempDir {
 }  // namespace
 
 void check_output_directory(const fs::path& out, const fs::path& model_dir, bool force) {
-  if (out.empty()) throw_user_error("--out is empty; give the directory to write the pruned model to");
-  const fs::path target = normalized(out);
-  if (fs::exists(target) && !fs::is_directory(target))
-    throw_user_error("--out ", out.string(), " is a file, not a directory; give a directory "
-                     "(it is created if missing)");
-  if (fs::exists(model_dir) && fs::exists(target) && fs::equivalent(target, model_dir))
-    throw_user_error("--out ", out.string(), " is the input model; write the pruned model elsewhere");
-  if (fs::is_directory(target) && !fs::is_empty(target) && !force)
-    throw_user_error("--out ", out.string(), " exists and is not empty; choose another directory or "
-                     "pass --force to replace it");
+  io::check_output_model_directory(model_dir, out, force, "pruned");
 }
 
 ApplyResult apply_plan(const fs::path& model_dir, const PrunePlan& plan, const fs::path& out,
                        const ApplyOptions& options) {
   check_output_directory(out, model_dir, options.force);
   const fs::path config_path = model_dir / "config.json";
-  const nlohmann::json parent_json = read_json(config_path);
+  const nlohmann::json parent_json = io::read_json_file(config_path);
   const model::ModelConfig config = model::parse_model_config(parent_json, config_path.string());
   validate_plan(config, plan);
   const io::Checkpoint checkpoint = io::Checkpoint::open(model_dir);
@@ -154,7 +134,7 @@ ApplyResult apply_plan(const fs::path& model_dir, const PrunePlan& plan, const f
   provenance["parameters_after"] = result.parameters_after;
   provenance["plan"] = plan_to_json(plan);
   if (fs::exists(model_dir / "refinery.json"))
-    provenance["parent_provenance"] = read_json(model_dir / "refinery.json");
+    provenance["parent_provenance"] = io::read_json_file(model_dir / "refinery.json");
   io::write_file_atomically(temp.path() / "refinery.json", provenance.dump(2) + "\n");
 
   // The swap: `out` was checked to be absent, empty, or replaceable (--force).

@@ -2,6 +2,8 @@
 // from the source's mapping (or from the packed/replaced host tensors) by write_checkpoint.
 #include "quantize/quantized_model_writer.hpp"
 
+#include "engine/io/model_directory.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -76,26 +78,6 @@ class TempDirGuard {
   fs::path path_;
 };
 
-nlohmann::json read_config(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw_user_error(file.string(), " cannot be read; a model directory needs its config.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::exception& e) {
-    throw_user_error(file.string(), " is not valid JSON (", e.what(), ")");
-  }
-}
-
-bool is_within(const fs::path& inner, const fs::path& outer) {
-  const fs::path a = fs::weakly_canonical(inner), b = fs::weakly_canonical(outer);
-  auto ai = a.begin();
-  for (auto bi = b.begin(); bi != b.end(); ++bi, ++ai)
-    if (ai == a.end() || *ai != *bi) return *bi == "" && ai == a.end();
-  return true;
-}
-
 nlohmann::json quantization_config(const GroupQuantSpec& spec, const std::vector<std::string>& skip) {
   return {{"quant_method", "awq"},      {"bits", spec.bits},     {"group_size", spec.group_size},
           {"zero_point", spec.zero_point}, {"version", "gemm"}, {"modules_to_not_convert", skip}};
@@ -104,15 +86,7 @@ nlohmann::json quantization_config(const GroupQuantSpec& spec, const std::vector
 }  // namespace
 
 void check_output_directory(const fs::path& source, const fs::path& out_dir, bool force) {
-  if (out_dir.empty()) throw_user_error("--out is empty; give the directory to write the model to");
-  if (fs::exists(out_dir) && !fs::is_directory(out_dir))
-    throw_user_error(out_dir.string(), " exists and is not a directory; choose another --out");
-  if (is_within(out_dir, source) || is_within(source, out_dir))
-    throw_user_error("--out ", out_dir.string(), " overlaps the input model ", source.string(),
-                     "; write the quantized model to a separate directory");
-  if (fs::is_directory(out_dir) && !fs::is_empty(out_dir) && !force)
-    throw_user_error(out_dir.string(), " exists and is not empty; choose another --out or pass "
-                     "--force to replace it (it is replaced only once the new model is complete)");
+  io::check_output_model_directory(source, out_dir, force, "quantized");
 }
 
 void write_quantized_model(const fs::path& source, const fs::path& out_dir,
@@ -120,7 +94,7 @@ void write_quantized_model(const fs::path& source, const fs::path& out_dir,
                            const nlohmann::json& provenance) {
   validate_spec(spec);
   const io::Checkpoint ckpt = io::Checkpoint::open(source);
-  nlohmann::json config = read_config(source / "config.json");
+  nlohmann::json config = io::read_json_file(source / "config.json");
 
   for (const auto& [prefix, w] : parts.quantized) {
     backend::validate_awq(w, prefix);

@@ -80,6 +80,31 @@ TEST(QuantizeCli, RtnWritesAnAutoAwqDirectory) {
   EXPECT_EQ(run.exit_code, 0) << run.err;
 }
 
+TEST(QuantizeCli, AwqWritesAModelThatEvalReads) {
+  test::ScratchDir dir;
+  const fs::path out = dir.path() / "awq";
+  const std::string calib = kSource + "/data/sample/valid-sample.jsonl";
+  const auto r = run_refine("quantize " + kDemo + " --out " + out.string() + " --method awq --bits 4 "
+                            "--group-size 32 --calib " + calib + " --calib-tokens 256 --seq-len 64 "
+                            "--threads 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto summary = nlohmann::json::parse(r.out);
+  EXPECT_GT(summary["quantized_linears"].get<int>(), 0);
+  const auto prov = read_json(out / "refinery.json");
+  EXPECT_EQ(prov["options"]["method"], "awq");
+  ASSERT_TRUE(prov.contains("awq")) << prov.dump();
+  EXPECT_FALSE(prov["awq"]["groups"].empty());
+  for (const auto& g : prov["awq"]["groups"])
+    EXPECT_LE(g["loss_awq"].get<double>(), g["loss_rtn"].get<double>()) << g.dump();
+  std::string text;
+  for (int i = 0; i < 20; ++i) text += "def f(x):\n    return x * " + std::to_string(i) + "\n";
+  const std::string held_out = dir.write("held_out.txt", text);
+  const auto e = run_refine("eval " + out.string() + " --ref " + kDemo + " --data " + held_out +
+                            " --seq-len 64 --json");
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  EXPECT_GT(nlohmann::json::parse(e.out)["kl_mean"].get<double>(), 0.0);
+}
+
 TEST(QuantizeCli, BadInputsAreOneSentenceUserErrors) {
   test::ScratchDir dir;
   const std::string out = " --out " + dir.file("o");
@@ -88,8 +113,10 @@ TEST(QuantizeCli, BadInputsAreOneSentenceUserErrors) {
   expect_one_sentence_error(run_refine("quantize " + kDemo + out + " --bits 5"), "--bits 5");
   expect_one_sentence_error(run_refine("quantize " + kDemo + out + " --group-size 48"), "--group-size 48");
   expect_one_sentence_error(run_refine("quantize " + kDemo + out + " --method gptq"), "--method gptq");
-  expect_one_sentence_error(run_refine("quantize " + kDemo + out + " --method awq --calib x.txt"),
-                            "--method awq is not available");
+  expect_one_sentence_error(run_refine("quantize " + kDemo + out + " --method awq"), "--calib");
+  expect_one_sentence_error(
+      run_refine("quantize " + kDemo + out + " --method awq --calib " + dir.file("no-such.txt")),
+      "no-such.txt");
   expect_one_sentence_error(
       run_refine("quantize " + kSource + "/tests/fixtures/models/deepseek_v3_fp8" + out),
       "already quantized");

@@ -9,6 +9,8 @@
 
 #include "engine/io/safetensors_file.hpp"
 
+#include "tests/engine/model/model_test_util.hpp"
+
 namespace refinery::prune::test {
 
 inline std::filesystem::path source_dir() { return std::filesystem::path(REFINERY_SOURCE_DIR); }
@@ -27,23 +29,7 @@ inline std::vector<int32_t> random_tokens(int64_t n, int vocab, uint32_t seed) {
   return t;
 }
 
-// reference_logits.safetensors of a fixture: ids (int64 on disk) and f32 tensors.
-struct ReferenceFile {
-  io::SafetensorsFile file;
-  explicit ReferenceFile(const std::filesystem::path& path) : file(io::SafetensorsFile::open(path)) {}
-  bool has(const std::string& t) const { return file.find(t) != nullptr; }
-  std::vector<float> floats(const std::string& t) const {
-    const auto* e = file.find(t);
-    std::vector<float> v(static_cast<std::size_t>(e->num_elements()));
-    convert_to_f32(e->dtype, file.bytes(*e).data(), v.data(), v.size());
-    return v;
-  }
-  std::vector<int32_t> ids(const std::string& t) const {
-    const auto* e = file.find(t);
-    std::vector<int64_t> v(static_cast<std::size_t>(e->num_elements()));
-    std::memcpy(v.data(), file.bytes(*e).data(), v.size() * sizeof(int64_t));
-    return std::vector<int32_t>(v.begin(), v.end());
-  }
-};
+// reference_logits.safetensors by path: ids (int64 on disk) and f32 tensors.
+using ReferenceFile = model::test::Reference;
 
 }  // namespace refinery::prune::test

@@ -138,25 +138,26 @@ Tensor Transformer::run_layers(Step& s, std::span<const int32_t> tokens) {
   return h;
 }
 
-namespace {
-void check_calibration_call(const ModelConfig& config, int layer, const Tensor& x,
-                            int64_t sequences, const KvCache* cache) {
-  REFINERY_CHECK(layer >= 0 && layer < config.num_layers, "layer ", layer, " of ",
-                 config.num_layers);
-  REFINERY_CHECK(x.ndim() == 2 && x.size(1) == config.hidden_size && sequences > 0 &&
-                     x.size(0) % sequences == 0,
-                 "calibration rows ", x.describe(), " are not ", sequences,
+Transformer::Step Transformer::calibration_step(int layer, const Tensor& rows, int64_t sequences,
+                                                KvCache* cache, TapObserver* taps) {
+  REFINERY_CHECK(layer >= 0 && layer < config_.num_layers, "layer ", layer, " of ",
+                 config_.num_layers);
+  REFINERY_CHECK(rows.ndim() == 2 && rows.size(1) == config_.hidden_size && sequences > 0 &&
+                     rows.size(0) % sequences == 0,
+                 "calibration rows ", rows.describe(), " are not ", sequences,
                  " sequences of one length");
   REFINERY_CHECK(cache == nullptr || cache->length() == 0, "calibration needs an empty cache");
+  Step s{cache, 0, rows.size(0), taps, sequences};
+  if (cache != nullptr) {
+    prepare_positions(s);
+    cache->reserve_more(s.tokens);
+  }
+  return s;
 }
-}  // namespace
 
 Tensor Transformer::layer_forward(int layer, const Tensor& x, int64_t sequences, KvCache& cache,
                                   TapObserver* taps) {
-  check_calibration_call(config_, layer, x, sequences, &cache);
-  Step s{&cache, 0, x.size(0), taps, sequences};
-  prepare_positions(s);
-  cache.reserve_more(s.tokens);
+  Step s = calibration_step(layer, x, sequences, &cache, taps);
   Tensor out = backend_->empty(DType::kF32, x.shape());
   out.copy_from(x);
   Tensor h = backend_->empty(backend_->activation_dtype(), x.shape());
@@ -166,17 +167,13 @@ Tensor Transformer::layer_forward(int layer, const Tensor& x, int64_t sequences,
 
 Tensor Transformer::attention_block(int layer, const Tensor& h, int64_t sequences, KvCache& cache,
                                     TapObserver* taps) {
-  check_calibration_call(config_, layer, h, sequences, &cache);
-  Step s{&cache, 0, h.size(0), taps, sequences};
-  prepare_positions(s);
-  cache.reserve_more(s.tokens);
+  Step s = calibration_step(layer, h, sequences, &cache, taps);
   return config_.attention.kind == AttentionKind::kMla ? attention_mla(s, layer, h)
                                                        : attention_gqa(s, layer, h);
 }
 
 Tensor Transformer::mlp_block(int layer, const Tensor& h, TapObserver* taps) {
-  check_calibration_call(config_, layer, h, 1, nullptr);
-  Step s{nullptr, 0, h.size(0), taps};
+  Step s = calibration_step(layer, h, 1, nullptr, taps);
   const LayerWeights& lw = weights_.layers[static_cast<std::size_t>(layer)];
   return lw.moe ? moe(s, layer, h) : mlp(s, *lw.mlp, h);
 }

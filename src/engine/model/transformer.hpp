@@ -88,6 +88,10 @@ class Transformer {
   // Layer `l` on the residual x (in place); h: scratch for the normed block inputs.
   void run_layer(Step& s, int l, Tensor& x, Tensor& h);
   void prepare_positions(const Step& s);  // RoPE table and the sliding-window warning
+  // The step of a calibration call on `rows` [T, hidden] (checked), its positions prepared and
+  // `cache` (when given) reserved.
+  Step calibration_step(int layer, const Tensor& rows, int64_t sequences, KvCache* cache,
+                        TapObserver* taps);
   void ensure_rope(int64_t positions);
   void tap(Step& s, const std::string& name, const Tensor& value);
 

@@ -37,8 +37,11 @@ inline std::unique_ptr<Transformer> load_fixture(const std::string& name) {
 // A reference tensor of reference_logits.safetensors as f32 values (ids as int32).
 struct Reference {
   io::SafetensorsFile file;
+  // The reference of fixture `name`, or any reference_logits.safetensors by path.
   explicit Reference(const std::string& name)
       : file(io::SafetensorsFile::open(fixtures_dir() / name / "reference_logits.safetensors")) {}
+  explicit Reference(const char* name) : Reference(std::string(name)) {}
+  explicit Reference(const std::filesystem::path& path) : file(io::SafetensorsFile::open(path)) {}
   bool has(const std::string& t) const { return file.find(t) != nullptr; }
   std::vector<int64_t> shape(const std::string& t) const { return file.find(t)->shape; }
   std::vector<float> floats(const std::string& t) const {

@@ -16,5 +16,10 @@ void register_eval(CLI::App& app);
 void register_distill(CLI::App& app);
 void register_prune(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_bench(CLI::App& app);
+void register_recipe(CLI::App& app);
+
+// Every verb above, in the order `refine --help` lists them.
+void register_all_verbs(CLI::App& app);
 
 }  // namespace refinery::cli

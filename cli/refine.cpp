@@ -23,15 +23,7 @@ int main(int argc, char** argv) {
     if (quiet) refinery::log::set_level(refinery::log::Level::kWarn);
   });
 
-  refinery::cli::register_inspect(app);
-  refinery::cli::register_tokenize(app);
-  refinery::cli::register_data(app);
-  refinery::cli::register_run(app);
-  refinery::cli::register_logits(app);
-  refinery::cli::register_eval(app);
-  refinery::cli::register_distill(app);
-  refinery::cli::register_prune(app);
-  refinery::cli::register_quantize(app);
+  refinery::cli::register_all_verbs(app);
 
   try {
     app.parse(argc, argv);

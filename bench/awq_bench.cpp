@@ -118,7 +118,7 @@ int main(int argc, char** argv) {
   try {
     const std::string mode = argc > 1 ? argv[1] : "all";
     if (mode != "all" && mode != "gemv" && mode != "prefill")
-      throw_user_error("awq_bench: unknown mode '", mode, "'; use gemv, prefill or all (default)");
+      throw_user_error("unknown mode '", mode, "'; use gemv, prefill or all (default)");
     if (cuda::list_devices().empty()) throw_user_error(cuda::no_device_reason());
     auto be = backend::make_cuda_backend(0);
     std::printf("device %s\n", cuda::list_devices()[0].name.c_str());

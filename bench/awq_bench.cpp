@@ -1,8 +1,10 @@
 // awq_bench
 // The AWQ W4 (group 128) kernels of the CUDA backend against bf16 on a 7-8B model's projection
-// shapes (issue 6), bf16 activations. One line per case:
-//   gemv       decode, x [1, in]: the raw GEMV launcher (awq_gemv_bf16, workspace allocated
-//              once) and Backend::linear (what the engine runs: + argument checks, scratch
+// shapes (issue 6), bf16 activations. `awq_bench [gemv|prefill|all]` (default all; prefill also
+// runs dequant). One line per case:
+//   gemv       decode, x [rows, in] for rows 1 and 4 on the 5 decode shapes (gate or up alone,
+//              qkv, o, gate|up fused, down): the raw GEMV launcher (awq_gemv_bf16) and
+//              Backend::linear (what the engine runs: + argument checks, scratch
 //              allocation, launch overheads), against Backend::linear on the bf16 weight
 //              (cuBLASLt). GB/s counts the weight bytes read (W4: qweight + qzeros + scales; bf16:
 //              2 bytes per weight) plus x and y.
@@ -21,6 +23,7 @@
 #include <functional>
 #include <iostream>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "engine/backend/cuda/awq_linear.hpp"
@@ -111,23 +114,31 @@ int copies_for(double bytes) { return std::max(2, static_cast<int>(kL2Bytes / by
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   try {
+    const std::string mode = argc > 1 ? argv[1] : "all";
+    if (mode != "all" && mode != "gemv" && mode != "prefill")
+      throw_user_error("unknown mode '", mode, "'; use gemv, prefill or all (default)");
     if (cuda::list_devices().empty()) throw_user_error(cuda::no_device_reason());
     auto be = backend::make_cuda_backend(0);
     std::printf("device %s\n", cuda::list_devices()[0].name.c_str());
     Tensor probe = be->empty(DType::kBF16, {1});
     auto sync = [&] { be->download(probe); };
 
+    // A 7-8B Llama's decode projections: qkv, o, gate|up (fused), down, and gate or up alone.
     struct Shape {
       int64_t in, out;
+      const char* name;
     };
-    for (const Shape s : {Shape{4096, 14336}, Shape{4096, 4096}, Shape{14336, 4096}}) {
+    const Shape shapes[] = {{4096, 14336, "gate"},
+                            {4096, 6144, "qkv"},
+                            {4096, 4096, "o"},
+                            {4096, 28672, "gate|up"},
+                            {14336, 4096, "down"}};
+    for (const Shape s : shapes) {
+      if (mode == "prefill") break;
       const int64_t in = s.in, out = s.out;
-      const double act_bytes = 2.0 * (in + out);
-      const Tensor x = random_bf16({1, in}, 1, 1.0f);
-      Tensor y = be->empty(DType::kBF16, {1, out});
-      // W4: raw launcher, then Backend::linear.
+      // W4 weights (enough copies to defeat the L2), shared by both row counts.
       const double wb4 = w4_bytes(out, in);
       const int n4 = copies_for(wb4);
       std::vector<backend::AwqWeight> w4;
@@ -137,17 +148,6 @@ int main() {
         l4[i].storage = w4.back();
         l4[i].name = "bench.awq";
       }
-      const AwqDeviceMatrix m0 = device_matrix(w4[0]);
-      const int64_t ws = backend::cuda::awq_gemv_workspace_floats(m0, 1);
-      Tensor work = be->empty(DType::kF32, {std::max<int64_t>(ws, 1)});
-      const double raw = seconds_per_call(
-          [&](int i) {
-            backend::cuda::awq_gemv_bf16(device_matrix(w4[i % n4]), x.data(), 1, y.mutable_data(),
-                                         false, work.mutable_data<float>(), ws, nullptr);
-          },
-          sync, 400);
-      const double lin4 = seconds_per_call([&](int i) { be->linear(x, l4[i % n4], y); }, sync, 400);
-      // bf16 dense.
       const double wb16 = 2.0 * in * out;
       const int n16 = copies_for(wb16);
       std::vector<backend::LinearWeight> l16(static_cast<std::size_t>(n16));
@@ -155,19 +155,37 @@ int main() {
         l16[i].storage = backend::DenseWeight{random_bf16({out, in}, 200 + i, 0.02f)};
         l16[i].name = "bench.bf16";
       }
-      const double lin16 =
-          seconds_per_call([&](int i) { be->linear(x, l16[i % n16], y); }, sync, 200);
-      std::printf(
-          "gemv in=%lld out=%lld rows=1: w4_raw %.2f us (%.0f GB/s), w4_linear %.2f us (%.0f "
-          "GB/s), bf16_linear %.2f us (%.0f GB/s), bf16/w4_raw %.2fx, split-K workspace %lld "
-          "floats\n",
-          static_cast<long long>(in), static_cast<long long>(out), raw * 1e6,
-          (wb4 + act_bytes) / raw / 1e9, lin4 * 1e6, (wb4 + act_bytes) / lin4 / 1e9, lin16 * 1e6,
-          (wb16 + act_bytes) / lin16 / 1e9, lin16 / raw, static_cast<long long>(ws));
-      std::fflush(stdout);
+      for (const int64_t rows : {int64_t{1}, int64_t{4}}) {
+        const double act_bytes = 2.0 * rows * (in + out);
+        const Tensor x = random_bf16({rows, in}, 1, 1.0f);
+        Tensor y = be->empty(DType::kBF16, {rows, out});
+        // W4: raw launcher, then Backend::linear.
+        const AwqDeviceMatrix m0 = device_matrix(w4[0]);
+        const int64_t ws = backend::cuda::awq_gemv_workspace_floats(m0, rows);
+        Tensor work = be->empty(DType::kF32, {std::max<int64_t>(ws, 1)});
+        const double raw = seconds_per_call(
+            [&](int i) {
+              backend::cuda::awq_gemv_bf16(device_matrix(w4[i % n4]), x.data(), rows,
+                                           y.mutable_data(), false, work.mutable_data<float>(), ws,
+                                           nullptr);
+            },
+            sync, 400);
+        const double lin4 =
+            seconds_per_call([&](int i) { be->linear(x, l4[i % n4], y); }, sync, 400);
+        const double lin16 =
+            seconds_per_call([&](int i) { be->linear(x, l16[i % n16], y); }, sync, 200);
+        std::printf(
+            "gemv %-7s in=%lld out=%lld rows=%lld: w4_raw %.2f us (%.0f GB/s), w4_linear %.2f us "
+            "(%.0f GB/s), bf16_linear %.2f us (%.0f GB/s), bf16/w4_raw %.2fx\n",
+            s.name, static_cast<long long>(in), static_cast<long long>(out),
+            static_cast<long long>(rows), raw * 1e6, (wb4 + act_bytes) / raw / 1e9, lin4 * 1e6,
+            (wb4 + act_bytes) / lin4 / 1e9, lin16 * 1e6, (wb16 + act_bytes) / lin16 / 1e9,
+            lin16 / raw);
+        std::fflush(stdout);
+      }
     }
 
-    {  // prefill, 2048 tokens, 4096 -> 14336
+    if (mode != "gemv") {  // dequant and prefill, 2048 tokens, 4096 -> 14336
       const int64_t t = 2048, in = 4096, out = 14336;
       const Tensor x = random_bf16({t, in}, 3, 1.0f);
       Tensor y = be->empty(DType::kBF16, {t, out});

@@ -1,29 +1,45 @@
 // AutoAWQ (W4/W3/W8, group-quantized) linear layers on the GPU; see awq_linear.hpp for the format.
 //
-// GEMV (decode, rows 1..8), bandwidth-bound: every qweight int32 is read exactly once.
-//   grid (ceil(words / 32), splits), block 4 warps. Lane l of every warp of block (bx, by) owns
-//   qweight column word = 32·bx + l, i.e. output columns [word·pack, word·pack + pack); the 32
-//   lanes of a warp read 32 consecutive int32 of one input row c (one 128-byte line, coalesced).
-//   K is cut into tasks of `rt` consecutive input rows inside one group (rt divides the group
-//   size, at most 64 when it can halve); split `by` owns tasks [by·tps, (by+1)·tps), which its 4
-//   warps take round-robin; tps is the smallest multiple of 4 that fits the whole grid in one
-//   wave of resident blocks (plan_gemv). x[:, the split's rows] is staged in shared memory as f32
-//   first. Per task a thread reads its zero word and `pack` scales once, then per input row c:
-//   16 (1-2 rows) or 8 loads in flight (unrolled), each word unpacked to `pack` codes as floats
-//   2^23 + code (byte permute with the exponent of 2^23, no int->float conversion), code - zero
-//   exact in f32, part[r][o] += (code - zero)·x[r, c]; at the task's end acc[r][o] +=
-//   scale[o]·part[r][o]. The 4 warps' acc are summed in shared memory in warp order; with one split
-//   the block writes y, else its partial sums go to workspace[split, rows, out] and a second kernel
-//   sums the splits in split order: the result is deterministic (no atomics).
+// GEMV (decode, rows 1..8), bandwidth-bound: every qweight int32 is read exactly once, by one
+// kernel (no second pass, no atomics). It needs thread-block clusters (sm_90); elsewhere
+// awq_gemv_supports is false and linear() takes the dequantize + GEMM path.
+//   Column tiles: lane l of every warp of the blocks of tile t owns qweight column word 32·t + l,
+//   i.e. output columns [word·pack, word·pack + pack); a warp's 32 lanes read 32 consecutive int32
+//   of one input row (one 128-byte line, coalesced).
+//   K is cut into tasks of rt <= 32 consecutive input rows inside one group (rt: the largest
+//   divisor of the group size up to 32). The S·W warps of a tile (a cluster of S <= 8 blocks of W
+//   warps, grid = tiles·S blocks) take the tasks round-robin: warp g = rank·W + warp owns tasks
+//   g, g + S·W, .... Per task a thread issues all its loads at once: rt qweight words (streaming,
+//   32 in flight for 1-2 token rows, else 16), its zero word and `pack` scales, and lane l loads
+//   x[r, c0 + l] (shuffled to all lanes row by row). A word is unpacked without conversions:
+//   4-bit, nibble i of the low / high half-word masked in place under the exponent of 2^23 gives
+//   the float 2^23 + code·16^(i%4) (one LOP3); 8-bit, one byte permute gives 2^23 + code. The zero
+//   word is unpacked the same way, so code - zero is one exact f32 subtraction (scaled by 16^(i%4),
+//   a power of two folded into the scale), then part[r][i] += (code - zero)·x[r, c] (f32 FMA; the
+//   product is exact). At the task's end acc[r][i] += scale·16^-(i%4)·part[r][i].
+//   Reduction: each warp writes acc to shared memory [W, rows, pack, 32]; after a cluster barrier
+//   block rank q of the tile sums a 1/S slice of the tile's outputs over (rank, warp) in that fixed
+//   order, reading the other blocks' shared memory (DSMEM), and writes y; a second barrier keeps
+//   the shared memory alive until all ranks have read it. The result is deterministic on a device.
+//   Plan (per device and shape, cached): the fewest tasks per warp k (the serial chain of memory
+//   round trips) such that all tiles' clusters are resident at once (cudaOccupancyMaxActiveClusters),
+//   then the smallest S; T = ceil(tasks / k) warps per tile, S = ceil(T / W_max), W = ceil(T / S).
+//   Shapes too wide for one wave even at T = 1 run S = 1, W = W_max blocks in several waves.
+//   Registers (ptxas, sm_90, no spills): 80 at 1 row (25 warps an SM), 128 at 2, up to 255 above;
+//   shared memory W·rows·pack·128 bytes (<= 64 KiB). Per 4-bit word at 1 row: 1 load, 1 shuffle,
+//   1 shift + 8 LOP3, 8 FADD, 8 FFMA.
 // Dequantize (prefill and MoE stacks): a block stages a tile of 64 input rows x 32 words of
 //   qweight in shared memory (coalesced loads), then writes the tile's 32·pack output rows of W as
 //   bf16, 8 consecutive inputs (one 16-byte store) per thread and step, 8 threads per output row
 //   (128 contiguous bytes). Sizes with in or group_size not a multiple of 8 take the same kernel
 //   with element-wise stores.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <array>
+#include <map>
 #include <mutex>
 
 #include "engine/backend/cuda/awq_linear.hpp"
@@ -33,16 +49,19 @@ namespace refinery::backend::cuda {
 
 namespace {
 
-constexpr int kGemvWarps = 4;
-constexpr int kGemvThreads = 32 * kGemvWarps;
-// qweight loads in flight per thread: 16 for 1-2 token rows (few registers), else 8.
-template <int ROWS>
-constexpr int gemv_unroll() {
-  return ROWS <= 2 ? 16 : 8;
+// Input rows per GEMV task at most: one x value per lane, shuffled to the warp.
+constexpr int kTaskRows = 32;
+// Blocks per cluster at most (the portable cluster size).
+constexpr int kMaxCluster = 8;
+// Warps per GEMV block at most (the reduction buffer [W, rows, 8, 32] f32 stays <= 64 KiB) and
+// registers per thread (ptxas, sm_90, no spills: 1 row 80, so 3 blocks of 8 warps share an SM;
+// 2 rows 128 (16 warps); 3..8 rows up to 255 for the 2 x rows x 8 accumulators).
+__host__ __device__ constexpr int gemv_max_warps(int rows) { return rows <= 2 ? 16 : 8; }
+__host__ __device__ constexpr int gemv_max_registers(int rows) {
+  return rows == 1 ? 80 : rows == 2 ? 128 : 255;
 }
-// Shared memory of a GEMV block in floats (32 KiB): the staged x slice [rows, span], then the
-// warps' partial sums [warps, rows, pack, 32] (at most 4 · 8 · 8 · 32 = 8192).
-constexpr int64_t kGemvSmemFloats = 8192;
+// qweight words loaded per batch (all in flight at once): a whole task for 1-2 token rows.
+__host__ __device__ constexpr int gemv_batch(int rows) { return rows <= 2 ? 32 : 16; }
 constexpr int kTileInputs = 64, kTileWords = 32, kDequantThreads = 256;
 // Rows of W per dequantization chunk in linear(): at most 16 Mi bf16 values of scratch.
 constexpr int64_t kScratchElements = int64_t{1} << 24;
@@ -50,6 +69,11 @@ constexpr int64_t kScratchElements = int64_t{1} << 24;
 // Position (nibble index) of output offset o inside a 4-bit word: AutoAWQ packs output offsets
 // [0,2,4,6,1,3,5,7] into nibbles 0..7, so offset o sits in nibble o/2 (o even) or o/2 + 4 (odd).
 __host__ __device__ constexpr int nibble_of(int o) { return o % 2 == 0 ? o / 2 : o / 2 + 4; }
+// The inverse: output offset of element i of a word (nibble i; 8-bit: byte i).
+template <int BITS>
+__host__ __device__ constexpr int offset_of(int i) {
+  return BITS == 8 ? i : (i < 4 ? 2 * i : 2 * (i - 4) + 1);
+}
 
 // 2^23 + the code of output offset o of a packed word, as a float (exact: the code fills the
 // low mantissa bits). Subtracting two of these gives code - zero exactly.
@@ -59,134 +83,155 @@ __device__ __forceinline__ float biased_code(uint32_t word, int o) {
   return __uint_as_float(0x4B000000u | code);
 }
 
-// All codes of a word at once, v[o] = biased_code(word, o): the nibbles of even / odd index are
-// spread to bytes by two masks, then each byte is placed under the exponent of 2^23 with one byte
-// permute (result bytes: the code, 0, 0, 0x4B).
+// (a & mask) | b as one LOP3 (the compiler otherwise emits an AND and an OR).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t b) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(b));
+  return d;
+}
+
+// All codes of a word for the GEMV, v[i] for element i (nibble / byte i, not the output offset):
+// 4-bit, v[i] = 2^23 + code_i · 16^(i % 4): nibble i of the low (i < 4) or high half-word kept in
+// place under the exponent of 2^23 (bits 0..15 of the mantissa; one LOP3 each); 8-bit,
+// v[i] = 2^23 + code_i (a byte permute puts byte i under the exponent). Exact floats in
+// [2^23, 2^24), so the difference of two is exact.
 template <int BITS>
-__device__ __forceinline__ void unpack_biased(uint32_t word, float (&v)[BITS == 8 ? 4 : 8]) {
+__device__ __forceinline__ void unpack_gemv(uint32_t word, float (&v)[BITS == 8 ? 4 : 8]) {
   constexpr uint32_t kExponent = 0x4B000000u;
   if constexpr (BITS == 8) {
 #pragma unroll
-    for (int o = 0; o < 4; ++o) v[o] = __uint_as_float(__byte_perm(word, kExponent, 0x7440u | o));
+    for (int i = 0; i < 4; ++i) v[i] = __uint_as_float(__byte_perm(word, kExponent, 0x7440u | i));
   } else {
-    const uint32_t even = word & 0x0F0F0F0Fu;        // byte b = nibble 2b
-    const uint32_t odd = (word >> 4) & 0x0F0F0F0Fu;  // byte b = nibble 2b + 1
+    const uint32_t high = word >> 16;
 #pragma unroll
-    for (int o = 0; o < 8; ++o) {
-      const int nibble = nibble_of(o);
-      const uint32_t src = nibble % 2 == 0 ? even : odd;
-      v[o] = __uint_as_float(__byte_perm(src, kExponent, 0x7440u | (nibble / 2)));
+    for (int i = 0; i < 4; ++i) {
+      v[i] = __uint_as_float(and_or(word, 0xFu << (4 * i), kExponent));
+      v[4 + i] = __uint_as_float(and_or(high, 0xFu << (4 * i), kExponent));
     }
   }
+}
+
+// 16^-(i % 4) for 4-bit element i (undoes unpack_gemv's place value), 1 for 8-bit.
+template <int BITS>
+__device__ __forceinline__ constexpr float place_inverse(int i) {
+  return BITS == 8 ? 1.0f : (i % 4 == 0 ? 1.0f : i % 4 == 1 ? 0x1p-4f : i % 4 == 2 ? 0x1p-8f : 0x1p-12f);
 }
 
 struct GemvParams {
   const uint32_t* qweight;  // [in, words]
   const uint32_t* qzeros;   // [in / group_size, words]
   const __half* scales;     // [in / group_size, out]
-  const __nv_bfloat16* x;   // [rows, in]
+  const uint16_t* x;        // bf16 [rows, in]
   int64_t words, out, in, group_size;
-  int64_t rt;       // input rows per task (divides group_size)
   int64_t n_tasks;  // in / rt
-  int64_t tasks_per_split;
-  void* y;  // [rows, out] (splits == 1)
+  int rt;           // input rows per task (divides group_size, <= kTaskRows)
+  int cluster;      // S: blocks per column tile (the cluster size)
+  void* y;          // [rows, out]
   bool y_f32;
-  float* partial;  // [splits, rows, out] (splits > 1), else null
 };
 
-template <int ROWS, int BITS>
-__global__ void __launch_bounds__(kGemvThreads) awq_gemv_kernel(const GemvParams p) {
+// grid (tiles · S), block W·32 threads, cluster (S, 1, 1), dynamic shared memory W·ROWS·pack·32
+// floats. FULL: rt == kTaskRows (groups that are multiples of 32), no per-row guards.
+template <int ROWS, int BITS, bool FULL>
+__global__ void __maxnreg__(gemv_max_registers(ROWS)) awq_gemv_kernel(const GemvParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the host never launches this (gemv_kernel_usable)
+#else
+  namespace cg = cooperative_groups;
   constexpr int kPack = BITS == 8 ? 4 : 8;
-  constexpr int kGemvUnroll = gemv_unroll<ROWS>();
-  extern __shared__ float smem[];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t word = int64_t{blockIdx.x} * 32 + lane;
-  const int64_t task0 = int64_t{blockIdx.y} * p.tasks_per_split;
-  const int64_t task1 = min(p.n_tasks, task0 + p.tasks_per_split);
-  const int64_t k0 = task0 * p.rt, span = (task1 - task0) * p.rt;
-  // Stage x[:, k0 : k0 + span] as f32: smem[r * span + c].
-  for (int64_t i = threadIdx.x; i < ROWS * span; i += kGemvThreads)
-    smem[i] = __bfloat162float(p.x[(i / span) * p.in + k0 + i % span]);
-  __syncthreads();
+  constexpr int kBatch = gemv_batch(ROWS);
+  constexpr int kPerTile = ROWS * kPack * 32;  // outputs of a tile, as [ROWS, pack, 32 lanes]
+  extern __shared__ float red[];               // [W, ROWS, pack, 32]
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t tile = blockIdx.x / p.cluster;
+  const int64_t word = tile * 32 + lane;
+  const bool valid = word < p.words;  // lanes past the last word compute zeros
+  const int rt = FULL ? kTaskRows : p.rt;
 
   float acc[ROWS][kPack];
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int o = 0; o < kPack; ++o) acc[r][o] = 0.0f;
-  if (word < p.words) {
-    for (int64_t task = task0 + warp; task < task1; task += kGemvWarps) {
-      const int64_t c_begin = task * p.rt, c_end = c_begin + p.rt;
-      const int64_t group = c_begin / p.group_size;
-      float zero[kPack], scale[kPack];
-      unpack_biased<BITS>(p.qzeros[group * p.words + word], zero);
+    for (int i = 0; i < kPack; ++i) acc[r][i] = 0.0f;
+  for (int64_t task = int64_t{rank} * warps + warp; task < p.n_tasks;
+       task += int64_t{p.cluster} * warps) {
+    const int64_t c0 = task * rt, group = c0 / p.group_size;
+    // Loads that do not depend on each other, issued together with the first qweight batch.
+    float xv[ROWS];  // lane l: x[r, c0 + l]
 #pragma unroll
-      for (int o = 0; o < kPack; ++o)
-        scale[o] = __half2float(p.scales[group * p.out + word * kPack + o]);
-      float part[ROWS][kPack];
+    for (int r = 0; r < ROWS; ++r)
+      xv[r] = lane < rt ? __uint_as_float(uint32_t{__ldg(p.x + r * p.in + c0 + lane)} << 16) : 0.0f;
+    const uint32_t zword = valid ? __ldg(p.qzeros + group * p.words + word) : 0u;
+    __half scale_h[kPack];
 #pragma unroll
-      for (int r = 0; r < ROWS; ++r)
+    for (int i = 0; i < kPack; ++i)
+      scale_h[i] = valid ? __ldg(p.scales + group * p.out + word * kPack + offset_of<BITS>(i))
+                         : __float2half(0.0f);
+    const uint32_t* q_ptr = p.qweight + c0 * p.words + word;
+    float part[ROWS][kPack];
 #pragma unroll
-        for (int o = 0; o < kPack; ++o) part[r][o] = 0.0f;
-      for (int64_t c = c_begin; c < c_end; c += kGemvUnroll) {
-        uint32_t packed[kGemvUnroll];
+    for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-        for (int u = 0; u < kGemvUnroll; ++u)  // streaming loads: qweight is read once
-          packed[u] = c + u < c_end ? __ldcs(p.qweight + (c + u) * p.words + word) : 0u;
+      for (int i = 0; i < kPack; ++i) part[r][i] = 0.0f;
+    float zero[kPack];
+    unpack_gemv<BITS>(zword, zero);
 #pragma unroll
-        for (int u = 0; u < kGemvUnroll; ++u) {
-          if (c + u < c_end) {
-            float xv[ROWS];
+    for (int b = 0; b < kTaskRows; b += kBatch) {
+      if (!FULL && b >= rt) break;
+      uint32_t q[kBatch];
 #pragma unroll
-            for (int r = 0; r < ROWS; ++r) xv[r] = smem[r * span + (c + u - k0)];
-            float code[kPack];
-            unpack_biased<BITS>(packed[u], code);
+      for (int u = 0; u < kBatch; ++u)  // streaming loads: qweight is read once
+        q[u] = valid && (FULL || b + u < rt) ? __ldcs(q_ptr + (b + u) * p.words) : 0u;
 #pragma unroll
-            for (int o = 0; o < kPack; ++o) {
-              const float d = code[o] - zero[o];  // code - zero, exact
+      for (int u = 0; u < kBatch; ++u) {
+        if (FULL || b + u < rt) {  // warp-uniform: the shuffles see every lane
+          float xr[ROWS];
 #pragma unroll
-              for (int r = 0; r < ROWS; ++r) part[r][o] = fmaf(d, xv[r], part[r][o]);
-            }
+          for (int r = 0; r < ROWS; ++r) xr[r] = __shfl_sync(0xFFFFFFFFu, xv[r], b + u);
+          float code[kPack];
+          unpack_gemv<BITS>(q[u], code);
+#pragma unroll
+          for (int i = 0; i < kPack; ++i) {
+            const float d = code[i] - zero[i];  // (code - zero)·16^(i%4), exact
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) part[r][i] = fmaf(d, xr[r], part[r][i]);
           }
         }
       }
+    }
 #pragma unroll
-      for (int r = 0; r < ROWS; ++r)
+    for (int i = 0; i < kPack; ++i) {
+      const float s = __half2float(scale_h[i]) * place_inverse<BITS>(i);  // exact
 #pragma unroll
-        for (int o = 0; o < kPack; ++o) acc[r][o] = fmaf(scale[o], part[r][o], acc[r][o]);
+      for (int r = 0; r < ROWS; ++r) acc[r][i] = fmaf(s, part[r][i], acc[r][i]);
     }
   }
-  __syncthreads();  // x is no longer read: the buffer now holds the warps' sums
 #pragma unroll
   for (int r = 0; r < ROWS; ++r)
 #pragma unroll
-    for (int o = 0; o < kPack; ++o) smem[((warp * ROWS + r) * kPack + o) * 32 + lane] = acc[r][o];
-  __syncthreads();
-  for (int i = threadIdx.x; i < ROWS * kPack * 32; i += kGemvThreads) {
-    const int l = i % 32, o = (i / 32) % kPack, r = i / (32 * kPack);
+    for (int i = 0; i < kPack; ++i)
+      red[((warp * ROWS + r) * kPack + offset_of<BITS>(i)) * 32 + lane] = acc[r][i];
+  cluster.sync();  // every warp of every rank has written its sums
+  // Element e = (r·pack + o)·32 + l of the tile: Σ over ranks, then warps, in order.
+  for (int e = rank * blockDim.x + threadIdx.x; e < kPerTile; e += p.cluster * blockDim.x) {
     float sum = 0.0f;
-    for (int w = 0; w < kGemvWarps; ++w) sum += smem[((w * ROWS + r) * kPack + o) * 32 + l];
-    const int64_t wi = int64_t{blockIdx.x} * 32 + l;
+    for (int q = 0; q < p.cluster; ++q) {
+      const float* src = cluster.map_shared_rank(red, q);
+      for (int w = 0; w < warps; ++w) sum += src[w * kPerTile + e];
+    }
+    const int l = e % 32, o = (e / 32) % kPack, r = e / (32 * kPack);
+    const int64_t wi = tile * 32 + l;
     if (wi >= p.words) continue;
     const int64_t col = wi * kPack + o;
-    if (p.partial != nullptr)
-      p.partial[(int64_t{blockIdx.y} * ROWS + r) * p.out + col] = sum;
-    else if (p.y_f32)
+    if (p.y_f32)
       static_cast<float*>(p.y)[r * p.out + col] = sum;
     else
       static_cast<__nv_bfloat16*>(p.y)[r * p.out + col] = __float2bfloat16_rn(sum);
   }
-}
-
-// y[i] = Σ_s partial[s, i] for i < n, s in order.
-template <typename T>
-__global__ void awq_splitk_reduce_kernel(const float* partial, int64_t splits, int64_t n, T* y) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    float sum = 0.0f;
-    for (int64_t s = 0; s < splits; ++s) sum += partial[s * n + i];
-    y[i] = from_f32<T>(sum);
-  }
+  cluster.sync();  // no block leaves while another may still read its shared memory
+#endif
 }
 
 struct DequantParams {
@@ -244,100 +289,142 @@ __global__ void __launch_bounds__(kDequantThreads) awq_dequant_kernel(const Dequ
   }
 }
 
-struct GemvPlan {
-  int64_t rt = 0, n_tasks = 0, tasks_per_split = 0, splits = 0, col_tiles = 0, smem_floats = 0;
-};
-
 int pack_of(const AwqDeviceMatrix& w) { return w.bits == 8 ? 4 : 8; }
 
-// Input rows per GEMV task: the group size, halved while above 64 and even (a task reads its
-// group's zeros and scales once, so longer tasks amortize them; shorter ones give more tasks).
-int64_t task_rows(int64_t group_size) {
-  int64_t rt = group_size;
-  while (rt > 64 && rt % 2 == 0) rt /= 2;
-  return rt;
+// Input rows per GEMV task: the largest divisor of the group size up to kTaskRows (a task reads
+// its group's zeros and scales once; 32 for every group size that is a multiple of 32).
+int task_rows(int64_t group_size) {
+  for (int d = kTaskRows; d > 1; --d)
+    if (group_size % d == 0) return d;
+  return 1;
 }
 
-template <int ROWS, int BITS>
-int occupancy_of() {
-  int blocks = 0;
-  REFINERY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, awq_gemv_kernel<ROWS, BITS>, kGemvThreads, kGemvSmemFloats * sizeof(float)));
-  return blocks;
-}
+using GemvKernel = void (*)(GemvParams);
 
 template <int ROWS>
-int occupancy_rows(int bits) {
-  return bits == 8 ? occupancy_of<ROWS, 8>() : occupancy_of<ROWS, 4>();
+GemvKernel gemv_kernel_rows(int bits, bool full) {
+  if (bits == 8) return full ? awq_gemv_kernel<ROWS, 8, true> : awq_gemv_kernel<ROWS, 8, false>;
+  return full ? awq_gemv_kernel<ROWS, 4, true> : awq_gemv_kernel<ROWS, 4, false>;
 }
 
-// GEMV blocks resident on the whole current device at once (multiprocessors x blocks per
-// multiprocessor of the kernel for these rows and bits, at the largest shared-memory size),
-// queried once per device and kernel.
-int64_t resident_blocks(int64_t rows, int bits) {
-  constexpr int kMaxDevices = 64;
-  static std::mutex mutex;
-  static int64_t cache[kMaxDevices][kAwqGemvMaxRows + 1][2] = {};
-  int device = 0;
-  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
-  const int b = bits == 8 ? 1 : 0;
-  std::lock_guard<std::mutex> lock(mutex);
-  if (device < kMaxDevices && cache[device][rows][b] > 0) return cache[device][rows][b];
-  int sms = 0;
-  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  int per_sm = 0;
+GemvKernel gemv_kernel(int64_t rows, int bits, bool full) {
   switch (rows) {
     case 1:
-      per_sm = occupancy_rows<1>(bits);
-      break;
+      return gemv_kernel_rows<1>(bits, full);
     case 2:
-      per_sm = occupancy_rows<2>(bits);
-      break;
+      return gemv_kernel_rows<2>(bits, full);
     case 3:
-      per_sm = occupancy_rows<3>(bits);
-      break;
+      return gemv_kernel_rows<3>(bits, full);
     case 4:
-      per_sm = occupancy_rows<4>(bits);
-      break;
+      return gemv_kernel_rows<4>(bits, full);
     case 5:
-      per_sm = occupancy_rows<5>(bits);
-      break;
+      return gemv_kernel_rows<5>(bits, full);
     case 6:
-      per_sm = occupancy_rows<6>(bits);
-      break;
+      return gemv_kernel_rows<6>(bits, full);
     case 7:
-      per_sm = occupancy_rows<7>(bits);
-      break;
+      return gemv_kernel_rows<7>(bits, full);
     default:
-      per_sm = occupancy_rows<8>(bits);
-      break;
+      return gemv_kernel_rows<8>(bits, full);
   }
-  const int64_t blocks = std::max<int64_t>(1, int64_t{sms} * per_sm);
-  if (device < kMaxDevices) cache[device][rows][b] = blocks;
-  return blocks;
 }
 
-// Tasks per split: a warp needs several round trips to memory per task, so a second, partial wave
-// of blocks would cost about as much as the first; the plan takes the fewest tasks per warp that
-// fit all blocks in one wave (tasks per split a multiple of the 4 warps, so none idles), at most
-// what the x staging buffer holds. When even one split per column tile overflows a wave (very
-// wide outputs) the blocks simply run in several waves.
-GemvPlan plan_gemv(const AwqDeviceMatrix& w, int64_t rows) {
+struct GemvPlan {
+  bool usable = false;  // the device and the compiled kernel support clusters (sm_90)
+  int rt = 0, cluster = 0, warps = 0;
+  int64_t n_tasks = 0, tiles = 0, smem_bytes = 0;
+};
+
+std::size_t gemv_smem_bytes(int64_t rows, int bits, int warps) {
+  return static_cast<std::size_t>(warps) * rows * (bits == 8 ? 4 : 8) * 32 * sizeof(float);
+}
+
+// Clusters of `cluster` blocks of `warps` warps resident on the current device at once.
+int max_active_clusters(GemvKernel kernel, int64_t rows, int bits, int cluster, int warps) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(32 * warps));
+  config.dynamicSmemBytes = gemv_smem_bytes(rows, bits, warps);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // a configuration the device cannot run: none resident
+    return 0;
+  }
+  return clusters;
+}
+
+// See the header comment. Queries the device (occupancy), so plans are cached.
+GemvPlan make_plan(int device, const AwqDeviceMatrix& w, int64_t rows) {
   GemvPlan p;
   p.rt = task_rows(w.group_size);
   p.n_tasks = w.in / p.rt;
-  p.col_tiles = (w.words + 31) / 32;
-  const int64_t capacity = resident_blocks(rows, w.bits);
-  const int64_t max_tasks = std::max<int64_t>(1, kGemvSmemFloats / (rows * p.rt));
-  int64_t tps = std::min<int64_t>(kGemvWarps, p.n_tasks);
-  while (tps < p.n_tasks && tps + kGemvWarps <= max_tasks &&
-         p.col_tiles * ((p.n_tasks + tps - 1) / tps) > capacity)
-    tps += kGemvWarps;
-  p.tasks_per_split = std::min({tps, max_tasks, p.n_tasks});
-  p.splits = (p.n_tasks + p.tasks_per_split - 1) / p.tasks_per_split;
-  p.smem_floats = std::max<int64_t>(rows * p.tasks_per_split * p.rt,
-                                    int64_t{kGemvWarps} * rows * pack_of(w) * 32);
+  p.tiles = (w.words + 31) / 32;
+  const bool full = p.rt == kTaskRows;
+  const GemvKernel kernel = gemv_kernel(rows, w.bits, full);
+  // Usable when the device has clusters and the kernel was compiled for sm_90 or later (an older
+  // build's body only traps; a failed query means no image for this device).
+  int major = 0;
+  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) return p;
+  cudaFuncAttributes attributes = {};
+  if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return p;
+  }
+  p.usable = attributes.binaryVersion >= 90 && attributes.ptxVersion >= 90;
+  if (!p.usable) return p;
+  const int max_warps = gemv_max_warps(static_cast<int>(rows));
+  REFINERY_CUDA_CHECK(cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      static_cast<int>(gemv_smem_bytes(rows, w.bits, max_warps))));
+  std::map<std::pair<int, int>, bool> fits;  // (S, W) -> all tiles' clusters resident at once
+  auto fits_one_wave = [&](int s, int wp) {
+    const auto key = std::make_pair(s, wp);
+    auto it = fits.find(key);
+    if (it == fits.end())
+      it = fits.emplace(key, max_active_clusters(kernel, rows, w.bits, s, wp) >= p.tiles).first;
+    return it->second;
+  };
+  const int64_t max_tile_warps = std::min<int64_t>(int64_t{kMaxCluster} * max_warps, p.n_tasks);
+  for (int64_t k = (p.n_tasks + max_tile_warps - 1) / max_tile_warps; k <= p.n_tasks; ++k) {
+    const int64_t t = (p.n_tasks + k - 1) / k;  // warps per tile for k tasks per warp
+    if (k > 1 && (p.n_tasks + k - 2) / (k - 1) == t) continue;  // same T as k - 1
+    for (int s = 1; s <= kMaxCluster; ++s) {
+      const int64_t wp = (t + s - 1) / s;
+      if (wp > max_warps) continue;
+      if (fits_one_wave(s, static_cast<int>(wp))) {
+        p.cluster = s;
+        p.warps = static_cast<int>(wp);
+        break;
+      }
+    }
+    if (p.cluster > 0) break;
+  }
+  if (p.cluster == 0) {  // wider than one wave even at one warp per tile: whole-K blocks
+    p.cluster = 1;
+    p.warps = static_cast<int>(std::min<int64_t>(max_warps, p.n_tasks));
+  }
+  p.smem_bytes = static_cast<int64_t>(gemv_smem_bytes(rows, w.bits, p.warps));
   return p;
+}
+
+// The plan of a matrix shape on the current device, made once per (device, shape, rows).
+GemvPlan plan_gemv(const AwqDeviceMatrix& w, int64_t rows) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 6>, GemvPlan> cache;
+  int device = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  const std::array<int64_t, 6> key{device, rows, w.bits == 8 ? 8 : 4, w.words, w.in, w.group_size};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, make_plan(device, w, rows)).first;
+  return it->second;
 }
 
 void check_matrix(const AwqDeviceMatrix& w, const char* op) {
@@ -350,101 +437,56 @@ void check_matrix(const AwqDeviceMatrix& w, const char* op) {
                  ": null AWQ tensor pointer");
 }
 
-template <int ROWS>
-void launch_gemv_rows(const GemvPlan& plan, const GemvParams& params, int bits,
-                      cudaStream_t stream) {
-  const dim3 grid(static_cast<unsigned>(plan.col_tiles), static_cast<unsigned>(plan.splits));
-  const std::size_t smem = static_cast<std::size_t>(plan.smem_floats) * sizeof(float);
-  if (bits == 8)
-    awq_gemv_kernel<ROWS, 8><<<grid, kGemvThreads, smem, stream>>>(params);
-  else
-    awq_gemv_kernel<ROWS, 4><<<grid, kGemvThreads, smem, stream>>>(params);
-}
-
 }  // namespace
 
 bool awq_gemv_supports(const AwqDeviceMatrix& w, int64_t rows) {
   if (rows < 1 || rows > kAwqGemvMaxRows || w.group_size <= 0 || w.in <= 0 || w.words <= 0 ||
       w.in % w.group_size != 0)
     return false;
-  // One task's x rows must fit the staging buffer, and the grid CUDA's limits.
-  if (rows * task_rows(w.group_size) > kGemvSmemFloats) return false;
   const GemvPlan plan = plan_gemv(w, rows);
-  return plan.splits <= 65535 && plan.col_tiles < (int64_t{1} << 31) &&
-         plan.smem_floats <= kGemvSmemFloats;
+  return plan.usable && plan.tiles * plan.cluster < (int64_t{1} << 31);
 }
 
 int64_t awq_gemv_workspace_floats(const AwqDeviceMatrix& w, int64_t rows) {
   REFINERY_CHECK(awq_gemv_supports(w, rows), "awq_gemv: unsupported sizes");
-  const GemvPlan plan = plan_gemv(w, rows);
-  return plan.splits > 1 ? plan.splits * rows * w.out : 0;
+  return 0;  // the split-K sums are reduced in the kernel (cluster shared memory)
 }
 
 void awq_gemv_bf16(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y, bool y_f32,
-                   float* workspace, int64_t workspace_floats, void* stream) {
+                   float* /*workspace*/, int64_t /*workspace_floats*/, void* stream) {
   check_matrix(w, "awq_gemv");
   REFINERY_CHECK(awq_gemv_supports(w, rows), "awq_gemv: unsupported sizes: rows ", rows, ", group ",
                  w.group_size, ", in ", w.in, ", out ", w.out);
   REFINERY_CHECK(x != nullptr && y != nullptr, "awq_gemv: null x or y");
   const GemvPlan plan = plan_gemv(w, rows);
-  REFINERY_CHECK(plan.splits <= 65535 && plan.smem_floats <= kGemvSmemFloats,
-                 "awq_gemv: plan out of range (splits ", plan.splits, ", shared floats ",
-                 plan.smem_floats, ")");
-  const int64_t need = plan.splits > 1 ? plan.splits * rows * w.out : 0;
-  REFINERY_CHECK(workspace_floats >= need && (need == 0 || workspace != nullptr),
-                 "awq_gemv: workspace of ", workspace_floats, " floats, need ", need);
-  GemvParams params{reinterpret_cast<const uint32_t*>(w.qweight),
-                    reinterpret_cast<const uint32_t*>(w.qzeros),
-                    static_cast<const __half*>(w.scales),
-                    static_cast<const __nv_bfloat16*>(x),
-                    w.words,
-                    w.out,
-                    w.in,
-                    w.group_size,
-                    plan.rt,
-                    plan.n_tasks,
-                    plan.tasks_per_split,
-                    y,
-                    y_f32,
-                    plan.splits > 1 ? workspace : nullptr};
-  const auto s = static_cast<cudaStream_t>(stream);
-  switch (rows) {
-    case 1:
-      launch_gemv_rows<1>(plan, params, w.bits, s);
-      break;
-    case 2:
-      launch_gemv_rows<2>(plan, params, w.bits, s);
-      break;
-    case 3:
-      launch_gemv_rows<3>(plan, params, w.bits, s);
-      break;
-    case 4:
-      launch_gemv_rows<4>(plan, params, w.bits, s);
-      break;
-    case 5:
-      launch_gemv_rows<5>(plan, params, w.bits, s);
-      break;
-    case 6:
-      launch_gemv_rows<6>(plan, params, w.bits, s);
-      break;
-    case 7:
-      launch_gemv_rows<7>(plan, params, w.bits, s);
-      break;
-    default:
-      launch_gemv_rows<8>(plan, params, w.bits, s);
-      break;
-  }
+  const GemvParams params{reinterpret_cast<const uint32_t*>(w.qweight),
+                          reinterpret_cast<const uint32_t*>(w.qzeros),
+                          static_cast<const __half*>(w.scales),
+                          static_cast<const uint16_t*>(x),
+                          w.words,
+                          w.out,
+                          w.in,
+                          w.group_size,
+                          plan.n_tasks,
+                          plan.rt,
+                          plan.cluster,
+                          y,
+                          y_f32};
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(plan.tiles * plan.cluster));
+  config.blockDim = dim3(static_cast<unsigned>(32 * plan.warps));
+  config.dynamicSmemBytes = static_cast<std::size_t>(plan.smem_bytes);
+  config.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(plan.cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  REFINERY_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel(rows, w.bits, plan.rt == kTaskRows),
+                                         params));
   REFINERY_CUDA_CHECK_LAUNCH("awq_gemv");
-  if (plan.splits > 1) {
-    const int64_t n = rows * w.out;
-    if (y_f32)
-      awq_splitk_reduce_kernel<float>
-          <<<grid_for(n), kThreads, 0, s>>>(workspace, plan.splits, n, static_cast<float*>(y));
-    else
-      awq_splitk_reduce_kernel<__nv_bfloat16><<<grid_for(n), kThreads, 0, s>>>(
-          workspace, plan.splits, n, static_cast<__nv_bfloat16*>(y));
-    REFINERY_CUDA_CHECK_LAUNCH("awq_gemv (split-K sum)");
-  }
 }
 
 void awq_dequantize_bf16(const AwqDeviceMatrix& w, int64_t word_begin, int64_t word_count,

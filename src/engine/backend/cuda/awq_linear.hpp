@@ -8,7 +8,9 @@
 //   zero = the same element of qzeros[c / g, r / pack],  W = (code - zero) * scales[c / g, r].
 // Two kernels:
 //   GEMV (decode, 1..kAwqGemvMaxRows token rows): streams qweight once, dequantizes in registers,
-//     f32 accumulation; split-K partial sums reduced in a fixed order (deterministic).
+//     f32 accumulation; K split over the blocks of a thread-block cluster (sm_90) whose partial
+//     sums are reduced through distributed shared memory in a fixed order (one kernel,
+//     deterministic).
 //   dequantize: W rows as bf16 [rows, in] row-major (what CudaBackend::gemm_bf16 multiplies), for
 //     prefill (dequantize a chunk of rows, then a cuBLASLt GEMM) and the MoE expert stack.
 #include <cstdint>
@@ -36,15 +38,16 @@ struct AwqDeviceMatrix {
   int64_t words = 0;  // int32 columns of qweight: out / pack
 };
 
-// Whether the GEMV handles this matrix with `rows` token rows (1..kAwqGemvMaxRows and a group
-// size whose per-warp row run fits the x staging buffer; see awq_linear.cu). Always false in a
-// build without CUDA.
+// Whether the GEMV handles this matrix with `rows` token rows: 1..kAwqGemvMaxRows, any group size
+// dividing `in`, on a device with thread-block clusters (compute capability 9+) and a build that
+// compiled the kernel for it. Always false in a build without CUDA.
 bool awq_gemv_supports(const AwqDeviceMatrix& w, int64_t rows);
-// f32 elements of the workspace awq_gemv_bf16 needs on the current device (0: none).
+// f32 elements of the workspace awq_gemv_bf16 needs on the current device: 0 (the split-K sums
+// stay in the kernel); kept so callers need not change if a design needs one again.
 int64_t awq_gemv_workspace_floats(const AwqDeviceMatrix& w, int64_t rows);
 // y[rows, out] = x[rows, in] · Wᵀ; x bf16, y bf16 (rounded once) or f32 (y_f32), both contiguous
 // on the current device; f32 accumulation. `workspace` holds awq_gemv_workspace_floats f32
-// elements (may be null when that is 0). Enqueued on `stream` (a cudaStream_t); throws an internal
+// elements (may be null when that is 0; currently unused). Enqueued on `stream` (a cudaStream_t); throws an internal
 // error for unsupported sizes, a short workspace or a failed launch.
 void awq_gemv_bf16(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y, bool y_f32,
                    float* workspace, int64_t workspace_floats, void* stream);

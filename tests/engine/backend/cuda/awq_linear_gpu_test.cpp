@@ -5,8 +5,10 @@
 // W[r, c] = (code - zero) · scale computed on the host and an f64 matmul with x rounded to bf16
 // (what the kernels read).
 // Error bounds per element, with A[t, r] = Σ_c |x[t, c]| |W[r, c]|:
-//   GEMV (rows <= 8): W is exact in f32 and the sum is an f32 sum of at most ~200 sequential
-//     roundings (64 rows per task, task sums, 4 warps, split-K sums): |Δ| <= 2e-5 · A;
+//   GEMV (rows <= 8): W is exact in f32 (code - zero exact, exact products) and every term goes
+//     through at most 32 (rows of a task) + k (tasks of a warp) + S·W <= 128 (the warps of a
+//     column tile, summed in order) + 2 (scale, bf16 x exact) f32 roundings; k + S·W stays below
+//     ~160 for every shape here (in <= 14336, 448 tasks): depth <= ~200, |Δ| <= 2e-5 · A;
 //   dequantize + GEMM (rows > 8): W rounded to bf16 (<= 2^-9 relative) then an f32-accumulated
 //     GEMM: |Δ| <= 2^-8 · A;
 //   a bf16 output adds its rounding, <= 2^-8 · |y| (half an ulp is 2^-9);
@@ -16,6 +18,7 @@
 // (differences only from rounding order: <= 2^-7 · max|y|); decode-sized calls run the AWQ GEMV on
 // exact weights against bf16 GEMMs (<= 2e-2 · max|y|, the bf16 tolerance of moe_gpu_test).
 #include <cmath>
+#include <cstring>
 #include <functional>
 
 #include "cuda_test_util.hpp"
@@ -151,6 +154,36 @@ TEST(AwqLinearGpu, MatchesHostDequantizedReference) {
       for (DType y_dtype : {DType::kF32, DType::kBF16})
         check_awq_linear(*be, h, w, t, t % 2 == 0 ? DType::kF32 : DType::kBF16, y_dtype, ++seed);
   }
+}
+
+// The GEMV alone (1..8 token rows) on the shapes its plan treats differently: ragged last column
+// tile (words not a multiple of 32), clusters of several blocks (long K, few tiles), several tasks
+// per warp (in = 14336), groups that are multiples of 32 (32-row tasks) or not (24, 20, 12 and 1
+// rows per task: group 48, 20, 12, 37), bits 3, 4 and 8. Then the same call twice: bitwise equal.
+TEST(AwqLinearGpu, GemvAllRowCountsAndPlans) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  const Shape shapes[] = {{4, 128, 264, 4096}, {4, 64, 512, 2048}, {3, 32, 96, 1024},
+                          {8, 128, 132, 4096}, {8, 64, 256, 512},  {4, 48, 136, 480},
+                          {4, 20, 40, 60},     {8, 12, 20, 36},    {4, 37, 16, 74},
+                          {4, 128, 200, 14336}};
+  uint64_t seed = 9000;
+  for (const Shape& s : shapes) {
+    const HostAwq h = random_awq(s.bits, s.group, s.out, s.in, ++seed);
+    const LinearWeight w = linear_of(h, "test.awq_gemv");
+    for (int64_t t = 1; t <= 8; ++t)
+      check_awq_linear(*be, h, w, t, t % 2 == 0 ? DType::kF32 : DType::kBF16,
+                       t % 3 == 0 ? DType::kBF16 : DType::kF32, ++seed);
+  }
+  const HostAwq h = random_awq(4, 128, 264, 4096, 9100);
+  const LinearWeight w = linear_of(h, "test.awq_gemv_twice");
+  const Tensor x = gpu(convert(random_f32({3, 4096}, 9101), DType::kBF16));
+  Tensor a = poisoned_gpu({3, 264}, DType::kF32), b = poisoned_gpu({3, 264}, DType::kF32);
+  be->linear(x, w, a);
+  be->linear(x, w, b);
+  const std::vector<float> va = values(a), vb = values(b);
+  ASSERT_EQ(va.size(), vb.size());
+  EXPECT_EQ(std::memcmp(va.data(), vb.data(), va.size() * sizeof(float)), 0);
 }
 
 TEST(AwqLinearGpu, BiasDeviceAndReadOnlyWeights) {

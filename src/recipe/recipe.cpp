@@ -185,6 +185,10 @@ Recipe parse_recipe(const nlohmann::json& j, const std::filesystem::path& file,
                            "', an eval step, which produces no model or cache");
       }
     }
+    // Contradictions the verbs find only when they run (their parsers check the others).
+    if (step.verb == "quantize" && step.options.value("method", "") == "awq" &&
+        !step.options.contains("calib"))
+      throw_user_error(at, ": method awq needs calibration data: add \"calib\" (text or tokens)");
     produced[step.name] = verb->output;
     r.steps.push_back(std::move(step));
   }

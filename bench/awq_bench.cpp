@@ -1,7 +1,7 @@
 // awq_bench
 // The AWQ W4 (group 128) kernels of the CUDA backend against bf16 on a 7-8B model's projection
-// shapes (issue 6), bf16 activations. `awq_bench [gemv|prefill|all]` (default all; prefill also
-// runs dequant). One line per case:
+// shapes (issue 6), bf16 activations. `awq_bench [gemv|prefill|all|gemv-sweep]` (default all;
+// prefill also runs dequant; gemv-sweep is not part of all). One line per case:
 //   gemv       decode, x [rows, in] for rows 1 and 4 on the 5 decode shapes (gate or up alone,
 //              qkv, o, gate|up fused, down): the raw GEMV launcher (awq_gemv_bf16) and
 //              Backend::linear (what the engine runs: + argument checks, scratch
@@ -12,12 +12,21 @@
 //              written.
 //   prefill    x [2048, in] through Backend::linear, W4 (dequantize + cuBLASLt GEMM) vs bf16: µs,
 //              TFLOP/s (2·T·in·out) and the ratio (the bar: <= 1.3).
+//   gemv-sweep every GEMV variant (awq_gemv_variant_count; awq_gemv.cu) on the 5 decode shapes at
+//              rows 1 and 4 through awq_gemv_bf16_variant: one line per (shape, rows, variant) with
+//              µs, GB/s, what the variant ran (its kernel configuration and plan, or "base
+//              (fallback)") and the max abs difference of its f32 output from variant 0's
+//              (run on the same weight and x); then the best variant per (shape, rows), and per
+//              variant the summed µs over the 5 shapes at rows 1 and at rows 4 (what a single
+//              default would cost a decode step). Pick one with kAwqGemvDefaultVariant
+//              (awq_linear.hpp) or try it in the engine with REFINERY_AWQ_GEMV=<name>.
 // Each case cycles through enough copies of its weights to exceed the 50 MB L2 of an H100 (decode
 // reads every layer's weights from memory once), times back-to-back calls between two
 // synchronizations (µs per call = wall time / calls) and prints the median of 5 repetitions.
 // Ceilings on an H100 SXM (issue 6): copy floor 10.4 µs for the 4096x14336 W4 GEMV, torch int4
 // 26 µs, bf16 GEMV 56 µs.
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -112,13 +121,95 @@ double seconds_per_call(const std::function<void(int)>& fn, const std::function<
 
 int copies_for(double bytes) { return std::max(2, static_cast<int>(kL2Bytes / bytes) + 1); }
 
+struct Shape {
+  int64_t in, out;
+  const char* name;
+};
+
+// Max |a - b| over two f32 device tensors of the same shape.
+double max_abs_diff(backend::Backend& be, const Tensor& a, const Tensor& b) {
+  const Tensor ha = be.download(a), hb = be.download(b);
+  double m = 0.0;
+  for (int64_t i = 0; i < ha.numel(); ++i)
+    m = std::max(m, std::abs(double(ha.data<float>()[i]) - double(hb.data<float>()[i])));
+  return m;
+}
+
+// See the header comment (gemv-sweep).
+void gemv_sweep(backend::Backend& be, const Shape* shapes, std::size_t n_shapes,
+                const std::function<void()>& sync) {
+  namespace bc = backend::cuda;
+  const int variants = bc::awq_gemv_variant_count();
+  std::printf("variants (REFINERY_AWQ_GEMV=<name>; default %s):\n",
+              bc::awq_gemv_variant_name(bc::kAwqGemvDefaultVariant).c_str());
+  for (int v = 0; v < variants; ++v)
+    std::printf("  %2d %-10s %s\n", v, bc::awq_gemv_variant_name(v).c_str(),
+                bc::awq_gemv_variant_description(v).c_str());
+  // total[rows index][variant]: µs summed over the shapes.
+  std::vector<std::vector<double>> total(2, std::vector<double>(static_cast<std::size_t>(variants)));
+  std::vector<std::string> best_lines;
+  for (std::size_t si = 0; si < n_shapes; ++si) {
+    const Shape s = shapes[si];
+    const double wb4 = w4_bytes(s.out, s.in);
+    const int n4 = copies_for(wb4);
+    std::vector<backend::AwqWeight> w4;
+    for (int i = 0; i < n4; ++i) w4.push_back(random_w4(s.out, s.in, 100 + i));
+    for (int ri = 0; ri < 2; ++ri) {
+      const int64_t rows = ri == 0 ? 1 : 4;
+      const double bytes = wb4 + 2.0 * rows * (s.in + s.out);
+      const Tensor x = random_bf16({rows, s.in}, 1, 1.0f);
+      Tensor y = be.empty(DType::kBF16, {rows, s.out});
+      Tensor want = be.empty(DType::kF32, {rows, s.out});
+      Tensor got = be.empty(DType::kF32, {rows, s.out});
+      const AwqDeviceMatrix m0 = device_matrix(w4[0]);
+      bc::awq_gemv_bf16_variant(m0, x.data(), rows, want.mutable_data(), true, 0, nullptr);
+      int best = 0;
+      std::vector<double> us(static_cast<std::size_t>(variants));
+      for (int v = 0; v < variants; ++v) {
+        bc::awq_gemv_bf16_variant(m0, x.data(), rows, got.mutable_data(), true, v, nullptr);
+        const double diff = max_abs_diff(be, got, want);
+        const double t = seconds_per_call(
+            [&](int i) {
+              bc::awq_gemv_bf16_variant(device_matrix(w4[i % n4]), x.data(), rows,
+                                        y.mutable_data(), false, v, nullptr);
+            },
+            sync, 400);
+        us[v] = t * 1e6;
+        total[ri][v] += us[v];
+        if (us[v] < us[best]) best = v;
+        std::printf("sweep %-7s in=%lld out=%lld rows=%lld variant %2d %-10s %7.2f us %5.0f GB/s "
+                    "maxdiff %.3g  [%s]\n",
+                    s.name, static_cast<long long>(s.in), static_cast<long long>(s.out),
+                    static_cast<long long>(rows), v, bc::awq_gemv_variant_name(v).c_str(), us[v],
+                    bytes / t / 1e9, diff, bc::awq_gemv_variant_runs(m0, rows, v).c_str());
+        std::fflush(stdout);
+      }
+      best_lines.push_back(str("best  ", s.name, " rows=", rows, ": variant ", best, " ",
+                               bc::awq_gemv_variant_name(best), " ", us[best], " us (base ",
+                               us[0], " us, ", bytes / (us[best] * 1e-6) / 1e9, " GB/s)"));
+      std::printf("%s\n", best_lines.back().c_str());
+    }
+  }
+  std::printf("summary:\n");
+  for (const std::string& line : best_lines) std::printf("%s\n", line.c_str());
+  for (int ri = 0; ri < 2; ++ri) {
+    int best = 0;
+    for (int v = 0; v < variants; ++v)
+      if (total[ri][v] < total[ri][best]) best = v;
+    std::printf("total over the 5 shapes rows=%d:", ri == 0 ? 1 : 4);
+    for (int v = 0; v < variants; ++v)
+      std::printf(" %s %.1f", bc::awq_gemv_variant_name(v).c_str(), total[ri][v]);
+    std::printf("  -> best %s\n", bc::awq_gemv_variant_name(best).c_str());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
     const std::string mode = argc > 1 ? argv[1] : "all";
-    if (mode != "all" && mode != "gemv" && mode != "prefill")
-      throw_user_error("unknown mode '", mode, "'; use gemv, prefill or all (default)");
+    if (mode != "all" && mode != "gemv" && mode != "prefill" && mode != "gemv-sweep")
+      throw_user_error("unknown mode '", mode, "'; use gemv, prefill, gemv-sweep or all (default)");
     if (cuda::list_devices().empty()) throw_user_error(cuda::no_device_reason());
     auto be = backend::make_cuda_backend(0);
     std::printf("device %s\n", cuda::list_devices()[0].name.c_str());
@@ -126,15 +217,15 @@ int main(int argc, char** argv) {
     auto sync = [&] { be->download(probe); };
 
     // A 7-8B Llama's decode projections: qkv, o, gate|up (fused), down, and gate or up alone.
-    struct Shape {
-      int64_t in, out;
-      const char* name;
-    };
     const Shape shapes[] = {{4096, 14336, "gate"},
                             {4096, 6144, "qkv"},
                             {4096, 4096, "o"},
                             {4096, 28672, "gate|up"},
                             {14336, 4096, "down"}};
+    if (mode == "gemv-sweep") {
+      gemv_sweep(*be, shapes, sizeof(shapes) / sizeof(shapes[0]), sync);
+      return 0;
+    }
     for (const Shape s : shapes) {
       if (mode == "prefill") break;
       const int64_t in = s.in, out = s.out;

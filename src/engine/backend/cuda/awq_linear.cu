@@ -1,6 +1,8 @@
 // AutoAWQ (W4/W3/W8, group-quantized) linear layers on the GPU; see awq_linear.hpp for the format.
 //
-// GEMV (decode, rows 1..8), bandwidth-bound: every qweight int32 is read exactly once, by one
+// GEMV (decode, rows 1..8), bandwidth-bound. What follows is variant 0 ("base"); awq_gemv.cu
+// holds the other variants (awq_gemv_bf16 runs kAwqGemvDefaultVariant, REFINERY_AWQ_GEMV overrides).
+// Base: every qweight int32 is read exactly once, by one
 // kernel (no second pass, no atomics). It needs thread-block clusters (sm_90); elsewhere
 // awq_gemv_supports is false and linear() takes the dequantize + GEMM path.
 //   Column tiles: lane l of every warp of the blocks of tile t owns qweight column word 32·t + l,
@@ -42,6 +44,7 @@
 #include <map>
 #include <mutex>
 
+#include "engine/backend/cuda/awq_gemv.cuh"
 #include "engine/backend/cuda/awq_linear.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
@@ -458,6 +461,13 @@ void awq_gemv_bf16(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* 
   REFINERY_CHECK(awq_gemv_supports(w, rows), "awq_gemv: unsupported sizes: rows ", rows, ", group ",
                  w.group_size, ", in ", w.in, ", out ", w.out);
   REFINERY_CHECK(x != nullptr && y != nullptr, "awq_gemv: null x or y");
+  const int variant = awq_gemv_active_variant();
+  if (variant != 0 && awq_gemv_v2_launch(w, x, rows, y, y_f32, variant, stream)) return;
+  awq_gemv_base_launch(w, x, rows, y, y_f32, stream);
+}
+
+void awq_gemv_base_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
+                          bool y_f32, void* stream) {
   const GemvPlan plan = plan_gemv(w, rows);
   const GemvParams params{reinterpret_cast<const uint32_t*>(w.qweight),
                           reinterpret_cast<const uint32_t*>(w.qzeros),

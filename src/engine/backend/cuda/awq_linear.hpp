@@ -10,7 +10,7 @@
 //   GEMV (decode, 1..kAwqGemvMaxRows token rows): streams qweight once, dequantizes in registers,
 //     f32 accumulation; K split over the blocks of a thread-block cluster (sm_90) whose partial
 //     sums are reduced through distributed shared memory in a fixed order (one kernel,
-//     deterministic).
+//     deterministic). Several variants of it can be chosen at run time (below).
 //   dequantize: W rows as bf16 [rows, in] row-major (what CudaBackend::gemm_bf16 multiplies), for
 //     prefill (dequantize a chunk of rows, then a cuBLASLt GEMM) and the MoE expert stack.
 #include <cstdint>
@@ -51,6 +51,27 @@ int64_t awq_gemv_workspace_floats(const AwqDeviceMatrix& w, int64_t rows);
 // error for unsupported sizes, a short workspace or a failed launch.
 void awq_gemv_bf16(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y, bool y_f32,
                    float* workspace, int64_t workspace_floats, void* stream);
+
+// ---- GEMV variants (awq_gemv.cu; awq_bench gemv-sweep times them all) ----
+// Variant 0 is the kernel described in awq_linear.cu; the others are listed with what they change
+// by awq_gemv_variant_description. Every variant computes the same y within the GEMV's error
+// bound (f32 accumulation, exact dequantization) and is deterministic; one that does not cover a
+// matrix (8-bit, group sizes not a multiple of 16, ...) runs variant 0 for it.
+// The variant awq_gemv_bf16 (and so linear()) runs: change this constant to switch the default.
+constexpr int kAwqGemvDefaultVariant = 0;
+int awq_gemv_variant_count();
+std::string awq_gemv_variant_name(int variant);  // what REFINERY_AWQ_GEMV accepts (or the index)
+std::string awq_gemv_variant_description(int variant);
+// kAwqGemvDefaultVariant, or the variant named by the environment variable REFINERY_AWQ_GEMV
+// (read once; a name or an index; an unknown one is a user error).
+int awq_gemv_active_variant();
+// What `variant` runs for this matrix and row count on the current device: "base",
+// "base (fallback)" or the kernel configuration and plan of its own kernel.
+std::string awq_gemv_variant_runs(const AwqDeviceMatrix& w, int64_t rows, int variant);
+// awq_gemv_bf16 with an explicit variant (no workspace: none needs one).
+void awq_gemv_bf16_variant(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
+                           bool y_f32, int variant, void* stream);
+
 // out[(k - word_begin) * pack + j, c] = bf16(W[k * pack + j, c]) for the qweight columns
 // k in [word_begin, word_begin + word_count): output rows [word_begin * pack, ...) of W as a
 // row-major bf16 [word_count * pack, in] matrix at `out` (device). Enqueued on `stream`.

@@ -22,6 +22,7 @@
 #include <functional>
 
 #include "cuda_test_util.hpp"
+#include "engine/backend/cuda/awq_linear.hpp"
 #include "engine/core/error.hpp"
 
 namespace refinery {
@@ -184,6 +185,86 @@ TEST(AwqLinearGpu, GemvAllRowCountsAndPlans) {
   const std::vector<float> va = values(a), vb = values(b);
   ASSERT_EQ(va.size(), vb.size());
   EXPECT_EQ(std::memcmp(va.data(), vb.data(), va.size() * sizeof(float)), 0);
+}
+
+// Every GEMV variant (awq_gemv.cu) through awq_gemv_bf16_variant against the host reference, rows
+// 1..8, on shapes where the v2 kernels take each branch: words a multiple of 4 (128-bit loads at 1
+// row), of 2 only, odd (32-bit loads), a ragged last tile, groups 32/64/128 (32- and 64-row tasks)
+// and 48 (16-row tasks), 3 bits, in = 14336 (many tasks per warp, prefetch chains); and where they
+// fall back to base (8 bits, group 20). The GEMV bounds at the top of this file apply (the v2
+// reduction is at most as deep as base's). Each variant is run twice on one input: bitwise equal.
+TEST(AwqLinearGpu, GemvEveryVariant) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  namespace bc = backend::cuda;
+  auto be = backend::make_cuda_backend(0);
+  const Shape shapes[] = {{4, 128, 1024, 4096}, {4, 32, 2048, 256},  {3, 64, 320, 1536},
+                          {4, 64, 272, 2048},   {4, 128, 264, 4096}, {4, 48, 136, 480},
+                          {4, 128, 200, 14336}, {8, 64, 256, 512},   {4, 20, 40, 60}};
+  const int variants = bc::awq_gemv_variant_count();
+  ASSERT_GT(variants, 1);
+  uint64_t seed = 9500;
+  for (const Shape& s : shapes) {
+    const HostAwq h = random_awq(s.bits, s.group, s.out, s.in, ++seed);
+    const Tensor qweight = gpu(h.w.qweight), qzeros = gpu(h.w.qzeros), scales = gpu(h.w.scales);
+    bc::AwqDeviceMatrix m;
+    m.qweight = qweight.data<int32_t>();
+    m.qzeros = qzeros.data<int32_t>();
+    m.scales = scales.data();
+    m.bits = s.bits;
+    m.group_size = s.group;
+    m.out = s.out;
+    m.in = s.in;
+    m.words = s.out / (s.bits == 8 ? 4 : 8);
+    if (!bc::awq_gemv_supports(m, 1)) {
+      GTEST_SKIP() << "no thread-block clusters: no GEMV";
+    }
+    const bool own = s.bits != 8 && s.group % 16 == 0;  // the v2 kernels cover this matrix
+    for (int64_t t = 1; t <= 8; ++t) {
+      const Tensor x16 = convert(random_f32({t, s.in}, ++seed), DType::kBF16);
+      const Tensor xg = gpu(x16);
+      const std::vector<float> x = values(x16);
+      const DType y_dtype = t % 3 == 0 ? DType::kBF16 : DType::kF32;
+      Tensor want;
+      std::vector<float> bound;
+      reference(x, h, {}, t, 2e-5, y_dtype == DType::kBF16 ? std::ldexp(1.0, -8) : 0.0, want,
+                bound);
+      for (int v = 0; v < variants; ++v) {
+        const std::string runs = bc::awq_gemv_variant_runs(m, t, v);
+        const std::string what = str("awq gemv variant ", bc::awq_gemv_variant_name(v), " (",
+                                     runs, ") bits ", s.bits, " group ", s.group, " out ", s.out,
+                                     " in ", s.in, " T=", t);
+        if (v > 0) {
+          EXPECT_EQ(runs.rfind("v2 ", 0) == 0, own) << what;
+        }
+        Tensor got = poisoned_gpu({t, s.out}, y_dtype);
+        bc::awq_gemv_bf16_variant(m, xg.data(), t, got.mutable_data(), y_dtype == DType::kF32, v,
+                                  nullptr);
+        EXPECT_TRUE(close(what, got, want, 1e-6 * max_abs(want), bound));
+        if (t == 3 && y_dtype == DType::kBF16) {
+          Tensor again = poisoned_gpu({t, s.out}, y_dtype);
+          bc::awq_gemv_bf16_variant(m, xg.data(), t, again.mutable_data(), false, v, nullptr);
+          const std::vector<float> a = values(got), b = values(again);
+          ASSERT_EQ(a.size(), b.size());
+          EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << what;
+        }
+      }
+    }
+  }
+  // 128-bit loads run at 1 row where words % 4 == 0 (the first shape: 128 words).
+  const HostAwq h = random_awq(4, 128, 1024, 4096, 9600);
+  const Tensor qweight = gpu(h.w.qweight), qzeros = gpu(h.w.qzeros), scales = gpu(h.w.scales);
+  bc::AwqDeviceMatrix m;
+  m.qweight = qweight.data<int32_t>();
+  m.qzeros = qzeros.data<int32_t>();
+  m.scales = scales.data();
+  m.out = 1024;
+  m.in = 4096;
+  m.words = 128;
+  for (int v = 1; v < variants; ++v)
+    if (bc::awq_gemv_variant_name(v).rfind("v4", 0) == 0) {
+      EXPECT_NE(bc::awq_gemv_variant_runs(m, 1, v).find(" vec4 "), std::string::npos)
+          << bc::awq_gemv_variant_runs(m, 1, v);
+    }
 }
 
 TEST(AwqLinearGpu, BiasDeviceAndReadOnlyWeights) {

@@ -1,0 +1,625 @@
+// AWQ GEMV variants, selectable at run time, for sweeping the decode kernel's performance choices
+// on the target GPU (awq_bench gemv-sweep) before one becomes the default (kAwqGemvDefaultVariant
+// in awq_linear.hpp; REFINERY_AWQ_GEMV=<name or index> overrides it for experiments).
+//
+// Variant 0 ("base") is the kernel of awq_linear.cu. The others run one kernel family ("v2"),
+// 3- and 4-bit only, templated on (ROWS, VEC, TR, PREFETCH):
+//   Column tiles of 32 qweight words (256 outputs) as in base, but lane l owns the VEC consecutive
+//   words 32·t + VEC·(l % (32/VEC)) .. +VEC and the input rows l / (32/VEC) (mod VEC) of a task:
+//   one load instruction of the warp reads VEC input rows x 128 contiguous bytes, VEC·4 bytes per
+//   lane (VEC 4: 16-byte loads, 4x fewer load instructions per byte than base).
+//   A task is TR (16, 32 or 64) consecutive input rows inside one group; a lane loads TR/VEC
+//   vectors of qweight, its VEC zero words and VEC x 16 bytes of scales (one 16-byte load per word,
+//   base loads 8 halves one by one), lanes < TR load x[r, c0 + lane (+32)] and shuffle it to the
+//   lanes of each row. PREFETCH: the next task's loads are issued before the current task is
+//   computed (register double buffer), so a warp never waits for a task's round trip except the
+//   first one.
+//   Dequantization as base (exact f32: one LOP3 per code, code - zero exact, part[r][c] +=
+//   (code - zero)·x exact products, acc += scale·part once per task).
+//   Reduction, all in a fixed order (deterministic): the lanes sharing a column combine through a
+//   shuffle butterfly (log2 VEC steps), each warp writes [ROWS, 256] to shared memory, each block
+//   sums its warps (all threads, local shared memory), then after a cluster barrier rank q sums
+//   its 1/S slice over the S ranks' block sums through DSMEM (S independent loads per output, one
+//   round trip; base chains S·W dependent DSMEM loads per output).
+//   Plan: as base (the fewest tasks per warp such that all clusters are resident at once, then the
+//   smallest cluster), with per-variant limits on warps per block, blocks per cluster (16:
+//   non-portable cluster size) and a minimum of tasks per warp.
+//   Falls back to base (documented per variant in the sweep output; awq_gemv_variant_own_kernel):
+//   8-bit weights, group sizes not a multiple of 16, words not a multiple of VEC or a qweight /
+//   qzeros / scales pointer not VEC·4-byte aligned (then VEC is lowered first), a device or build
+//   without clusters, and combinations listed in v2_config (registers).
+//   TR 64 never prefetches (the double buffer spills at VEC 4).
+//   Rows: kernels exist for ROWS 1, 2, 4, 8; 3, 5..7 token rows run the next larger kernel with the
+//   extra x rows read as 0 and not written. VEC is capped at 4 for 1 row, 2 for 2 rows, 1 above
+//   (the per-lane accumulators are ROWS x 8·VEC floats, twice with `part`).
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "engine/backend/cuda/awq_gemv.cuh"
+#include "engine/backend/cuda/awq_linear.hpp"
+#include "engine/backend/cuda/kernel_util.cuh"
+
+namespace refinery::backend::cuda {
+
+namespace {
+
+constexpr int kV2MaxCluster = 16;  // blocks per cluster at most (16 needs the non-portable size)
+
+struct Variant {
+  const char* name;
+  int vec;          // qweight words per lane per load: 1, 2, 4
+  int task_rows;    // TR: 16, 32, 64 (lowered to a divisor of the group size)
+  bool prefetch;    // double-buffer the next task's loads
+  int max_warps;    // per block; 0: 16 for 1-2 rows, else 8 (base's limits)
+  int max_cluster;  // blocks per cluster at most: 8 (portable) or 16
+  int min_tasks;    // tasks per warp at least (1: as many warps as fit in one wave)
+  const char* what;
+};
+
+// Index 0 is base (the fields are unused). Names are what REFINERY_AWQ_GEMV accepts.
+constexpr Variant kVariants[] = {
+    {"base", 1, 32, false, 0, 8, 1, "awq_linear.cu kernel: 32-bit loads, DSMEM chain reduction"},
+    {"r32", 1, 32, false, 0, 8, 1, "v2, 32-bit loads, 32-row tasks (base + two-level reduction)"},
+    {"r32p", 1, 32, true, 0, 8, 1, "v2, 32-bit loads, 32-row tasks, prefetch next task"},
+    {"r16p", 1, 16, true, 0, 8, 1, "v2, 32-bit loads, 16-row tasks, prefetch"},
+    {"r64", 1, 64, false, 0, 8, 1, "v2, 32-bit loads, 64-row tasks"},
+    {"r32w8", 1, 32, false, 8, 8, 1, "v2, 32-bit loads, 32-row tasks, <= 8 warps per block"},
+    {"v2r32", 2, 32, false, 0, 8, 1, "v2, 64-bit loads, 32-row tasks"},
+    {"v2r32p", 2, 32, true, 0, 8, 1, "v2, 64-bit loads, 32-row tasks, prefetch"},
+    {"v4r32", 4, 32, false, 0, 8, 1, "v2, 128-bit loads, 32-row tasks"},
+    {"v4r32p", 4, 32, true, 0, 8, 1, "v2, 128-bit loads, 32-row tasks, prefetch"},
+    {"v4r16p", 4, 16, true, 0, 8, 1, "v2, 128-bit loads, 16-row tasks, prefetch"},
+    {"v4r64", 4, 64, false, 0, 8, 1, "v2, 128-bit loads, 64-row tasks"},
+    {"v4r32c16", 4, 32, false, 0, 16, 1, "v2, 128-bit loads, 32-row tasks, clusters <= 16"},
+    {"v4r32pc16", 4, 32, true, 0, 16, 1, "v2, 128-bit loads, 32-row tasks, prefetch, clusters <= 16"},
+    {"v4r16k2", 4, 16, false, 0, 8, 2, "v2, 128-bit loads, 16-row tasks, >= 2 tasks per warp"},
+    {"v4r16pk4", 4, 16, true, 0, 8, 4, "v2, 128-bit loads, 16-row tasks, prefetch, >= 4 tasks/warp"},
+};
+constexpr int kVariantCount = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
+
+// 16^-(i % 4) for element (nibble) i: undoes the place value of the in-place unpack.
+__device__ __forceinline__ constexpr float place_inverse4(int i) {
+  return i % 4 == 0 ? 1.0f : i % 4 == 1 ? 0x1p-4f : i % 4 == 2 ? 0x1p-8f : 0x1p-12f;
+}
+// Output offset of nibble i (AutoAWQ order [0,2,4,6,1,3,5,7]).
+__host__ __device__ constexpr int offset_of4(int i) { return i < 4 ? 2 * i : 2 * (i - 4) + 1; }
+
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t b) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(b));
+  return d;
+}
+
+// v[i] = 2^23 + code_i · 16^(i % 4) for nibble i of `word` (exact floats; see awq_linear.cu).
+__device__ __forceinline__ void unpack8(uint32_t word, float* v) {
+  constexpr uint32_t kExponent = 0x4B000000u;
+  const uint32_t high = word >> 16;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    v[i] = __uint_as_float(and_or(word, 0xFu << (4 * i), kExponent));
+    v[4 + i] = __uint_as_float(and_or(high, 0xFu << (4 * i), kExponent));
+  }
+}
+
+// VEC consecutive words at p (VEC·4-byte aligned). STREAM: evict-first (qweight is read once).
+template <int VEC, bool STREAM>
+__device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[VEC]) {
+  if constexpr (VEC == 4) {
+    const uint4 v = STREAM ? __ldcs(reinterpret_cast<const uint4*>(p))
+                           : __ldg(reinterpret_cast<const uint4*>(p));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (VEC == 2) {
+    const uint2 v = STREAM ? __ldcs(reinterpret_cast<const uint2*>(p))
+                           : __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    w[0] = STREAM ? __ldcs(p) : __ldg(p);
+  }
+}
+
+struct V2Params {
+  const uint32_t* qweight;  // [in, words]
+  const uint32_t* qzeros;   // [in / group_size, words]
+  const __half* scales;     // [in / group_size, out]
+  const uint16_t* x;        // bf16 [rows, in]
+  int64_t words, out, in, group_size;
+  int64_t n_tasks;  // in / TR
+  int rows;         // token rows (<= ROWS)
+  int cluster;      // S
+  void* y;          // [rows, out]
+  bool y_f32;
+};
+
+// One task's loads for one lane.
+template <int ROWS, int VEC, int TR>
+struct TaskLoads {
+  static constexpr int kPer = TR / VEC;         // input rows of the task this lane reads
+  static constexpr int kX = TR > 32 ? 2 : 1;    // x values per row per lane
+  uint32_t q[kPer][VEC];
+  uint32_t z[VEC];
+  uint4 s[VEC];  // 8 f16 scales of word v, output offsets 0..7
+  float x[ROWS][kX];
+};
+
+template <int ROWS, int VEC, int TR>
+__device__ __forceinline__ void load_task(const V2Params& p, int64_t task, bool ok, int lane,
+                                          int64_t word0, TaskLoads<ROWS, VEC, TR>& t) {
+  using T = TaskLoads<ROWS, VEC, TR>;
+  constexpr int kLpr = 32 / VEC;
+  const int64_t c0 = task * TR, group = c0 / p.group_size;
+  const int sub = lane / kLpr;
+  const uint32_t* q_ptr = p.qweight + (c0 + sub) * p.words + word0;
+#pragma unroll
+  for (int j = 0; j < T::kPer; ++j) {
+    if (ok) {
+      load_words<VEC, true>(q_ptr + int64_t{VEC} * j * p.words, t.q[j]);
+    } else {
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) t.q[j][v] = 0u;
+    }
+  }
+  if (ok) {
+    load_words<VEC, false>(p.qzeros + group * p.words + word0, t.z);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v)
+      t.s[v] = __ldg(reinterpret_cast<const uint4*>(p.scales + group * p.out + (word0 + v) * 8));
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) t.z[v] = 0u, t.s[v] = make_uint4(0u, 0u, 0u, 0u);
+  }
+  // x is loaded by lanes of in-range tasks regardless of `ok` (a lane past the last word still
+  // shuffles x to the others); `in_task` is warp-uniform.
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int h = 0; h < T::kX; ++h) {
+      const int idx = lane + 32 * h;
+      t.x[r][h] = r < p.rows && idx < TR && task < p.n_tasks
+                      ? __uint_as_float(uint32_t{__ldg(p.x + r * p.in + c0 + idx)} << 16)
+                      : 0.0f;
+    }
+}
+
+template <int ROWS, int VEC, int TR>
+__device__ __forceinline__ void compute_task(const TaskLoads<ROWS, VEC, TR>& t, int lane,
+                                             float (&acc)[ROWS][8 * VEC]) {
+  using T = TaskLoads<ROWS, VEC, TR>;
+  constexpr int kLpr = 32 / VEC;
+  const int sub = lane / kLpr;
+  float zero[8 * VEC];
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) unpack8(t.z[v], zero + 8 * v);
+  float part[ROWS][8 * VEC];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < 8 * VEC; ++c) part[r][c] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < T::kPer; ++j) {
+    // This lane's input row of step j: c0 + sub + VEC·j; its x sits in lane (sub + VEC·j) % 32,
+    // slot (VEC·j) / 32 (the same slot for every lane of the step).
+    const int slot = (VEC * j) / 32;
+    const int src = (sub + VEC * j) % 32;
+    float xr[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) xr[r] = __shfl_sync(0xFFFFFFFFu, t.x[r][slot], src);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      float code[8];
+      unpack8(t.q[j][v], code);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float d = code[i] - zero[8 * v + i];  // (code - zero)·16^(i%4), exact
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) part[r][8 * v + i] = fmaf(d, xr[r], part[r][8 * v + i]);
+      }
+    }
+  }
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    const uint32_t sw[4] = {t.s[v].x, t.s[v].y, t.s[v].z, t.s[v].w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int o = offset_of4(i);
+      const auto bits = static_cast<unsigned short>(sw[o / 2] >> (16 * (o % 2)));
+      const float s = __half2float(__ushort_as_half(bits)) * place_inverse4(i);  // exact
+#pragma unroll
+      for (int r = 0; r < ROWS; ++r)
+        acc[r][8 * v + i] = fmaf(s, part[r][8 * v + i], acc[r][8 * v + i]);
+    }
+  }
+}
+
+// grid (tiles · S), block W·32 threads, cluster (S, 1, 1), dynamic shared memory W·ROWS·256
+// floats. TR divides the group size; words % VEC == 0 and the pointers VEC·4-byte aligned.
+template <int ROWS, int VEC, int TR, bool PREFETCH>
+__global__ void awq_gemv_v2_kernel(const V2Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // clusters need sm_90; the host never launches this
+#else
+  namespace cg = cooperative_groups;
+  constexpr int kLpr = 32 / VEC, kCols = 8 * VEC, kTileOut = 256;
+  extern __shared__ float red[];  // [W, ROWS, 256]
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t tile = blockIdx.x / p.cluster;
+  const int64_t word0 = tile * 32 + int64_t{VEC} * (lane % kLpr);
+  const bool valid = word0 < p.words;  // all VEC words valid or none (words % VEC == 0)
+
+  float acc[ROWS][kCols];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) acc[r][c] = 0.0f;
+  const int64_t stride = int64_t{p.cluster} * warps;
+  int64_t task = int64_t{rank} * warps + warp;
+  if constexpr (PREFETCH) {
+    TaskLoads<ROWS, VEC, TR> cur;
+    load_task<ROWS, VEC, TR>(p, task, valid && task < p.n_tasks, lane, word0, cur);
+    for (; task < p.n_tasks; task += stride) {  // warp-uniform
+      TaskLoads<ROWS, VEC, TR> next;
+      const int64_t nt = task + stride;
+      load_task<ROWS, VEC, TR>(p, nt, valid && nt < p.n_tasks, lane, word0, next);
+      compute_task<ROWS, VEC, TR>(cur, lane, acc);
+      cur = next;
+    }
+  } else {
+    for (; task < p.n_tasks; task += stride) {
+      TaskLoads<ROWS, VEC, TR> cur;
+      load_task<ROWS, VEC, TR>(p, task, valid, lane, word0, cur);
+      compute_task<ROWS, VEC, TR>(cur, lane, acc);
+    }
+  }
+  // Lanes l, l + 32/VEC, ... hold the same columns (other input rows): butterfly, every lane of
+  // the group ends with the same sum.
+#pragma unroll
+  for (int m = kLpr; m < 32; m *= 2)
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) acc[r][c] += __shfl_xor_sync(0xFFFFFFFFu, acc[r][c], m);
+  if (lane < kLpr) {
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r)
+#pragma unroll
+      for (int v = 0; v < VEC; ++v)
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+          red[(warp * ROWS + r) * kTileOut + (lane * VEC + v) * 8 + offset_of4(i)] =
+              acc[r][8 * v + i];
+  }
+  __syncthreads();
+  // Block sums over warps in order, in place into warp 0's slots (element e only by thread e).
+  for (int e = threadIdx.x; e < p.rows * kTileOut; e += blockDim.x) {
+    float sum = red[e];
+    for (int w = 1; w < warps; ++w) sum += red[w * ROWS * kTileOut + e];
+    red[e] = sum;
+  }
+  cluster.sync();  // every rank's block sums are written
+  for (int e = rank * blockDim.x + threadIdx.x; e < p.rows * kTileOut;
+       e += p.cluster * blockDim.x) {
+    float part[kV2MaxCluster];
+#pragma unroll
+    for (int q = 0; q < kV2MaxCluster; ++q)  // independent DSMEM loads, one round trip
+      part[q] = q < p.cluster ? cluster.map_shared_rank(red, q)[e] : 0.0f;
+    float sum = part[0];
+#pragma unroll
+    for (int q = 1; q < kV2MaxCluster; ++q)
+      if (q < p.cluster) sum += part[q];
+    const int r = e / kTileOut;
+    const int64_t col = tile * kTileOut + e % kTileOut;
+    if (col >= p.out) continue;
+    if (p.y_f32)
+      static_cast<float*>(p.y)[r * p.out + col] = sum;
+    else
+      static_cast<__nv_bfloat16*>(p.y)[r * p.out + col] = __float2bfloat16_rn(sum);
+  }
+  cluster.sync();  // no block leaves while another may still read its shared memory
+#endif
+}
+
+using V2Kernel = void (*)(V2Params);
+
+// Kernel rows for `rows` token rows, VEC for those rows (see the header comment).
+int v2_rows(int64_t rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
+int v2_vec_cap(int kernel_rows) { return kernel_rows == 1 ? 4 : kernel_rows == 2 ? 2 : 1; }
+
+template <int ROWS, int VEC, int TR>
+V2Kernel v2_pick_prefetch(bool prefetch) {
+  return prefetch ? awq_gemv_v2_kernel<ROWS, VEC, TR, true> : awq_gemv_v2_kernel<ROWS, VEC, TR, false>;
+}
+
+template <int ROWS, int VEC>
+V2Kernel v2_pick_tr(int tr, bool prefetch) {
+  // Registers: a 64-row task at 8 rows would hold 64 words plus 2 x 64 accumulators: not
+  // instantiated, the host lowers TR to 32 (v2_config).
+  if (tr == 16) return v2_pick_prefetch<ROWS, VEC, 16>(prefetch);
+  if constexpr (ROWS <= 4) {  // no prefetch: 2 x 64 words in flight would spill at VEC 4
+    if (tr == 64) return awq_gemv_v2_kernel<ROWS, VEC, 64, false>;
+  }
+  return v2_pick_prefetch<ROWS, VEC, 32>(prefetch);
+}
+
+template <int ROWS>
+V2Kernel v2_pick_vec(int vec, int tr, bool prefetch) {
+  if constexpr (ROWS == 1) {
+    if (vec == 4) return v2_pick_tr<ROWS, 4>(tr, prefetch);
+  }
+  if constexpr (ROWS <= 2) {
+    if (vec == 2) return v2_pick_tr<ROWS, 2>(tr, prefetch);
+  }
+  return v2_pick_tr<ROWS, 1>(tr, prefetch);
+}
+
+V2Kernel v2_kernel(int kernel_rows, int vec, int tr, bool prefetch) {
+  switch (kernel_rows) {
+    case 1:
+      return v2_pick_vec<1>(vec, tr, prefetch);
+    case 2:
+      return v2_pick_vec<2>(vec, tr, prefetch);
+    case 4:
+      return v2_pick_vec<4>(vec, tr, prefetch);
+    default:
+      return v2_pick_vec<8>(vec, tr, prefetch);
+  }
+}
+
+// What a variant actually runs for a matrix and row count: vec 0 means the base kernel.
+struct V2Config {
+  int kernel_rows = 0, vec = 0, tr = 0;
+  bool prefetch = false;
+};
+
+bool aligned_to(const void* p, int bytes) {
+  return reinterpret_cast<std::uintptr_t>(p) % static_cast<std::uintptr_t>(bytes) == 0;
+}
+
+V2Config v2_config(const AwqDeviceMatrix& w, int64_t rows, const Variant& v) {
+  V2Config c;
+  if (w.bits == 8 || w.group_size % 16 != 0 || rows < 1 || rows > 8) return c;  // base
+  c.kernel_rows = v2_rows(rows);
+  c.tr = v.task_rows;
+  if (c.kernel_rows == 8) c.tr = std::min(c.tr, 32);
+  while (c.tr > 16 && w.group_size % c.tr != 0) c.tr /= 2;
+  c.vec = std::min(v.vec, v2_vec_cap(c.kernel_rows));
+  // words % VEC == 0 keeps every row's vectors aligned; the scales need 16 bytes per word (always
+  // aligned when the pointer is: out = 8·words).
+  while (c.vec > 1 && (w.words % c.vec != 0 || !aligned_to(w.qweight, 4 * c.vec) ||
+                       !aligned_to(w.qzeros, 4 * c.vec)))
+    c.vec /= 2;
+  if (!aligned_to(w.scales, 16)) c.vec = 0;
+  c.prefetch = v.prefetch && c.tr < 64;
+  return c;
+}
+
+struct V2Plan {
+  bool usable = false;
+  V2Config config;
+  int cluster = 0, warps = 0;
+  int64_t n_tasks = 0, tiles = 0, smem_bytes = 0;
+};
+
+std::size_t v2_smem_bytes(int kernel_rows, int warps) {
+  return static_cast<std::size_t>(warps) * kernel_rows * 256 * sizeof(float);
+}
+
+int v2_max_active_clusters(V2Kernel kernel, int kernel_rows, int cluster, int warps) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(32 * warps));
+  config.dynamicSmemBytes = v2_smem_bytes(kernel_rows, warps);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // a configuration the device cannot run: none resident
+    return 0;
+  }
+  return clusters;
+}
+
+V2Plan make_v2_plan(int device, const AwqDeviceMatrix& w, int64_t rows, const Variant& v) {
+  V2Plan p;
+  p.config = v2_config(w, rows, v);
+  if (p.config.vec == 0) return p;
+  const V2Kernel kernel =
+      v2_kernel(p.config.kernel_rows, p.config.vec, p.config.tr, p.config.prefetch);
+  int major = 0;
+  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (major < 9) return p;
+  cudaFuncAttributes attributes = {};
+  if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return p;
+  }
+  if (attributes.binaryVersion < 90 || attributes.ptxVersion < 90) return p;
+  // Warps per block: the variant's limit, base's by rows, and what the registers allow.
+  int max_warps = v.max_warps > 0 ? v.max_warps : (rows <= 2 ? 16 : 8);
+  max_warps = std::min(max_warps, attributes.maxThreadsPerBlock / 32);
+  if (max_warps < 1) return p;
+  REFINERY_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                           static_cast<int>(v2_smem_bytes(p.config.kernel_rows, max_warps))));
+  int max_cluster = std::min(v.max_cluster, kV2MaxCluster);
+  if (max_cluster > 8 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) !=
+          cudaSuccess) {
+    (void)cudaGetLastError();
+    max_cluster = 8;
+  }
+  p.n_tasks = w.in / p.config.tr;
+  p.tiles = (w.words + 31) / 32;
+  std::map<std::pair<int, int>, bool> fits;
+  auto fits_one_wave = [&](int s, int wp) {
+    const auto key = std::make_pair(s, wp);
+    auto it = fits.find(key);
+    if (it == fits.end())
+      it = fits
+               .emplace(key, v2_max_active_clusters(kernel, p.config.kernel_rows, s, wp) >=
+                                 p.tiles)
+               .first;
+    return it->second;
+  };
+  const int64_t max_tile_warps = std::min<int64_t>(int64_t{max_cluster} * max_warps, p.n_tasks);
+  const int64_t k_first =
+      std::max<int64_t>(v.min_tasks, (p.n_tasks + max_tile_warps - 1) / max_tile_warps);
+  for (int64_t k = k_first; k <= p.n_tasks; ++k) {
+    const int64_t t = (p.n_tasks + k - 1) / k;  // warps per tile for k tasks per warp
+    if (k > k_first && (p.n_tasks + k - 2) / (k - 1) == t) continue;  // same T as k - 1
+    for (int s = 1; s <= max_cluster; ++s) {
+      const int64_t wp = (t + s - 1) / s;
+      if (wp > max_warps) continue;
+      if (fits_one_wave(s, static_cast<int>(wp))) {
+        p.cluster = s;
+        p.warps = static_cast<int>(wp);
+        break;
+      }
+    }
+    if (p.cluster > 0) break;
+  }
+  if (p.cluster == 0) {  // wider than one wave even at one warp per tile: whole-K blocks
+    p.cluster = 1;
+    p.warps = static_cast<int>(std::min<int64_t>(max_warps, p.n_tasks));
+  }
+  p.smem_bytes = static_cast<int64_t>(v2_smem_bytes(p.config.kernel_rows, p.warps));
+  p.usable = p.tiles * p.cluster < (int64_t{1} << 31);
+  return p;
+}
+
+V2Plan plan_v2(const AwqDeviceMatrix& w, int64_t rows, int variant) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 8>, V2Plan> cache;
+  int device = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  // The alignment of the pointers is part of the key (it can lower VEC).
+  const int64_t align = (reinterpret_cast<std::uintptr_t>(w.qweight) % 16 == 0 ? 1 : 0) |
+                        (reinterpret_cast<std::uintptr_t>(w.qzeros) % 16 == 0 ? 2 : 0) |
+                        (reinterpret_cast<std::uintptr_t>(w.scales) % 16 == 0 ? 4 : 0) |
+                        (reinterpret_cast<std::uintptr_t>(w.qweight) % 8 == 0 ? 8 : 0) |
+                        (reinterpret_cast<std::uintptr_t>(w.qzeros) % 8 == 0 ? 16 : 0);
+  const std::array<int64_t, 8> key{device,  rows,          w.bits == 8 ? 8 : 4, w.words, w.in,
+                                   w.group_size, variant, align};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, make_v2_plan(device, w, rows, kVariants[variant])).first;
+  return it->second;
+}
+
+int parse_variant(const char* text) {
+  if (text == nullptr || *text == '\0') return -1;
+  for (int i = 0; i < kVariantCount; ++i)
+    if (std::strcmp(text, kVariants[i].name) == 0) return i;
+  char* end = nullptr;
+  const long n = std::strtol(text, &end, 10);
+  if (end != text && *end == '\0' && n >= 0 && n < kVariantCount) return static_cast<int>(n);
+  return -1;
+}
+
+void check_variant(int variant) {
+  REFINERY_CHECK(variant >= 0 && variant < kVariantCount, "awq_gemv: variant ", variant,
+                 " out of range [0, ", kVariantCount, ")");
+}
+
+}  // namespace
+
+int awq_gemv_variant_count() { return kVariantCount; }
+
+std::string awq_gemv_variant_name(int variant) {
+  check_variant(variant);
+  return kVariants[variant].name;
+}
+
+std::string awq_gemv_variant_description(int variant) {
+  check_variant(variant);
+  return kVariants[variant].what;
+}
+
+int awq_gemv_active_variant() {
+  static const int active = [] {
+    const char* env = std::getenv("REFINERY_AWQ_GEMV");
+    if (env == nullptr || *env == '\0') return kAwqGemvDefaultVariant;
+    const int v = parse_variant(env);
+    if (v < 0) {
+      std::string names;
+      for (int i = 0; i < kVariantCount; ++i) names += std::string(i ? ", " : "") + kVariants[i].name;
+      throw_user_error("REFINERY_AWQ_GEMV='", env, "' names no AWQ GEMV variant; use an index 0..",
+                       kVariantCount - 1, " or one of: ", names);
+    }
+    return v;
+  }();
+  return active;
+}
+
+std::string awq_gemv_variant_runs(const AwqDeviceMatrix& w, int64_t rows, int variant) {
+  check_variant(variant);
+  if (variant == 0) return "base";
+  const V2Plan plan = plan_v2(w, rows, variant);
+  if (!plan.usable) return "base (fallback)";
+  return str("v2 rows", plan.config.kernel_rows, " vec", plan.config.vec, " tr", plan.config.tr,
+             plan.config.prefetch ? " prefetch" : "", " S", plan.cluster, " W", plan.warps,
+             " tiles", plan.tiles);
+}
+
+bool awq_gemv_v2_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
+                        bool y_f32, int variant, void* stream) {
+  if (variant <= 0 || variant >= kVariantCount) return false;
+  const V2Plan plan = plan_v2(w, rows, variant);
+  if (!plan.usable) return false;
+  const V2Params params{reinterpret_cast<const uint32_t*>(w.qweight),
+                        reinterpret_cast<const uint32_t*>(w.qzeros),
+                        static_cast<const __half*>(w.scales),
+                        static_cast<const uint16_t*>(x),
+                        w.words,
+                        w.out,
+                        w.in,
+                        w.group_size,
+                        plan.n_tasks,
+                        static_cast<int>(rows),
+                        plan.cluster,
+                        y,
+                        y_f32};
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(plan.tiles * plan.cluster));
+  config.blockDim = dim3(static_cast<unsigned>(32 * plan.warps));
+  config.dynamicSmemBytes = static_cast<std::size_t>(plan.smem_bytes);
+  config.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(plan.cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  const V2Kernel kernel =
+      v2_kernel(plan.config.kernel_rows, plan.config.vec, plan.config.tr, plan.config.prefetch);
+  REFINERY_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+  REFINERY_CUDA_CHECK_LAUNCH("awq_gemv (variant)");
+  return true;
+}
+
+void awq_gemv_bf16_variant(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
+                           bool y_f32, int variant, void* stream) {
+  check_variant(variant);
+  REFINERY_CHECK(awq_gemv_supports(w, rows), "awq_gemv: unsupported sizes: rows ", rows, ", group ",
+                 w.group_size, ", in ", w.in, ", out ", w.out);
+  REFINERY_CHECK(x != nullptr && y != nullptr, "awq_gemv: null x or y");
+  if (!awq_gemv_v2_launch(w, x, rows, y, y_f32, variant, stream))
+    awq_gemv_base_launch(w, x, rows, y, y_f32, stream);
+}
+
+}  // namespace refinery::backend::cuda

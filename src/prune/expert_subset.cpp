@@ -196,10 +196,9 @@ std::vector<std::vector<int>> valid_expert_subsets(const backend::RouterSpec& r,
       count = std::min(max_subsets + 1, count * binomial_capped(per, n / r.n_group, max_subsets));
   }
   if (count > max_subsets)
-    throw_user_error("--expert-metric exact: keeping ", n, " of ", e, " experts has ",
-                     count > max_subsets ? str("more than ", max_subsets) : str(count),
-                     " candidate subsets per layer (the limit is ", max_subsets,
-                     "); use --expert-metric frequency or gate_norm for this model");
+    throw_user_error("--expert-metric exact: keeping ", n, " of ", e, " experts has more than ", max_subsets,
+                     " candidate subsets per layer, too many to search; use --expert-metric frequency or "
+                     "gate_norm for this model");
   if (!grouped(r)) return combinations(e, n, 0);
   const int per = e / r.n_group;
   std::vector<std::vector<int>> out = {{}};

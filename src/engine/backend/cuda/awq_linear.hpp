@@ -58,7 +58,7 @@ void awq_gemv_bf16(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* 
 // bound (f32 accumulation, exact dequantization) and is deterministic; one that does not cover a
 // matrix (8-bit, group sizes not a multiple of 16, ...) runs variant 0 for it.
 // The variant awq_gemv_bf16 (and so linear()) runs: change this constant to switch the default.
-constexpr int kAwqGemvDefaultVariant = 0;
+constexpr int kAwqGemvDefaultVariant = 12;  // v4r32c16: fastest over the 7B decode shapes (H100 sweep, docs/BENCHMARKS.md)
 int awq_gemv_variant_count();
 std::string awq_gemv_variant_name(int variant);  // what REFINERY_AWQ_GEMV accepts (or the index)
 std::string awq_gemv_variant_description(int variant);

@@ -158,6 +158,18 @@ void validate_heads(const model::ModelConfig& c, const LayerPlan& l) {
   }
 }
 
+// transformers 5's LlamaConfig and DeepseekV2Config refuse a config whose hidden_size is not a
+// multiple of num_attention_heads (even with an explicit head_dim), so such a pruned model would
+// not load there.
+void check_heads_divide_hidden(const model::ModelConfig& c, int heads, int hidden, const std::string& what) {
+  if (c.model_type != "llama" && c.model_type != "deepseek_v2") return;
+  if (hidden % heads == 0) return;
+  throw_user_error(what, " keeps ", hidden, " hidden channels and ", heads, " attention heads, but transformers' ",
+                   c.model_type, " config requires hidden_size to be a multiple of num_attention_heads; keep "
+                   "a multiple of ", heads, " hidden channels (e.g. --hidden ", std::max(heads, hidden / heads * heads),
+                   ") or another head count");
+}
+
 // Kept query heads and KV groups of one layer for --heads / --kv-heads (see plan.hpp).
 void plan_heads(const model::ModelConfig& c, const LayerImportance& li, const PruneOptions& o, LayerPlan& lp) {
   const int nh = c.attention.num_heads, nkv = c.attention.num_kv_heads;
@@ -278,6 +290,11 @@ void check_options(const model::ModelConfig& c, const PruneOptions& o) {
   if (o.hidden && (*o.hidden < 1 || *o.hidden > c.hidden_size))
     throw_user_error("--hidden ", *o.hidden, ": the model's hidden size is ", c.hidden_size,
                      "; keep between 1 and ", c.hidden_size, " embedding channels");
+  if (o.heads || o.kv_heads || o.hidden) {
+    const int heads = o.heads ? *o.heads
+                      : o.kv_heads ? *o.kv_heads * (a.num_heads / a.num_kv_heads) : a.num_heads;
+    check_heads_divide_hidden(c, heads, o.hidden ? *o.hidden : c.hidden_size, "the pruned model");
+  }
 }
 
 PrunePlan build_plan(const model::ModelConfig& c, const ImportanceReport* report,
@@ -448,6 +465,10 @@ void validate_plan(const model::ModelConfig& c, const PrunePlan& plan) {
                                                    : static_cast<int>(l.shared_channels.size()),
                  l.source, "shared-expert channels");
   }
+  if (heads >= 0 && (heads != c.attention.num_heads || !plan.hidden_channels.empty()))
+    check_heads_divide_hidden(c, heads, plan.hidden_channels.empty() ? c.hidden_size
+                                                                     : static_cast<int>(plan.hidden_channels.size()),
+                              "prune plan: it");
   const bool deepseek = c.family == model::ModelFamily::kDeepseekV2 || c.family == model::ModelFamily::kDeepseekV3;
   if (deepseek && shared >= 0 && expert_width >= 0 && shared != expert_width * c.moe->num_shared_experts)
     throw_user_error("prune plan: ", c.model_type, " ties the shared experts' width to moe_intermediate_size x "

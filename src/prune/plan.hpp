@@ -34,6 +34,8 @@
 //                   columns of every linear that reads the stream and the output rows of every
 //                   linear that writes it. RMSNorm then averages over H channels instead of the
 //                   parent's (Minitron accepts this; distillation repairs it).
+//   llama and deepseek_v2: transformers 5 refuses a config whose hidden_size is not a multiple of
+//                   num_attention_heads, so --heads / --kv-heads / --hidden must keep that true.
 //
 // In a plan an empty index list means "keep all" of that structure.
 

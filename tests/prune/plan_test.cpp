@@ -286,14 +286,24 @@ TEST(PrunePlanWidth, MhaKeepsEachHeadWithItsKvHead) {
     l.kv_group_norm = l.head_norm;  // one head per group
   }
   PruneOptions o;
-  o.heads = 3;
+  o.heads = 2;  // not a multiple of the 4 KV heads: fine, they go with their query heads
   const PrunePlan p = build_plan(c, &r, o);
-  EXPECT_EQ(p.layers[0].kv_heads, (std::vector<int>{0, 2, 3}));
-  EXPECT_EQ(kept_heads(c, p.layers[0]), (std::vector<int>{0, 2, 3}));
-  EXPECT_EQ(plan_shape(c, p).kv_heads, 3);
+  EXPECT_EQ(p.layers[0].kv_heads, (std::vector<int>{0, 2}));
+  EXPECT_EQ(kept_heads(c, p.layers[0]), (std::vector<int>{0, 2}));
+  EXPECT_EQ(plan_shape(c, p).kv_heads, 2);
   const nlohmann::json pruned = pruned_config(j, c, p);
-  EXPECT_EQ(pruned["num_attention_heads"], 3);
-  EXPECT_EQ(pruned["num_key_value_heads"], 3);
+  EXPECT_EQ(pruned["num_attention_heads"], 2);
+  EXPECT_EQ(pruned["num_key_value_heads"], 2);
+  // transformers' LlamaConfig wants hidden_size (64) a multiple of num_attention_heads.
+  o.heads = 3;
+  const std::string msg = error_of([&] { check_options(c, o); });
+  EXPECT_NE(msg.find("multiple of num_attention_heads"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--hidden 63"), std::string::npos) << msg;
+  o.hidden = 63;
+  check_options(c, o);
+  PrunePlan three = PrunePlan::identity(c);
+  for (LayerPlan& l : three.layers) l.kv_heads = {0, 1, 2};
+  EXPECT_NE(error_of([&] { validate_plan(c, three); }).find("multiple of num_attention_heads"), std::string::npos);
 }
 
 // deepseek_v2_lite: MLA, 4 heads; K/V heads follow the query heads, there are no KV groups.
@@ -302,22 +312,26 @@ TEST(PrunePlanWidth, MlaHeadsAndNoKvGroups) {
   ImportanceReport r = blank_report(c);
   for (auto& l : r.layers) l.head_norm = {0.2, 0.5, 0.1, 0.3};
   PruneOptions o;
-  o.heads = 3;
+  o.heads = 2;
   const PrunePlan p = build_plan(c, &r, o);
   for (const LayerPlan& l : p.layers) {
-    EXPECT_EQ(l.heads, (std::vector<int>{0, 1, 3}));
+    EXPECT_EQ(l.heads, (std::vector<int>{1, 3}));
     EXPECT_TRUE(l.kv_heads.empty());
   }
-  EXPECT_EQ(plan_shape(c, p).kv_heads, 3);
+  EXPECT_EQ(plan_shape(c, p).kv_heads, 2);
   nlohmann::json parent;
   {
     std::ifstream in(test::fixture("deepseek_v2_lite") / "config.json");
     parent = nlohmann::json::parse(in);
   }
   const nlohmann::json pruned = pruned_config(parent, c, p);
-  EXPECT_EQ(pruned["num_attention_heads"], 3);
-  EXPECT_EQ(pruned["num_key_value_heads"], 3);
+  EXPECT_EQ(pruned["num_attention_heads"], 2);
+  EXPECT_EQ(pruned["num_key_value_heads"], 2);
   EXPECT_EQ(pruned["head_dim"], parent["head_dim"]);  // MLA widths untouched
+  o.heads = 3;  // any count, but DeepseekV2Config wants hidden_size (64) a multiple of it
+  EXPECT_NE(error_of([&] { check_options(c, o); }).find("multiple of num_attention_heads"), std::string::npos);
+  o.hidden = 48;
+  check_options(c, o);
   o.heads.reset();
   o.kv_heads = 2;
   EXPECT_NE(error_of([&] { check_options(c, o); }).find("no KV groups"), std::string::npos);

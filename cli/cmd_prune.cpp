@@ -182,9 +182,10 @@ void register_prune(CLI::App& app) {
       "N / K heads per group). --hidden H keeps H embedding channels (Minitron): embeddings,\n"
       "lm_head, every residual norm and every linear reading or writing the residual stream are\n"
       "sliced; RMSNorm then normalizes over H channels, which changes its output: distill after.\n"
-      "--plan FILE applies a plan JSON as is (the\n"
-      "`plan` of a pruned model's refinery.json is one). The output is a Hugging Face model\n"
-      "directory with refinery.json (pass, options, parent, scores summary).");
+      "llama and deepseek_v2 configs need H a multiple of the kept heads (transformers checks).\n"
+      "--plan FILE applies a plan JSON as is (the `plan` of a pruned model's refinery.json is\n"
+      "one). The output is a Hugging Face model directory with refinery.json (pass, options,\n"
+      "parent, scores summary).");
   cmd->add_option("MODEL", o->model, "Model directory (Hugging Face layout)")->required();
   cmd->add_option("--calib", o->calib, "Calibration data: .txt, .jsonl, tokens JSON or a token dataset .h5");
   cmd->add_option("--out", o->out, "Output model directory");

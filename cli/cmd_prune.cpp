@@ -1,6 +1,6 @@
 // `refine prune MODEL --calib F --out DIR [--experts N] [--expert-metric M] [--layers N]
-//  [--ffn-ratio R] [--report scores.json] ...`: importance from a calibration pass, a plan, and the
-// pruned model directory (src/prune/).
+//  [--ffn-ratio R] [--heads N] [--kv-heads N] [--hidden H] [--report scores.json] ...`: importance
+// from a calibration pass, a plan, and the pruned model directory (src/prune/).
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 struct PruneCliOptions {
   std::string model, out, report, scores, plan;
   std::vector<std::string> calib;
-  int experts = 0, layers = 0;  // 0: not given
+  int experts = 0, layers = 0, heads = 0, kv_heads = 0, hidden = 0;
   double ffn_ratio = 0.0;       // 0: not given
   std::string expert_metric = "frequency";
   uint64_t seed = 0;
@@ -39,6 +39,7 @@ struct PruneCliOptions {
   int threads = 0;
   bool force = false, add_special = false, json = false;
   bool experts_given = false, layers_given = false, ffn_given = false;
+  bool heads_given = false, kv_heads_given = false, hidden_given = false;
 };
 
 
@@ -84,13 +85,18 @@ void run_prune(const PruneCliOptions& o) {
     po.layers = o.layers;
   }
   if (o.ffn_given) po.ffn_ratio = o.ffn_ratio;
+  if (o.heads_given) po.heads = o.heads;
+  if (o.kv_heads_given) po.kv_heads = o.kv_heads;
+  if (o.hidden_given) po.hidden = o.hidden;
   po.expert_metric = prune::parse_expert_metric(o.expert_metric);
   po.seed = o.seed;
-  const bool targets = po.experts || po.layers || po.ffn_ratio;
+  const bool targets = po.experts || po.layers || po.ffn_ratio || po.heads || po.kv_heads || po.hidden;
   if (!o.plan.empty() && targets)
-    throw_user_error("--plan gives the whole plan; drop --experts, --layers and --ffn-ratio");
+    throw_user_error("--plan gives the whole plan; drop --experts, --layers, --ffn-ratio, --heads, --kv-heads "
+                     "and --hidden");
   if (!o.out.empty() && o.plan.empty() && !targets)
-    throw_user_error("nothing to prune: give --experts N, --layers N and/or --ffn-ratio R (or --plan FILE)");
+    throw_user_error("nothing to prune: give --experts N, --layers N, --ffn-ratio R, --heads N, --kv-heads N "
+                     "and/or --hidden H (or --plan FILE)");
   if (!o.scores.empty() && !o.calib.empty())
     throw_user_error("give one of --scores (reuse a report) and --calib (compute the scores)");
   if (!fs::is_regular_file(fs::path(o.model) / "config.json"))
@@ -125,6 +131,9 @@ void run_prune(const PruneCliOptions& o) {
     if (po.experts) options["experts"] = *po.experts;
     if (po.layers) options["layers"] = *po.layers;
     if (po.ffn_ratio) options["ffn_ratio"] = *po.ffn_ratio;
+    if (po.heads) options["heads"] = *po.heads;
+    if (po.kv_heads) options["kv_heads"] = *po.kv_heads;
+    if (po.hidden) options["hidden"] = *po.hidden;
     if (!o.plan.empty()) options["plan"] = o.plan;
     ao.provenance = {{"pass", "prune"}, {"created_by", "refine prune"}, {"parent", o.model}, {"options", options}};
     if (report) {
@@ -158,21 +167,31 @@ void register_prune(CLI::App& app) {
       "  refine prune teacher/ --calib calib.jsonl --report scores.json\n"
       "  refine prune teacher/ --scores scores.json --out pruned/ --experts 32 --expert-metric gate_norm\n"
       "  refine prune teacher/ --calib calib.jsonl --out pruned/ --layers 20 --ffn-ratio 0.5\n"
+      "  refine prune llama/ --calib calib.jsonl --out narrow/ --heads 24 --kv-heads 6 --hidden 3072\n"
       "Scores come from one calibration pass (--calib-tokens tokens in windows of --seq-len):\n"
       "experts by routing frequency and gate-weighted output norm, heads, MLP channels (RMS at\n"
       "down_proj's input), embedding channels and layers (1 - cos(block input, output)).\n"
       "--experts N keeps the N best routed experts of every MoE layer (with DeepSeek's grouped\n"
       "routing, N / n_group of each group, so routing groups stay valid); --layers N keeps the N\n"
       "layers that change the residual stream most; --ffn-ratio R keeps round(R x width) channels\n"
-      "of every dense MLP, routed and shared expert. --plan FILE applies a plan JSON as is (the\n"
-      "`plan` of a pruned model's refinery.json is one). The output is a Hugging Face model\n"
-      "directory with refinery.json (pass, options, parent, scores summary).");
+      "of every dense MLP, routed and shared expert.\n"
+      "--heads N keeps N attention heads per layer by head score. With GQA every kept KV group\n"
+      "keeps the same number of heads (its own best), so N must be a multiple of the kept groups;\n"
+      "MHA keeps each head with its KV head; DeepSeek MLA slices q/kv_b/o_proj per head.\n"
+      "--kv-heads K (GQA) keeps the K best KV groups with their query heads (then --heads N gives\n"
+      "N / K heads per group). --hidden H keeps H embedding channels (Minitron): embeddings,\n"
+      "lm_head, every residual norm and every linear reading or writing the residual stream are\n"
+      "sliced; RMSNorm then normalizes over H channels, which changes its output: distill after.\n"
+      "llama and deepseek_v2 configs need H a multiple of the kept heads (transformers checks).\n"
+      "--plan FILE applies a plan JSON as is (the `plan` of a pruned model's refinery.json is\n"
+      "one). The output is a Hugging Face model directory with refinery.json (pass, options,\n"
+      "parent, scores summary).");
   cmd->add_option("MODEL", o->model, "Model directory (Hugging Face layout)")->required();
   cmd->add_option("--calib", o->calib, "Calibration data: .txt, .jsonl, tokens JSON or a token dataset .h5");
   cmd->add_option("--out", o->out, "Output model directory");
   cmd->add_option("--report", o->report, "Write the importance scores (JSON) here");
   cmd->add_option("--scores", o->scores, "Reuse scores from an earlier --report instead of --calib");
-  cmd->add_option("--plan", o->plan, "Apply this prune plan JSON instead of --experts/--layers/--ffn-ratio");
+  cmd->add_option("--plan", o->plan, "Apply this prune plan JSON instead of --experts/--layers/--ffn-ratio/--heads/...");
   cmd->add_option("--experts", o->experts, "Routed experts to keep per MoE layer")
       ->each([o](const std::string&) { o->experts_given = true; });
   cmd->add_option("--expert-metric", o->expert_metric, "frequency, gate_norm or random")->capture_default_str();
@@ -180,6 +199,12 @@ void register_prune(CLI::App& app) {
   cmd->add_option("--layers", o->layers, "Layers to keep")->each([o](const std::string&) { o->layers_given = true; });
   cmd->add_option("--ffn-ratio", o->ffn_ratio, "Fraction of MLP channels to keep, in (0, 1]")
       ->each([o](const std::string&) { o->ffn_given = true; });
+  cmd->add_option("--heads", o->heads, "Attention (query) heads to keep per layer")
+      ->each([o](const std::string&) { o->heads_given = true; });
+  cmd->add_option("--kv-heads", o->kv_heads, "KV heads (GQA groups) to keep per layer")
+      ->each([o](const std::string&) { o->kv_heads_given = true; });
+  cmd->add_option("--hidden", o->hidden, "Embedding (hidden) channels to keep")
+      ->each([o](const std::string&) { o->hidden_given = true; });
   cmd->add_option("--calib-tokens", o->calib_tokens, "Calibration tokens (0: all)")->capture_default_str();
   cmd->add_option("--seq-len", o->seq_len, "Tokens per calibration window")->capture_default_str();
   cmd->add_option("--device", o->device, "cpu or cuda")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();

@@ -94,7 +94,126 @@ void same_count(int& seen, int count, int layer, const char* what) {
   seen = count;
 }
 
+bool is_mla(const model::ModelConfig& c) { return c.attention.kind == model::AttentionKind::kMla; }
+
+// MHA (not MLA): every query head has its own KV head, so they are kept together.
+bool is_mha(const model::ModelConfig& c) {
+  return !is_mla(c) && c.attention.num_kv_heads == c.attention.num_heads;
+}
+
+// The KV groups --heads N keeps when --kv-heads is not given (see plan.hpp).
+int default_kv_groups(const model::ModelConfig& c, int heads) {
+  return is_mha(c) ? heads : c.attention.num_kv_heads;
+}
+
+// Query head counts valid with `groups` kept KV groups of `per_group` heads each.
+std::string valid_head_counts(const model::ModelConfig& c, std::optional<int> kv_heads) {
+  if (is_mla(c) || (is_mha(c) && !kv_heads)) return str("1..", c.attention.num_heads);
+  const int groups = kv_heads ? *kv_heads : c.attention.num_kv_heads;
+  const int per_group = c.attention.num_heads / c.attention.num_kv_heads;
+  std::string list;
+  for (int k = 1; k <= per_group; ++k) list += (list.empty() ? "" : ", ") + std::to_string(k * groups);
+  return list;
+}
+
+const std::vector<double>& head_scores(const std::vector<double>& s, int count, int layer, const char* what) {
+  if (static_cast<int>(s.size()) != count)
+    throw_user_error("the importance report has ", s.size(), " ", what, " scores for layer ", layer,
+                     " but the model has ", count, "; it was made for another model");
+  return s;
+}
+
+// A layer's heads: in range, ascending; GQA: every kept head in a kept group, every kept group
+// with the same number of heads (the config repeats each KV head for num_heads / num_kv_heads).
+void validate_heads(const model::ModelConfig& c, const LayerPlan& l) {
+  const int nh = c.attention.num_heads, nkv = c.attention.num_kv_heads;
+  check_indices(l.heads, nh, l.source, "attention head");
+  if (is_mla(c)) {
+    if (!l.kv_heads.empty())
+      throw_user_error("prune plan, layer ", l.source, ": ", c.model_type, " uses multi-head latent attention, "
+                       "which has no KV groups; give only \"heads\" (the K/V heads follow them)");
+    return;
+  }
+  check_indices(l.kv_heads, nkv, l.source, "KV head");
+  if (l.heads.empty()) return;  // every head of the kept groups
+  const int group = nh / nkv;
+  std::vector<int> per(static_cast<std::size_t>(nkv), 0);
+  for (int h : l.heads) ++per[static_cast<std::size_t>(h / group)];
+  int want = -1;
+  for (int g = 0; g < nkv; ++g) {
+    const bool kept = l.kv_heads.empty() ||
+                      std::binary_search(l.kv_heads.begin(), l.kv_heads.end(), g);
+    const int n = per[static_cast<std::size_t>(g)];
+    if (!kept && n > 0)
+      throw_user_error("prune plan, layer ", l.source, ": keeps query heads of KV group ", g,
+                       " (heads ", g * group, "..", (g + 1) * group - 1, ") but drops that group; keep the group "
+                       "in \"kv_heads\" or drop its heads");
+    if (!kept) continue;
+    if (n == 0 || (want >= 0 && n != want))
+      throw_user_error("prune plan, layer ", l.source, ": KV group ", g, " keeps ", n, " query heads but ",
+                       want >= 0 ? str("another kept group keeps ", want) : std::string("every kept group needs some"),
+                       "; config.json repeats every KV head for the same number of query heads, so keep the "
+                       "same number (>= 1) in every kept group");
+    want = n;
+  }
+}
+
+// transformers 5's LlamaConfig and DeepseekV2Config refuse a config whose hidden_size is not a
+// multiple of num_attention_heads (even with an explicit head_dim), so such a pruned model would
+// not load there.
+void check_heads_divide_hidden(const model::ModelConfig& c, int heads, int hidden, const std::string& what) {
+  if (c.model_type != "llama" && c.model_type != "deepseek_v2") return;
+  if (hidden % heads == 0) return;
+  throw_user_error(what, " keeps ", hidden, " hidden channels and ", heads, " attention heads, but transformers' ",
+                   c.model_type, " config requires hidden_size to be a multiple of num_attention_heads; keep "
+                   "a multiple of ", heads, " hidden channels (e.g. --hidden ", std::max(heads, hidden / heads * heads),
+                   ") or another head count");
+}
+
+// Kept query heads and KV groups of one layer for --heads / --kv-heads (see plan.hpp).
+void plan_heads(const model::ModelConfig& c, const LayerImportance& li, const PruneOptions& o, LayerPlan& lp) {
+  const int nh = c.attention.num_heads, nkv = c.attention.num_kv_heads;
+  const std::vector<double>& hs = head_scores(li.head_norm, nh, li.layer, "head");
+  if (is_mla(c)) {
+    if (*o.heads < nh) lp.heads = top_indices(hs, *o.heads);
+    return;
+  }
+  const std::vector<double>& gs = head_scores(li.kv_group_norm, nkv, li.layer, "KV group");
+  const int groups = o.kv_heads ? *o.kv_heads : default_kv_groups(c, *o.heads);
+  const int group = nh / nkv;
+  const int per = o.heads ? *o.heads / groups : group;
+  const std::vector<int> kept_groups = top_indices(gs, groups);
+  if (groups < nkv) lp.kv_heads = kept_groups;
+  if (per * groups == nh) return;  // every head
+  for (int g : kept_groups) {
+    const std::vector<double> in_group(hs.begin() + g * group, hs.begin() + (g + 1) * group);
+    for (int h : top_indices(in_group, per)) lp.heads.push_back(g * group + h);
+  }
+}
+
 }  // namespace
+
+std::vector<int> kept_kv_heads(const model::ModelConfig& c, const LayerPlan& l) {
+  if (is_mla(c)) return kept_heads(c, l);
+  if (!l.kv_heads.empty()) return l.kv_heads;
+  std::vector<int> all(static_cast<std::size_t>(c.attention.num_kv_heads));
+  std::iota(all.begin(), all.end(), 0);
+  return all;
+}
+
+std::vector<int> kept_heads(const model::ModelConfig& c, const LayerPlan& l) {
+  if (!l.heads.empty()) return l.heads;
+  std::vector<int> all;
+  if (is_mla(c) || l.kv_heads.empty()) {
+    all.resize(static_cast<std::size_t>(c.attention.num_heads));
+    std::iota(all.begin(), all.end(), 0);
+    return all;
+  }
+  const int group = c.attention.num_heads / c.attention.num_kv_heads;
+  for (int g : l.kv_heads)
+    for (int h = 0; h < group; ++h) all.push_back(g * group + h);
+  return all;
+}
 
 ExpertMetric parse_expert_metric(const std::string& name) {
   if (name == "frequency") return ExpertMetric::kFrequency;
@@ -114,7 +233,11 @@ const char* expert_metric_name(ExpertMetric metric) {
 
 PrunePlan PrunePlan::identity(const model::ModelConfig& config) {
   PrunePlan p;
-  for (int l = 0; l < config.num_layers; ++l) p.layers.push_back(LayerPlan{l, {}, {}, {}, {}});
+  for (int l = 0; l < config.num_layers; ++l) {
+    LayerPlan lp;
+    lp.source = l;
+    p.layers.push_back(std::move(lp));
+  }
   return p;
 }
 
@@ -139,6 +262,39 @@ void check_options(const model::ModelConfig& c, const PruneOptions& o) {
   if (o.ffn_ratio && !(*o.ffn_ratio > 0.0 && *o.ffn_ratio <= 1.0))
     throw_user_error("--ffn-ratio ", *o.ffn_ratio, " is outside (0, 1]; give the fraction of MLP "
                      "channels to keep, e.g. 0.5");
+  const model::AttentionConfig& a = c.attention;
+  if (o.kv_heads) {
+    if (is_mla(c))
+      throw_user_error("--kv-heads: ", c.source, " is a ", c.model_type, " model with multi-head latent attention, "
+                       "which has no KV groups (every head gets its own K/V from the latent); use --heads");
+    if (*o.kv_heads < 1 || *o.kv_heads > a.num_kv_heads)
+      throw_user_error("--kv-heads ", *o.kv_heads, ": the model has ", a.num_kv_heads,
+                       " KV heads per layer; keep between 1 and ", a.num_kv_heads);
+  }
+  if (o.heads) {
+    const int n = *o.heads;
+    if (n < 1 || n > a.num_heads)
+      throw_user_error("--heads ", n, ": the model has ", a.num_heads, " attention heads per layer; keep between 1 and ",
+                       a.num_heads);
+    if (!is_mla(c)) {
+      const int groups = o.kv_heads ? *o.kv_heads : default_kv_groups(c, n);
+      const int group = a.num_heads / a.num_kv_heads;
+      if (n % groups != 0 || n / groups > group)
+        throw_user_error("--heads ", n, " cannot be split evenly over ", groups, " kept KV groups of ", group,
+                         " query heads each (", c.model_type, " repeats every KV head for the same number of "
+                         "query heads); valid values", o.kv_heads ? str(" with --kv-heads ", *o.kv_heads) : "",
+                         ": ", valid_head_counts(c, o.kv_heads),
+                         o.kv_heads ? "" : " (or give --kv-heads to drop KV groups too)");
+    }
+  }
+  if (o.hidden && (*o.hidden < 1 || *o.hidden > c.hidden_size))
+    throw_user_error("--hidden ", *o.hidden, ": the model's hidden size is ", c.hidden_size,
+                     "; keep between 1 and ", c.hidden_size, " embedding channels");
+  if (o.heads || o.kv_heads || o.hidden) {
+    const int heads = o.heads ? *o.heads
+                      : o.kv_heads ? *o.kv_heads * (a.num_heads / a.num_kv_heads) : a.num_heads;
+    check_heads_divide_hidden(c, heads, o.hidden ? *o.hidden : c.hidden_size, "the pruned model");
+  }
 }
 
 PrunePlan build_plan(const model::ModelConfig& c, const ImportanceReport* report,
@@ -204,7 +360,15 @@ PrunePlan build_plan(const model::ModelConfig& c, const ImportanceReport* report
         }
       }
     }
+    if (o.heads || o.kv_heads) plan_heads(c, report->layers.at(static_cast<std::size_t>(l)), o, lp);
     plan.layers.push_back(std::move(lp));
+  }
+  if (o.hidden && *o.hidden < c.hidden_size) {
+    if (static_cast<int>(report->embedding_channels.size()) != c.hidden_size)
+      throw_user_error("the importance report has ", report->embedding_channels.size(),
+                       " embedding channel scores but the model's hidden size is ", c.hidden_size,
+                       "; it was made for another model");
+    plan.hidden_channels = top_indices(report->embedding_channels, *o.hidden);
   }
   validate_plan(c, plan);
   return plan;
@@ -219,14 +383,32 @@ PlanShape plan_shape(const model::ModelConfig& c, const PrunePlan& plan) {
     if (!l.shared_channels.empty()) s.shared_width = static_cast<int>(l.shared_channels.size());
     for (const auto& ch : l.expert_channels)
       if (!ch.empty()) s.expert_width = static_cast<int>(ch.size());
+    if (!l.heads.empty() || !l.kv_heads.empty()) {
+      s.heads = static_cast<int>(kept_heads(c, l).size());
+      s.kv_heads = static_cast<int>(kept_kv_heads(c, l).size());
+    }
   }
-  (void)c;
+  if (!plan.hidden_channels.empty()) s.hidden = static_cast<int>(plan.hidden_channels.size());
   return s;
 }
 
 void validate_plan(const model::ModelConfig& c, const PrunePlan& plan) {
   if (plan.layers.empty()) throw_user_error("prune plan: it keeps no layer; keep at least one");
-  int experts = -1, mlp = -1, shared = -1, expert_width = -1;
+  for (std::size_t i = 0; i < plan.hidden_channels.size(); ++i) {
+    const int h = plan.hidden_channels[i];
+    if (h < 0 || h >= c.hidden_size)
+      throw_user_error("prune plan: hidden channel ", h, " is outside 0..", c.hidden_size - 1);
+    if (i > 0 && h <= plan.hidden_channels[i - 1])
+      throw_user_error("prune plan: hidden_channels must be ascending and unique (", plan.hidden_channels[i - 1],
+                       " then ", h, ")");
+  }
+  int experts = -1, mlp = -1, shared = -1, expert_width = -1, heads = -1, kv_heads = -1;
+  for (const LayerPlan& l : plan.layers) {
+    if (l.source < 0 || l.source >= c.num_layers) continue;  // reported below
+    validate_heads(c, l);
+    same_count(heads, static_cast<int>(kept_heads(c, l).size()), l.source, "attention heads");
+    same_count(kv_heads, static_cast<int>(kept_kv_heads(c, l).size()), l.source, "KV heads");
+  }
   for (std::size_t i = 0; i < plan.layers.size(); ++i) {
     const LayerPlan& l = plan.layers[i];
     if (l.source < 0 || l.source >= c.num_layers)
@@ -283,6 +465,10 @@ void validate_plan(const model::ModelConfig& c, const PrunePlan& plan) {
                                                    : static_cast<int>(l.shared_channels.size()),
                  l.source, "shared-expert channels");
   }
+  if (heads >= 0 && (heads != c.attention.num_heads || !plan.hidden_channels.empty()))
+    check_heads_divide_hidden(c, heads, plan.hidden_channels.empty() ? c.hidden_size
+                                                                     : static_cast<int>(plan.hidden_channels.size()),
+                              "prune plan: it");
   const bool deepseek = c.family == model::ModelFamily::kDeepseekV2 || c.family == model::ModelFamily::kDeepseekV3;
   if (deepseek && shared >= 0 && expert_width >= 0 && shared != expert_width * c.moe->num_shared_experts)
     throw_user_error("prune plan: ", c.model_type, " ties the shared experts' width to moe_intermediate_size x "
@@ -320,9 +506,13 @@ nlohmann::json plan_to_json(const PrunePlan& plan) {
     if (!l.mlp_channels.empty()) j["mlp_channels"] = l.mlp_channels;
     if (!l.shared_channels.empty()) j["shared_channels"] = l.shared_channels;
     if (!l.expert_channels.empty()) j["expert_channels"] = l.expert_channels;
+    if (!l.heads.empty()) j["heads"] = l.heads;
+    if (!l.kv_heads.empty()) j["kv_heads"] = l.kv_heads;
     layers.push_back(std::move(j));
   }
-  return {{"format", "refinery.prune_plan.v1"}, {"layers", layers}};
+  nlohmann::json j = {{"format", "refinery.prune_plan.v1"}, {"layers", layers}};
+  if (!plan.hidden_channels.empty()) j["hidden_channels"] = plan.hidden_channels;
+  return j;
 }
 
 PrunePlan plan_from_json(const nlohmann::json& j, const std::string& source) {
@@ -337,8 +527,11 @@ PrunePlan plan_from_json(const nlohmann::json& j, const std::string& source) {
       l.mlp_channels = lj.value("mlp_channels", std::vector<int>{});
       l.shared_channels = lj.value("shared_channels", std::vector<int>{});
       l.expert_channels = lj.value("expert_channels", std::vector<std::vector<int>>{});
+      l.heads = lj.value("heads", std::vector<int>{});
+      l.kv_heads = lj.value("kv_heads", std::vector<int>{});
       p.layers.push_back(std::move(l));
     }
+    p.hidden_channels = j.value("hidden_channels", std::vector<int>{});
     return p;
   } catch (const nlohmann::json::exception& e) {
     throw_user_error(source, " is not a valid prune plan (", e.what(), ")");

@@ -16,6 +16,26 @@
 //                   routed expert, each its own best by RMS activation at down_proj's input;
 //                   shared experts keep the same fraction (deepseek: moe width x n_shared, as its
 //                   config ties them). HF configs hold one width per kind, hence one count each.
+//   --heads N       keep N attention (query) heads in every layer (HF configs hold one
+//                   num_attention_heads). GQA: every kept KV group keeps the same number of query
+//                   heads (a config holds one num_key_value_heads and repeats each KV head for
+//                   heads / kv_heads consecutive query heads), so N must be a multiple of the kept
+//                   KV groups (all of them, or --kv-heads), and each group keeps its own best
+//                   N / groups heads by head score. MHA (kv heads == heads, not MLA): a head and its
+//                   KV head go together, so N heads keep their N KV heads (any N). MLA (deepseek):
+//                   the N best heads, sliced in q_proj / q_b_proj, kv_b_proj and o_proj;
+//                   num_key_value_heads follows num_attention_heads.
+//   --kv-heads K    GQA only: keep the K best KV groups (kv_group_norm, the sum of their query
+//                   heads' scores); the query heads of dropped groups go with them, so
+//                   num_attention_heads becomes K x heads-per-group (or --heads N, then each group
+//                   keeps N / K). MLA has no KV groups: a user error.
+//   --hidden H      keep H embedding channels (the residual stream) by the embedding score:
+//                   embed_tokens / lm_head columns, every residual RMSNorm weight, the input
+//                   columns of every linear that reads the stream and the output rows of every
+//                   linear that writes it. RMSNorm then averages over H channels instead of the
+//                   parent's (Minitron accepts this; distillation repairs it).
+//   llama and deepseek_v2: transformers 5 refuses a config whose hidden_size is not a multiple of
+//                   num_attention_heads, so --heads / --kv-heads / --hidden must keep that true.
 //
 // In a plan an empty index list means "keep all" of that structure.
 
@@ -43,10 +63,14 @@ struct PruneOptions {
   uint64_t seed = 0;           // for ExpertMetric::kRandom
   std::optional<int> layers;   // layers to keep
   std::optional<double> ffn_ratio;  // (0, 1]
+  std::optional<int> heads;         // query heads to keep per layer
+  std::optional<int> kv_heads;      // KV groups to keep per layer (GQA)
+  std::optional<int> hidden;        // embedding channels to keep
 
   // Whether building the plan needs calibration scores (random expert choice alone does not).
   bool needs_scores() const {
-    return layers || ffn_ratio || (experts && expert_metric != ExpertMetric::kRandom);
+    return layers || ffn_ratio || heads || kv_heads || hidden ||
+           (experts && expert_metric != ExpertMetric::kRandom);
   }
 };
 
@@ -58,10 +82,15 @@ struct LayerPlan {
   // Per kept expert (in `experts` order, or every expert when `experts` is empty), its kept
   // channels, ascending; empty: all channels of all experts.
   std::vector<std::vector<int>> expert_channels;
+  // Kept query heads, ascending; empty: every head of the kept KV groups.
+  std::vector<int> heads;
+  // Kept KV heads (GQA groups), ascending; empty: all. MLA: always empty (K/V follow `heads`).
+  std::vector<int> kv_heads;
 };
 
 struct PrunePlan {
   std::vector<LayerPlan> layers;  // the kept layers, in order
+  std::vector<int> hidden_channels;  // kept embedding (residual) channels, ascending; empty: all
 
   // The plan that keeps everything (applying it reproduces the parent).
   static PrunePlan identity(const model::ModelConfig& config);
@@ -69,7 +98,8 @@ struct PrunePlan {
 
 // User errors (naming the option) for targets the model cannot take: --experts on a dense model
 // or N outside [top_k, experts] or against the routing groups, --layers outside [1, layers],
-// --ffn-ratio outside (0, 1]. Cheap: run it before a calibration pass.
+// --ffn-ratio outside (0, 1], --heads / --kv-heads / --hidden outside their range or against the
+// KV grouping, --kv-heads on MLA. Cheap: run it before a calibration pass.
 void check_options(const model::ModelConfig& config, const PruneOptions& options);
 
 // check_options, then the plan. `report` may be null only when !options.needs_scores().
@@ -77,8 +107,9 @@ PrunePlan build_plan(const model::ModelConfig& config, const ImportanceReport* r
                      const PruneOptions& options);
 
 // Checks a plan against the parent's config: indices in range, ascending and unique; the same
-// expert count in every MoE layer and the same channel count per kind (HF configs hold one number
-// each); routing groups kept valid. User errors name the layer and what is wrong.
+// expert count in every MoE layer and the same channel / head count per kind (HF configs hold one
+// number each); routing groups kept valid; every kept query head in a kept KV group and every kept
+// group with the same number of heads. User errors name the layer and what is wrong.
 void validate_plan(const model::ModelConfig& config, const PrunePlan& plan);
 
 // What the scores say about a plan, for refinery.json: every layer's block score and whether it
@@ -95,7 +126,15 @@ struct PlanShape {
   int mlp_width = -1;        // dense MLP channels
   int expert_width = -1;     // routed expert channels
   int shared_width = -1;     // shared expert channels
+  int heads = -1;            // query heads per layer
+  int kv_heads = -1;         // KV heads per layer (MLA: == heads)
+  int hidden = -1;           // embedding channels
 };
 PlanShape plan_shape(const model::ModelConfig& config, const PrunePlan& plan);
+
+// The query heads / KV heads a layer keeps, explicit and ascending (every head when unchanged).
+// MLA: the KV heads are the query heads.
+std::vector<int> kept_heads(const model::ModelConfig& config, const LayerPlan& layer);
+std::vector<int> kept_kv_heads(const model::ModelConfig& config, const LayerPlan& layer);
 
 }  // namespace refinery::prune

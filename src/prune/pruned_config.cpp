@@ -72,6 +72,16 @@ nlohmann::json pruned_config(const nlohmann::json& parent, const model::ModelCon
       j["layer_types"] = kept;
     }
   }
+  const bool mla = c.attention.kind == model::AttentionKind::kMla;
+  if (s.heads >= 0) {
+    j["num_attention_heads"] = s.heads;
+    j["num_key_value_heads"] = mla ? s.heads : s.kv_heads;
+  }
+  if (s.hidden >= 0) j["hidden_size"] = s.hidden;
+  // transformers derives a missing head_dim as hidden_size / num_attention_heads (llama, mistral,
+  // mixtral, qwen2, qwen2_moe), which both options change: keep the parent's width explicit.
+  // MLA widths come from qk_nope/qk_rope/v_head_dim, which no option changes.
+  if ((s.heads >= 0 || s.hidden >= 0) && !mla) j["head_dim"] = c.attention.head_dim;
   if (j.contains("num_nextn_predict_layers") && j["num_nextn_predict_layers"].is_number_integer() &&
       j["num_nextn_predict_layers"].get<int>() > 0)
     j["num_nextn_predict_layers"] = 0;

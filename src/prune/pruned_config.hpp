@@ -11,6 +11,10 @@
 //             deepseek: first_k_dense_replace (with the parent's moe_layer_freq), a user error
 //             when the kept sequence is not "k dense layers, then the MoE pattern";
 //             layer_types (qwen2/qwen3) sliced to the kept layers.
+//   heads     num_attention_heads, num_key_value_heads (MLA: equal to the heads)
+//   hidden    hidden_size
+//   head_dim  written explicitly (the parent's width) when heads or hidden change and the model is
+//             not MLA, since transformers would otherwise derive hidden_size / num_attention_heads
 //   MTP       num_nextn_predict_layers 0 (the MTP layers are not carried over, see apply.hpp).
 
 #include <nlohmann/json.hpp>

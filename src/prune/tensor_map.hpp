@@ -10,7 +10,20 @@
 //   gate/up projections [I,H] (+ bias [I])   rows of kept channels; down [H,I] columns
 //   model.layers.{>= num_hidden_layers}.*    DeepSeek MTP layers: dropped (transformers does not
 //                                            build them; their experts would need the same plan)
-// Channel slicing of a quantized tensor (FP8 blocks, AWQ) is a user error: dequantize first.
+// Heads (blocks of rows/columns, one block per head):
+//   GQA   q_proj rows [heads x head_dim] (+ bias), k_proj / v_proj rows [kv_heads x head_dim]
+//         (+ bias), o_proj columns [heads x head_dim]; qwen3's q_norm / k_norm are [head_dim],
+//         shared by all heads, so they are copied
+//   MLA   q_proj or q_b_proj rows [heads x (qk_nope + qk_rope)], kv_b_proj rows
+//         [heads x (qk_nope + v)] (each head's k_nope rows then its v rows), o_proj columns
+//         [heads x v_head_dim]; q_a_proj, kv_a_proj_with_mqa and their norms are shared: copied
+// Hidden channels (the residual stream):
+//   columns of embed_tokens, lm_head, q_proj / q_a_proj / kv_a_proj_with_mqa, k_proj, v_proj,
+//   gate/up projections (dense, experts, shared), routers (gate.weight) and shared_expert_gate;
+//   rows (and bias) of o_proj and every down projection; input_layernorm,
+//   post_attention_layernorm and model.norm. A tensor of unknown role is copied when neither heads
+//   nor hidden change, and is a user error when they do (rather than a wrong model).
+// Slicing a quantized tensor (FP8 blocks, AWQ) is a user error: dequantize first.
 
 #include <cstdint>
 #include <string>

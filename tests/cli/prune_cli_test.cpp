@@ -1,5 +1,6 @@
 // `refine prune`: the real binary on fixture models — scores only, a pruned model with provenance,
-// a plan re-applied from refinery.json, and one clear user error (exit 1) per bad option.
+// a plan re-applied from refinery.json, heads / KV heads / hidden channels, and one clear user
+// error (exit 1) per bad option.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -43,6 +44,41 @@ TEST(PruneCli, HelpHasAnExample) {
   const RefineRun r = run_refine("prune --help");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("refine prune teacher/ --calib"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--heads 24 --kv-heads 6 --hidden 3072"), std::string::npos) << r.out;
+  for (const char* option : {"--heads", "--kv-heads", "--hidden"})
+    EXPECT_NE(r.out.find(option), std::string::npos) << option;
+}
+
+// Heads, KV groups and hidden channels from a calibration pass on llama (4 heads, 2 KV groups,
+// hidden 64): the config, the recorded plan and options, and a model the engine runs.
+TEST(PruneCli, PrunesHeadsKvHeadsAndHidden) {
+  ScratchDir d;
+  const std::string calib = tokens_file(d, 32, 256);
+  const std::string out = d.file("narrow");
+  const RefineRun r = run_refine("prune " + kLlama + " --calib " + calib + " --out " + out +
+                                 " --heads 2 --kv-heads 1 --hidden 48 --seq-len 16 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const json config = read_json(out + "/config.json");
+  EXPECT_EQ(config["num_attention_heads"], 2);
+  EXPECT_EQ(config["num_key_value_heads"], 1);
+  EXPECT_EQ(config["hidden_size"], 48);
+  EXPECT_EQ(config["head_dim"], 16);
+  const json prov = read_json(out + "/refinery.json");
+  EXPECT_EQ(prov["options"]["heads"], 2);
+  EXPECT_EQ(prov["options"]["kv_heads"], 1);
+  EXPECT_EQ(prov["options"]["hidden"], 48);
+  EXPECT_EQ(prov["plan"]["hidden_channels"].size(), 48u);
+  for (const json& l : prov["plan"]["layers"]) EXPECT_EQ(l["kv_heads"].size(), 1u);
+  const RefineRun eval = run_refine("eval " + out + " --data " + calib + " --seq-len 16 --json");
+  EXPECT_EQ(eval.exit_code, 0) << eval.err;
+  // --heads alone keeps one head of each of the 2 groups.
+  const RefineRun heads = run_refine("prune " + kLlama + " --calib " + calib + " --out " + d.file("h") +
+                                     " --heads 2 --seq-len 16");
+  ASSERT_EQ(heads.exit_code, 0) << heads.err;
+  const json hc = read_json(d.file("h") + "/config.json");
+  EXPECT_EQ(hc["num_attention_heads"], 2);
+  EXPECT_EQ(hc["num_key_value_heads"], 2);
+  EXPECT_EQ(hc["hidden_size"], 64);
 }
 
 TEST(PruneCli, ReportOnlyWritesScores) {
@@ -109,6 +145,8 @@ TEST(PruneCli, BadOptionsAreUserErrors) {
   fs::create_directories(d.file("full"));
   d.write("full/x.txt", "x");
   const std::string m = kMixtral + " --calib " + calib;
+  const std::string l = kLlama + " --calib " + calib;
+  const std::string plan = d.write("plan.json", R"({"format": "refinery.prune_plan.v1", "layers": [{"source": 0}]})");
   const BadCase cases[] = {
       {m + " --out " + d.file("a") + " --experts 9", "exceeds the 8 routed experts"},
       {m + " --out " + d.file("a") + " --experts 1", "valid values: 2, 3"},
@@ -122,6 +160,17 @@ TEST(PruneCli, BadOptionsAreUserErrors) {
       {kMixtral + " --out " + d.file("a") + " --experts 4", "give --calib"},
       {m + " --out " + d.file("a") + " --experts 4 --expert-metric best", "expected frequency, gate_norm or random"},
       {d.file("nowhere") + " --calib " + calib + " --out " + d.file("a") + " --experts 4", "not a model directory"},
+      // llama_gqa_llama3: 4 heads in 2 KV groups, hidden 64.
+      {l + " --out " + d.file("a") + " --heads 3", "valid values: 2, 4"},
+      {l + " --out " + d.file("a") + " --heads 5", "keep between 1 and 4"},
+      {l + " --out " + d.file("a") + " --heads 0", "keep between 1 and 4"},
+      {l + " --out " + d.file("a") + " --heads 4 --kv-heads 1", "valid values with --kv-heads 1: 1, 2"},
+      {l + " --out " + d.file("a") + " --kv-heads 3", "keep between 1 and 2"},
+      {l + " --out " + d.file("a") + " --hidden 65", "keep between 1 and 64"},
+      {l + " --out " + d.file("a") + " --hidden 0", "keep between 1 and 64"},
+      {l + " --out " + d.file("a") + " --heads 2 --hidden 47", "multiple of num_attention_heads"},
+      {kDemo + " --calib " + calib + " --out " + d.file("a") + " --kv-heads 2", "no KV groups"},
+      {kLlama + " --plan " + plan + " --out " + d.file("a") + " --heads 2", "drop --experts"},
   };
   for (const BadCase& c : cases) {
     const RefineRun r = run_refine("prune " + c.args);

@@ -2,7 +2,8 @@
 // pruned directories give the logits transformers computes on the same directories
 // (tests/fixtures/prune/cases/*, made by tests/fixtures/prune/make_prune_reference.py, which also
 // asserts that transformers loads every weight with no missing or unexpected key); tensor
-// renumbering, quantized weights, and the output directory rules.
+// renumbering, quantized weights, and the output directory rules. Heads and hidden channels:
+// apply_width_test.cpp.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -186,14 +187,14 @@ TEST(PruneApply, DeepseekLayerPatternMustStayExpressible) {
   const fs::path parent = test::fixture("deepseek_v3_noaux");  // D M M
   const auto config = model::load_model_config(parent);
   PrunePlan plan;
-  plan.layers = {LayerPlan{1, {}, {}, {}, {}}, LayerPlan{2, {}, {}, {}, {}}};  // M M: fine, first_k 0
+  plan.layers = {LayerPlan{1, {}, {}, {}, {}, {}, {}}, LayerPlan{2, {}, {}, {}, {}, {}, {}}};  // M M: fine, first_k 0
   ScratchDir scratch;
   apply_plan(parent, plan, scratch.path() / "a");
   EXPECT_EQ(read_json(scratch.path() / "a" / "config.json")["first_k_dense_replace"], 0);
   const fs::path qwen = test::fixture("qwen3_moe_normtopk");  // D M D M
   const auto qc = model::load_model_config(qwen);
   PrunePlan q;
-  q.layers = {LayerPlan{1, {}, {}, {}, {}}, LayerPlan{2, {}, {}, {}, {}}};  // M D
+  q.layers = {LayerPlan{1, {}, {}, {}, {}, {}, {}}, LayerPlan{2, {}, {}, {}, {}, {}, {}}};  // M D
   apply_plan(qwen, q, scratch.path() / "b");
   const nlohmann::json j = read_json(scratch.path() / "b" / "config.json");
   EXPECT_EQ(j["mlp_only_layers"], nlohmann::json::array({1}));
@@ -210,7 +211,7 @@ TEST(PruneApply, DeepseekLayerPatternMustStayExpressible) {
   v2["moe_layer_freq"] = 2;
   const auto v2c = model::parse_model_config(v2, "v2");
   PrunePlan dm;
-  dm.layers = {LayerPlan{1, {}, {}, {}, {}}, LayerPlan{2, {}, {}, {}, {}}};
+  dm.layers = {LayerPlan{1, {}, {}, {}, {}, {}, {}}, LayerPlan{2, {}, {}, {}, {}, {}, {}}};
   const std::string msg = error_message_of([&] { pruned_config(v2, v2c, dm); });
   EXPECT_NE(msg.find("DM"), std::string::npos) << msg;
 }

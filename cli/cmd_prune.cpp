@@ -19,8 +19,10 @@
 #include "engine/model/model_config.hpp"
 #include "engine/model/transformer.hpp"
 #include "prune/apply.hpp"
+#include "prune/expert_subset.hpp"
 #include "prune/importance.hpp"
 #include "prune/plan.hpp"
+#include "prune/to_dense.hpp"
 
 namespace refinery::cli {
 namespace {
@@ -30,7 +32,8 @@ namespace fs = std::filesystem;
 struct PruneCliOptions {
   std::string model, out, report, scores, plan;
   std::vector<std::string> calib;
-  int experts = 0, layers = 0, heads = 0, kv_heads = 0, hidden = 0;
+  int experts = 0, layers = 0, heads = 0, kv_heads = 0, hidden = 0, to_dense = 0;
+  std::string gate_scale = "routed_mean";
   double ffn_ratio = 0.0;       // 0: not given
   std::string expert_metric = "frequency";
   uint64_t seed = 0;
@@ -39,11 +42,18 @@ struct PruneCliOptions {
   int threads = 0;
   bool force = false, add_special = false, json = false;
   bool experts_given = false, layers_given = false, ffn_given = false;
-  bool heads_given = false, kv_heads_given = false, hidden_given = false;
+  bool heads_given = false, kv_heads_given = false, hidden_given = false, to_dense_given = false;
+};
+
+// The calibration model and tokens, loaded once for every pass that needs them.
+struct Calibration {
+  std::unique_ptr<model::Transformer> model;
+  std::vector<int32_t> tokens;
+  prune::CalibrationOptions options;
 };
 
 
-prune::ImportanceReport calibrate(const PruneCliOptions& o, const model::ModelConfig& config) {
+Calibration load_calibration(const PruneCliOptions& o, const model::ModelConfig& config) {
   if (o.calib.empty())
     throw_user_error("importance scores need calibration data: give --calib FILE (.txt, .jsonl, "
                      "tokens JSON or a token dataset .h5), or --scores scores.json from an earlier --report");
@@ -53,22 +63,86 @@ prune::ImportanceReport calibrate(const PruneCliOptions& o, const model::ModelCo
     throw_user_error("--seq-len ", o.seq_len, " exceeds the model's max_position_embeddings ",
                      config.max_position_embeddings);
   io::TextSource check(o.calib);  // every input exists, before the model loads
-  const auto stream = eval::read_token_stream(o.calib, eval::lazy_tokenizer_encoder(o.model, o.add_special));
+  Calibration c;
+  c.tokens = eval::read_token_stream(o.calib, eval::lazy_tokenizer_encoder(o.model, o.add_special)).tokens;
   std::shared_ptr<backend::Backend> be = o.device == "cuda" ? backend::make_cuda_backend(0)
                                                             : backend::make_cpu_backend(o.threads);
-  auto model = model::Transformer::load(o.model, be);
-  Progress progress("prune calibration", 0, "tokens");
-  prune::CalibrationOptions c;
-  c.seq_len = o.seq_len;
-  c.max_tokens = o.calib_tokens;
-  c.on_window = [&](int64_t done, int64_t total) {
+  c.model = model::Transformer::load(o.model, be);
+  c.options.seq_len = o.seq_len;
+  c.options.max_tokens = o.calib_tokens;
+  return c;
+}
+
+// Runs one pass over the calibration tokens with a progress line named `what`.
+template <typename Pass>
+auto with_progress(Calibration& c, const char* what, Pass pass) {
+  Progress progress(what, 0, "tokens");
+  prune::CalibrationOptions options = c.options;
+  options.on_window = [&](int64_t done, int64_t total) {
     progress.set_total(static_cast<uint64_t>(total));
     progress.advance(static_cast<uint64_t>(done) - progress.done());
   };
-  prune::ImportanceReport report = prune::compute_importance(*model, stream.tokens, c);
+  auto result = pass(options);
   progress.finish();
+  return result;
+}
+
+prune::ImportanceReport calibrate(const PruneCliOptions& o, Calibration& c) {
+  prune::ImportanceReport report = with_progress(c, "prune calibration", [&](const auto& options) {
+    return prune::compute_importance(*c.model, c.tokens, options);
+  });
   report.model = o.model;
   return report;
+}
+
+// `--to-dense K`: the dense student initialized from the MoE (src/prune/to_dense.hpp).
+void run_to_dense(const PruneCliOptions& o, const model::ModelConfig& config) {
+  if (o.out.empty()) throw_user_error("--to-dense writes a model: give --out DIR");
+  if (o.experts_given || o.layers_given || o.ffn_given || o.heads_given || o.kv_heads_given ||
+      o.hidden_given || !o.plan.empty())
+    throw_user_error("--to-dense makes a dense model from the MoE as a whole; drop --experts, "
+                     "--layers, --ffn-ratio, --heads, --kv-heads, --hidden and --plan (prune the "
+                     "dense model afterwards if needed)");
+  prune::ToDenseOptions td;
+  td.routed_experts_per_layer = o.to_dense;
+  td.metric = prune::parse_expert_metric(o.expert_metric);
+  td.gate_scale = prune::parse_gate_scale(o.gate_scale);
+  td.force = o.force;
+  if (!config.is_moe())
+    throw_user_error(o.model, " is a dense model (", config.model_type,
+                     "); --to-dense needs an MoE (deepseek_v2/v3, mixtral, qwen2_moe, qwen3_moe)");
+  if (!o.scores.empty())
+    throw_user_error("--to-dense needs the routing statistics of a calibration pass: give --calib "
+                     "instead of --scores");
+  prune::check_output_directory(o.out, o.model, o.force);
+  Calibration c = load_calibration(o, config);
+  const auto report = calibrate(o, c);
+  const auto stats = with_progress(c, "routing statistics", [&](const auto& options) {
+    return prune::compute_routing_stats(*c.model, c.tokens, options);
+  });
+  td.provenance = {{"pass", "to_dense"},
+                   {"created_by", "refine prune --to-dense"},
+                   {"parent", o.model},
+                   {"options",
+                    {{"to_dense", o.to_dense},
+                     {"expert_metric", o.expert_metric},
+                     {"gate_scale", o.gate_scale}}},
+                   {"calibration", {{"data", o.calib}, {"tokens", report.tokens}}}};
+  const auto r = prune::write_dense_from_moe(o.model, report, stats, td, o.out);
+  if (o.json) {
+    std::cout << nlohmann::json({{"model", o.model},
+                                 {"out", o.out},
+                                 {"model_type", r.model_type},
+                                 {"intermediate_size", r.intermediate_size},
+                                 {"parameters_before", r.parameters_before},
+                                 {"parameters_after", r.parameters_after}})
+                     .dump()
+              << "\n";
+    return;
+  }
+  std::cout << "dense " << r.model_type << " model written to " << o.out << ": FFN width "
+            << r.intermediate_size << ", " << r.parameters_after << " parameters (the MoE has "
+            << r.parameters_before << ")\n";
 }
 
 void run_prune(const PruneCliOptions& o) {
@@ -88,13 +162,16 @@ void run_prune(const PruneCliOptions& o) {
   if (o.heads_given) po.heads = o.heads;
   if (o.kv_heads_given) po.kv_heads = o.kv_heads;
   if (o.hidden_given) po.hidden = o.hidden;
-  po.expert_metric = prune::parse_expert_metric(o.expert_metric);
+  const bool exact = o.expert_metric == "exact";
+  if (exact && !o.experts_given)
+    throw_user_error("--expert-metric exact chooses the subset for --experts N: give --experts");
+  if (!exact) po.expert_metric = prune::parse_expert_metric(o.expert_metric);
   po.seed = o.seed;
   const bool targets = po.experts || po.layers || po.ffn_ratio || po.heads || po.kv_heads || po.hidden;
   if (!o.plan.empty() && targets)
     throw_user_error("--plan gives the whole plan; drop --experts, --layers, --ffn-ratio, --heads, --kv-heads "
                      "and --hidden");
-  if (!o.out.empty() && o.plan.empty() && !targets)
+  if (!o.out.empty() && o.plan.empty() && !targets && !o.to_dense_given)
     throw_user_error("nothing to prune: give --experts N, --layers N, --ffn-ratio R, --heads N, --kv-heads N "
                      "and/or --hidden H (or --plan FILE)");
   if (!o.scores.empty() && !o.calib.empty())
@@ -102,7 +179,18 @@ void run_prune(const PruneCliOptions& o) {
   if (!fs::is_regular_file(fs::path(o.model) / "config.json"))
     throw_user_error(o.model, " is not a model directory (no config.json); give a Hugging Face model directory");
   const model::ModelConfig config = model::load_model_config(o.model);
+  if (o.to_dense_given) return run_to_dense(o, config);
   prune::check_options(config, po);  // before a long calibration pass
+  prune::ExpertSubsetOptions exact_options;
+  if (exact) {
+    if (!o.plan.empty()) throw_user_error("--expert-metric exact builds its plan; drop --plan");
+    if (!o.scores.empty() || o.calib.empty())
+      throw_user_error("--expert-metric exact needs the calibration data itself: give --calib");
+    exact_options.experts = o.experts;
+    exact_options.calibration.seq_len = o.seq_len;
+    // The subset count, before anything loads (a user error suggests a metric when too many).
+    prune::valid_expert_subsets(model::router_spec(config), o.experts, exact_options.max_subsets);
+  }
   if (!o.out.empty()) prune::check_output_directory(o.out, o.model, o.force);
 
   std::optional<prune::PrunePlan> plan;
@@ -111,11 +199,14 @@ void run_prune(const PruneCliOptions& o) {
     prune::validate_plan(config, *plan);
   }
   std::optional<prune::ImportanceReport> report;
+  std::optional<Calibration> calibration;
+  if (exact) po.experts.reset();  // the plan's other targets first; the subset search below
   const bool need_scores = !o.report.empty() || (!o.out.empty() && !plan && po.needs_scores());
   if (!o.scores.empty()) {
     report = prune::report_from_json(io::read_json_file(o.scores), o.scores);
-  } else if (need_scores) {
-    report = calibrate(o, config);
+  } else if (need_scores || exact) {
+    calibration.emplace(load_calibration(o, config));
+    report = calibrate(o, *calibration);
   }
   if (!o.report.empty()) {
     io::write_file_atomically(o.report, prune::report_to_json(*report).dump(1) + "\n");
@@ -125,6 +216,12 @@ void run_prune(const PruneCliOptions& o) {
   if (!o.report.empty()) summary["report"] = o.report;
   if (!o.out.empty()) {
     if (!plan) plan = prune::build_plan(config, report ? &*report : nullptr, po);
+    if (exact) {
+      log::info("prune: searching the expert subset with the lowest reconstruction error per layer");
+      prune::set_plan_experts(*plan, prune::choose_expert_subsets(*calibration->model,
+                                                                  calibration->tokens, exact_options));
+      po.experts = o.experts;
+    }
     prune::ApplyOptions ao;
     ao.force = o.force;
     nlohmann::json options = {{"expert_metric", o.expert_metric}, {"seed", o.seed}};
@@ -168,6 +265,8 @@ void register_prune(CLI::App& app) {
       "  refine prune teacher/ --scores scores.json --out pruned/ --experts 32 --expert-metric gate_norm\n"
       "  refine prune teacher/ --calib calib.jsonl --out pruned/ --layers 20 --ffn-ratio 0.5\n"
       "  refine prune llama/ --calib calib.jsonl --out narrow/ --heads 24 --kv-heads 6 --hidden 3072\n"
+      "  refine prune mixtral/ --calib calib.jsonl --out mixtral-6x/ --experts 6 --expert-metric exact\n"
+      "  refine prune teacher/ --calib calib.jsonl --out dense/ --to-dense 2 --expert-metric gate_norm\n"
       "Scores come from one calibration pass (--calib-tokens tokens in windows of --seq-len):\n"
       "experts by routing frequency and gate-weighted output norm, heads, MLP channels (RMS at\n"
       "down_proj's input), embedding channels and layers (1 - cos(block input, output)).\n"
@@ -194,7 +293,18 @@ void register_prune(CLI::App& app) {
   cmd->add_option("--plan", o->plan, "Apply this prune plan JSON instead of --experts/--layers/--ffn-ratio/--heads/...");
   cmd->add_option("--experts", o->experts, "Routed experts to keep per MoE layer")
       ->each([o](const std::string&) { o->experts_given = true; });
-  cmd->add_option("--expert-metric", o->expert_metric, "frequency, gate_norm or random")->capture_default_str();
+  cmd->add_option("--expert-metric", o->expert_metric,
+                  "frequency, gate_norm, random, or exact (the subset with the lowest layer-output "
+                  "reconstruction error; few experts only)")
+      ->capture_default_str();
+  cmd->add_option("--to-dense", o->to_dense,
+                  "Write a dense model: each FFN = shared experts + the K best routed experts "
+                  "(by --expert-metric) concatenated, scaled by their gate weight")
+      ->each([o](const std::string&) { o->to_dense_given = true; });
+  cmd->add_option("--gate-scale", o->gate_scale,
+                  "--to-dense expert scale: routed_mean (mean gate weight over routed tokens) or "
+                  "expected (x routing frequency)")
+      ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of --expert-metric random")->capture_default_str();
   cmd->add_option("--layers", o->layers, "Layers to keep")->each([o](const std::string&) { o->layers_given = true; });
   cmd->add_option("--ffn-ratio", o->ffn_ratio, "Fraction of MLP channels to keep, in (0, 1]")

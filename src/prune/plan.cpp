@@ -219,7 +219,7 @@ ExpertMetric parse_expert_metric(const std::string& name) {
   if (name == "frequency") return ExpertMetric::kFrequency;
   if (name == "gate_norm") return ExpertMetric::kGateNorm;
   if (name == "random") return ExpertMetric::kRandom;
-  throw_user_error("--expert-metric ", name, ": expected frequency, gate_norm or random");
+  throw_user_error("--expert-metric ", name, ": expected frequency, gate_norm or random (or exact with --experts)");
 }
 
 const char* expert_metric_name(ExpertMetric metric) {

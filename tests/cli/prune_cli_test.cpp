@@ -134,6 +134,31 @@ TEST(PruneCli, RandomExpertsNeedNoCalibration) {
   EXPECT_EQ(read_json(d.file("o") + "/config.json")["num_local_experts"], 3);
 }
 
+TEST(PruneCli, ExactExpertSubsetAndToDense) {
+  ScratchDir d;
+  const std::string calib = tokens_file(d, 64, 300);
+  // mixtral_8e_top2: C(8, 4) = 70 subsets per layer.
+  const RefineRun exact = run_refine("prune " + kMixtral + " --calib " + calib + " --out " + d.file("x") +
+                                     " --experts 4 --expert-metric exact --seq-len 16");
+  ASSERT_EQ(exact.exit_code, 0) << exact.err;
+  EXPECT_EQ(read_json(d.file("x") + "/config.json")["num_local_experts"], 4);
+  EXPECT_EQ(read_json(d.file("x") + "/refinery.json")["options"]["expert_metric"], "exact");
+
+  const RefineRun dense = run_refine("prune " + kMixtral + " --calib " + calib + " --out " + d.file("dense") +
+                                     " --to-dense 2 --expert-metric gate_norm --seq-len 16 --json");
+  ASSERT_EQ(dense.exit_code, 0) << dense.err;
+  const json summary = json::parse(dense.out);
+  EXPECT_EQ(summary["model_type"], "mistral");
+  const json config = read_json(d.file("dense") + "/config.json");
+  EXPECT_EQ(config["model_type"], "mistral");
+  EXPECT_EQ(config["intermediate_size"], 2 * read_json(kMixtral + "/config.json")["intermediate_size"].get<int>());
+  EXPECT_EQ(read_json(d.file("dense") + "/refinery.json")["pass"], "to_dense");
+  const RefineRun eval = run_refine("eval " + d.file("dense") + " --ref " + kMixtral + " --data " + calib +
+                                    " --seq-len 16 --json");
+  ASSERT_EQ(eval.exit_code, 0) << eval.err;
+  EXPECT_GT(json::parse(eval.out)["top1_agreement"].get<double>(), 0.0);
+}
+
 struct BadCase {
   std::string args;
   std::string message;
@@ -171,6 +196,10 @@ TEST(PruneCli, BadOptionsAreUserErrors) {
       {l + " --out " + d.file("a") + " --heads 2 --hidden 47", "multiple of num_attention_heads"},
       {kDemo + " --calib " + calib + " --out " + d.file("a") + " --kv-heads 2", "no KV groups"},
       {kLlama + " --plan " + plan + " --out " + d.file("a") + " --heads 2", "drop --experts"},
+      {m + " --out " + d.file("a") + " --expert-metric exact", "give --experts"},
+      {l + " --out " + d.file("a") + " --to-dense 2", "is a dense model"},
+      {m + " --out " + d.file("a") + " --to-dense 2 --experts 4", "drop --experts"},
+      {m + " --to-dense 2", "nothing to do"},
   };
   for (const BadCase& c : cases) {
     const RefineRun r = run_refine("prune " + c.args);

@@ -196,6 +196,9 @@ Recipe parse_recipe(const nlohmann::json& j, const std::filesystem::path& file,
 }
 
 Recipe read_recipe(const std::filesystem::path& file, const Schemas& schemas) {
+  if (std::filesystem::is_directory(file))
+    throw_user_error(file.string(), " is a directory; give the path of a recipe JSON file, e.g. "
+                                    "recipes/quickstart.json");
   std::ifstream in(file, std::ios::binary);
   if (!in)
     throw_user_error("cannot read recipe ", file.string(),

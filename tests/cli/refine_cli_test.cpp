@@ -28,11 +28,12 @@ using test::run_refine;
 TEST(RefineCli, HelpListsVerbsAndExitsZero) {
   const auto r = run_refine("--help");
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* verb : {"inspect", "tokenize", "data"}) EXPECT_NE(r.out.find(verb), std::string::npos);
+  for (const char* verb : {"inspect", "tokenize", "data", "bench", "recipe"}) EXPECT_NE(r.out.find(verb), std::string::npos);
 }
 
 TEST(RefineCli, EveryVerbHelpHasAnExample) {
-  for (const char* verb : {"inspect", "tokenize", "data tokenize", "distill"}) {
+  for (const char* verb : {"inspect", "tokenize", "data tokenize", "run", "logits", "eval", "distill",
+                           "prune", "quantize", "bench", "recipe"}) {
     const auto r = run_refine(std::string(verb) + " --help");
     EXPECT_EQ(r.exit_code, 0) << verb;
     EXPECT_NE(r.out.find("Example"), std::string::npos) << verb;

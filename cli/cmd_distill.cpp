@@ -257,13 +257,11 @@ void register_distill(CLI::App& app) {
       "  refine distill --student-config CFG --teacher-logits t64.h5 --out student --steps 1000\n"
       "Kill it any time: `--resume` with the same options continues from the last checkpoint\n"
       "(--save-every) with the same trajectory.");
-  auto* student = cmd->add_option("--student", o->student, "Start from this model directory");
-  student->excludes(
-      cmd->add_option("--student-config", o->student_config, "Random init from this config.json"));
+  cmd->add_option("--student", o->student, "Start from this model directory");
+  cmd->add_option("--student-config", o->student_config, "Random init from this config.json");
   cmd->add_option("--init-std", o->init_std, "Init std (default: the config's initializer_range)");
-  auto* teacher = cmd->add_option("--teacher", o->teacher, "Online teacher model directory");
-  teacher->excludes(cmd->add_option("--teacher-logits", o->teacher_logits,
-                                    "Offline top-k cache from `refine logits`"));
+  cmd->add_option("--teacher", o->teacher, "Online teacher model directory");
+  cmd->add_option("--teacher-logits", o->teacher_logits, "Offline top-k cache from `refine logits`");
   cmd->add_option("--teacher-tail", o->teacher_tail,
                   "A top-k cache's tail mass: bucket (one outcome), unigram or uniform (spread "
                   "over the uncached ids by that prior)")

@@ -3,7 +3,6 @@
 
 #include "engine/io/model_directory.hpp"
 
-#include <unistd.h>
 
 #include <fstream>
 #include <sstream>
@@ -23,47 +22,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The directory a path names, absolute, without a trailing separator.
-fs::path normalized(const fs::path& p) {
-  fs::path n = fs::absolute(p).lexically_normal();
-  return n.filename().empty() ? n.parent_path() : n;
-}
-
-// Files of the parent that describe the weights we rewrite (or are weights in another format).
-bool is_weight_or_config(const fs::path& f) {
-  const std::string name = f.filename().string();
-  if (name == "config.json" || name == "refinery.json") return true;
-  for (const char* ext : {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt",
-                          ".pth", ".gguf", ".h5", ".msgpack"})
-    if (name.size() >= std::string(ext).size() &&
-        name.compare(name.size() - std::string(ext).size(), std::string::npos, ext) == 0)
-      return true;
-  return false;
-}
-
-// Removes the temporary directory unless released (an exception leaves `out` untouched).
-class TempDir {
- public:
-  explicit TempDir(fs::path path) : path_(std::move(path)) {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    if (!released_) {
-      std::error_code ec;
-      fs::remove_all(path_, ec);
-    }
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  void release() { released_ = true; }
-
- private:
-  fs::path path_;
-  bool released_ = false;
-};
 
 }  // namespace
 
@@ -118,18 +76,14 @@ ApplyResult apply_plan(const fs::path& model_dir, const PrunePlan& plan, const f
   result.tensors_written = static_cast<int64_t>(tensors.size());
   result.config = pruned_config(parent_json, config, plan);
 
-  const fs::path target = normalized(out);
-  fs::create_directories(target.parent_path());
-  TempDir temp(target.parent_path() / str(".", target.filename().string(), ".tmp-", ::getpid()));
+  io::StagedModelDirectory temp(out);
   io::write_file_atomically(temp.path() / "config.json", result.config.dump(2) + "\n");
   io::write_checkpoint(temp.path(), tensors);
-  for (const fs::directory_entry& f : fs::directory_iterator(model_dir))
-    if (f.is_regular_file() && !is_weight_or_config(f.path()))
-      fs::copy_file(f.path(), temp.path() / f.path().filename());
+  temp.copy_side_files(model_dir);
 
   nlohmann::json provenance = options.provenance.is_null() ? nlohmann::json::object() : options.provenance;
   if (!provenance.contains("pass")) provenance["pass"] = "prune";
-  if (!provenance.contains("parent")) provenance["parent"] = normalized(model_dir).string();
+  if (!provenance.contains("parent")) provenance["parent"] = io::absolute_directory(model_dir).string();
   provenance["parameters_before"] = result.parameters_before;
   provenance["parameters_after"] = result.parameters_after;
   provenance["plan"] = plan_to_json(plan);
@@ -137,10 +91,7 @@ ApplyResult apply_plan(const fs::path& model_dir, const PrunePlan& plan, const f
     provenance["parent_provenance"] = io::read_json_file(model_dir / "refinery.json");
   io::write_file_atomically(temp.path() / "refinery.json", provenance.dump(2) + "\n");
 
-  // The swap: `out` was checked to be absent, empty, or replaceable (--force).
-  if (fs::exists(target)) fs::remove_all(target);
-  fs::rename(temp.path(), target);
-  temp.release();
+  temp.commit();  // `out` was checked to be absent, empty, or replaceable (--force)
   return result;
 }
 

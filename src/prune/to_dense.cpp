@@ -2,7 +2,6 @@
 // config and the writing of the model directory.
 #include "prune/to_dense.hpp"
 
-#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -135,46 +134,6 @@ void fill_merged(const std::vector<FfnPiece>& pieces, int which, int64_t hidden,
   convert_from_f32(dtype, out.data(), dst.data(), out.size());
 }
 
-// Files of the parent that describe the weights we rewrite (or are weights in another format).
-// Mirrors apply.cpp's private is_weight_or_config (see the report: it should become public).
-bool is_weight_or_config(const fs::path& f) {
-  const std::string name = f.filename().string();
-  if (name == "config.json" || name == "refinery.json") return true;
-  for (const std::string ext : {".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt",
-                                ".pth", ".gguf", ".h5", ".msgpack"})
-    if (name.size() >= ext.size() && name.compare(name.size() - ext.size(), std::string::npos, ext) == 0)
-      return true;
-  return false;
-}
-
-// Removes the temporary directory unless released (an exception leaves `out` untouched).
-class TempDir {
- public:
-  explicit TempDir(fs::path path) : path_(std::move(path)) {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    if (!released_) {
-      std::error_code ec;
-      fs::remove_all(path_, ec);
-    }
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const fs::path& path() const { return path_; }
-  void release() { released_ = true; }
-
- private:
-  fs::path path_;
-  bool released_ = false;
-};
-
-fs::path normalized(const fs::path& p) {
-  fs::path n = fs::absolute(p).lexically_normal();
-  return n.filename().empty() ? n.parent_path() : n;
-}
 
 // The layer index of "model.layers.N.<rest>", or -1.
 int layer_of(const std::string& name) {
@@ -379,17 +338,14 @@ ToDenseResult write_dense_from_moe(const fs::path& moe_dir, const ImportanceRepo
     result.parameters_after += n;
   }
 
-  const fs::path target = normalized(out_dir);
-  fs::create_directories(target.parent_path());
-  TempDir temp(target.parent_path() / str(".", target.filename().string(), ".tmp-", ::getpid()));
+  io::StagedModelDirectory temp(out_dir);
   io::write_file_atomically(temp.path() / "config.json", result.config.dump(2) + "\n");
   io::write_checkpoint(temp.path(), tensors);
-  for (const fs::directory_entry& f : fs::directory_iterator(moe_dir))
-    if (f.is_regular_file() && !is_weight_or_config(f.path())) fs::copy_file(f.path(), temp.path() / f.path().filename());
+  temp.copy_side_files(moe_dir);
 
   nlohmann::json prov = options.provenance.is_null() ? nlohmann::json::object() : options.provenance;
   if (!prov.contains("pass")) prov["pass"] = "to_dense";
-  if (!prov.contains("parent")) prov["parent"] = normalized(moe_dir).string();
+  if (!prov.contains("parent")) prov["parent"] = io::absolute_directory(moe_dir).string();
   prov["to_dense"] = {{"routed_experts_per_layer", options.routed_experts_per_layer},
                       {"metric", expert_metric_name(options.metric)},
                       {"gate_scale", gate_scale_name(options.gate_scale)},
@@ -414,9 +370,7 @@ ToDenseResult write_dense_from_moe(const fs::path& moe_dir, const ImportanceRepo
   if (fs::exists(moe_dir / "refinery.json")) prov["parent_provenance"] = io::read_json_file(moe_dir / "refinery.json");
   io::write_file_atomically(temp.path() / "refinery.json", prov.dump(2) + "\n");
 
-  if (fs::exists(target)) fs::remove_all(target);
-  fs::rename(temp.path(), target);
-  temp.release();
+  temp.commit();
   return result;
 }
 

@@ -2,10 +2,6 @@
 // from the source's mapping (or from the packed/replaced host tensors) by write_checkpoint.
 #include "quantize/quantized_model_writer.hpp"
 
-#include "engine/io/model_directory.hpp"
-
-#include <unistd.h>
-
 #include <algorithm>
 #include <fstream>
 #include <set>
@@ -15,6 +11,7 @@
 #include "engine/core/error.hpp"
 #include "engine/core/log.hpp"
 #include "engine/io/atomic_file.hpp"
+#include "engine/io/model_directory.hpp"
 #include "engine/io/checkpoint.hpp"
 #include "engine/io/safetensors_writer.hpp"
 
@@ -61,22 +58,6 @@ bool fused_tensor_quantized(const std::string& name, int64_t experts,
   return found == all && found > 0;
 }
 
-class TempDirGuard {
- public:
-  explicit TempDirGuard(fs::path p) : path_(std::move(p)) {}
-  ~TempDirGuard() {
-    if (!path_.empty()) {
-      std::error_code ec;
-      fs::remove_all(path_, ec);
-    }
-  }
-  TempDirGuard(const TempDirGuard&) = delete;
-  TempDirGuard& operator=(const TempDirGuard&) = delete;
-  void release() { path_.clear(); }
-
- private:
-  fs::path path_;
-};
 
 nlohmann::json quantization_config(const GroupQuantSpec& spec, const std::vector<std::string>& skip) {
   return {{"quant_method", "awq"},      {"bits", spec.bits},     {"group_size", spec.group_size},
@@ -177,14 +158,9 @@ void write_quantized_model(const fs::path& source, const fs::path& out_dir,
   config["quantization_config"] = quantization_config(spec, skip);
 
   // Build the directory under a temporary name beside out_dir, then rename it into place.
-  const fs::path target = out_dir.has_filename() ? out_dir : out_dir.parent_path();
-  const fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
-  fs::create_directories(parent);
-  const std::string stem = target.filename().string();
-  const fs::path tmp = parent / ("." + stem + ".tmp." + std::to_string(::getpid()));
-  fs::remove_all(tmp);
-  fs::create_directory(tmp);
-  TempDirGuard guard(tmp);
+  io::StagedModelDirectory staged(out_dir);
+  const fs::path& tmp = staged.path();
+  const fs::path& target = staged.target();
   const io::CheckpointWriteResult written = io::write_checkpoint(tmp, tensors);
   io::write_file_atomically(tmp / "config.json", config.dump(2) + "\n");
   for (const char* f : kCopiedFiles)
@@ -202,17 +178,7 @@ void write_quantized_model(const fs::path& source, const fs::path& out_dir,
                           {"bytes_after", written.total_size}};
   io::write_file_atomically(tmp / "refinery.json", prov.dump(2) + "\n");
 
-  if (fs::exists(target)) {
-    const fs::path old = parent / ("." + stem + ".old." + std::to_string(::getpid()));
-    fs::remove_all(old);
-    fs::rename(target, old);
-    fs::rename(tmp, target);
-    guard.release();
-    fs::remove_all(old);
-  } else {
-    fs::rename(tmp, target);
-    guard.release();
-  }
+  staged.commit();
   log::info("quantize: wrote ", target.string(), " (", written.files.size(), " file(s), ",
             written.total_size, " bytes of tensors)");
 }

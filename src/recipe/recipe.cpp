@@ -186,6 +186,11 @@ Recipe parse_recipe(const nlohmann::json& j, const std::filesystem::path& file,
       }
     }
     // Contradictions the verbs find only when they run (their parsers check the others).
+    for (const auto& [a, b] : {std::pair{"student", "student-config"}, {"teacher", "teacher-logits"},
+                               {"ref", "ref-logits"}, {"scores", "calib"}, {"plan", "experts"}})
+      if (step.options.contains(a) && step.options.contains(b))
+        throw_user_error(at, ": options \"", a, "\" and \"", b,
+                         "\" exclude each other; keep one (see `refine ", step.verb, " --help`)");
     if (step.verb == "quantize" && step.options.value("method", "") == "awq" &&
         !step.options.contains("calib"))
       throw_user_error(at, ": method awq needs calibration data: add \"calib\" (text or tokens)");

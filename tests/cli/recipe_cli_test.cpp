@@ -98,7 +98,7 @@ TEST(RecipeCli, BadRecipesAreOneClearErrorBeforeAnythingRuns) {
   j = tiny_recipe();
   dir.write("x.json", "{}");
   j["steps"][1]["options"]["student-config"] = "x.json";  // contradicts "student"
-  expect_user_error(run_recipe(dir, j), "excludes");
+  expect_user_error(run_recipe(dir, j), "\"student\" and \"student-config\" exclude each other");
   j = tiny_recipe();
   j["steps"][0]["options"]["calib"] = "missing.jsonl";
   expect_user_error(run_recipe(dir, j), "calib " + dir.file("missing.jsonl") + " does not exist");

@@ -15,7 +15,7 @@ using nlohmann::json;
 // A schema like the CLI's, small enough to write by hand.
 Schemas schemas() {
   Schemas s;
-  s["prune"] = {{"model", "calib", "experts", "add-special", "seq-len"}, {"add-special"}};
+  s["prune"] = {{"model", "calib", "scores", "experts", "add-special", "seq-len"}, {"add-special"}};
   s["distill"] = {{"student", "teacher", "data", "steps"}, {}};
   s["quantize"] = {{"model", "method", "bits", "group-size", "calib"}, {}};
   s["logits"] = {{"model", "data", "top-k"}, {}};
@@ -123,6 +123,9 @@ TEST(RecipeParse, RejectsBadStructure) {
   j = minimal();
   j["steps"][1]["options"]["method"] = "awq";
   EXPECT_NE(error_of(j).find("method awq needs calibration data"), std::string::npos);
+  j = minimal();
+  j["steps"][0]["options"]["scores"] = "s.json";
+  EXPECT_NE(error_of(j).find("\"scores\" and \"calib\" exclude each other"), std::string::npos);
   j = minimal();
   j["report"] = {{"seq-len", 4}};
   EXPECT_NE(error_of(j).find("report: missing \"data\""), std::string::npos);

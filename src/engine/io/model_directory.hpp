@@ -19,4 +19,34 @@ void check_output_model_directory(const std::filesystem::path& source,
                                   const std::filesystem::path& out, bool force,
                                   std::string_view what);
 
+// The directory a path names, absolute and normalized, without a trailing separator.
+std::filesystem::path absolute_directory(const std::filesystem::path& path);
+
+// Files of a parent model directory that a pass rewrites (config.json, refinery.json) or that are
+// weights in some format (safetensors and their index, .bin, .pt, .gguf, ...): everything else
+// (tokenizer files, generation_config.json, README) is copied into a derived model as is.
+bool is_weight_or_config_file(const std::filesystem::path& file);
+
+// A model directory built under a temporary name beside `target` (".<name>.tmp-<pid>") and moved
+// into place by commit(): `target` is either untouched or complete. An exception before commit()
+// removes the temporary directory. commit() replaces an existing `target` (the caller checked it
+// may: check_output_model_directory): the old one is moved aside first and removed after.
+class StagedModelDirectory {
+ public:
+  explicit StagedModelDirectory(const std::filesystem::path& target);
+  ~StagedModelDirectory();
+  StagedModelDirectory(const StagedModelDirectory&) = delete;
+  StagedModelDirectory& operator=(const StagedModelDirectory&) = delete;
+
+  const std::filesystem::path& path() const { return temp_; }      // write here
+  const std::filesystem::path& target() const { return target_; }  // absolute
+  // Copies the parent's files that are neither weights nor config (is_weight_or_config_file).
+  void copy_side_files(const std::filesystem::path& parent_dir) const;
+  void commit();
+
+ private:
+  std::filesystem::path target_, temp_;
+  bool committed_ = false;
+};
+
 }  // namespace refinery::io

@@ -1,41 +1,25 @@
-// The importance pass: windows of calibration tokens through the forward, and the report's JSON.
+// The importance pass: the calibration loop (calibration_pass.hpp) with the importance observer,
+// and the report's JSON.
 #include "prune/importance.hpp"
 
 #include <algorithm>
 
 #include "engine/core/error.hpp"
+#include "prune/calibration_pass.hpp"
 #include "prune/importance_observer.hpp"
 
 namespace refinery::prune {
 
 ImportanceReport compute_importance(model::Transformer& model, std::span<const int32_t> tokens,
                                     const CalibrationOptions& options) {
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n == 0) throw_user_error("the calibration data holds no tokens; give a non-empty --calib file");
-  if (options.seq_len < 1) throw_user_error("--seq-len is ", options.seq_len, "; it must be >= 1");
-  const int vocab = model.config().vocab_size;
-  for (int64_t i = 0; i < n; ++i)
-    if (tokens[static_cast<std::size_t>(i)] < 0 || tokens[static_cast<std::size_t>(i)] >= vocab)
-      throw_user_error("calibration token ", i, " has id ", tokens[static_cast<std::size_t>(i)],
-                       ", outside the model's vocabulary of ", vocab,
-                       " tokens; the data was tokenized for another model");
-  const int64_t len = std::min(options.seq_len, n);
-  int64_t windows = n / len;
-  if (options.max_tokens > 0) windows = std::min(windows, std::max<int64_t>(1, options.max_tokens / len));
-
   ImportanceObserver observer(model);
-  for (int64_t w = 0; w < windows; ++w) {
-    model::KvCache cache = model.make_cache(len);
-    model.forward_hidden(tokens.subspan(static_cast<std::size_t>(w * len), static_cast<std::size_t>(len)),
-                         cache, &observer);
-    observer.end_window(len);
-    if (options.on_window) options.on_window((w + 1) * len, windows * len);
-  }
+  const CalibrationRun run = run_calibration(model, tokens, options, observer,
+                                             [&](int64_t len) { observer.end_window(len); });
   ImportanceReport report;
   report.model_type = model.config().model_type;
-  report.tokens = windows * len;
-  report.windows = windows;
-  report.seq_len = len;
+  report.tokens = run.tokens;
+  report.windows = run.windows;
+  report.seq_len = run.seq_len;
   observer.finish(report);
   return report;
 }

@@ -24,16 +24,9 @@ namespace fs = std::filesystem;
 using ::refinery::test::error_message_of;
 using ::refinery::test::ScratchDir;
 
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  return nlohmann::json::parse(in);
-}
+using test::read_json;
 
-std::vector<float> logits_of(const fs::path& dir, const std::vector<int32_t>& ids) {
-  auto m = model::Transformer::load(dir, backend::make_cpu_backend(1));
-  const Tensor t = m->forward(ids);
-  return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
-}
+using test::logits_of;
 
 // --heads / --kv-heads / --hidden equal to the model's counts: build_plan keeps everything, and a
 // plan that names every head, KV head and hidden channel explicitly (each tensor goes through the

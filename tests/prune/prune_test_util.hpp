@@ -3,11 +3,16 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "engine/backend/backend.hpp"
 #include "engine/io/safetensors_file.hpp"
+#include "engine/model/transformer.hpp"
 
 #include "tests/engine/model/model_test_util.hpp"
 
@@ -19,6 +24,18 @@ inline std::filesystem::path fixture(const std::string& name) {
 }
 inline std::filesystem::path prune_fixtures() { return source_dir() / "tests" / "fixtures" / "prune"; }
 inline std::filesystem::path demo_model() { return source_dir() / "models" / "demo-tiny-deepseek-v3"; }
+
+inline nlohmann::json read_json(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  return nlohmann::json::parse(in);
+}
+
+// The CPU engine's logits [ids, vocab] (row-major) of the model in `dir`.
+inline std::vector<float> logits_of(const std::filesystem::path& dir, const std::vector<int32_t>& ids) {
+  auto m = model::Transformer::load(dir, backend::make_cpu_backend(1));
+  const Tensor t = m->forward(ids);
+  return std::vector<float>(t.data<float>(), t.data<float>() + t.numel());
+}
 
 // `n` token ids in [0, vocab) from a fixed seed.
 inline std::vector<int32_t> random_tokens(int64_t n, int vocab, uint32_t seed) {

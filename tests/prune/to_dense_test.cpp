@@ -28,10 +28,7 @@ namespace fs = std::filesystem;
 using ::refinery::test::error_message_of;
 using ::refinery::test::ScratchDir;
 
-nlohmann::json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  return nlohmann::json::parse(in);
-}
+using test::read_json;
 
 constexpr int64_t kCalibTokens = 64;
 

@@ -593,21 +593,9 @@ bool awq_gemv_v2_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, v
                         plan.cluster,
                         y,
                         y_f32};
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(plan.tiles * plan.cluster));
-  config.blockDim = dim3(static_cast<unsigned>(32 * plan.warps));
-  config.dynamicSmemBytes = static_cast<std::size_t>(plan.smem_bytes);
-  config.stream = static_cast<cudaStream_t>(stream);
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = static_cast<unsigned>(plan.cluster);
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
   const V2Kernel kernel =
       v2_kernel(plan.config.kernel_rows, plan.config.vec, plan.config.tr, plan.config.prefetch);
-  REFINERY_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+  launch_clustered(kernel, params, plan.tiles, plan.cluster, plan.warps, plan.smem_bytes, stream);
   REFINERY_CUDA_CHECK_LAUNCH("awq_gemv (variant)");
   return true;
 }

@@ -1,9 +1,12 @@
 #pragma once
 // Internal to the AWQ GEMV's .cu files (awq_linear.cu: the base kernel; awq_gemv.cu: the variants
 // and the variant dispatch). Not for g++-compiled code: see awq_linear.hpp for the public API.
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 #include "engine/backend/cuda/awq_linear.hpp"
+#include "engine/backend/cuda/cuda_check.hpp"
 
 namespace refinery::backend::cuda {
 
@@ -15,5 +18,26 @@ void awq_gemv_base_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows,
 // when the variant falls back to base for this matrix and row count (or is base itself).
 bool awq_gemv_v2_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
                         bool y_f32, int variant, void* stream);
+
+// Launches kernel(params) on tiles x cluster blocks of 32 x warps threads, grouped in thread-block
+// clusters of `cluster` blocks along x (sm_90; both GEMV kernel families reduce K across the
+// blocks of a cluster through distributed shared memory).
+template <typename Params>
+void launch_clustered(void (*kernel)(Params), const Params& params, int64_t tiles, int cluster,
+                      int warps, int64_t smem_bytes, void* stream) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(tiles * cluster));
+  config.blockDim = dim3(static_cast<unsigned>(32 * warps));
+  config.dynamicSmemBytes = static_cast<std::size_t>(smem_bytes);
+  config.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  REFINERY_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+}
 
 }  // namespace refinery::backend::cuda

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <ctime>
 #include <iostream>
+#include <set>
 
 #include "cli/child_process.hpp"
 #include "cli/commands.hpp"
@@ -84,6 +85,9 @@ std::vector<std::string> args_for_attempt(const PlannedStep& p) {
     fs::create_directories(p.folder);
     return args;
   }
+  // The report's measurements of an earlier attempt describe an output about to change.
+  for (const auto& entry : fs::directory_iterator(p.folder))
+    if (entry.path().filename().string().rfind("report-", 0) == 0) fs::remove(entry.path());
   if (p.step->verb == "distill" && fs::exists(p.output / "train" / "checkpoint")) {
     log::info("step '", p.step->name, "' was interrupted: resuming its training checkpoint");
     args.push_back("--resume");
@@ -91,8 +95,6 @@ std::vector<std::string> args_for_attempt(const PlannedStep& p) {
   }
   if (p.step->verb == "logits") return args;  // the cache resumes at its last complete chunk
   fs::remove_all(p.output);
-  for (const auto& entry : fs::directory_iterator(p.folder))
-    if (entry.path().filename().string().rfind("report-", 0) == 0) fs::remove(entry.path());
   return args;
 }
 
@@ -244,9 +246,18 @@ void run_recipe(const Options& o) {
   report.run_dir = plan.run_dir.string();
   report.device = device;
   report.created = now_text();
+  std::set<std::string> ran;  // steps run by this invocation: what reads their outputs is stale
   for (size_t i = 0; i < plan.steps.size(); ++i) {
     const auto& p = plan.steps[i];
     recipe::StepRecord record{p.step->name, p.step->verb, p.output.string(), 0.0, false};
+    for (const auto& [key, value] : p.step->options.items()) {
+      const auto ref = recipe::reference_name(value);
+      if (ref && ran.count(*ref) && fs::exists(p.folder / "step.json")) {
+        std::cerr << "\nstep '" << p.step->name << "' reads '@" << *ref
+                  << "', which ran again: it runs again too\n";
+        fs::remove(p.folder / "step.json");
+      }
+    }
     if (fs::exists(p.folder / "step.json")) {
       record.reused = true;
       record.seconds = io::read_json_file(p.folder / "step.json").value("seconds", 0.0);
@@ -255,6 +266,7 @@ void run_recipe(const Options& o) {
                 << ")\n";
     } else {
       record.seconds = run_step(p, i, plan.steps.size());
+      ran.insert(p.step->name);
     }
     report.steps.push_back(record);
   }

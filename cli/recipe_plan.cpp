@@ -197,13 +197,20 @@ std::vector<std::string> check_run(const RunPlan& plan, bool dry_run) {
     }
 
   // 2. Every step's arguments through the verb's own parser, with the work disabled.
+  // The top app's parse-complete callback runs after every check of the parse and before the
+  // verb's own callback: throwing there stops before any work. (Replacing the verbs' callbacks
+  // instead would free the option storage their lambdas own, which the parse writes into.)
+  struct ArgumentsChecked {};
   for (const auto& p : plan.steps) {
     CLI::App app;
     register_all_verbs(app);
-    for (CLI::App* sub : app.get_subcommands({})) sub->callback([] {});
+    app.parse_complete_callback([] { throw ArgumentsChecked{}; });
     std::vector<std::string> args(p.args.rbegin(), p.args.rend());  // CLI11 parses a reversed vector
     try {
       app.parse(args);
+      throw_internal_error("step '", p.step->name, "': the argument check did not stop the verb");
+    } catch (const ArgumentsChecked&) {
+      // parsed and valid
     } catch (const CLI::ParseError& e) {
       throw_user_error("step '", p.step->name, "': `", command_line(p.args), "` is not valid: ",
                        e.what(), "; see `refine ", p.step->verb, " --help`");

@@ -115,6 +115,23 @@ TEST(RecipeCli, BadRecipesAreOneClearErrorBeforeAnythingRuns) {
   EXPECT_FALSE(fs::exists(dir.file("run")));
 }
 
+TEST(RecipeCli, WrongModelTypeOrTruncatedCheckpointIsOneSentence) {
+  ScratchDir dir;
+  write_tokens(dir);
+  fs::copy(kDemo, dir.file("gpt2"), fs::copy_options::recursive);
+  std::string config = read_text_file(dir.file("gpt2/config.json"));
+  config.replace(config.find("\"deepseek_v3\""), 13, "\"gpt2\"");
+  dir.write("gpt2/config.json", config);
+  json j = tiny_recipe();
+  j["model"] = dir.file("gpt2");
+  expect_user_error(run_recipe(dir, j), "model type \"gpt2\" is not supported");
+  fs::copy(kDemo, dir.file("cut"), fs::copy_options::recursive);
+  fs::resize_file(dir.file("cut/model.safetensors"), fs::file_size(dir.file("cut/model.safetensors")) / 2);
+  j["model"] = dir.file("cut");
+  expect_user_error(run_recipe(dir, j), "truncated");
+  EXPECT_FALSE(fs::exists(dir.file("run")));
+}
+
 TEST(RecipeCli, RunsWritesTheReportAndResumes) {
   ScratchDir dir;
   write_tokens(dir);
@@ -152,6 +169,19 @@ TEST(RecipeCli, RunsWritesTheReportAndResumes) {
   EXPECT_EQ(resumed.err.find("$ refine distill"), std::string::npos) << resumed.err;
   EXPECT_TRUE(fs::exists(run / "03-w8" / "step.json"));
   EXPECT_GE(fs::last_write_time(run / "03-w8" / "model" / "model.safetensors"), w8_time);
+
+  // An interrupted distill continues from its checkpoint, and what reads its output runs again.
+  const auto student_time = fs::last_write_time(run / "02-student" / "model" / "model.safetensors");
+  fs::remove(run / "02-student" / "step.json");
+  const auto again = run_recipe(dir, tiny_recipe(), "--resume");
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("--out " + (run / "02-student" / "model").string() + " --device cpu --resume"),
+            std::string::npos)
+      << again.err;
+  EXPECT_NE(again.err.find("step 'w8' reads '@student', which ran again"), std::string::npos) << again.err;
+  EXPECT_NE(again.err.find("$ refine eval"), std::string::npos) << again.err;
+  EXPECT_EQ(again.err.find("$ refine prune"), std::string::npos) << again.err;
+  EXPECT_GE(fs::last_write_time(run / "02-student" / "model" / "model.safetensors"), student_time);
 
   // A finished step may not change under --resume.
   json changed = tiny_recipe();

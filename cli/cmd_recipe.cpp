@@ -165,19 +165,14 @@ recipe::ArtifactRow measure_artifact(const recipe::Recipe& recipe, const RunPlan
   row.params_active = inspect.value("params_active", int64_t{0});
 
   const auto& r = recipe.report;
-  if (r.contains("data")) {
-    std::vector<std::string> args{"eval", model.string(), "--data",
-                                  resolve_recipe_path(recipe, r["data"].get<std::string>()).string(),
+  if (!plan.report_data.empty()) {
+    std::vector<std::string> args{"eval", model.string(), "--data", plan.report_data.string(),
                                   "--json", "--device", plan.device};
     if (model != plan.input_model) args.insert(args.end(), {"--ref", plan.input_model.string()});
-    for (const char* key : {"seq-len", "stride", "tokenizer"})
-      if (r.contains(key)) {
-        args.push_back(std::string("--") + key);
-        args.push_back(r[key].is_string() ? (std::string(key) == "tokenizer"
-                                                 ? resolve_recipe_path(recipe, r[key]).string()
-                                                 : r[key].get<std::string>())
-                                          : r[key].dump());
-      }
+    for (const char* key : {"seq-len", "stride"})
+      if (r.contains(key)) args.insert(args.end(), {std::string("--") + key, r[key].dump()});
+    if (r.contains("tokenizer"))
+      args.insert(args.end(), {"--tokenizer", resolve_recipe_path(recipe, r["tokenizer"]).string()});
     if (r.value("add-special", false)) args.push_back("--add-special");
     const auto eval = measured_json(args, folder / "report-eval.json");
     row.perplexity = eval.value("perplexity", 0.0);
@@ -231,10 +226,8 @@ void run_recipe(const Options& o) {
     for (const auto& line : memory) std::cout << "  " << line << "\n";
     return;
   }
-  if (recipe.report.contains("data") &&
-      !fs::exists(resolve_recipe_path(recipe, recipe.report["data"].get<std::string>())))
-    throw_user_error("recipe ", o.file, ": report data ",
-                     resolve_recipe_path(recipe, recipe.report["data"]).string(),
+  if (!plan.report_data.empty() && !fs::exists(plan.report_data))
+    throw_user_error("recipe ", o.file, ": report data ", plan.report_data.string(),
                      " does not exist; fix \"report\": {\"data\": ...}");
 
   open_run_directory(recipe, plan, o.resume);
@@ -272,8 +265,7 @@ void run_recipe(const Options& o) {
   }
 
   std::cerr << "\nreport: measuring every artifact against the teacher\n";
-  if (recipe.report.contains("data"))
-    report.eval_data = resolve_recipe_path(recipe, recipe.report["data"]).string();
+  report.eval_data = plan.report_data.string();
   report.artifacts.push_back(
       measure_artifact(recipe, plan, "teacher", "input", plan.input_model, plan.run_dir / "00-input"));
   for (const auto& p : plan.steps) {

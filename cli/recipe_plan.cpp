@@ -137,6 +137,8 @@ RunPlan plan_run(const recipe::Recipe& recipe, const fs::path& input_model,
   plan.run_dir = fs::absolute(run_dir).lexically_normal();
   plan.input_model = fs::absolute(input_model).lexically_normal();
   plan.device = device;
+  if (recipe.report.contains("data"))
+    plan.report_data = resolve_recipe_path(recipe, recipe.report["data"].get<std::string>());
   std::map<std::string, fs::path> outputs{{"input", plan.input_model}};
 
   for (size_t i = 0; i < recipe.steps.size(); ++i) {

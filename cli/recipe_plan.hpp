@@ -25,6 +25,7 @@ struct RunPlan {
   std::filesystem::path run_dir;
   std::filesystem::path input_model;  // absolute
   std::string device;                  // cpu or cuda (auto resolved)
+  std::filesystem::path report_data;   // the report's held-out data, absolute; empty: none
   std::vector<PlannedStep> steps;
 };
 

@@ -414,7 +414,23 @@ std::size_t v2_smem_bytes(int kernel_rows, int warps) {
 }
 
 int v2_max_active_clusters(V2Kernel kernel, int kernel_rows, int cluster, int warps) {
-  return max_active_clusters(kernel, cluster, warps, v2_smem_bytes(kernel_rows, warps));
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(32 * warps));
+  config.dynamicSmemBytes = v2_smem_bytes(kernel_rows, warps);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // a configuration the device cannot run: none resident
+    return 0;
+  }
+  return clusters;
 }
 
 V2Plan make_v2_plan(int device, const AwqDeviceMatrix& w, int64_t rows, const Variant& v) {

@@ -342,8 +342,24 @@ std::size_t gemv_smem_bytes(int64_t rows, int bits, int warps) {
 }
 
 // Clusters of `cluster` blocks of `warps` warps resident on the current device at once.
-int gemv_max_active_clusters(GemvKernel kernel, int64_t rows, int bits, int cluster, int warps) {
-  return max_active_clusters(kernel, cluster, warps, gemv_smem_bytes(rows, bits, warps));
+int max_active_clusters(GemvKernel kernel, int64_t rows, int bits, int cluster, int warps) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(cluster));
+  config.blockDim = dim3(static_cast<unsigned>(32 * warps));
+  config.dynamicSmemBytes = gemv_smem_bytes(rows, bits, warps);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = 1;
+  int clusters = 0;
+  if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &config) != cudaSuccess) {
+    (void)cudaGetLastError();  // a configuration the device cannot run: none resident
+    return 0;
+  }
+  return clusters;
 }
 
 // See the header comment. Queries the device (occupancy), so plans are cached.
@@ -375,7 +391,7 @@ GemvPlan make_plan(int device, const AwqDeviceMatrix& w, int64_t rows) {
     const auto key = std::make_pair(s, wp);
     auto it = fits.find(key);
     if (it == fits.end())
-      it = fits.emplace(key, gemv_max_active_clusters(kernel, rows, w.bits, s, wp) >= p.tiles).first;
+      it = fits.emplace(key, max_active_clusters(kernel, rows, w.bits, s, wp) >= p.tiles).first;
     return it->second;
   };
   const int64_t max_tile_warps = std::min<int64_t>(int64_t{kMaxCluster} * max_warps, p.n_tasks);

@@ -91,6 +91,13 @@ void run_distill(const DistillCliOptions& o) {
       throw_user_error("--seq-len ", o.seq_len, " differs from the cache's ", cached->seq_len(),
                        "; training windows must be the cache's sequences (omit --seq-len)");
     seq_len = cached->seq_len();
+    if (cached->is_priority_sample() &&
+        (divergence != backend::Divergence::kForwardKl || o.temperature != 1.0 ||
+         o.teacher_tail != "bucket"))
+      throw_user_error(o.teacher_logits, " holds a priority sample (`refine logits --sample`): its "
+                       "estimates are unbiased for forward KL at temperature 1 only; use "
+                       "--loss forward_kl --temperature 1 (and no --teacher-tail), or a top-k "
+                       "cache made without --sample");
     tokens = cached->token_stream();
     if (!o.data.empty())
       log::warn("--data is ignored with --teacher-logits: the cache's tokens are the data");

@@ -1,4 +1,4 @@
-// `refine logits MODEL --data F --out CACHE.h5 [--top-k K] [--seq-len L] [--device cpu|cuda]`:
+// `refine logits MODEL --data F --out CACHE.h5 [--top-k K [--sample]] [--seq-len L] [--device cpu|cuda]`:
 // the teacher's next-token distributions over the data's non-overlapping windows, into the
 // resumable HDF5 logit cache of DESIGN §5 (src/engine/io/logit_cache.hpp).
 #include <algorithm>
@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli/commands.hpp"
+#include "engine/backend/cuda/top_k_log_softmax.hpp"
 #include "engine/core/log.hpp"
 #include "engine/core/progress.hpp"
 #include "engine/eval/token_stream.hpp"
@@ -26,6 +27,8 @@ struct LogitsOptions {
   int64_t batch = 1;    // windows per forward (top-k caches)
   std::string device = "cpu";
   bool add_special = false;
+  bool sample = false;   // a priority sample of top_k ids per position instead of the top k
+  int64_t seed = 0;      // the sample's seed
 };
 
 constexpr int64_t kDefaultSeqLen = 2048;
@@ -35,6 +38,10 @@ void run_logits(const LogitsOptions& o) {
   if (o.top_k < 0) throw_user_error("--top-k is ", o.top_k, "; use 0 (full logits) or a positive k");
   if (o.seq_len < 0) throw_user_error("--seq-len is ", o.seq_len, "; it must be positive");
   if (o.batch < 1) throw_user_error("--batch is ", o.batch, "; it must be at least 1");
+  if (o.sample && o.top_k == 0)
+    throw_user_error("--sample needs --top-k K > 0 (the number of sampled ids per position); "
+                     "--top-k 0 stores full logits");
+  if (o.seed < 0) throw_user_error("--seed is ", o.seed, "; use a number >= 0");
   const std::filesystem::path out(o.out);
   if (out.has_parent_path() && !std::filesystem::is_directory(out.parent_path()))
     throw_user_error("--out ", o.out, ": the folder ", out.parent_path().string(),
@@ -50,6 +57,12 @@ void run_logits(const LogitsOptions& o) {
   if (o.top_k > vocab)
     throw_user_error("--top-k ", o.top_k, " exceeds the model's vocabulary of ", vocab,
                      " tokens; use at most ", vocab, " (or 0 for full logits)");
+  const int64_t slots = o.sample ? std::min(o.top_k + 1, vocab) : o.top_k;
+  if (o.device == "cuda" && slots > backend::cuda::kMaxTopK)
+    throw_user_error("--top-k ", o.top_k, (o.sample ? " with --sample" : ""),
+                     " is more than the GPU's fused top-k keeps (", backend::cuda::kMaxTopK,
+                     (o.sample ? " slots, one of them the threshold" : ""),
+                     "); use a smaller --top-k, or --top-k 0 for full logits");
   const int64_t seq_len = o.seq_len > 0 ? o.seq_len
                                         : std::min(kDefaultSeqLen, model->max_sequence_length());
   if (seq_len > model->max_sequence_length())
@@ -76,6 +89,10 @@ void run_logits(const LogitsOptions& o) {
   info.seq_len = seq_len;
   info.planned_sequences = static_cast<int64_t>(windows.size());
   info.data_sha256 = io::data_fingerprint(kept);
+  if (o.sample) {
+    info.selection = io::kSelectionPriority;
+    info.sample_seed = o.seed;
+  }
 
   io::LogitCacheWriter writer(o.out, info);
   const int64_t start = writer.resumed_sequences();
@@ -102,6 +119,10 @@ void run_logits(const LogitsOptions& o) {
     // runs the n windows in one forward; chunks arrive window by window, each committed whole.
     const auto tokens = kept.subspan(w * seq_len, n * static_cast<size_t>(seq_len));
     int64_t open_window = -1;
+    backend::TopKSampling sampling;  // row key of position p of window w: w · seq_len + p
+    sampling.enabled = o.sample;
+    sampling.seed = static_cast<uint64_t>(o.seed);
+    sampling.first_row_key = static_cast<int64_t>(w) * seq_len;
     model->score_top_k_batch(
         tokens, static_cast<int64_t>(n), o.top_k,
         [&](int64_t first, const int32_t* indices, const float* log_probs, int64_t rows) {
@@ -115,13 +136,16 @@ void run_logits(const LogitsOptions& o) {
           writer.add_top_k(indices, log_probs, rows);
           progress.advance(static_cast<uint64_t>(rows));
         },
-        kChunkRows);
+        kChunkRows, sampling);
     if (open_window >= 0) writer.end_sequence();
   }
   writer.finish();
   progress.finish();
   std::cout << o.out << "\t" << windows.size() << " sequences\t" << kept.size() << " tokens\t"
-            << (o.top_k == 0 ? std::string("full logits") : str("top-", o.top_k)) << "\n";
+            << (o.top_k == 0 ? std::string("full logits")
+                : o.sample   ? str("priority sample of ", o.top_k)
+                             : str("top-", o.top_k))
+            << "\n";
 }
 
 }  // namespace
@@ -136,7 +160,10 @@ void register_logits(CLI::App& app) {
       "      --out teacher-top64.h5 --top-k 64 --seq-len 512\n"
       "The data's tokens are concatenated and cut into windows of --seq-len (the remainder is\n"
       "dropped), as `refine eval` does. Rerunning the same command after a crash resumes at the\n"
-      "last complete sequence; other options or another teacher are refused.");
+      "last complete sequence; other options or another teacher are refused.\n"
+      "For offline distillation, --sample stores a priority sample of --top-k ids per position\n"
+      "with unbiased estimates of the teacher's probabilities (the tail is represented, not\n"
+      "lumped): the student learns the whole distribution from the same file size.");
   cmd->add_option("MODEL", o->model, "Teacher model directory (Hugging Face layout)")->required();
   cmd->add_option("--data", o->data, "Input files: .txt, .jsonl, tokens JSON or a token dataset .h5")
       ->required();
@@ -150,6 +177,10 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--device", o->device, "cpu or cuda")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  cmd->add_flag("--sample", o->sample,
+                "Store a priority sample of --top-k ids per position (unbiased probability "
+                "estimates, forward-KL distillation at T = 1) instead of the k most likely");
+  cmd->add_option("--seed", o->seed, "Seed of --sample")->capture_default_str();
   cmd->add_flag("--add-special", o->add_special,
                 "Encode text with the tokenizer's special tokens (BOS), like transformers' "
                 "tokenizer(text)");

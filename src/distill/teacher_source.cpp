@@ -22,6 +22,24 @@ train::TeacherTargets OnlineTeacher::targets(std::span<const int32_t> tokens, in
   return t;
 }
 
+namespace {
+
+// Each row of log-probabilities [rows, k] shifted so that its probabilities sum to 1 (the fp16
+// rounding of a priority sample's estimates leaves sums of 1 ± ~1e-3). -inf entries stay -inf.
+void normalize_rows(float* lp, int64_t rows, int64_t k) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = lp + r * k;
+    const float hi = *std::max_element(row, row + k);
+    if (!std::isfinite(hi)) continue;
+    double sum = 0.0;
+    for (int64_t i = 0; i < k; ++i) sum += std::exp(static_cast<double>(row[i]) - hi);
+    const auto shift = static_cast<float>(hi + std::log(sum));
+    for (int64_t i = 0; i < k; ++i) row[i] -= shift;
+  }
+}
+
+}  // namespace
+
 CachedTeacher::CachedTeacher(const std::filesystem::path& cache,
                              std::shared_ptr<backend::Backend> backend)
     : reader_(cache.string()), backend_(std::move(backend)) {
@@ -64,6 +82,7 @@ train::TeacherTargets CachedTeacher::targets(std::span<const int32_t> tokens, in
     reader_.read_top_k(s, 0, len, ids.mutable_data<int32_t>() + b * len * k,
                        lp.mutable_data<float>() + b * len * k);
   }
+  if (is_priority_sample()) normalize_rows(lp.mutable_data<float>(), sequences * len, k);
   train::TeacherTargets t;
   t.top_k_ids = backend_->upload(ids);
   t.top_k_log_probs = backend_->upload(lp);

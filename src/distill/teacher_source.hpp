@@ -52,6 +52,10 @@ class CachedTeacher final : public TeacherSource {
   int64_t seq_len() const { return reader_.info().seq_len; }
   // Every complete sequence's ids, concatenated: the token stream the student trains on.
   std::vector<int32_t> token_stream() const;
+  // A priority-sampled cache (`refine logits --sample`): rows are estimates of the whole
+  // distribution, renormalized to sum to 1 after reading (fp16 storage), so the loss's tail
+  // bucket is empty; only forward KL at T = 1 is unbiased for them (cmd_distill checks).
+  bool is_priority_sample() const { return reader_.info().selection == io::kSelectionPriority; }
   // Spread each row's tail mass over the uncached ids by this prior (f32 [vocab], a normalized
   // log-distribution; losses.hpp "tail prior") instead of the one tail bucket.
   void set_tail_prior(const std::vector<float>& log_prior);

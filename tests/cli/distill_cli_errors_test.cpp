@@ -67,6 +67,22 @@ TEST_F(DistillCliErrors, FullLogitsCacheAndIncompleteCache) {
                     {partial, "incomplete", "rerunning"});
 }
 
+// A priority-sampled cache is for forward KL at T = 1; eval cannot compare against it.
+TEST_F(DistillCliErrors, PrioritySampledCacheRefusesOtherLossesAndEval) {
+  const std::string cache = dir_.file("sampled.h5");
+  expect_user_error("logits " + kTeacher + " --data " + data_ + " --top-k 0 --sample --seq-len 16 --out " +
+                        dir_.file("x.h5"),
+                    {"--sample", "--top-k"});
+  run_ok("logits " + kTeacher + " --data " + data_ + " --top-k 4 --sample --seq-len 16 --out " + cache);
+  const std::string distill = "distill --student-config " + kStudentConfig + " --teacher-logits " +
+                              cache + " --steps 1 --batch 2 --threads 1 --out " + dir_.file("o");
+  expect_user_error(distill + " --loss reverse_kl", {cache, "priority sample", "forward_kl"});
+  expect_user_error(distill + " --temperature 2", {cache, "priority sample", "--temperature 1"});
+  expect_user_error("eval " + kTeacher + " --ref-logits " + cache + " --data " + data_ +
+                        " --seq-len 16",
+                    {cache, "priority sample", "--ref"});
+}
+
 TEST_F(DistillCliErrors, TeacherWithAnotherVocabulary) {
   expect_user_error("distill --student-config " + kStudentConfig + " --teacher " + kDemo +
                         " --data " + data_ + " --tokenizer " + kTokenizer + " --out " +

@@ -26,6 +26,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/io/logit_cache.hpp"
 #include "engine/io/safetensors_file.hpp"
 #include "tests/cli/distill_cli_support.hpp"
 
@@ -190,6 +191,52 @@ TEST(DistillCliOffline, UnigramTailPriorTrainsAndIsRecorded) {
   EXPECT_GT(kd_u, kd_b);
   const json provenance = json::parse(std::ifstream(fs::path(dir.file("u")) / "refinery.json"));
   EXPECT_EQ(provenance["teacher_tail"], "unigram") << provenance.dump();
+}
+
+// `refine logits --sample`: a priority sample per position (estimates that sum to 1, not the top
+// k); the draw depends only on (seed, window, position), so --batch does not change which ids a
+// row holds; forward-KL distillation reads it.
+TEST(DistillCliOffline, PrioritySampledCacheIsReproducibleAndTrains) {
+  OneOmpThread one_thread;
+  ScratchDir dir;
+  const std::string data = valid_slice(dir, 2);
+  const std::string a = dir.file("a.h5"), b = dir.file("b.h5"), top = dir.file("top.h5");
+  const std::string logits = "logits " + kTeacher + " --data " + data + " --top-k 16 --seq-len 32 ";
+  run_ok(logits + "--sample --seed 3 --out " + a);
+  run_ok(logits + "--sample --seed 3 --batch 3 --out " + b);
+  run_ok(logits + "--out " + top);
+  const io::LogitCacheReader ra(a), rb(b), rt(top);
+  EXPECT_EQ(ra.info().selection, io::kSelectionPriority);
+  EXPECT_EQ(ra.info().sample_seed, 3);
+  ASSERT_EQ(ra.sequences(), rb.sequences());
+  ASSERT_GT(ra.sequences(), 3);
+  const int64_t k = 16, len = 32;
+  std::vector<int32_t> ia(len * k), ib(len * k), it(len * k);
+  std::vector<float> pa(len * k), pb(len * k), pt(len * k);
+  int64_t rows_differing_from_top_k = 0;
+  for (int64_t s = 0; s < ra.sequences(); ++s) {
+    ra.read_top_k(s, 0, len, ia.data(), pa.data());
+    rb.read_top_k(s, 0, len, ib.data(), pb.data());
+    rt.read_top_k(s, 0, len, it.data(), pt.data());
+    // Same ids; the values only up to the batched forward's f32 rounding (an fp16 step).
+    EXPECT_EQ(ia, ib) << "sequence " << s;
+    for (int64_t i = 0; i < len * k; ++i) ASSERT_NEAR(pa[i], pb[i], 4e-3) << "sequence " << s;
+    for (int64_t r = 0; r < len; ++r) {
+      double total = 0.0;
+      for (int64_t j = 0; j < k; ++j) total += std::exp(static_cast<double>(pa[r * k + j]));
+      EXPECT_NEAR(total, 1.0, 5e-3) << "sequence " << s << " row " << r;  // fp16 storage
+      // The most likely id is (almost always) kept; the rest are a sample, not the top k.
+      if (!std::equal(ia.begin() + r * k, ia.begin() + (r + 1) * k, it.begin() + r * k))
+        ++rows_differing_from_top_k;
+    }
+  }
+  EXPECT_GT(rows_differing_from_top_k, ra.sequences() * len / 2);
+  const json summary = json::parse(
+      run_ok("distill --student-config " + kStudentConfig + " --teacher-logits " + a + " --out " +
+             dir.file("student") + " --batch 2 --steps 3 --threads 1 --json --tokenizer " + kTokenizer)
+          .out);
+  EXPECT_TRUE(std::isfinite(summary["eval"]["kd"].get<double>()));
+  EXPECT_GT(summary["eval"]["kd"].get<double>(), 0.0);
 }
 
 void expect_rel(const json& got, const json& want, double rel, const std::string& what) {

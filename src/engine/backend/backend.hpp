@@ -25,6 +25,7 @@
 #include "engine/backend/linear_weight.hpp"
 #include "engine/backend/rope_table.hpp"
 #include "engine/backend/router.hpp"
+#include "engine/backend/top_k_sampling.hpp"
 #include "engine/core/tensor.hpp"
 
 namespace refinery::backend {
@@ -252,8 +253,11 @@ class Backend {
   // hidden [T, hidden] (activation dtype) · lm_headᵀ [vocab, hidden] -> indices I32 [T, k] (most
   // likely first, ties: lower id first, as eval::top_k_log_probs) and log_probs f32 [T, k].
   // Never holds f32 [T, vocab]: the logits are made and consumed a chunk at a time.
+  // With sampling.enabled the k ids are instead a priority sample of the row's distribution and
+  // log_probs their normalized estimates (top_k_sampling.hpp), most likely first.
   virtual void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
-                                 Tensor& indices, Tensor& log_probs) = 0;
+                                 const TopKSampling& sampling, Tensor& indices,
+                                 Tensor& log_probs) = 0;
 };
 
 // The CPU reference backend (Eigen, OpenMP). `threads` > 0 sets the OpenMP thread count.

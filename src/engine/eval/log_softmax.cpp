@@ -5,6 +5,8 @@
 #include <numeric>
 #include <vector>
 
+#include "engine/backend/top_k_sampling.hpp"
+
 namespace refinery::eval {
 
 RowStats row_stats(const float* logits, int64_t vocab) {
@@ -36,6 +38,28 @@ void top_k_log_probs(const float* logits, int64_t vocab, int64_t k, int32_t* ind
     indices[j] = order[static_cast<size_t>(j)];
     log_probs[j] = static_cast<float>(log_prob(logits, stats, indices[j]));
   }
+}
+
+void priority_sample_log_probs(const float* logits, int64_t vocab, int64_t k, uint64_t seed,
+                               int64_t row_key, int32_t* indices, float* log_probs) {
+  const double lse = row_stats(logits, vocab).log_sum_exp;
+  thread_local std::vector<float> key;
+  thread_local std::vector<int32_t> order;
+  key.resize(static_cast<size_t>(vocab));
+  order.resize(static_cast<size_t>(vocab));
+  for (int64_t i = 0; i < vocab; ++i)
+    key[i] = logits[i] + backend::priority_noise(seed, row_key, static_cast<int32_t>(i));
+  std::iota(order.begin(), order.end(), 0);
+  const int64_t n = std::min(k + 1, vocab);
+  const float* keys = key.data();
+  std::partial_sort(order.begin(), order.begin() + n, order.end(), [keys](int32_t a, int32_t b) {
+    return keys[a] > keys[b] || (keys[a] == keys[b] && a < b);
+  });
+  thread_local std::vector<float> key_lp;
+  key_lp.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) key_lp[j] = static_cast<float>(keys[order[j]] - lse);
+  backend::priority_estimates_row(order.data(), key_lp.data(), k, n > k, seed, row_key, indices,
+                                  log_probs);
 }
 
 }  // namespace refinery::eval

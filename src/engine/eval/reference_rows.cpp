@@ -189,6 +189,12 @@ std::unique_ptr<ReferenceRows> reference_from_model(model::LanguageModel& refere
 
 std::unique_ptr<ReferenceRows> reference_from_cache(const io::LogitCacheReader& cache,
                                                     int64_t chunk_rows) {
+  // Agreement and KL need the teacher's most likely ids and true probabilities; a priority
+  // sample holds estimates of other ids.
+  if (cache.info().selection == io::kSelectionPriority)
+    throw_user_error(cache.path(), " holds a priority sample (`refine logits --sample`), made for "
+                     "distillation; to compare against a teacher use the teacher model (--ref) or a "
+                     "cache made without --sample");
   return std::make_unique<CacheRows>(cache, chunk_rows);
 }
 

@@ -85,6 +85,8 @@ std::string describe_mismatch(const LogitCacheInfo& cached, const LogitCacheInfo
   differ("the teacher fingerprint", cached.teacher_fingerprint.substr(0, 12),
          wanted.teacher_fingerprint.substr(0, 12));
   differ("top_k", std::to_string(cached.top_k), std::to_string(wanted.top_k));
+  differ("the selection", cached.selection, wanted.selection);
+  differ("the sample seed", std::to_string(cached.sample_seed), std::to_string(wanted.sample_seed));
   differ("vocab_size", std::to_string(cached.vocab_size), std::to_string(wanted.vocab_size));
   differ("seq_len", std::to_string(cached.seq_len), std::to_string(wanted.seq_len));
   differ("the number of sequences", std::to_string(cached.planned_sequences),
@@ -107,6 +109,10 @@ void write_info(H5File& file, const LogitCacheInfo& info) {
   file.set_int_attribute("seq_len", info.seq_len);
   file.set_int_attribute("planned_sequences", info.planned_sequences);
   file.set_string_attribute("data_sha256", info.data_sha256);
+  if (info.top_k > 0) {
+    file.set_string_attribute("selection", info.selection);
+    if (info.selection == kSelectionPriority) file.set_int_attribute("sample_seed", info.sample_seed);
+  }
   file.set_string_attribute("created_by", str("refinery ", REFINERY_VERSION));
 }
 
@@ -128,6 +134,12 @@ LogitCacheInfo read_info(const H5File& file) {
   info.seq_len = file.int_attribute("seq_len");
   info.planned_sequences = file.int_attribute("planned_sequences");
   info.data_sha256 = file.string_attribute("data_sha256");
+  if (file.has_attribute("selection")) info.selection = file.string_attribute("selection");
+  if (info.selection != kSelectionTopK && info.selection != kSelectionPriority)
+    throw_user_error(path, ": unknown selection \"", info.selection, "\" (this refine knows \"",
+                     kSelectionTopK, "\" and \"", kSelectionPriority,
+                     "\"); remake the cache with this version");
+  if (info.selection == kSelectionPriority) info.sample_seed = file.int_attribute("sample_seed");
   if (info.top_k < 0 || info.vocab_size <= 0 || info.top_k > info.vocab_size || info.seq_len <= 0)
     throw_user_error(path, ": inconsistent attributes (top_k ", info.top_k, ", vocab_size ",
                      info.vocab_size, ", seq_len ", info.seq_len, "); delete the file and remake it");

@@ -14,7 +14,11 @@
 //     format = "refinery.logits", format_version = 1, teacher_path, teacher_fingerprint,
 //     teacher_fingerprint_method, top_k, vocab_size, seq_len, planned_sequences, data_sha256,
 //     complete_sequences (S: rows past seq_offsets[S] are not part of the cache), complete (0/1),
-//     created_by
+//     created_by, and for top-k caches selection = "top_k" (the k most likely ids, log-softmax
+//     values; the default when the attribute is absent) or "priority_sample" (a priority sample of
+//     k ids per position with their self-normalized probability estimates as logprobs, see
+//     engine/backend/top_k_sampling.hpp; sample_seed = the seed, row key = sequence · seq_len +
+//     position)
 //
 // Resuming: HDF5 1.10 without SWMR gives no crash consistency of its own, so the writer commits
 // one sequence at a time: it appends the sequence's rows, then its tokens and offset, then sets
@@ -37,6 +41,9 @@ namespace refinery::io {
 inline constexpr const char* kLogitCacheFormat = "refinery.logits";
 inline constexpr int64_t kLogitCacheFormatVersion = 1;
 
+inline constexpr const char* kSelectionTopK = "top_k";
+inline constexpr const char* kSelectionPriority = "priority_sample";
+
 // What a cache is for: the writer records it, resuming and readers compare it.
 struct LogitCacheInfo {
   std::string teacher_path;
@@ -46,6 +53,8 @@ struct LogitCacheInfo {
   int64_t seq_len = 0;              // tokens per sequence
   int64_t planned_sequences = 0;    // sequences the data yields
   std::string data_sha256;          // data_fingerprint() of every planned sequence
+  std::string selection = kSelectionTopK;  // top-k caches: kSelectionTopK or kSelectionPriority
+  int64_t sample_seed = 0;                 // kSelectionPriority: the sampling seed
 };
 
 // A cheap fingerprint of a model directory's weights (reading all of a 600 GiB teacher to hash it

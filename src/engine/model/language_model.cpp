@@ -35,12 +35,34 @@ void LanguageModel::score_top_k(std::span<const int32_t> tokens, int64_t k,
 
 void LanguageModel::score_top_k_batch(std::span<const int32_t> tokens, int64_t sequences,
                                       int64_t k, const TopKConsumer& consume,
-                                      int64_t max_chunk_rows) {
+                                      int64_t max_chunk_rows,
+                                      const backend::TopKSampling& sampling) {
   const int64_t t = static_cast<int64_t>(tokens.size());
   if (sequences <= 0 || t % sequences != 0)
     throw_internal_error("score_top_k_batch: ", t, " tokens are not ", sequences,
                          " windows of one length");
   const int64_t length = t / sequences;
+  const int64_t vocab = vocab_size();
+  if (sampling.enabled) {
+    if (k <= 0 || k > vocab)
+      throw_internal_error("score_top_k_batch: k = ", k, " for a vocabulary of ", vocab);
+    std::vector<int32_t> indices;
+    std::vector<float> log_probs;
+    for (int64_t b = 0; b < sequences; ++b)
+      score(
+          tokens.subspan(static_cast<std::size_t>(b * length), static_cast<std::size_t>(length)),
+          [&](int64_t first, const float* logits, int64_t rows) {
+            indices.resize(static_cast<std::size_t>(rows * k));
+            log_probs.resize(indices.size());
+            for (int64_t r = 0; r < rows; ++r)
+              eval::priority_sample_log_probs(logits + r * vocab, vocab, k, sampling.seed,
+                                              sampling.first_row_key + b * length + first + r,
+                                              indices.data() + r * k, log_probs.data() + r * k);
+            consume(b * length + first, indices.data(), log_probs.data(), rows);
+          },
+          max_chunk_rows);
+    return;
+  }
   for (int64_t b = 0; b < sequences; ++b)
     score_top_k(
         tokens.subspan(static_cast<std::size_t>(b * length), static_cast<std::size_t>(length)), k,
@@ -82,11 +104,12 @@ class TransformerLanguageModel final : public LanguageModel {
     check_sequence(t, max_chunk_rows);
     if (k <= 0 || k > vocab_size())
       throw_internal_error("score_top_k: k = ", k, " for a vocabulary of ", vocab_size());
-    score_top_k_batch(tokens, 1, k, consume, max_chunk_rows);
+    score_top_k_batch(tokens, 1, k, consume, max_chunk_rows, backend::TopKSampling{});
   }
 
   void score_top_k_batch(std::span<const int32_t> tokens, int64_t sequences, int64_t k,
-                         const TopKConsumer& consume, int64_t max_chunk_rows) override {
+                         const TopKConsumer& consume, int64_t max_chunk_rows,
+                         const backend::TopKSampling& sampling) override {
     const int64_t t = static_cast<int64_t>(tokens.size());
     if (t == 0) return;
     if (sequences <= 0 || t % sequences != 0)
@@ -102,7 +125,7 @@ class TransformerLanguageModel final : public LanguageModel {
     backend::Backend& be = model_->backend();
     Tensor indices = be.empty(DType::kI32, {t, k});
     Tensor log_probs = be.empty(DType::kF32, {t, k});
-    model_->top_k(hidden, k, indices, log_probs);
+    model_->top_k(hidden, k, indices, log_probs, sampling);
     const Tensor host_indices = be.download(indices), host_log_probs = be.download(log_probs);
     for (int64_t w0 = 0; w0 < t; w0 += length)  // chunks stay inside their window
       for (int64_t r0 = w0; r0 < w0 + length; r0 += max_chunk_rows) {

@@ -183,8 +183,9 @@ Tensor Transformer::logits(const Tensor& hidden, TapObserver* taps) {
   return run_linear(s, hidden, weights_.lm_head, DType::kF32);
 }
 
-void Transformer::top_k(const Tensor& hidden, int64_t k, Tensor& indices, Tensor& log_probs) {
-  backend_->log_softmax_top_k(hidden, weights_.lm_head, k, indices, log_probs);
+void Transformer::top_k(const Tensor& hidden, int64_t k, Tensor& indices, Tensor& log_probs,
+                        const backend::TopKSampling& sampling) {
+  backend_->log_softmax_top_k(hidden, weights_.lm_head, k, sampling, indices, log_probs);
 }
 
 Tensor Transformer::forward(std::span<const int32_t> tokens, KvCache* cache, TapObserver* taps) {

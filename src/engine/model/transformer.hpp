@@ -66,8 +66,9 @@ class Transformer {
   Tensor logits(const Tensor& hidden, TapObserver* taps = nullptr);
   // The k most likely next tokens per row of `hidden` [T, hidden] and their log-softmax over the
   // whole vocabulary: indices I32 [T, k], log_probs f32 [T, k] on the backend's device, fused with
-  // the LM head (Backend::log_softmax_top_k).
-  void top_k(const Tensor& hidden, int64_t k, Tensor& indices, Tensor& log_probs);
+  // the LM head (Backend::log_softmax_top_k; with sampling.enabled a priority sample instead).
+  void top_k(const Tensor& hidden, int64_t k, Tensor& indices, Tensor& log_probs,
+             const backend::TopKSampling& sampling = {});
   // Both at once: logits [T, vocab] of `tokens` (a fresh cache when `cache` is null). For tests
   // and short inputs; long inputs use forward_hidden + logits per chunk.
   Tensor forward(std::span<const int32_t> tokens, KvCache* cache = nullptr,

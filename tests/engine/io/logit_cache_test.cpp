@@ -193,6 +193,45 @@ TEST_F(LogitCache, ResumingWithOtherOptionsIsRefused) {
   EXPECT_THROW(LogitCacheWriter(path("c.h5"), teacher), Error);
 }
 
+TEST_F(LogitCache, SelectionAndSeedAreRecordedAndCheckedOnResume) {
+  {
+    LogitCacheWriter w(path("plain.h5"), info(4));
+    write_sequences(w, 4, 0, kSequences);
+    w.finish();
+  }
+  EXPECT_EQ(LogitCacheReader(path("plain.h5")).info().selection, kSelectionTopK);
+  auto sampled = info(4);
+  sampled.selection = kSelectionPriority;
+  sampled.sample_seed = 7;
+  {
+    LogitCacheWriter w(path("sampled.h5"), sampled);
+    write_sequences(w, 4, 0, 2);  // not finished: resumable
+  }
+  {
+    const LogitCacheReader r(path("sampled.h5"));
+    EXPECT_EQ(r.info().selection, kSelectionPriority);
+    EXPECT_EQ(r.info().sample_seed, 7);
+  }
+  auto other_seed = sampled;
+  other_seed.sample_seed = 8;
+  try {
+    LogitCacheWriter w(path("sampled.h5"), other_seed);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the sample seed is 7 in the cache but 8 now"),
+              std::string::npos)
+        << e.what();
+  }
+  try {
+    LogitCacheWriter w(path("sampled.h5"), info(4));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the selection is priority_sample in the cache but top_k"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST_F(LogitCache, UnreadableFileSaysToDeleteIt) {
   std::ofstream(path("junk.h5")) << "this is not HDF5";
   for (int pass = 0; pass < 2; ++pass) {

@@ -43,7 +43,8 @@ class CpuBackend final : public Backend {
   void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                         Tensor& y) override;
   void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
-                         Tensor& indices, Tensor& log_probs) override;  // linear.cpp
+                         const TopKSampling& sampling, Tensor& indices,
+                         Tensor& log_probs) override;  // lm_head.cpp
 
   // ---- backward (training): each adds into its gradient outputs, see backend.hpp ----
   void linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy, Tensor& dx,

@@ -1,5 +1,6 @@
 // log_softmax_top_k on the CPU: the LM head in chunks of rows (f32 [chunk, vocab] at a time), then
-// eval::top_k_log_probs per row, the definition the CUDA kernel is tested against.
+// per row eval::top_k_log_probs or eval::priority_sample_log_probs (the definitions the CUDA kernel
+// is tested against).
 #include <algorithm>
 
 #include "engine/backend/cpu/cpu_backend.hpp"
@@ -10,10 +11,11 @@ namespace refinery::backend::cpu {
 
 namespace {
 constexpr int64_t kChunkRows = 64;  // 64 x 129k vocabulary = 33 MB of f32 logits at a time
-}
+}  // namespace
 
 void CpuBackend::log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
-                                   Tensor& indices, Tensor& log_probs) {
+                                   const TopKSampling& sampling, Tensor& indices,
+                                   Tensor& log_probs) {
   const TopKSizes sizes =
       check_log_softmax_top_k(Device::kCPU, hidden, lm_head, k, indices, log_probs);
   const int64_t vocab = sizes.vocab;
@@ -24,9 +26,15 @@ void CpuBackend::log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_
     linear(hidden.slice(r0, r0 + n), lm_head, chunk);
     const float* l = chunk.data<float>();
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < n; ++r)
-      eval::top_k_log_probs(l + r * vocab, vocab, k, indices.mutable_data<int32_t>() + (r0 + r) * k,
-                            log_probs.mutable_data<float>() + (r0 + r) * k);
+    for (int64_t r = 0; r < n; ++r) {
+      int32_t* ids = indices.mutable_data<int32_t>() + (r0 + r) * k;
+      float* lps = log_probs.mutable_data<float>() + (r0 + r) * k;
+      if (sampling.enabled)
+        eval::priority_sample_log_probs(l + r * vocab, vocab, k, sampling.seed,
+                                        sampling.first_row_key + r0 + r, ids, lps);
+      else
+        eval::top_k_log_probs(l + r * vocab, vocab, k, ids, lps);
+    }
   }
 }
 

@@ -69,7 +69,8 @@ class CudaBackend final : public Backend {
   void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                         Tensor& y) override;
   void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
-                         Tensor& indices, Tensor& log_probs) override;  // lm_head.cu
+                         const TopKSampling& sampling, Tensor& indices,
+                         Tensor& log_probs) override;  // lm_head.cu
 
   // ---- training (backend.hpp "backward"; every op adds into its gradients) ----
   void linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy, Tensor& dx,

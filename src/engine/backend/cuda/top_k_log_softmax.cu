@@ -29,6 +29,7 @@
 
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/top_k_log_softmax.hpp"
+#include "engine/backend/top_k_sampling.hpp"
 #include "engine/core/error.hpp"
 
 namespace refinery::backend::cuda {
@@ -198,13 +199,19 @@ __global__ void begin_kernel(TopKLogSoftmaxState s) {
 }
 
 // G thread-strided groups per thread: element c belongs to group (c % 256, (c / 256) % G).
-template <int G>
+// Sampled: rank by logit + priority noise (the state holds those keys), see the header.
+template <int G, bool Sampled>
 __global__ void __launch_bounds__(kBlock)
     update_kernel(TopKLogSoftmaxState s, const float* logits, int64_t ld, int64_t cols,
                   int64_t first_col) {
   __shared__ Shared sh;
   const int t = threadIdx.x;
   const int64_t r = blockIdx.x;
+  auto rank_entry = [&](float x, int64_t id) {
+    if constexpr (Sampled)
+      x += priority_noise(s.seed, s.first_row_key + r, static_cast<int32_t>(id));
+    return make_entry(x, id);
+  };
   const unsigned k = static_cast<unsigned>(s.k);
   const float* row = logits + r * ld;
   float* values = s.values + r * s.k;
@@ -267,7 +274,7 @@ __global__ void __launch_bounds__(kBlock)
     for (int j = 0; j < kUnroll; ++j) {
       const int64_t c = base + j * kBlock + t;
       const bool in = c < cols;
-      const uint64_t e = in ? make_entry(x[j], first_col + c) : 0;
+      const uint64_t e = in ? rank_entry(x[j], first_col + c) : 0;
       group_max[j % G] = e > group_max[j % G] ? e : group_max[j % G];
       if (full) warp_append(in && e > run_min, e, &sh.count, to_buf);
     }
@@ -301,7 +308,7 @@ __global__ void __launch_bounds__(kBlock)
   auto visit_global = [&](auto&& f) {
     for (int64_t base = 0; base < cols; base += kBlock) {
       const int64_t c = base + t;
-      const uint64_t e = c < cols ? make_entry(row[c], first_col + c) : 0;
+      const uint64_t e = c < cols ? rank_entry(row[c], first_col + c) : 0;
       f(c < cols && e >= lower, e);
     }
     for (unsigned base = 0; base < n_valid; base += kBlock) {
@@ -426,6 +433,17 @@ __global__ void __launch_bounds__(kBlock)
   if (log_sum_exp_out != nullptr && threadIdx.x == 0) log_sum_exp_out[r] = lse;
 }
 
+// One thread per row: the shared host/device estimate of top_k_sampling.hpp (k is small).
+__global__ void priority_estimates_kernel(const int32_t* ids, const float* key_lp, int64_t rows,
+                                          int64_t n, int64_t k, uint64_t seed,
+                                          int64_t first_row_key, int32_t* ids_out,
+                                          float* log_probs_out) {
+  const int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
+  if (r >= rows) return;
+  priority_estimates_row(ids + r * n, key_lp + r * n, k, n > k, seed, first_row_key + r,
+                         ids_out + r * k, log_probs_out + r * k);
+}
+
 cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
 void check_state(const TopKLogSoftmaxState& s, const char* op) {
@@ -458,12 +476,14 @@ void top_k_log_softmax_update(const TopKLogSoftmaxState& state, const float* log
   if (state.rows == 0 || cols == 0) return;
   REFINERY_CHECK(logits != nullptr, op, ": null logits");
   const auto grid = static_cast<unsigned>(state.rows);
+  cudaStream_t st = as_stream(stream);
+  auto launch = [&](auto kernel) { kernel<<<grid, kBlock, 0, st>>>(state, logits, ld, cols, first_col); };
   if (state.k <= kBlock)
-    update_kernel<1><<<grid, kBlock, 0, as_stream(stream)>>>(state, logits, ld, cols, first_col);
+    launch(state.sampled ? update_kernel<1, true> : update_kernel<1, false>);
   else if (state.k <= 2 * kBlock)
-    update_kernel<2><<<grid, kBlock, 0, as_stream(stream)>>>(state, logits, ld, cols, first_col);
+    launch(state.sampled ? update_kernel<2, true> : update_kernel<2, false>);
   else
-    update_kernel<4><<<grid, kBlock, 0, as_stream(stream)>>>(state, logits, ld, cols, first_col);
+    launch(state.sampled ? update_kernel<4, true> : update_kernel<4, false>);
   REFINERY_CUDA_CHECK_LAUNCH(op);
 }
 
@@ -477,6 +497,20 @@ void top_k_log_softmax_finish(const TopKLogSoftmaxState& state, int32_t* ids_out
   while (n < static_cast<unsigned>(state.k)) n <<= 1;
   finish_kernel<<<static_cast<unsigned>(state.rows), kBlock, 0, as_stream(stream)>>>(
       state, n, ids_out, log_probs_out, log_sum_exp_out);
+  REFINERY_CUDA_CHECK_LAUNCH(op);
+}
+
+void top_k_priority_estimates(const int32_t* ids, const float* key_lp, int64_t rows, int64_t n,
+                              int64_t k, uint64_t seed, int64_t first_row_key, int32_t* ids_out,
+                              float* log_probs_out, void* stream) {
+  const char* op = "top_k_priority_estimates";
+  REFINERY_CHECK(k >= 1 && (n == k || n == k + 1) && n <= kMaxTopK && rows >= 0, op, ": k = ", k,
+                 ", n = ", n, ", rows = ", rows);
+  if (rows == 0) return;
+  constexpr int kThreads = 128;
+  priority_estimates_kernel<<<static_cast<unsigned>((rows + kThreads - 1) / kThreads), kThreads, 0,
+                              as_stream(stream)>>>(ids, key_lp, rows, n, k, seed, first_row_key,
+                                                   ids_out, log_probs_out);
   REFINERY_CUDA_CHECK_LAUNCH(op);
 }
 

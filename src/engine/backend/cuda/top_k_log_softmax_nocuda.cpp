@@ -27,4 +27,9 @@ void top_k_log_softmax_finish(const TopKLogSoftmaxState&, int32_t*, float*, floa
   no_cuda("top_k_log_softmax_finish");
 }
 
+void top_k_priority_estimates(const int32_t*, const float*, int64_t, int64_t, int64_t, uint64_t,
+                              int64_t, int32_t*, float*, void*) {
+  no_cuda("top_k_priority_estimates");
+}
+
 }  // namespace refinery::backend::cuda

@@ -218,9 +218,9 @@ TEST(DistillCliOffline, PrioritySampledCacheIsReproducibleAndTrains) {
     ra.read_top_k(s, 0, len, ia.data(), pa.data());
     rb.read_top_k(s, 0, len, ib.data(), pb.data());
     rt.read_top_k(s, 0, len, it.data(), pt.data());
-    // Same ids; the values only up to the batched forward's f32 rounding (an fp16 step).
+    // Same ids; the values only up to the batched forward's f32 rounding (an fp16 step: 0.008 at 8).
     EXPECT_EQ(ia, ib) << "sequence " << s;
-    for (int64_t i = 0; i < len * k; ++i) ASSERT_NEAR(pa[i], pb[i], 4e-3) << "sequence " << s;
+    for (int64_t i = 0; i < len * k; ++i) ASSERT_NEAR(pa[i], pb[i], 1e-2) << "sequence " << s;
     for (int64_t r = 0; r < len; ++r) {
       double total = 0.0;
       for (int64_t j = 0; j < k; ++j) total += std::exp(static_cast<double>(pa[r * k + j]));

@@ -254,7 +254,7 @@ class Backend {
   // likely first, ties: lower id first, as eval::top_k_log_probs) and log_probs f32 [T, k].
   // Never holds f32 [T, vocab]: the logits are made and consumed a chunk at a time.
   // With sampling.enabled the k ids are instead a priority sample of the row's distribution and
-  // log_probs their normalized estimates (top_k_sampling.hpp), most likely first.
+  // log_probs their estimates (priority_sampling.hpp), most likely first.
   virtual void log_softmax_top_k(const Tensor& hidden, const LinearWeight& lm_head, int64_t k,
                                  const TopKSampling& sampling, Tensor& indices,
                                  Tensor& log_probs) = 0;

@@ -5,7 +5,7 @@
 #include <numeric>
 #include <vector>
 
-#include "engine/backend/top_k_sampling.hpp"
+#include "engine/backend/priority_sampling.hpp"
 
 namespace refinery::eval {
 

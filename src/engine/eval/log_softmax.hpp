@@ -23,7 +23,7 @@ void top_k_log_probs(const float* logits, int64_t vocab, int64_t k, int32_t* ind
                      float* log_probs);
 
 // A priority sample of k ids of the row's softmax with their normalized estimates (backend/
-// top_k_sampling.hpp), most likely first: rank by logit + priority_noise(seed, row_key, id) (ties:
+// priority_sampling.hpp), most likely first: rank by logit + priority_noise(seed, row_key, id) (ties:
 // lower id first), keep the k + 1 largest (k when k == vocab), then priority_estimates_row.
 // indices [k], log_probs [k]. k <= vocab.
 void priority_sample_log_probs(const float* logits, int64_t vocab, int64_t k, uint64_t seed,

@@ -17,7 +17,7 @@
 //     created_by, and for top-k caches selection = "top_k" (the k most likely ids, log-softmax
 //     values; the default when the attribute is absent) or "priority_sample" (a priority sample of
 //     k ids per position with their self-normalized probability estimates as logprobs, see
-//     engine/backend/top_k_sampling.hpp; sample_seed = the seed, row key = sequence · seq_len +
+//     engine/backend/priority_sampling.hpp; sample_seed = the seed, row key = sequence · seq_len +
 //     position)
 //
 // Resuming: HDF5 1.10 without SWMR gives no crash consistency of its own, so the writer commits

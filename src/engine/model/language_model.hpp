@@ -47,7 +47,7 @@ class LanguageModel {
   // larger GEMMs). Rows arrive in order with positions counted over the concatenation, and no
   // chunk crosses a window boundary. This default scores one window at a time.
   // With sampling.enabled every row holds a priority sample instead of the top k (backend/
-  // top_k_sampling.hpp); row i of `tokens` uses the row key sampling.first_row_key + i.
+  // priority_sampling.hpp); row i of `tokens` uses the row key sampling.first_row_key + i.
   virtual void score_top_k_batch(std::span<const int32_t> tokens, int64_t sequences, int64_t k,
                                  const TopKConsumer& consume, int64_t max_chunk_rows = 256,
                                  const backend::TopKSampling& sampling = {});

@@ -3,7 +3,7 @@
 // writes the chunk's logits f32 [rows, chunk] into a scratch, and top_k_log_softmax_update folds
 // them into a running per-row state (max, Σexp, best k). So the largest logits buffer is
 // [kRowBlock, kVocabChunk] f32 (256 MiB), never [tokens, vocab]. A priority sample
-// (top_k_sampling.hpp) ranks by noisy keys, keeps k + 1 and turns them into k estimates.
+// (priority_sampling.hpp) ranks by noisy keys, keeps k + 1 and turns them into k estimates.
 #include <algorithm>
 
 #include "engine/backend/cuda/kernel_util.cuh"

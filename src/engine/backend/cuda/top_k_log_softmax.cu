@@ -29,7 +29,7 @@
 
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/top_k_log_softmax.hpp"
-#include "engine/backend/top_k_sampling.hpp"
+#include "engine/backend/priority_sampling.hpp"
 #include "engine/core/error.hpp"
 
 namespace refinery::backend::cuda {
@@ -433,7 +433,7 @@ __global__ void __launch_bounds__(kBlock)
   if (log_sum_exp_out != nullptr && threadIdx.x == 0) log_sum_exp_out[r] = lse;
 }
 
-// One thread per row: the shared host/device estimate of top_k_sampling.hpp (k is small).
+// One thread per row: the shared host/device estimate of priority_sampling.hpp (k is small).
 __global__ void priority_estimates_kernel(const int32_t* ids, const float* key_lp, int64_t rows,
                                           int64_t n, int64_t k, uint64_t seed,
                                           int64_t first_row_key, int32_t* ids_out,

@@ -34,7 +34,7 @@ inline constexpr int64_t kMaxTopK = 1024;
 // Per-row running state in caller-allocated device memory, for rows r < rows:
 //   max[rows] f32, sum[rows] f32 (Σ exp(x - max) so far), values[rows * k] f32, ids[rows * k] i32
 //   (the best k seen so far, any order inside a row until finish; unfilled slots have id -1).
-// Priority sampling (top_k_sampling.hpp): with `sampled`, elements are RANKED by logit + E(seed,
+// Priority sampling (priority_sampling.hpp): with `sampled`, elements are RANKED by logit + E(seed,
 // first_row_key + r, id) instead of the logit (the log-sum-exp stays the logits'), so finish
 // writes the ids of the largest keys and key - log-sum-exp; top_k_priority_estimates then turns
 // k + 1 of those into k estimates.
@@ -64,7 +64,7 @@ void top_k_log_softmax_update(const TopKLogSoftmaxState& state, const float* log
 void top_k_log_softmax_finish(const TopKLogSoftmaxState& state, int32_t* ids_out,
                               float* log_probs_out, float* log_sum_exp_out, void* stream);
 
-// The priority-sampling estimates of `rows` rows (top_k_sampling.hpp, priority_estimates_row):
+// The priority-sampling estimates of `rows` rows (priority_sampling.hpp, priority_estimates_row):
 // ids [rows, n], key_lp [rows, n] as finish wrote them for a sampled state of n slots (n = k + 1,
 // or n = k when the vocabulary has only k ids); row r uses the row key first_row_key + r.
 // Writes ids_out i32 [rows, k] and log_probs_out f32 [rows, k]. Device pointers; n <= kMaxTopK.

@@ -168,7 +168,7 @@ TEST_F(Bf16OpsGpu, LogSoftmaxTopKMatchesCpu) {
     }
 }
 
-// The priority sample (top_k_sampling.hpp): the GPU ranks by the same noisy keys as the CPU and
+// The priority sample (priority_sampling.hpp): the GPU ranks by the same noisy keys as the CPU and
 // makes the same estimates. Both see the same bf16 inputs and weights, so the logits differ only
 // by f32 summation order (~1e-5): a row may pick another id only where two keys tie that closely
 // (allowed for at most one row), and the estimates agree to 1e-3.

@@ -185,6 +185,47 @@ int group_size_of(const LayerState& st, const std::string& prefix) {
   return usable_group_size(w.cols, w.rows, st.options.spec);
 }
 
+namespace {
+
+// w_mean of a group: |w| / max|w| within each quantization group of each row, averaged over the
+// rows of every linear of the group ([in] values). Parallel over tiles of 128 input columns: a
+// tile holds whole quantization groups of every linear (group sizes 32/64/128 divide 128 and
+// `in`), and each tile walks the linears and their rows in order, so every w_mean[c] is added in
+// the same sequence as a serial loop: the result does not depend on the thread count.
+std::vector<double> weight_group_means(const LayerState& st, const ScaleGroup& g) {
+  const int64_t in = st.work.at(g.linears.front()).cols;
+  std::vector<const HostMatrix*> mats;
+  std::vector<int> sizes;
+  int64_t w_rows = 0;
+  for (const auto& p : g.linears) {
+    mats.push_back(&st.work.at(p));
+    sizes.push_back(group_size_of(st, p));
+    w_rows += mats.back()->rows;
+  }
+  std::vector<double> w_mean(static_cast<std::size_t>(in), 0.0);
+  constexpr int64_t kTile = 128;
+  const int64_t tiles = (in + kTile - 1) / kTile;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t t0 = t * kTile, t1 = std::min(in, t0 + kTile);
+    for (std::size_t m = 0; m < mats.size(); ++m) {
+      const HostMatrix& w = *mats[m];
+      const int gs = sizes[m];
+      for (int64_t r = 0; r < w.rows; ++r)
+        for (int64_t c0 = t0; c0 < t1; c0 += gs) {
+          const float* row = w.values.data() + r * in + c0;
+          float hi = 0.0f;
+          for (int j = 0; j < gs; ++j) hi = std::max(hi, std::fabs(row[j]));
+          for (int j = 0; j < gs; ++j) w_mean[c0 + j] += std::fabs(row[j]) / (hi + 1e-6);
+        }
+    }
+  }
+  for (auto& v : w_mean) v /= static_cast<double>(w_rows);
+  return w_mean;
+}
+
+}  // namespace
+
 std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupReport& report) {
   backend::Backend& be = st.model.backend();
   report.name = g.name;
@@ -195,46 +236,24 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
       return {};
     }
 
-  // x_mean: mean |x| per input channel over all calibration rows (sums per block of rows in
-  // parallel, added in block order: the result does not depend on the thread count).
-  std::vector<double> x_sum(static_cast<std::size_t>(in), 0.0);
+  // x_mean: mean |x| per input channel over all calibration rows. The sums are reduced where the
+  // activations live (Backend::column_abs_sums adds chunk after chunk into one f32 [in] vector);
+  // only those [in] floats come back.
+  Tensor x_sums = be.empty(DType::kF32, {in});
+  be.fill_zero(x_sums);
   int64_t rows = 0;
   for (std::size_t c = 0; c < st.x.size(); ++c) {
-    const Tensor x = be.download(st.group_input(g, c));
-    const int64_t n = x.size(0);
-    constexpr int64_t kBlock = 256;
-    const int64_t blocks = (n + kBlock - 1) / kBlock;
-    std::vector<double> partial(static_cast<std::size_t>(blocks * in), 0.0);
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      double* acc = partial.data() + b * in;
-      for (int64_t r = b * kBlock; r < std::min(n, (b + 1) * kBlock); ++r)
-        for (int64_t j = 0; j < in; ++j) acc[j] += std::fabs(element_f32(x, r * in + j));
-    }
-    for (int64_t b = 0; b < blocks; ++b)
-      for (int64_t j = 0; j < in; ++j) x_sum[j] += partial[b * in + j];
-    rows += n;
+    const Tensor x = st.group_input(g, c);
+    be.column_abs_sums(x, x_sums);
+    rows += x.size(0);
   }
+  const Tensor x_sums_host = be.download(x_sums);
   std::vector<double> x_mean(static_cast<std::size_t>(in));
-  for (int64_t j = 0; j < in; ++j) x_mean[j] = x_sum[j] / static_cast<double>(std::max<int64_t>(rows, 1));
+  for (int64_t j = 0; j < in; ++j)
+    x_mean[j] = static_cast<double>(x_sums_host.data<float>()[j]) /
+                static_cast<double>(std::max<int64_t>(rows, 1));
 
-  // w_mean: |w| / max |w| within each quantization group of each row, averaged over the rows of
-  // every linear of the group.
-  std::vector<double> w_mean(static_cast<std::size_t>(in), 0.0);
-  int64_t w_rows = 0;
-  for (const auto& p : g.linears) {
-    const HostMatrix& w = st.work.at(p);
-    const int gs = group_size_of(st, p);
-    for (int64_t r = 0; r < w.rows; ++r)
-      for (int64_t c0 = 0; c0 < in; c0 += gs) {
-        const float* row = w.values.data() + r * in + c0;
-        float hi = 0.0f;
-        for (int j = 0; j < gs; ++j) hi = std::max(hi, std::fabs(row[j]));
-        for (int j = 0; j < gs; ++j) w_mean[c0 + j] += std::fabs(row[j]) / (hi + 1e-6);
-      }
-    w_rows += w.rows;
-  }
-  for (auto& v : w_mean) v /= static_cast<double>(w_rows);
+  const std::vector<double> w_mean = weight_group_means(st, g);
 
   // The unmodified outputs, then the loss of one candidate s (empty s: plain RTN).
   std::vector<std::vector<Tensor>> reference;

@@ -188,37 +188,49 @@ int group_size_of(const LayerState& st, const std::string& prefix) {
 namespace {
 
 // w_mean of a group: |w| / max|w| within each quantization group of each row, averaged over the
-// rows of every linear of the group ([in] values). Parallel over tiles of 128 input columns: a
-// tile holds whole quantization groups of every linear (group sizes 32/64/128 divide 128 and
-// `in`), and each tile walks the linears and their rows in order, so every w_mean[c] is added in
-// the same sequence as a serial loop: the result does not depend on the thread count.
+// rows of every linear of the group ([in] values). The rows of all linears are cut into blocks of
+// kRows (fixed, not derived from the thread count); each block sums its rows into its own [in]
+// double partial, reading its rows contiguously, and the partials are added in block order, so
+// the result does not depend on the thread count (same values as a serial loop to rounding).
 std::vector<double> weight_group_means(const LayerState& st, const ScaleGroup& g) {
   const int64_t in = st.work.at(g.linears.front()).cols;
-  std::vector<const HostMatrix*> mats;
-  std::vector<int> sizes;
+  constexpr int64_t kRows = 256;
+  struct Block {
+    const HostMatrix* w;
+    int gs;
+    int64_t r0, r1;
+  };
+  std::vector<Block> blocks;
   int64_t w_rows = 0;
   for (const auto& p : g.linears) {
-    mats.push_back(&st.work.at(p));
-    sizes.push_back(group_size_of(st, p));
-    w_rows += mats.back()->rows;
+    const HostMatrix& w = st.work.at(p);
+    const int gs = group_size_of(st, p);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += kRows)
+      blocks.push_back({&w, gs, r0, std::min(w.rows, r0 + kRows)});
+    w_rows += w.rows;
   }
+  // Waves of kWave blocks bound the partials' memory (MoE groups hold thousands of blocks).
+  constexpr int64_t kWave = 128;
+  const auto n_blocks = static_cast<int64_t>(blocks.size());
+  std::vector<double> partial(static_cast<std::size_t>(std::min(n_blocks, kWave) * in));
   std::vector<double> w_mean(static_cast<std::size_t>(in), 0.0);
-  constexpr int64_t kTile = 128;
-  const int64_t tiles = (in + kTile - 1) / kTile;
-#pragma omp parallel for schedule(dynamic)
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int64_t t0 = t * kTile, t1 = std::min(in, t0 + kTile);
-    for (std::size_t m = 0; m < mats.size(); ++m) {
-      const HostMatrix& w = *mats[m];
-      const int gs = sizes[m];
-      for (int64_t r = 0; r < w.rows; ++r)
-        for (int64_t c0 = t0; c0 < t1; c0 += gs) {
-          const float* row = w.values.data() + r * in + c0;
+  for (int64_t b0 = 0; b0 < n_blocks; b0 += kWave) {
+    const int64_t wave = std::min(kWave, n_blocks - b0);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < wave; ++i) {
+      const Block& blk = blocks[static_cast<std::size_t>(b0 + i)];
+      double* acc = partial.data() + i * in;
+      std::fill(acc, acc + in, 0.0);
+      for (int64_t r = blk.r0; r < blk.r1; ++r)
+        for (int64_t c0 = 0; c0 < in; c0 += blk.gs) {
+          const float* row = blk.w->values.data() + r * in + c0;
           float hi = 0.0f;
-          for (int j = 0; j < gs; ++j) hi = std::max(hi, std::fabs(row[j]));
-          for (int j = 0; j < gs; ++j) w_mean[c0 + j] += std::fabs(row[j]) / (hi + 1e-6);
+          for (int j = 0; j < blk.gs; ++j) hi = std::max(hi, std::fabs(row[j]));
+          for (int j = 0; j < blk.gs; ++j) acc[c0 + j] += std::fabs(row[j]) / (hi + 1e-6);
         }
     }
+    for (int64_t i = 0; i < wave; ++i)
+      for (int64_t j = 0; j < in; ++j) w_mean[j] += partial[i * in + j];
   }
   for (auto& v : w_mean) v /= static_cast<double>(w_rows);
   return w_mean;

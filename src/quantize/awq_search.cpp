@@ -185,6 +185,59 @@ int group_size_of(const LayerState& st, const std::string& prefix) {
   return usable_group_size(w.cols, w.rows, st.options.spec);
 }
 
+namespace {
+
+// w_mean of a group: |w| / max|w| within each quantization group of each row, averaged over the
+// rows of every linear of the group ([in] values). The rows of all linears are cut into blocks of
+// kRows (fixed, not derived from the thread count); each block sums its rows into its own [in]
+// double partial, reading its rows contiguously, and the partials are added in block order, so
+// the result does not depend on the thread count (same values as a serial loop to rounding).
+std::vector<double> weight_group_means(const LayerState& st, const ScaleGroup& g) {
+  const int64_t in = st.work.at(g.linears.front()).cols;
+  constexpr int64_t kRows = 256;
+  struct Block {
+    const HostMatrix* w;
+    int gs;
+    int64_t r0, r1;
+  };
+  std::vector<Block> blocks;
+  int64_t w_rows = 0;
+  for (const auto& p : g.linears) {
+    const HostMatrix& w = st.work.at(p);
+    const int gs = group_size_of(st, p);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += kRows)
+      blocks.push_back({&w, gs, r0, std::min(w.rows, r0 + kRows)});
+    w_rows += w.rows;
+  }
+  // Waves of kWave blocks bound the partials' memory (MoE groups hold thousands of blocks).
+  constexpr int64_t kWave = 128;
+  const auto n_blocks = static_cast<int64_t>(blocks.size());
+  std::vector<double> partial(static_cast<std::size_t>(std::min(n_blocks, kWave) * in));
+  std::vector<double> w_mean(static_cast<std::size_t>(in), 0.0);
+  for (int64_t b0 = 0; b0 < n_blocks; b0 += kWave) {
+    const int64_t wave = std::min(kWave, n_blocks - b0);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < wave; ++i) {
+      const Block& blk = blocks[static_cast<std::size_t>(b0 + i)];
+      double* acc = partial.data() + i * in;
+      std::fill(acc, acc + in, 0.0);
+      for (int64_t r = blk.r0; r < blk.r1; ++r)
+        for (int64_t c0 = 0; c0 < in; c0 += blk.gs) {
+          const float* row = blk.w->values.data() + r * in + c0;
+          float hi = 0.0f;
+          for (int j = 0; j < blk.gs; ++j) hi = std::max(hi, std::fabs(row[j]));
+          for (int j = 0; j < blk.gs; ++j) acc[c0 + j] += std::fabs(row[j]) / (hi + 1e-6);
+        }
+    }
+    for (int64_t i = 0; i < wave; ++i)
+      for (int64_t j = 0; j < in; ++j) w_mean[j] += partial[i * in + j];
+  }
+  for (auto& v : w_mean) v /= static_cast<double>(w_rows);
+  return w_mean;
+}
+
+}  // namespace
+
 std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupReport& report) {
   backend::Backend& be = st.model.backend();
   report.name = g.name;
@@ -195,46 +248,24 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
       return {};
     }
 
-  // x_mean: mean |x| per input channel over all calibration rows (sums per block of rows in
-  // parallel, added in block order: the result does not depend on the thread count).
-  std::vector<double> x_sum(static_cast<std::size_t>(in), 0.0);
+  // x_mean: mean |x| per input channel over all calibration rows. The sums are reduced where the
+  // activations live (Backend::column_abs_sums adds chunk after chunk into one f32 [in] vector);
+  // only those [in] floats come back.
+  Tensor x_sums = be.empty(DType::kF32, {in});
+  be.fill_zero(x_sums);
   int64_t rows = 0;
   for (std::size_t c = 0; c < st.x.size(); ++c) {
-    const Tensor x = be.download(st.group_input(g, c));
-    const int64_t n = x.size(0);
-    constexpr int64_t kBlock = 256;
-    const int64_t blocks = (n + kBlock - 1) / kBlock;
-    std::vector<double> partial(static_cast<std::size_t>(blocks * in), 0.0);
-#pragma omp parallel for schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
-      double* acc = partial.data() + b * in;
-      for (int64_t r = b * kBlock; r < std::min(n, (b + 1) * kBlock); ++r)
-        for (int64_t j = 0; j < in; ++j) acc[j] += std::fabs(element_f32(x, r * in + j));
-    }
-    for (int64_t b = 0; b < blocks; ++b)
-      for (int64_t j = 0; j < in; ++j) x_sum[j] += partial[b * in + j];
-    rows += n;
+    const Tensor x = st.group_input(g, c);
+    be.column_abs_sums(x, x_sums);
+    rows += x.size(0);
   }
+  const Tensor x_sums_host = be.download(x_sums);
   std::vector<double> x_mean(static_cast<std::size_t>(in));
-  for (int64_t j = 0; j < in; ++j) x_mean[j] = x_sum[j] / static_cast<double>(std::max<int64_t>(rows, 1));
+  for (int64_t j = 0; j < in; ++j)
+    x_mean[j] = static_cast<double>(x_sums_host.data<float>()[j]) /
+                static_cast<double>(std::max<int64_t>(rows, 1));
 
-  // w_mean: |w| / max |w| within each quantization group of each row, averaged over the rows of
-  // every linear of the group.
-  std::vector<double> w_mean(static_cast<std::size_t>(in), 0.0);
-  int64_t w_rows = 0;
-  for (const auto& p : g.linears) {
-    const HostMatrix& w = st.work.at(p);
-    const int gs = group_size_of(st, p);
-    for (int64_t r = 0; r < w.rows; ++r)
-      for (int64_t c0 = 0; c0 < in; c0 += gs) {
-        const float* row = w.values.data() + r * in + c0;
-        float hi = 0.0f;
-        for (int j = 0; j < gs; ++j) hi = std::max(hi, std::fabs(row[j]));
-        for (int j = 0; j < gs; ++j) w_mean[c0 + j] += std::fabs(row[j]) / (hi + 1e-6);
-      }
-    w_rows += w.rows;
-  }
-  for (auto& v : w_mean) v /= static_cast<double>(w_rows);
+  const std::vector<double> w_mean = weight_group_means(st, g);
 
   // The unmodified outputs, then the loss of one candidate s (empty s: plain RTN).
   std::vector<std::vector<Tensor>> reference;

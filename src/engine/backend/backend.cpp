@@ -60,6 +60,7 @@ void Backend::group_fake_quantize(const Tensor&, const Tensor&, const FakeQuantS
 void Backend::group_output_errors(const Tensor&, const Tensor&, const Tensor&, int, Tensor&) {
   missing(*this, "group_output_errors");
 }
+void Backend::column_abs_sums(const Tensor&, Tensor&) { missing(*this, "column_abs_sums"); }
 double Backend::sum_squares(const Tensor&) { missing(*this, "sum_squares"); }
 void Backend::adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamWScalars&,
                            Tensor&) {

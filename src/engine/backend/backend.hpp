@@ -231,6 +231,11 @@ class Backend {
   // x f32 [n, in], q and w f32 [out, in], err f32 [out, in / group_size].
   virtual void group_output_errors(const Tensor& x, const Tensor& q, const Tensor& w,
                                    int group_size, Tensor& err);
+  // AWQ's activation statistic, reduced where x lives: sums[c] += Σ_r |x[r, c]| for every column
+  // c. x [n, cols] f32 or bf16 (activation dtype), sums f32 [cols]. ADDS (never overwrites), so
+  // a caller zeroes sums once and calls this per calibration chunk. Deterministic: the rows are
+  // summed in an order fixed by the shapes (not the thread count), in double on the CPU.
+  virtual void column_abs_sums(const Tensor& x, Tensor& sums);
 
   // Σ t² over all elements (f32 or bf16), accumulated in double in an order that does not depend
   // on the thread count (the global gradient norm; deterministic resume).

@@ -81,6 +81,7 @@ class CpuBackend final : public Backend {
                            Tensor& out) override;  // group_quant.cpp
   void group_output_errors(const Tensor& x, const Tensor& q, const Tensor& w, int group_size,
                            Tensor& err) override;  // group_quant.cpp
+  void column_abs_sums(const Tensor& x, Tensor& sums) override;  // column_stats.cpp
   double sum_squares(const Tensor& t) override;  // optimizer_ops.cpp
   void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                     const AdamWScalars& s, Tensor& compute) override;  // optimizer_ops.cpp

@@ -104,6 +104,7 @@ class CudaBackend final : public Backend {
                            Tensor& out) override;  // group_quant.cu
   void group_output_errors(const Tensor& x, const Tensor& q, const Tensor& w, int group_size,
                            Tensor& err) override;  // group_quant.cu
+  void column_abs_sums(const Tensor& x, Tensor& sums) override;  // column_stats.cu
   double sum_squares(const Tensor& t) override;  // optimizer_ops.cu
   void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                     const AdamWScalars& s, Tensor& compute) override;

@@ -1,4 +1,5 @@
-// The defaults of the Backend's training ops: a backend that lacks one says so by name.
+// The defaults of the Backend's training ops: a backend that lacks one says so by name; the
+// multi-tensor optimizer ops loop over their single-tensor forms.
 #include "engine/backend/backend.hpp"
 
 #include "engine/core/error.hpp"
@@ -67,5 +68,17 @@ void Backend::adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamW
   missing(*this, "adamw_update");
 }
 void Backend::convert(const Tensor&, Tensor&) { missing(*this, "convert"); }
+double Backend::sum_squares_many(std::span<const Tensor> tensors) {
+  double total = 0.0;
+  for (const Tensor& t : tensors) total += sum_squares(t);
+  return total;
+}
+void Backend::adamw_update_many(std::span<AdamWTensors> params, const AdamWScalars& s) {
+  for (AdamWTensors& p : params) {
+    AdamWScalars si = s;
+    si.decay = p.decay;
+    adamw_update(p.master, p.grad, p.exp_avg, p.exp_avg_sq, si, p.compute);
+  }
+}
 
 }  // namespace refinery::backend

@@ -45,6 +45,14 @@ struct AdamWScalars {
   float grad_scale = 1.0f;     // every gradient is multiplied by this first (clip coefficient)
 };
 
+// One tensor of Backend::adamw_update_many: the five tensors of adamw_update (flat f32 [n] each;
+// compute f32/bf16 [n] or undefined) and the only scalar that differs per tensor, whether weight
+// decay applies (off for norms and biases); it replaces AdamWScalars::decay.
+struct AdamWTensors {
+  Tensor master, grad, exp_avg, exp_avg_sq, compute;
+  bool decay = false;
+};
+
 // How Backend::group_fake_quantize quantizes (src/quantize/group_quant.hpp).
 struct FakeQuantSpec {
   int bits = 4;            // 3, 4 or 8
@@ -250,6 +258,16 @@ class Backend {
   //   to nearest even, or f32) when compute is defined.
   virtual void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg,
                             Tensor& exp_avg_sq, const AdamWScalars& s, Tensor& compute);
+  // The multi-tensor forms (one launch each on CUDA instead of one per parameter tensor).
+  // sum_squares_many: Σ t² over all elements of all tensors (each f32 or bf16), deterministic run
+  // to run; the default is Σ_k sum_squares(tensors[k]) in tensor order (so the CPU result is
+  // bitwise that loop), the CUDA op sums fixed chunks in double and adds the chunk partials in a
+  // fixed order, which may differ from the loop by rounding only.
+  // adamw_update_many: adamw_update(p.master, p.grad, p.exp_avg, p.exp_avg_sq, s with decay =
+  // p.decay, p.compute) for every p, bitwise as that loop on every backend; no two entries may
+  // share memory.
+  virtual double sum_squares_many(std::span<const Tensor> tensors);
+  virtual void adamw_update_many(std::span<AdamWTensors> params, const AdamWScalars& s);
   // dst = src converted element-wise (same shape; f32 <-> bf16 <-> f16), on this device.
   virtual void convert(const Tensor& src, Tensor& dst);
 

@@ -1,8 +1,9 @@
-// ModelOptimizer: AdamW on the training device through Backend::adamw_update.
+// ModelOptimizer: AdamW on the training device through Backend::adamw_update_many.
 #include "engine/train/optimizer.hpp"
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "engine/core/error.hpp"
 
@@ -44,9 +45,14 @@ ModelOptimizer::ModelOptimizer(ParameterSet& params, backend::Backend& backend,
 double ModelOptimizer::clip(double max_norm) {
   // Each rank measures the gradients of its own parameters (after the gradient reduction every
   // rank holds the same full gradients); the partial sums are added over the ranks.
-  double sum = 0.0;
+  // One multi-tensor op: on the CPU its default is the loop Σ sum_squares(grad) in parameter
+  // order (bitwise the per-tensor sum, so CPU trajectories are unchanged); on CUDA one launch and
+  // one download, whose fixed chunked order may differ from that loop by rounding only
+  // (deterministic run to run either way).
+  std::vector<Tensor> grads;
   for (std::size_t i = 0; i < params_.params().size(); ++i)
-    if (params_.params()[i].trainable && owns(i)) sum += backend_.sum_squares(params_.params()[i].grad);
+    if (params_.params()[i].trainable && owns(i)) grads.push_back(params_.params()[i].grad);
+  double sum = backend_.sum_squares_many(grads);
   if (shard_.all_reduce_sum) sum = shard_.all_reduce_sum(sum);
   const double norm = std::sqrt(sum);
   clip_coefficient_ = 1.0;
@@ -71,19 +77,26 @@ void ModelOptimizer::step(double lr) {
   s.eps = static_cast<float>(options_.eps);
   s.neg_step_size = static_cast<float>(-(lr / bias_correction1));
   s.grad_scale = static_cast<float>(clip_coefficient_);
+  s.decay_factor = static_cast<float>(1.0 - lr * options_.weight_decay);
+  // All owned trainable parameters in one multi-tensor update (one launch on CUDA; bitwise the
+  // per-tensor adamw_update loop on every backend). Only the decay flag differs per tensor.
   auto& ps = params_.params();
+  std::vector<backend::AdamWTensors> update;
   for (std::size_t i = 0; i < ps.size(); ++i) {
     Parameter& p = ps[i];
     if (!p.trainable || !owns(i)) continue;
-    backend::AdamWScalars si = s;
-    si.decay = p.decay && options_.weight_decay != 0.0;
-    si.decay_factor = static_cast<float>(1.0 - lr * options_.weight_decay);
     // The op works on flat [n] tensors.
     const int64_t n = p.numel();
-    Tensor master = p.master.view({n}), m = exp_avg_[i].view({n}), v = exp_avg_sq_[i].view({n});
-    Tensor compute = p.compute.data() == p.master.data() ? Tensor() : p.compute.view({n});
-    backend_.adamw_update(master, p.grad.view({n}), m, v, si, compute);
+    backend::AdamWTensors t;
+    t.master = p.master.view({n});
+    t.grad = p.grad.view({n});
+    t.exp_avg = exp_avg_[i].view({n});
+    t.exp_avg_sq = exp_avg_sq_[i].view({n});
+    if (p.compute.data() != p.master.data()) t.compute = p.compute.view({n});
+    t.decay = p.decay && options_.weight_decay != 0.0;
+    update.push_back(std::move(t));
   }
+  backend_.adamw_update_many(update, s);
   clip_coefficient_ = 1.0;
 }
 

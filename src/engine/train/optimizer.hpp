@@ -1,12 +1,14 @@
 #pragma once
-// AdamW over a ParameterSet on its device (the backend's adamw_update op), with global-norm
-// gradient clipping. Per element it is exactly train::AdamW::step (adamw.hpp), which matches
-// torch.optim.AdamW in fp32; the moments live next to the parameters (f32 [shape] each).
+// AdamW over a ParameterSet on its device (the backend's adamw_update_many op: one launch for all
+// tensors on CUDA), with global-norm gradient clipping. Per element it is exactly
+// train::AdamW::step (adamw.hpp), which matches torch.optim.AdamW in fp32; the moments live next
+// to the parameters (f32 [shape] each).
 //
 // Clipping is folded into the update: clip() measures the global L2 norm of all trainable
-// gradients (Backend::sum_squares, deterministic) and sets the coefficient
-// min(1, max_norm / (norm + 1e-6)) (torch's clip_grad_norm_) that the next step() multiplies every
-// gradient by, in fp32, as torch's in-place scaling does.
+// gradients (Backend::sum_squares_many, deterministic; on the CPU bitwise the per-tensor sum in
+// parameter order, on CUDA a fixed chunked order that may differ from it by rounding) and sets
+// the coefficient min(1, max_norm / (norm + 1e-6)) (torch's clip_grad_norm_) that the next step()
+// multiplies every gradient by, in fp32, as torch's in-place scaling does.
 //
 // State file (save/load): safetensors with, per trainable parameter, "master/<name>",
 // "exp_avg/<name>", "exp_avg_sq/<name>" (F32, the parameter's shape), and __metadata__

@@ -108,6 +108,8 @@ class CudaBackend final : public Backend {
   double sum_squares(const Tensor& t) override;  // optimizer_ops.cu
   void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                     const AdamWScalars& s, Tensor& compute) override;
+  double sum_squares_many(std::span<const Tensor> tensors) override;  // optimizer_ops.cu
+  void adamw_update_many(std::span<AdamWTensors> params, const AdamWScalars& s) override;
   void convert(const Tensor& src, Tensor& dst) override;
 
   // ---- for the op files ----

@@ -1,4 +1,5 @@
-// The optimizer's ops on the GPU: adamw_update, sum_squares (the global gradient norm), convert.
+// The optimizer's ops on the GPU: adamw_update, sum_squares (the global gradient norm), their
+// multi-tensor forms, convert.
 //
 // adamw_update must be BITWISE equal to the CPU op (train::AdamW::step's element arithmetic), so
 // every float operation is an explicit round-to-nearest intrinsic (__fmul_rn, __fadd_rn,
@@ -12,7 +13,23 @@
 // in double over a fixed grid-stride element set, the block reduces in a fixed tree, and one
 // block adds the block partials in order: the same double for any run. Returns on the host
 // (synchronizes).
+//
+// The multi-tensor forms (adamw_update_many, sum_squares_many) run one kernel over all tensors:
+// the host builds a table of the tensors (pointers, sizes, dtypes, the first chunk of each) and
+// uploads it with one stream-ordered copy into a pool-allocated buffer (device_memory.cu: no
+// cudaMalloc after warm-up); each tensor is cut into fixed chunks (a chunk never straddles two
+// tensors) and blocks walk the concatenated chunk list, finding a chunk's tensor by binary search
+// of the table. adamw_update_many runs adamw_element, the element function of adamw_kernel, so
+// its results are bitwise those of adamw_update per tensor. sum_squares_many writes one double
+// partial per chunk (threads stride the chunk in a fixed pattern, then a fixed tree), and one
+// block of kFinalThreads adds the partials in a fixed pattern: chunk size and block widths are
+// constants, so the result depends on neither the grid size nor the device, and is the same
+// double on every run; it differs from Σ_k sum_squares(tensor k) by rounding only. One download.
 #include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
 
 #include "engine/backend/cuda/kernel_util.cuh"
 
@@ -23,25 +40,155 @@ namespace {
 constexpr unsigned kSumBlocks = 1024;
 constexpr int kSumThreads = 256;
 
+// Elements per chunk of the multi-tensor kernels (fixed: the partials of sum_squares_many, and
+// so its result, depend on it).
+constexpr int64_t kAdamChunk = 4096;
+constexpr int64_t kSumChunk = 32768;
+// Threads of the one block that adds the chunk partials (fixed, as the chunk size).
+constexpr int kFinalThreads = 1024;
+// Grid cap of the multi-tensor kernels (blocks loop over the chunks; no result depends on it).
+constexpr int64_t kManyMaxBlocks = int64_t{1} << 16;
+
+// Element i of one AdamW update (backend.hpp adamw_update); stores master, exp_avg, exp_avg_sq
+// and returns the new master weight. Shared by adamw_kernel and adamw_many_kernel, so that both
+// perform the same rounded operations.
+__device__ __forceinline__ float adamw_element(float* master, const float* grad, float* exp_avg,
+                                               float* exp_avg_sq, int64_t i, bool decay,
+                                               const AdamWScalars& s) {
+  const float g = __fmul_rn(grad[i], s.grad_scale);
+  float w = master[i];
+  if (decay) w = __fmul_rn(w, s.decay_factor);
+  const float m0 = exp_avg[i];
+  const float m = __fmaf_rn(s.lerp_weight, __fsub_rn(g, m0), m0);
+  float v = __fmul_rn(exp_avg_sq[i], s.beta2);
+  v = __fmaf_rn(__fmul_rn(s.one_minus_beta2, g), g, v);  // as the CPU: std::fma
+  const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bc2_sqrt), s.eps);
+  w = __fadd_rn(w, __fdiv_rn(__fmul_rn(s.neg_step_size, m), denom));
+  master[i] = w;
+  exp_avg[i] = m;
+  exp_avg_sq[i] = v;
+  return w;
+}
+
 template <typename C>
 __global__ void adamw_kernel(float* master, const float* grad, float* exp_avg, float* exp_avg_sq,
                              AdamWScalars s, int64_t n, C* compute) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const float g = __fmul_rn(grad[i], s.grad_scale);
-    float w = master[i];
-    if (s.decay) w = __fmul_rn(w, s.decay_factor);
-    const float m0 = exp_avg[i];
-    const float m = __fmaf_rn(s.lerp_weight, __fsub_rn(g, m0), m0);
-    float v = __fmul_rn(exp_avg_sq[i], s.beta2);
-    v = __fmaf_rn(__fmul_rn(s.one_minus_beta2, g), g, v);  // as the CPU: std::fma
-    const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), s.bc2_sqrt), s.eps);
-    w = __fadd_rn(w, __fdiv_rn(__fmul_rn(s.neg_step_size, m), denom));
-    master[i] = w;
-    exp_avg[i] = m;
-    exp_avg_sq[i] = v;
+    const float w = adamw_element(master, grad, exp_avg, exp_avg_sq, i, s.decay, s);
     if (compute != nullptr) compute[i] = from_f32<C>(w);
   }
+}
+
+// One tensor of adamw_update_many (the uploaded table; tensors of 0 elements are left out).
+struct AdamWEntry {
+  float* master;
+  const float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  void* compute;        // nullptr: no compute copy
+  int64_t n;
+  int64_t first_chunk;  // chunks (of kAdamChunk) of the entries before this one
+  int32_t compute_bf16;  // 1: compute is bf16, 0: f32
+  int32_t decay;
+};
+
+// One tensor of sum_squares_many.
+struct SumEntry {
+  const void* data;
+  int64_t n;
+  int64_t first_chunk;  // chunks (of kSumChunk) of the entries before this one
+  int32_t bf16;         // 1: bf16, 0: f32
+  int32_t unused;
+};
+
+// The entry holding global chunk c: the last one with first_chunk <= c (entries ascending,
+// entry 0 starts at chunk 0). Every thread of a block searches the same c (broadcast loads).
+template <typename E>
+__device__ __forceinline__ int entry_of_chunk(const E* table, int count, int64_t c) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (table[mid].first_chunk <= c)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  return lo;
+}
+
+__global__ void adamw_many_kernel(const AdamWEntry* table, int count, int64_t chunks,
+                                  AdamWScalars s) {
+  for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const AdamWEntry e = table[entry_of_chunk(table, count, c)];
+    const int64_t begin = (c - e.first_chunk) * kAdamChunk;
+    const int64_t end = min(e.n, begin + kAdamChunk);
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      const float w = adamw_element(e.master, e.grad, e.exp_avg, e.exp_avg_sq, i, e.decay != 0, s);
+      if (e.compute == nullptr) continue;
+      if (e.compute_bf16 != 0)
+        static_cast<__nv_bfloat16*>(e.compute)[i] = from_f32<__nv_bfloat16>(w);
+      else
+        static_cast<float*>(e.compute)[i] = w;
+    }
+  }
+}
+
+// partial[c] = Σ x² over chunk c, in double: thread t sums elements t, t + kSumThreads, ... of
+// the chunk in order, then a fixed tree over the block (blockDim.x == kSumThreads).
+__global__ void sum_squares_many_kernel(const SumEntry* table, int count, int64_t chunks,
+                                        double* partial) {
+  __shared__ double scratch[kSumThreads];
+  for (int64_t c = blockIdx.x; c < chunks; c += gridDim.x) {
+    const SumEntry e = table[entry_of_chunk(table, count, c)];
+    const int64_t begin = (c - e.first_chunk) * kSumChunk;
+    const int64_t end = min(e.n, begin + kSumChunk);
+    double acc = 0.0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += kSumThreads) {
+      const double v = e.bf16 != 0 ? to_f32(static_cast<const __nv_bfloat16*>(e.data)[i])
+                                   : static_cast<const float*>(e.data)[i];
+      acc += v * v;
+    }
+    scratch[threadIdx.x] = acc;
+    __syncthreads();
+    for (int half = kSumThreads / 2; half > 0; half /= 2) {
+      if (static_cast<int>(threadIdx.x) < half) scratch[threadIdx.x] += scratch[threadIdx.x + half];
+      __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[c] = scratch[0];
+    __syncthreads();  // scratch is reused by the next chunk
+  }
+}
+
+// *result = Σ_c partial[c] for c < parts, one block of kFinalThreads: thread t adds partials
+// t, t + kFinalThreads, ... in order, then a fixed tree.
+__global__ void sum_partials_many_kernel(const double* partial, int64_t parts, double* result) {
+  __shared__ double scratch[kFinalThreads];
+  double acc = 0.0;
+  for (int64_t c = threadIdx.x; c < parts; c += kFinalThreads) acc += partial[c];
+  scratch[threadIdx.x] = acc;
+  __syncthreads();
+  for (int half = kFinalThreads / 2; half > 0; half /= 2) {
+    if (static_cast<int>(threadIdx.x) < half) scratch[threadIdx.x] += scratch[threadIdx.x + half];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *result = scratch[0];
+}
+
+// A device copy of a host table (stream-ordered on the backend's stream; the copy from pageable
+// memory has captured `entries` when it returns). The buffer is freed, stream-ordered, with the
+// returned tensor after the kernels that read it.
+template <typename E>
+Tensor device_table(CudaBackend& be, const std::vector<E>& entries) {
+  const std::size_t bytes = entries.size() * sizeof(E);
+  Tensor table = be.empty(DType::kU8, {static_cast<int64_t>(bytes)});
+  REFINERY_CUDA_CHECK(cudaMemcpyAsync(table.mutable_data(), entries.data(), bytes,
+                                      cudaMemcpyHostToDevice, be.stream()));
+  return table;
+}
+
+unsigned many_grid(int64_t chunks) {
+  return static_cast<unsigned>(std::clamp<int64_t>(chunks, 1, kManyMaxBlocks));
 }
 
 template <typename T>
@@ -130,6 +277,76 @@ double CudaBackend::sum_squares(const Tensor& t) {
   REFINERY_CUDA_AFTER_LAUNCH(*this, "sum_squares (total)");
   double value = 0.0;
   REFINERY_CUDA_CHECK(cudaMemcpyAsync(&value, result.data(), sizeof(double),
+                                      cudaMemcpyDeviceToHost, stream_));
+  REFINERY_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return value;
+}
+
+void CudaBackend::adamw_update_many(std::span<AdamWTensors> params, const AdamWScalars& s) {
+  OpTimer timer(profiler_, stream_, "adamw_update_many");
+  std::vector<AdamWEntry> entries;
+  entries.reserve(params.size());
+  int64_t chunks = 0;
+  for (AdamWTensors& p : params) {
+    // The checks of adamw_update, per tensor.
+    REFINERY_CHECK(p.master.defined() && p.master.ndim() == 1,
+                   "adamw_update_many: master must be f32 [n], found ", p.master.describe());
+    const int64_t n = p.master.numel();
+    require_f32(p.master, {n}, "adamw_update_many master");
+    require_f32(p.grad, {n}, "adamw_update_many grad");
+    require_f32(p.exp_avg, {n}, "adamw_update_many exp_avg");
+    require_f32(p.exp_avg_sq, {n}, "adamw_update_many exp_avg_sq");
+    if (p.compute.defined())
+      REFINERY_CHECK(p.compute.device() == Device::kCUDA && p.compute.numel() == n &&
+                         (p.compute.dtype() == DType::kF32 || p.compute.dtype() == DType::kBF16),
+                     "adamw_update_many compute: expected f32 or bf16 with ", n,
+                     " elements (cuda), found ", p.compute.describe());
+    if (n == 0) continue;
+    entries.push_back({p.master.mutable_data<float>(), p.grad.data<float>(),
+                       p.exp_avg.mutable_data<float>(), p.exp_avg_sq.mutable_data<float>(),
+                       p.compute.defined() ? p.compute.mutable_data() : nullptr, n, chunks,
+                       p.compute.defined() && p.compute.dtype() == DType::kBF16 ? 1 : 0,
+                       p.decay ? 1 : 0});
+    chunks += (n + kAdamChunk - 1) / kAdamChunk;
+  }
+  if (entries.empty()) return;
+  REFINERY_CHECK(entries.size() <= static_cast<std::size_t>(INT32_MAX),
+                 "adamw_update_many: too many tensors (", entries.size(), ")");
+  const Tensor table = device_table(*this, entries);
+  adamw_many_kernel<<<many_grid(chunks), kThreads, 0, stream_>>>(
+      static_cast<const AdamWEntry*>(table.data()), static_cast<int>(entries.size()), chunks, s);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "adamw_update_many");
+}
+
+double CudaBackend::sum_squares_many(std::span<const Tensor> tensors) {
+  OpTimer timer(profiler_, stream_, "sum_squares_many");
+  std::vector<SumEntry> entries;
+  entries.reserve(tensors.size());
+  int64_t chunks = 0;
+  for (const Tensor& t : tensors) {
+    REFINERY_CHECK(t.defined() && t.device() == Device::kCUDA &&
+                       (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16),
+                   "sum_squares_many: expected f32 or bf16 cuda tensors, found ", t.describe());
+    const int64_t n = t.numel();
+    if (n == 0) continue;
+    entries.push_back({t.data(), n, chunks, t.dtype() == DType::kBF16 ? 1 : 0, 0});
+    chunks += (n + kSumChunk - 1) / kSumChunk;
+  }
+  if (entries.empty()) return 0.0;
+  REFINERY_CHECK(entries.size() <= static_cast<std::size_t>(INT32_MAX),
+                 "sum_squares_many: too many tensors (", entries.size(), ")");
+  const Tensor table = device_table(*this, entries);
+  // partial[0, chunks): one per chunk; partial[chunks]: the total.
+  Tensor partial = empty(DType::kF64, {chunks + 1});
+  auto* partials = static_cast<double*>(partial.mutable_data());
+  sum_squares_many_kernel<<<many_grid(chunks), kSumThreads, 0, stream_>>>(
+      static_cast<const SumEntry*>(table.data()), static_cast<int>(entries.size()), chunks,
+      partials);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "sum_squares_many");
+  sum_partials_many_kernel<<<1, kFinalThreads, 0, stream_>>>(partials, chunks, partials + chunks);
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "sum_squares_many (total)");
+  double value = 0.0;
+  REFINERY_CUDA_CHECK(cudaMemcpyAsync(&value, partials + chunks, sizeof(double),
                                       cudaMemcpyDeviceToHost, stream_));
   REFINERY_CUDA_CHECK(cudaStreamSynchronize(stream_));
   return value;

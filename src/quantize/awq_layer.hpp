@@ -20,18 +20,6 @@ struct HostMatrix {
   std::vector<float> values;
 };
 
-// Σ (a - b)² over all elements, on the backend (a, b: same shape and dtype, a.size(0) rows).
-class SquaredDistance {
- public:
-  explicit SquaredDistance(backend::Backend& be) : be_(be) {}
-  double operator()(const Tensor& a, const Tensor& b);
-
- private:
-  backend::Backend& be_;
-  // Per row count: the identity row map and the weights +1 / −1 (uploaded once).
-  std::map<int64_t, std::array<Tensor, 3>> constants_;
-};
-
 struct LayerState {
   model::Transformer& model;
   const AwqOptions& options;
@@ -48,7 +36,6 @@ struct LayerState {
   std::map<std::string, HostMatrix> work;
   std::map<std::string, HostMatrix> norms;
   model::KvCache cache;
-  SquaredDistance distance;
 
   LayerState(model::Transformer& m, const AwqOptions& o, int l, int64_t max_rows);
   // The group's input for chunk c ([rows, in], backend device): a recorded tap, or for a routed
@@ -59,8 +46,9 @@ struct LayerState {
   void set_fake_quantized(const std::string& prefix, const Tensor& s, int group_size);
   // Puts back the checkpoint's weight of `prefix`.
   void restore_linear(const std::string& prefix);
-  // The inspected outputs of group g for chunk c, with the weights currently set.
-  std::vector<Tensor> inspect(const ScaleGroup& g, std::size_t c);
+  // The inspected outputs of group g for chunk c, whose group input is `in` (group_input(g, c),
+  // made once by the caller), with the weights currently set.
+  std::vector<Tensor> inspect(const ScaleGroup& g, std::size_t c, const Tensor& in);
 
  private:
   std::map<std::string, backend::LinearStorage> original_;

@@ -22,20 +22,10 @@ class PerExpertPath final : public model::TapObserver {
   void observe(std::string_view, const Tensor&) override {}
 };
 
-Tensor copy_on(backend::Backend& be, const Tensor& t) {
-  Tensor out = be.empty(t.dtype(), t.shape());
-  out.copy_from(t);
-  return out;
-}
-
-Tensor ones_f32(backend::Backend& be, int64_t n, float value) {
-  return be.upload(Tensor::copy_of(DType::kF32, {n}, std::vector<float>(n, value).data()));
-}
-
 }  // namespace
 
 LayerState::LayerState(model::Transformer& m, const AwqOptions& o, int l, int64_t max_rows)
-    : model(m), options(o), layer(l), cache(m.make_cache(max_rows)), distance(m.backend()) {
+    : model(m), options(o), layer(l), cache(m.make_cache(max_rows)) {
   model::LayerWeights& lw = m.mutable_weights().layers.at(static_cast<std::size_t>(l));
   auto add = [&](backend::LinearWeight& w) {
     if (w.defined()) linears[w.name] = &w;
@@ -111,9 +101,8 @@ void LayerState::restore_linear(const std::string& prefix) {
   linears.at(prefix)->storage = original_.at(prefix);
 }
 
-std::vector<Tensor> LayerState::inspect(const ScaleGroup& g, std::size_t c) {
+std::vector<Tensor> LayerState::inspect(const ScaleGroup& g, std::size_t c, const Tensor& in) {
   backend::Backend& be = model.backend();
-  const Tensor in = group_input(g, c);
   switch (g.inspect) {
     case Inspect::kAttention:
       return {model.attention_block(layer, in, sequences.at(c), cache)};
@@ -133,28 +122,6 @@ std::vector<Tensor> LayerState::inspect(const ScaleGroup& g, std::size_t c) {
     }
   }
   return {};
-}
-
-double SquaredDistance::operator()(const Tensor& a, const Tensor& b) {
-  // d = a − b with the ops every backend has: d = 0; d += 1·a; d += (−1)·b (row scatter-adds
-  // over the identity row map), then Σ d².
-  const int64_t rows = a.size(0);
-  auto it = constants_.find(rows);
-  if (it == constants_.end()) {
-    std::vector<int32_t> ids(static_cast<std::size_t>(rows));
-    std::iota(ids.begin(), ids.end(), 0);
-    it = constants_
-             .emplace(rows, std::array<Tensor, 3>{
-                                be_.upload(Tensor::copy_of(DType::kI32, {rows}, ids.data())),
-                                ones_f32(be_, rows, 1.0f), ones_f32(be_, rows, -1.0f)})
-             .first;
-  }
-  const auto& [idx, plus, minus] = it->second;
-  Tensor d = be_.empty(a.dtype(), a.shape());
-  be_.fill_zero(d);
-  be_.scatter_add_rows(a, idx, plus, d);
-  be_.scatter_add_rows(b, idx, minus, d);
-  return be_.sum_squares(d);
 }
 
 void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>& s, bool divide) {
@@ -253,11 +220,14 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
   // only those [in] floats come back.
   Tensor x_sums = be.empty(DType::kF32, {in});
   be.fill_zero(x_sums);
+  // The group's input per chunk, made once: for a routed expert's down projection it is
+  // swiglu(gate_e(h), up_e(h)), two GEMMs the 21 candidates would otherwise each redo.
+  std::vector<Tensor> group_in;
   int64_t rows = 0;
   for (std::size_t c = 0; c < st.x.size(); ++c) {
-    const Tensor x = st.group_input(g, c);
-    be.column_abs_sums(x, x_sums);
-    rows += x.size(0);
+    group_in.push_back(st.group_input(g, c));
+    be.column_abs_sums(group_in.back(), x_sums);
+    rows += group_in.back().size(0);
   }
   const Tensor x_sums_host = be.download(x_sums);
   std::vector<double> x_mean(static_cast<std::size_t>(in));
@@ -271,7 +241,7 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
   std::vector<std::vector<Tensor>> reference;
   double elements = 0.0;
   for (std::size_t c = 0; c < st.x.size(); ++c) {
-    reference.push_back(st.inspect(g, c));
+    reference.push_back(st.inspect(g, c, group_in[c]));
     for (const Tensor& t : reference.back()) elements += static_cast<double>(t.numel());
   }
   auto candidate_loss_impl = [&](const std::vector<float>& s) {
@@ -280,9 +250,9 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
     for (const auto& p : g.linears) st.set_fake_quantized(p, s_device, group_size_of(st, p));
     double total = 0.0;
     for (std::size_t c = 0; c < st.x.size(); ++c) {
-      const std::vector<Tensor> out = st.inspect(g, c);
+      const std::vector<Tensor> out = st.inspect(g, c, group_in[c]);
       for (std::size_t i = 0; i < out.size(); ++i)
-        total += st.distance(out[i], reference[c][i]);
+        total += be.sum_squared_difference(out[i], reference[c][i]);
     }
     for (const auto& p : g.linears) st.restore_linear(p);
     return total / std::max(elements, 1.0);

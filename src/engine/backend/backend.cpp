@@ -63,6 +63,9 @@ void Backend::group_output_errors(const Tensor&, const Tensor&, const Tensor&, i
 }
 void Backend::column_abs_sums(const Tensor&, Tensor&) { missing(*this, "column_abs_sums"); }
 double Backend::sum_squares(const Tensor&) { missing(*this, "sum_squares"); }
+double Backend::sum_squared_difference(const Tensor&, const Tensor&) {
+  missing(*this, "sum_squared_difference");
+}
 void Backend::adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const AdamWScalars&,
                            Tensor&) {
   missing(*this, "adamw_update");

@@ -248,6 +248,9 @@ class Backend {
   // Σ t² over all elements (f32 or bf16), accumulated in double in an order that does not depend
   // on the thread count (the global gradient norm; deterministic resume).
   virtual double sum_squares(const Tensor& t);
+  // Σ (a − b)² over all elements of two tensors of one shape (each f32 or bf16), accumulated in
+  // double in fixed chunks like sum_squares (AWQ's search loss: one pass, no difference tensor).
+  virtual double sum_squared_difference(const Tensor& a, const Tensor& b);
   // One AdamW step on f32 [n] tensors, per element i exactly as train::AdamW::step with
   // g = grad[i] · s.grad_scale:
   //   w = master[i]; if (s.decay) w *= s.decay_factor;

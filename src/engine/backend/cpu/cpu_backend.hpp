@@ -83,6 +83,7 @@ class CpuBackend final : public Backend {
                            Tensor& err) override;  // group_quant.cpp
   void column_abs_sums(const Tensor& x, Tensor& sums) override;  // column_stats.cpp
   double sum_squares(const Tensor& t) override;  // optimizer_ops.cpp
+  double sum_squared_difference(const Tensor& a, const Tensor& b) override;  // optimizer_ops.cpp
   void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                     const AdamWScalars& s, Tensor& compute) override;  // optimizer_ops.cpp
   void convert(const Tensor& src, Tensor& dst) override;  // optimizer_ops.cpp

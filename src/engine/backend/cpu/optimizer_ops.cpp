@@ -1,6 +1,7 @@
 // The optimizer's element-wise ops: sum of squares (the global gradient norm), one AdamW update,
 // dtype conversion. Memory bound; parallel over fixed chunks / independent elements, so no result
 // depends on the thread count.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -23,32 +24,39 @@ bool is_convertible(DType dt) {
 
 }  // namespace
 
-double CpuBackend::sum_squares(const Tensor& t) {
-  REFINERY_CHECK(t.defined() && t.device() == Device::kCPU &&
-                     (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16),
-                 "sum_squares: f32 or bf16 CPU tensor expected, found ", t.describe());
-  const int64_t count = t.numel();
+double CpuBackend::sum_squares(const Tensor& t) { return sum_squared_difference(t, Tensor()); }
+
+// Σ (a − b)², or Σ a² when b is undefined (sum_squares).
+double CpuBackend::sum_squared_difference(const Tensor& a, const Tensor& b) {
+  for (const Tensor* t : {&a, &b})
+    REFINERY_CHECK((t == &b && !t->defined()) ||
+                       (t->defined() && t->device() == Device::kCPU &&
+                        (t->dtype() == DType::kF32 || t->dtype() == DType::kBF16)),
+                   "sum_squares: f32 or bf16 CPU tensor expected, found ", t->describe());
+  REFINERY_CHECK(!b.defined() || a.shape() == b.shape(), "sum_squared_difference: shapes ",
+                 a.describe(), " and ", b.describe(), " differ");
+  const int64_t count = a.numel();
   const int64_t chunks = (count + kChunk - 1) / kChunk;
   std::vector<double> partial(static_cast<std::size_t>(chunks), 0.0);
-  const bool bf16 = t.dtype() == DType::kBF16;
-  const auto* base = static_cast<const std::byte*>(t.data());
+  // Chunk [begin, begin + n) of t as f32 (converted into `buffer` when bf16).
+  auto values = [](const Tensor& t, int64_t begin, int64_t n, std::vector<float>& buffer) {
+    if (t.dtype() == DType::kF32) return t.data<float>() + begin;
+    buffer.resize(static_cast<std::size_t>(n));
+    convert_to_f32(DType::kBF16, static_cast<const std::byte*>(t.data()) + 2 * begin,
+                   buffer.data(), buffer.size());
+    return static_cast<const float*>(buffer.data());
+  };
 #pragma omp parallel if (chunks > 1)
   {
-    std::vector<float> buffer;
+    std::vector<float> buffer_a, buffer_b;
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t begin = c * kChunk, n = std::min(count, begin + kChunk) - begin;
-      const float* values;
-      if (bf16) {
-        buffer.resize(static_cast<std::size_t>(n));
-        convert_to_f32(DType::kBF16, base + 2 * begin, buffer.data(), buffer.size());
-        values = buffer.data();
-      } else {
-        values = reinterpret_cast<const float*>(base) + begin;
-      }
+      const float* va = values(a, begin, n, buffer_a);
+      const float* vb = b.defined() ? values(b, begin, n, buffer_b) : nullptr;
       double s = 0.0;
       for (int64_t i = 0; i < n; ++i) {
-        const double v = values[i];
+        const double v = vb ? static_cast<double>(va[i]) - vb[i] : va[i];
         s += v * v;
       }
       partial[static_cast<std::size_t>(c)] = s;

@@ -106,6 +106,7 @@ class CudaBackend final : public Backend {
                            Tensor& err) override;  // group_quant.cu
   void column_abs_sums(const Tensor& x, Tensor& sums) override;  // column_stats.cu
   double sum_squares(const Tensor& t) override;  // optimizer_ops.cu
+  double sum_squared_difference(const Tensor& a, const Tensor& b) override;  // optimizer_ops.cu
   void adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
                     const AdamWScalars& s, Tensor& compute) override;
   double sum_squares_many(std::span<const Tensor> tensors) override;  // optimizer_ops.cu
@@ -139,6 +140,8 @@ class CudaBackend final : public Backend {
   std::shared_ptr<const StackedExperts> stacked_experts(std::span<const ExpertWeights> experts);
   // x in `dtype` (f32 or bf16): x itself when it has it, else a converted copy (linear.cu).
   Tensor as_dtype(const Tensor& x, DType dtype, const char* op);
+  // Σ a² (b undefined) or Σ (a − b)²: sum_squares and sum_squared_difference (optimizer_ops.cu).
+  double sum_squares_of(const Tensor& a, const Tensor& b, const char* op);
   // The weight as bf16 rows [r0, r0 + rows) of [out, in] on the device: the weight itself for a
   // dense bf16 weight (no copy; `scratch` then holds the device tensor so that it outlives the
   // GEMMs the caller enqueues), else a converted copy in `scratch` (fp8 block: e4m3 x scale_inv

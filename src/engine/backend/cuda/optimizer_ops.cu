@@ -191,13 +191,14 @@ unsigned many_grid(int64_t chunks) {
   return static_cast<unsigned>(std::clamp<int64_t>(chunks, 1, kManyMaxBlocks));
 }
 
+// Σ x² per block, or Σ (x − y)² when y is not null (sum_squared_difference).
 template <typename T>
-__global__ void sum_squares_partial_kernel(const T* x, int64_t n, double* partial) {
+__global__ void sum_squares_partial_kernel(const T* x, const T* y, int64_t n, double* partial) {
   __shared__ double scratch[kSumThreads];
   double acc = 0.0;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const double v = to_f32(x[i]);
+    const double v = y ? static_cast<double>(to_f32(x[i])) - to_f32(y[i]) : to_f32(x[i]);
     acc += v * v;
   }
   scratch[threadIdx.x] = acc;
@@ -258,23 +259,39 @@ void CudaBackend::adamw_update(Tensor& master, const Tensor& grad, Tensor& exp_a
 
 double CudaBackend::sum_squares(const Tensor& t) {
   OpTimer timer(profiler_, stream_, "sum_squares");
-  REFINERY_CHECK(t.defined() && t.device() == Device::kCUDA &&
-                     (t.dtype() == DType::kF32 || t.dtype() == DType::kBF16),
-                 "sum_squares: expected an f32 or bf16 cuda tensor, found ", t.describe());
-  const int64_t n = t.numel();
+  return sum_squares_of(t, Tensor(), "sum_squares");
+}
+
+double CudaBackend::sum_squared_difference(const Tensor& a, const Tensor& b) {
+  OpTimer timer(profiler_, stream_, "sum_squared_difference");
+  REFINERY_CHECK(b.defined() && a.shape() == b.shape() && a.dtype() == b.dtype(),
+                 "sum_squared_difference: expected two tensors of one shape and dtype, found ",
+                 a.describe(), " and ", b.describe());
+  return sum_squares_of(a, b, "sum_squared_difference");
+}
+
+// Σ a², or Σ (a − b)² when b is defined (same shape and dtype, checked by the caller).
+double CudaBackend::sum_squares_of(const Tensor& a, const Tensor& b, const char* op) {
+  for (const Tensor* t : {&a, &b})
+    REFINERY_CHECK((t == &b && !t->defined()) ||
+                       (t->defined() && t->device() == Device::kCUDA &&
+                        (t->dtype() == DType::kF32 || t->dtype() == DType::kBF16)),
+                   op, ": expected an f32 or bf16 cuda tensor, found ", t->describe());
+  const int64_t n = a.numel();
   if (n == 0) return 0.0;
   Tensor partial = empty(DType::kF64, {int64_t{kSumBlocks}});
   Tensor result = empty(DType::kF64, {1});
-  dispatch_activation(t.dtype(), "sum_squares", [&](auto tag) {
+  dispatch_activation(a.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     sum_squares_partial_kernel<T><<<kSumBlocks, kSumThreads, 0, stream_>>>(
-        static_cast<const T*>(t.data()), n, static_cast<double*>(partial.mutable_data()));
+        static_cast<const T*>(a.data()), b.defined() ? static_cast<const T*>(b.data()) : nullptr,
+        n, static_cast<double*>(partial.mutable_data()));
   });
-  REFINERY_CUDA_AFTER_LAUNCH(*this, "sum_squares");
+  REFINERY_CUDA_AFTER_LAUNCH(*this, op);
   sum_partials_kernel<<<1, 32, 0, stream_>>>(static_cast<const double*>(partial.data()),
                                              kSumBlocks,
                                              static_cast<double*>(result.mutable_data()));
-  REFINERY_CUDA_AFTER_LAUNCH(*this, "sum_squares (total)");
+  REFINERY_CUDA_AFTER_LAUNCH(*this, op);
   double value = 0.0;
   REFINERY_CUDA_CHECK(cudaMemcpyAsync(&value, result.data(), sizeof(double),
                                       cudaMemcpyDeviceToHost, stream_));

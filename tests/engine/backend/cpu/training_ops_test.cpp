@@ -224,6 +224,31 @@ TEST(CpuBackwardSumSquares, MatchesTheGradientNormForAnyThreadCount) {
   EXPECT_EQ(std::sqrt(results[0][0]), train::global_grad_norm({{t.data<float>(), t.numel()}}));
 }
 
+// Σ (a − b)² (AWQ's search loss): a double loop, any thread count, mixed dtypes, zero for a = b,
+// and a shape mismatch refused.
+TEST(CpuSumSquaredDifference, MatchesADoubleLoop) {
+  const Tensor a = random_f32({70001}, 12), b = random_f32({70001}, 13);
+  const Tensor b16 = test::convert(b, DType::kBF16);
+  double direct = 0.0, direct_mixed = 0.0;
+  const auto va = test::values(a), vb = test::values(b), vb16 = test::values(b16);
+  for (std::size_t i = 0; i < va.size(); ++i) {
+    direct += (double(va[i]) - vb[i]) * (double(va[i]) - vb[i]);
+    direct_mixed += (double(va[i]) - vb16[i]) * (double(va[i]) - vb16[i]);
+  }
+  double results[2];
+  for (int run = 0; run < 2; ++run) {
+    const int saved = omp_get_max_threads();
+    auto be = make_cpu_backend(run == 0 ? 1 : 3);
+    results[run] = be->sum_squared_difference(a, b);
+    EXPECT_NEAR(be->sum_squared_difference(a, b16), direct_mixed, 1e-12 * direct_mixed);
+    EXPECT_EQ(be->sum_squared_difference(a, a), 0.0);
+    EXPECT_THROW(be->sum_squared_difference(a, random_f32({70000}, 1)), Error);
+    omp_set_num_threads(saved);
+  }
+  EXPECT_EQ(results[0], results[1]);
+  EXPECT_NEAR(results[0], direct, 1e-12 * direct);
+}
+
 // ---------------------------------------------------------------------------------- adamw
 
 // The scalars of step `step` exactly as train::AdamW::step forms them.

@@ -65,4 +65,21 @@ inline Tensor poisoned(std::vector<int64_t> shape, DType dtype = DType::kF32) {
   return t;
 }
 
+// AdamW scalars of step `step` (lr 1e-3·step, weight decay 0.1, betas 0.9/0.95, eps 1e-8) for the
+// optimizer op tests; decay off (the multi-tensor form sets it per tensor).
+inline AdamWScalars adamw_test_scalars(int step, float grad_scale) {
+  const double lr = 1e-3 * step, wd = 0.1, beta1 = 0.9, beta2 = 0.95;
+  AdamWScalars s;
+  s.decay = false;
+  s.decay_factor = static_cast<float>(1.0 - lr * wd);
+  s.lerp_weight = static_cast<float>(1.0 - beta1);
+  s.beta2 = static_cast<float>(beta2);
+  s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
+  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, step)));
+  s.eps = 1e-8f;
+  s.neg_step_size = static_cast<float>(-(lr / (1.0 - std::pow(beta1, step))));
+  s.grad_scale = grad_scale;
+  return s;
+}
+
 }  // namespace refinery::backend::test

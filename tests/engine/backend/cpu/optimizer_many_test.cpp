@@ -18,18 +18,7 @@ using test::random_f32;
 const std::vector<int64_t> kSizes = {1, 3, 0, 1000, 65537, 2, 32769, 65536, 7, 131073, 5};
 
 AdamWScalars scalars(int step, float grad_scale) {
-  const double lr = 1e-3 * step, wd = 0.1, beta1 = 0.9, beta2 = 0.95;
-  AdamWScalars s;
-  s.decay = false;  // per tensor in the _many form
-  s.decay_factor = static_cast<float>(1.0 - lr * wd);
-  s.lerp_weight = static_cast<float>(1.0 - beta1);
-  s.beta2 = static_cast<float>(beta2);
-  s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, step)));
-  s.eps = 1e-8f;
-  s.neg_step_size = static_cast<float>(-(lr / (1.0 - std::pow(beta1, step))));
-  s.grad_scale = grad_scale;
-  return s;
+  return backend::test::adamw_test_scalars(step, grad_scale);
 }
 
 bool same_bytes(const Tensor& a, const Tensor& b) {

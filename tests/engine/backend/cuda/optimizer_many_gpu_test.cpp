@@ -29,17 +29,7 @@ const std::vector<int64_t> kSizes = {1,    3,     1000,  65537, 0,     4096,   4
                                      777,  65536, 12289, 1,     40000, 257};
 
 AdamWScalars scalars(int step, float grad_scale) {
-  const double lr = 1e-3 * step, wd = 0.1, beta1 = 0.9, beta2 = 0.95;
-  AdamWScalars s;
-  s.decay_factor = static_cast<float>(1.0 - lr * wd);
-  s.lerp_weight = static_cast<float>(1.0 - beta1);
-  s.beta2 = static_cast<float>(beta2);
-  s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2, step)));
-  s.eps = 1e-8f;
-  s.neg_step_size = static_cast<float>(-(lr / (1.0 - std::pow(beta1, step))));
-  s.grad_scale = grad_scale;
-  return s;
+  return backend::test::adamw_test_scalars(step, grad_scale);
 }
 
 // The host bytes of `t` (downloaded), for memcmp.

@@ -2,7 +2,6 @@
 // Private to the AWQ pass (awq.cpp, awq_search.cpp, awq_clip.cpp): the state of one decoder layer
 // while it is quantized.
 
-#include <array>
 #include <map>
 #include <string>
 #include <vector>

@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 
 #include "engine/core/log.hpp"
 #include "quantize/awq_layer.hpp"

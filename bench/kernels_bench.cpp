@@ -9,6 +9,9 @@
 //              causal count (the standard 5 GEMMs over the causal half)              -> TFLOP/s
 //   experts    moe_experts, T = 2048 and 8192 tokens, 64 experts of 2048 -> 1408, top-6
 //              (distinct experts per token, uniform); FLOPs = 2·T·k·3·2048·1408     -> TFLOP/s
+//              by default and with each route forced (REFINERY_MOE_GEMM=ggemm|cublas); then the
+//              grouped GEMM kernels alone on the gate|up shape (mma.sync, wgmma 128x256 and
+//              128x128 tiles)                                                         -> TFLOP/s
 //   copy       add of two 2^28-element bf16 tensors: 3 x 512 MiB moved             -> TB/s
 // Prints one JSON line. The card's ceilings (issue 4): bf16 GEMM ≈ 779 TFLOP/s, copy ≈ 2.99 TB/s.
 #include <algorithm>
@@ -22,6 +25,7 @@
 
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/backend/cuda/device_info.hpp"
+#include "engine/backend/cuda/grouped_gemm.hpp"
 #include "engine/core/error.hpp"
 
 namespace {
@@ -135,8 +139,47 @@ int main() {
         const Tensor ids = Tensor::copy_of(DType::kI32, {t, top}, chosen.data()).to(Device::kCUDA);
         const Tensor w = Tensor::copy_of(DType::kF32, {t, top}, weights.data()).to(Device::kCUDA);
         Tensor y = be->empty(DType::kBF16, {t, hidden});
+        const double flops = 2.0 * t * top * 3 * hidden * inter;
         const double s = time_it([&] { be->moe_experts(x, ids, w, experts, y); }, sync);
-        json += str(", \"experts_T", t, "_tflops\": ", 2.0 * t * top * 3 * hidden * inter / s / 1e12);
+        json += str(", \"experts_T", t, "_tflops\": ", flops / s / 1e12);
+        for (const char* route : {"ggemm", "cublas"}) {  // the two routes of moe.cu, forced
+          setenv("REFINERY_MOE_GEMM", route, 1);
+          const double sr = time_it([&] { be->moe_experts(x, ids, w, experts, y); }, sync);
+          json += str(", \"experts_", route, "_T", t, "_tflops\": ", flops / sr / 1e12);
+        }
+        unsetenv("REFINERY_MOE_GEMM");
+        // The grouped GEMM kernels alone on the gate|up shape (rows per expert as routed above), on
+        // the legacy default stream (the backend's stream is a blocking one: sync() waits for it).
+        std::vector<int32_t> offsets(static_cast<std::size_t>(e_count + 1), 0);
+        for (const int32_t e : chosen) ++offsets[e + 1];
+        std::partial_sum(offsets.begin(), offsets.end(), offsets.begin());
+        const int64_t rows = t * top;
+        const Tensor off = Tensor::copy_of(DType::kI32, {e_count + 1}, offsets.data()).to(Device::kCUDA);
+        const Tensor xs = random_bf16({rows, hidden}, 8, 1.0f);
+        const Tensor gate_up = random_bf16({e_count, 2 * inter, hidden}, 9, 0.02f);
+        Tensor gu = be->empty(DType::kBF16, {rows, 2 * inter});
+        const double gemm_flops = 2.0 * rows * 2 * inter * hidden;
+        struct Variant {
+          const char* name;
+          backend::cuda::GroupedGemmKernel kernel;
+          const char* tile;
+        };
+        for (const Variant& v : {Variant{"mma", backend::cuda::GroupedGemmKernel::kMmaSync, ""},
+                                 Variant{"wgmma", backend::cuda::GroupedGemmKernel::kWgmma, ""},
+                                 Variant{"wgmma128", backend::cuda::GroupedGemmKernel::kWgmma,
+                                         "128x128"}}) {
+          if (v.kernel == backend::cuda::GroupedGemmKernel::kWgmma &&
+              !backend::cuda::grouped_gemm_wgmma_available())
+            continue;
+          setenv("REFINERY_GGEMM_TILE", v.tile, 1);
+          const backend::cuda::GroupedGemmArgs args{xs.data(), gate_up.data(), gu.mutable_data(),
+                                                    off.data<int32_t>(), e_count, rows,
+                                                    2 * inter, hidden, false};
+          const double sg = time_it(
+              [&] { backend::cuda::grouped_gemm_bf16(args, nullptr, v.kernel); }, sync);
+          json += str(", \"ggemm_", v.name, "_gate_up_T", t, "_tflops\": ", gemm_flops / sg / 1e12);
+        }
+        unsetenv("REFINERY_GGEMM_TILE");
       }
     }
     {  // copy bandwidth

@@ -138,6 +138,10 @@ class CudaBackend final : public Backend {
   // device weights, built per call for writable host weights; nullptr when the experts are not
   // all dense bf16 without bias of one width (moe.cu).
   std::shared_ptr<const StackedExperts> stacked_experts(std::span<const ExpertWeights> experts);
+  // moe_experts on a stack through the grouped GEMM kernel, routed on the device (moe_routing.cuh):
+  // no host synchronization. x [T, H], experts i32 / weights f32 [T, k], y [T, H] zeroed (moe.cu).
+  void moe_experts_grouped_on_device(const Tensor& x, const Tensor& experts,
+                                     const Tensor& weights, const StackedExperts& stack, Tensor& y);
   // x in `dtype` (f32 or bf16): x itself when it has it, else a converted copy (linear.cu).
   Tensor as_dtype(const Tensor& x, DType dtype, const char* op);
   // Σ a² (b undefined) or Σ (a − b)²: sum_squares and sum_squared_difference (optimizer_ops.cu).

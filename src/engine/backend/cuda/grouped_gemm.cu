@@ -13,12 +13,8 @@
 // row addresses of one ldmatrix (offsets 0, 80, ..., 560 B -> 16-B slots 0, 5, 2, 7, 4, 1, 6, 3 mod
 // 8) hit distinct bank groups: conflict-free (same reasoning as flash_attention.cu's kPad).
 //
-// Scheduling without host counts: the grid is (n tiles) x (an upper bound of m tiles):
-//   Σ_g ceil(rows_g / kBM) <= Σ_g (rows_g / kBM + 1) <= ceil(rows_total / kBM) + groups.
-// Block (bx, by) takes the by-th m tile in the order (group 0's tiles, group 1's tiles, ...): warp
-// 0 scans the device offsets 32 groups at a time (prefix sum of tile counts by shuffles) and finds
-// the group; blocks past the last real tile exit at once. The scan reads G + 1 ints (L2 hits) per
-// block, negligible next to the 2·128·k bf16 it streams. x (n tiles) is the fastest grid
+// Scheduling without host counts: grouped_gemm_tiles.cuh (shared with the Hopper kernel,
+// grouped_gemm_sm90a.cu, which runs instead on compute 9.0 GPUs). x (n tiles) is the fastest grid
 // dimension, so the blocks of one m tile run together and share the A rows in L2, and consecutive
 // m tiles of a group reuse W_g from L2.
 //
@@ -33,14 +29,19 @@
 #include <cstring>
 
 #include "engine/backend/cuda/cuda_check.hpp"
-#include "engine/backend/cuda/mma_ptx.cuh"
 #include "engine/backend/cuda/grouped_gemm.hpp"
+#include "engine/backend/cuda/grouped_gemm_tiles.cuh"
+#include "engine/backend/cuda/mma_ptx.cuh"
 
 namespace refinery::backend::cuda {
 
 namespace {
 
 using bf16 = __nv_bfloat16;
+using grouped_gemm_detail::find_m_tile;
+using grouped_gemm_detail::MTile;
+using grouped_gemm_detail::Params;
+using grouped_gemm_detail::store_pair;
 
 constexpr int kPad = 8;  // bf16 elements appended to every shared row (16 bytes)
 
@@ -68,25 +69,9 @@ using Config128x128 = TileConfig<128, 128, 32, 4, 2, 4, 2>;
 // (120 KiB). Selected with REFINERY_GGEMM_TILE=128x256 (for benchmarking; not the default).
 using Config128x256 = TileConfig<128, 256, 32, 4, 2, 4, 1>;
 
-struct Params {
-  const bf16* x;
-  const bf16* w;
-  void* y;
-  const int32_t* offsets;
-  int groups, rows_total, n, k;
-};
 
 // ---- PTX wrappers: mma_ptx.cuh ----------------------------------------------------------------
 using namespace ptx;
-
-// Stores the pair (cols col, col+1) of one output row: f32 as one 8-byte store, bf16 rounded to
-// nearest even as one 4-byte store (col is even and n is a multiple of 8, so both are aligned).
-__device__ __forceinline__ void store_pair(float* row, int col, float lo, float hi) {
-  *reinterpret_cast<float2*>(row + col) = make_float2(lo, hi);
-}
-__device__ __forceinline__ void store_pair(bf16* row, int col, float lo, float hi) {
-  *reinterpret_cast<__nv_bfloat162*>(row + col) = __floats2bfloat162_rn(lo, hi);
-}
 
 // Rows [0, ROWS) x columns [k0, k0 + BK) of a row-major bf16 matrix (row r at src + r·k) into a
 // shared stage of rows of BK + kPad elements; rows >= rows_valid and columns >= k are zero.
@@ -116,49 +101,19 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) grouped_gemm_kerne
   extern __shared__ __align__(16) unsigned char smem_raw[];
   bf16* const a_s = reinterpret_cast<bf16*>(smem_raw);  // [kStages][kBM][kS]  x rows
   bf16* const b_s = a_s + kStages * C::kAElems;         // [kStages][kBN][kS]  W_g rows (= B cols)
-  __shared__ int tile_info[3];                          // group, first row, valid rows
+  __shared__ MTile tile;
 
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int m_tile = static_cast<int>(blockIdx.y);
 
-  // ---- which group and rows this block owns (warp 0; see the file comment) ----
+  // ---- which group and rows this block owns (warp 0; grouped_gemm_tiles.cuh) ----
   if (warp == 0) {
-    int found_group = -1, found_row0 = 0, found_rows = 0;
-    int tiles_before = 0;  // m tiles of the groups before this chunk of 32
-    for (int g0 = 0; g0 < p.groups; g0 += 32) {
-      const int gi = g0 + lane;
-      int start = 0, end = 0;
-      if (gi < p.groups) {
-        // Clamped, so malformed offsets can never make the kernel read or write outside x or y.
-        start = min(max(p.offsets[gi], 0), p.rows_total);
-        end = min(max(p.offsets[gi + 1], start), p.rows_total);
-      }
-      const int count = (end - start + kBM - 1) / kBM;  // this group's m tiles
-      int inclusive = count;                            // prefix over lanes (Hillis-Steele)
-#pragma unroll
-      for (int d = 1; d < 32; d *= 2) {
-        const int t = __shfl_up_sync(0xffffffffu, inclusive, d);
-        if (lane >= d) inclusive += t;
-      }
-      const int first = tiles_before + inclusive - count;  // this group's first tile index
-      const bool mine = m_tile >= first && m_tile < first + count;
-      const unsigned ballot = __ballot_sync(0xffffffffu, mine);
-      if (ballot != 0u) {  // warp-uniform
-        const int src = __ffs(static_cast<int>(ballot)) - 1;
-        const int row0 = start + (m_tile - first) * kBM;
-        found_group = __shfl_sync(0xffffffffu, gi, src);
-        found_row0 = __shfl_sync(0xffffffffu, row0, src);
-        found_rows = __shfl_sync(0xffffffffu, min(kBM, end - row0), src);
-        break;
-      }
-      tiles_before += __shfl_sync(0xffffffffu, inclusive, 31);
-    }
-    if (lane == 0) tile_info[0] = found_group, tile_info[1] = found_row0, tile_info[2] = found_rows;
+    const MTile t = find_m_tile<kBM>(p, m_tile, lane);
+    if (lane == 0) tile = t;
   }
   __syncthreads();
-  const int group = tile_info[0];
-  if (group < 0) return;  // past the last real tile (the grid is an upper bound): whole block
-  const int row0 = tile_info[1], rows_valid = tile_info[2];
+  if (tile.group < 0) return;  // past the last real tile (the grid is an upper bound): whole block
+  const int group = tile.group, row0 = tile.row0, rows_valid = tile.rows;
   const int n0 = static_cast<int>(blockIdx.x) * kBN;
 
   const int64_t k = p.k;
@@ -283,7 +238,9 @@ bool grouped_gemm_supports(int64_t n, int64_t k) {
   return n > 0 && k > 0 && n % 8 == 0 && k % 8 == 0;
 }
 
-void grouped_gemm_bf16(const GroupedGemmArgs& a, void* stream) {
+bool grouped_gemm_wgmma_available() { return grouped_gemm_detail::wgmma_available(); }
+
+void grouped_gemm_bf16(const GroupedGemmArgs& a, void* stream, GroupedGemmKernel kernel) {
   REFINERY_CHECK(grouped_gemm_supports(a.n, a.k), "grouped_gemm: n ", a.n, ", k ", a.k,
                  " are not supported (both must be positive multiples of 8; ask "
                  "grouped_gemm_supports first)");
@@ -304,6 +261,15 @@ void grouped_gemm_bf16(const GroupedGemmArgs& a, void* stream) {
                       static_cast<int>(a.n),
                       static_cast<int>(a.k)};
   const auto s = static_cast<cudaStream_t>(stream);
+  static const bool mma_forced = [] {
+    const char* v = std::getenv("REFINERY_GGEMM_KERNEL");
+    return v != nullptr && std::strcmp(v, "mma") == 0;
+  }();
+  if (kernel == GroupedGemmKernel::kWgmma ||
+      (kernel == GroupedGemmKernel::kAuto && !mma_forced && grouped_gemm_detail::wgmma_available())) {
+    grouped_gemm_detail::launch_wgmma(params, a.y_f32, a.rows_total, a.groups, s);
+    return;
+  }
   // The wide tile is opt-in for benchmarking (getenv per call: ~100 ns next to the launch).
   const char* tile = std::getenv("REFINERY_GGEMM_TILE");
   if (tile != nullptr && std::strcmp(tile, "128x256") == 0)

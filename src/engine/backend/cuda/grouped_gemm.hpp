@@ -23,6 +23,14 @@ struct GroupedGemmArgs {
   bool y_f32;
 };
 
+// Which kernel runs the call: kAuto picks wgmma on compute 9.0 GPUs (H100/H200) unless
+// REFINERY_GGEMM_KERNEL=mma, else mma.sync; the others force one (kWgmma throws where
+// grouped_gemm_wgmma_available() is false). Both give the same results up to f32 summation order.
+enum class GroupedGemmKernel { kAuto, kMmaSync, kWgmma };
+
+// Whether the current device runs the wgmma kernel (a compute 9.0 GPU; false without CUDA).
+bool grouped_gemm_wgmma_available();
+
 // Whether the kernel handles these sizes: n > 0 and k > 0 multiples of 8 (rows of x and w are
 // copied in 16-byte pieces). Always false in a build without CUDA.
 bool grouped_gemm_supports(int64_t n, int64_t k);
@@ -30,6 +38,7 @@ bool grouped_gemm_supports(int64_t n, int64_t k);
 // Enqueues the kernel on `stream` (a cudaStream_t; nullptr is the default stream); no host
 // synchronization. Throws an internal error for unsupported sizes, misaligned pointers, sizes past
 // the kernel's limits or a failed launch.
-void grouped_gemm_bf16(const GroupedGemmArgs& args, void* stream);
+void grouped_gemm_bf16(const GroupedGemmArgs& args, void* stream,
+                       GroupedGemmKernel kernel = GroupedGemmKernel::kAuto);
 
 }  // namespace refinery::backend::cuda

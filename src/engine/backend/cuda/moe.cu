@@ -1,20 +1,21 @@
 // MoE experts on the GPU: token permutation by expert, grouped GEMMs over all experts of the
-// layer, weighted un-permutation.
-//   0. The host reads the routing (T x k pairs, one small synchronous download: the grouped GEMM
-//      takes its per-expert row counts on the host) and counting-sorts the pairs by expert (token
-//      order inside an expert).
+// layer, weighted un-permutation. Two routes:
+//   Device-routed (moe_experts_grouped_on_device; the default on compute 9.0 GPUs, see
+//   use_device_grouped_gemm): the layer's experts stacked on the device once (gate_up [E, 2I, H],
+//   down [E, H, I]); the routing sorted into expert-contiguous order by kernels (moe_routing.cu);
+//   permute xs [N = T*k, H]; our grouped GEMM (grouped_gemm.cu: wgmma on Hopper, reading the
+//   per-expert row offsets from the device) gate|up [N, 2I]; SwiGLU; grouped GEMM down [N, H];
+//   un-permute. No host synchronization anywhere.
+//   Host-routed (everything else):
+//   0. The host reads the routing (T x k pairs, one small synchronous download: cuBLAS takes its
+//      per-expert row counts on the host) and counting-sorts the pairs by expert (token order
+//      inside an expert).
 //   1. Permute: xs [N = T*k, hidden] = the routed rows in expert-contiguous order.
 //   2. The expert GEMMs, bf16 inputs, f32 accumulation, outputs in the activation dtype:
-//      o. our grouped GEMM (grouped_gemm.cu), with REFINERY_MOE_GEMM=ggemm: the experts stacked
-//         on the device (below), exact row counts per expert read from device offsets, gate|up
-//         [N, 2I] in one launch, SwiGLU, down [N, H] in another. Correct (GPU tests) but on an
-//         H100 still slower than cuBLAS (142 vs 198 TFLOP/s at T 2048, docs/BENCHMARKS.md), so
-//         opt-in until it is tuned;
-//      a. padded: the layer's experts are stacked on the device once
-//         (gate_up [E, 2I, H], down [E, H, I]); each expert's rows are padded to the largest row
-//         count M, and two strided batched GEMMs (cublasGemmStridedBatchedEx, E problems of one
-//         shape: cuBLAS's best kernels) compute gate|up [E, M, 2I], SwiGLU, then down [E, M, H].
-//         Used when padding wastes at most half of the work (balanced routing);
+//      a. padded: on the stack, each expert's rows are padded to the largest row count M, and two
+//         strided batched GEMMs (cublasGemmStridedBatchedEx, E problems of one shape) compute
+//         gate|up [E, M, 2I], SwiGLU, then down [E, M, H]. Used when padding wastes at most half
+//         of the work (balanced routing);
 //      b. grouped: one cublasGemmGroupedBatchedEx for the gate and up projections of every active
 //         expert (2 x E problems of their exact sizes), SwiGLU, one for the down projections.
 //   3. Un-permute: y[t] = Σ_j weight · outs[pos(t, j)], one thread per (token, column), the pairs
@@ -35,6 +36,7 @@
 #include "engine/backend/cuda/cublas_check.hpp"
 #include "engine/backend/cuda/grouped_gemm.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
+#include "engine/backend/cuda/moe_routing.cuh"
 #include "engine/core/log.hpp"
 
 namespace refinery::backend::cuda {
@@ -182,7 +184,57 @@ bool grouped_gemm(CudaBackend& be, const std::vector<GroupedProblem>& problems,
   return true;
 }
 
+// Whether stacked bf16 experts run through our grouped GEMM kernel (routed on the device) instead
+// of cuBLAS (routed on the host): by default where the Hopper wgmma kernel runs (compute 9.0);
+// REFINERY_MOE_GEMM=ggemm forces it (the mma.sync kernel elsewhere), =cublas forbids it.
+bool use_device_grouped_gemm() {
+  const char* v = std::getenv("REFINERY_MOE_GEMM");  // read per call (~100 ns): tests switch it
+  if (v != nullptr && std::strcmp(v, "ggemm") == 0) return true;
+  if (v != nullptr && std::strcmp(v, "cublas") == 0) return false;
+  return grouped_gemm_wgmma_available();
+}
+
 }  // namespace
+
+void CudaBackend::moe_experts_grouped_on_device(const Tensor& x, const Tensor& experts,
+                                                const Tensor& weights, const StackedExperts& stack,
+                                                Tensor& y) {
+  const int64_t t_count = x.size(0), hidden = x.size(1), k = experts.size(1);
+  const int64_t e_count = stack.gate_up.size(0), inter = stack.inter, n = t_count * k;
+  const DType act = y.dtype();
+  Tensor words = empty(DType::kI32, {device_routing_words(t_count, k, e_count)});
+  const DeviceRouting r =
+      route_pairs_on_device(experts.data<int32_t>(), weights.data<float>(), t_count, k, e_count,
+                            words.mutable_data<int32_t>(), stream_);
+  sync_if_debugging("moe_experts (routing)");
+  Tensor xs = empty(DType::kBF16, {n, hidden});  // the routed rows, expert-contiguous
+  dispatch_activation(act, "moe_experts (permute)", [&](auto tag) {
+    using T = decltype(tag);
+    gather_padded_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream_>>>(
+        static_cast<const T*>(x.data()), r.perm_token, n, hidden,
+        static_cast<__nv_bfloat16*>(xs.mutable_data()));
+  });
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
+  Tensor gu = empty(act, {n, 2 * inter});  // gate | up of every pair
+  grouped_gemm_bf16({xs.data(), stack.gate_up.data(), gu.mutable_data(), r.group_offsets, e_count,
+                     n, 2 * inter, hidden, act == DType::kF32},
+                    stream_);
+  sync_if_debugging("moe_experts (gate|up)");
+  Tensor h = empty(DType::kBF16, {n, inter});
+  dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
+    using T = decltype(tag);
+    swiglu_pairs_kernel<T><<<grid_for(n * inter), kThreads, 0, stream_>>>(
+        static_cast<const T*>(gu.data()), n, inter, static_cast<__nv_bfloat16*>(h.mutable_data()));
+  });
+  REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
+  Tensor outs = empty(act, {n, hidden});
+  grouped_gemm_bf16({h.data(), stack.down.data(), outs.mutable_data(), r.group_offsets, e_count, n,
+                     hidden, inter, act == DType::kF32},
+                    stream_);
+  sync_if_debugging("moe_experts (down)");
+  scatter_add_csr(outs, r.pos, r.perm_scale, r.token_offsets, r.targets, t_count, y,
+                  "moe_experts (un-permute)");
+}
 
 std::shared_ptr<const CudaBackend::StackedExperts> CudaBackend::stacked_experts(
     std::span<const ExpertWeights> experts) {
@@ -239,6 +291,16 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   fill_zero(y);
   if (k == 0 || hidden == 0) return;
 
+  // Grouped GEMM path with routing on the device (no host synchronization): dense bf16 experts of
+  // one shape (the stack), sizes the kernel supports, and the kernel chosen (see moe_gemm_choice).
+  std::shared_ptr<const StackedExperts> stack = stacked_experts(expert_weights);
+  if (stack != nullptr && use_device_grouped_gemm() &&
+      grouped_gemm_supports(2 * stack->inter, hidden) &&
+      grouped_gemm_supports(hidden, stack->inter)) {
+    moe_experts_grouped_on_device(x, experts, weights, *stack, y);
+    return;
+  }
+
   const std::vector<int32_t> chosen = host_i32(experts);
   const Tensor host_weights = download(weights);
   const float* w = host_weights.data<float>();
@@ -270,53 +332,8 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   const std::size_t act_bytes = dtype_bits(act) / 8;
   int64_t m_max = 0;
   for (int64_t e = 0; e < e_count; ++e) m_max = std::max(m_max, start[e + 1] - start[e]);
-  std::shared_ptr<const StackedExperts> stack = stacked_experts(expert_weights);
   if (stack == nullptr && m_max > kAwqGemvMaxRows)
     stack = awq_stacked_experts(*this, expert_weights);
-  static const bool use_ggemm = [] {
-    const char* v = std::getenv("REFINERY_MOE_GEMM");
-    return v != nullptr && std::strcmp(v, "ggemm") == 0;
-  }();
-  if (stack != nullptr && use_ggemm && grouped_gemm_supports(2 * stack->inter, hidden) &&
-      grouped_gemm_supports(hidden, stack->inter)) {
-    const int64_t inter = stack->inter;
-    std::vector<int32_t> group_offsets(static_cast<std::size_t>(e_count + 1));
-    for (int64_t e = 0; e <= e_count; ++e) group_offsets[e] = static_cast<int32_t>(start[e]);
-    PackedIndices packed;
-    const int64_t at_token = packed.add(perm_token), at_pos = packed.add(pos),
-                  at_scale = packed.add(perm_scale), at_offsets = packed.add(offsets),
-                  at_targets = packed.add(targets), at_groups = packed.add(group_offsets);
-    const Tensor indices = packed.upload();
-    const int32_t* base = indices.data<int32_t>();
-    Tensor xs = empty(DType::kBF16, {n, hidden});
-    dispatch_activation(act, "moe_experts (permute)", [&](auto tag) {
-      using T = decltype(tag);
-      gather_padded_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream_>>>(
-          static_cast<const T*>(x.data()), base + at_token, n, hidden,
-          static_cast<__nv_bfloat16*>(xs.mutable_data()));
-    });
-    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
-    Tensor gu = empty(act, {n, 2 * inter});
-    grouped_gemm_bf16({xs.data(), stack->gate_up.data(), gu.mutable_data(), base + at_groups,
-                       e_count, n, 2 * inter, hidden, act == DType::kF32},
-                      stream_);
-    sync_if_debugging("moe_experts (gate|up)");
-    Tensor h = empty(DType::kBF16, {n, inter});
-    dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
-      using T = decltype(tag);
-      swiglu_pairs_kernel<T><<<grid_for(n * inter), kThreads, 0, stream_>>>(
-          static_cast<const T*>(gu.data()), n, inter, static_cast<__nv_bfloat16*>(h.mutable_data()));
-    });
-    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
-    Tensor outs = empty(act, {n, hidden});
-    grouped_gemm_bf16({h.data(), stack->down.data(), outs.mutable_data(), base + at_groups, e_count,
-                       n, hidden, inter, act == DType::kF32},
-                      stream_);
-    sync_if_debugging("moe_experts (down)");
-    scatter_add_csr(outs, base + at_pos, reinterpret_cast<const float*>(base + at_scale),
-                    base + at_offsets, base + at_targets, t_count, y, "moe_experts (un-permute)");
-    return;
-  }
   if (stack != nullptr && e_count * m_max <= n + n / 2) {
     // Padded path: row r = e * m_max + i holds expert e's i-th routed pair.
     const int64_t inter = stack->inter, rows = e_count * m_max;

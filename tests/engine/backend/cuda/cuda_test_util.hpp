@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -31,6 +32,30 @@ inline std::vector<int32_t> ints(const Tensor& t) {
 }
 
 inline Tensor gpu(const Tensor& host) { return host.to(Device::kCUDA); }
+
+// Sets an environment variable for one scope (kernel choices the backend reads per call).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    const char* before = std::getenv(name);
+    had_ = before != nullptr;
+    if (had_) saved_ = before;
+    setenv(name, value, 1);
+  }
+  ~ScopedEnv() {
+    if (had_)
+      setenv(name_, saved_.c_str(), 1);
+    else
+      unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string saved_;
+};
 
 // A device tensor filled with NaN (f32) or 0x7f bytes (other dtypes).
 inline Tensor poisoned_gpu(std::vector<int64_t> shape, DType dtype = DType::kF32) {

@@ -27,6 +27,7 @@ using namespace cuda_test;
 using backend::cuda::grouped_gemm_bf16;
 using backend::cuda::grouped_gemm_supports;
 using backend::cuda::GroupedGemmArgs;
+using backend::cuda::GroupedGemmKernel;
 
 struct Case {
   std::vector<int32_t> sizes;  // rows per group
@@ -51,7 +52,8 @@ std::vector<int64_t> rows_to_check(const Case& c, const std::vector<int32_t>& of
 }
 
 // Runs the kernel with y in f32 and in bf16 and compares the checked rows with the reference.
-void check_case(const Case& c, uint64_t seed, const std::string& label) {
+void check_case(const Case& c, uint64_t seed, const std::string& label,
+                GroupedGemmKernel kernel) {
   const int64_t groups = static_cast<int64_t>(c.sizes.size());
   std::vector<int32_t> offsets(c.sizes.size() + 1, 0);
   std::partial_sum(c.sizes.begin(), c.sizes.end(), offsets.begin() + 1);
@@ -93,7 +95,7 @@ void check_case(const Case& c, uint64_t seed, const std::string& label) {
     Tensor y = poisoned_gpu({rows_total, c.n}, y_dtype);
     const GroupedGemmArgs args{x_gpu.data(), w_gpu.data(), y.mutable_data(),
                                off_gpu.data<int32_t>(), groups, rows_total, c.n, c.k, y_f32};
-    grouped_gemm_bf16(args, nullptr);  // default stream: the download below waits for it
+    grouped_gemm_bf16(args, nullptr, kernel);  // default stream: the download below waits for it
 
     const std::vector<float> yv = values(y);
     Tensor got = Tensor::empty(DType::kF32, {checked, c.n});
@@ -155,10 +157,19 @@ TEST(GroupedGemmGpu, RefusesUnsupportedSizesBeforeTouchingTheDevice) {
   EXPECT_THROW(grouped_gemm_bf16(args, nullptr), Error);
 }
 
+// The kernels to check on this device: mma.sync everywhere, wgmma on compute 9.0 GPUs.
+std::vector<std::pair<GroupedGemmKernel, std::string>> kernels_here() {
+  std::vector<std::pair<GroupedGemmKernel, std::string>> k{{GroupedGemmKernel::kMmaSync, "mma"}};
+  if (backend::cuda::grouped_gemm_wgmma_available()) k.push_back({GroupedGemmKernel::kWgmma, "wgmma"});
+  return k;
+}
+
 TEST(GroupedGemmGpu, MatchesDoubleReferenceOnUnevenGroups) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
-  uint64_t seed = 4100;
-  for (const Case& c : small_cases()) check_case(c, seed += 10, "grouped gemm");
+  for (const auto& [kernel, name] : kernels_here()) {
+    uint64_t seed = 4100;
+    for (const Case& c : small_cases()) check_case(c, seed += 10, "grouped gemm " + name, kernel);
+  }
 }
 
 TEST(GroupedGemmGpu, MatchesDoubleReferenceOnMoeShapes) {
@@ -166,23 +177,32 @@ TEST(GroupedGemmGpu, MatchesDoubleReferenceOnMoeShapes) {
   std::vector<int32_t> sizes = moe_like_sizes(64, 91);
   // DeepSeek-V2-Lite expert shapes: gate|up fused (n 2816, k 2048) and down (n 2048, k 1408),
   // ~3000 rows over 64 experts (a subset of the rows is checked to keep the host reference short).
-  check_case({sizes, 2816, 2048, true}, 5200, "grouped gemm gate|up");
-  check_case({sizes, 2048, 1408, true}, 5300, "grouped gemm down");
+  for (const auto& [kernel, name] : kernels_here()) {
+    check_case({sizes, 2816, 2048, true}, 5200, "grouped gemm gate|up " + name, kernel);
+    check_case({sizes, 2048, 1408, true}, 5300, "grouped gemm down " + name, kernel);
+  }
 }
 
-// The wide 128 x 256 tile is opt-in through REFINERY_GGEMM_TILE (benchmarking); it must agree too.
-TEST(GroupedGemmGpu, WideTileMatchesDoubleReference) {
+// The other tile of each kernel is opt-in through REFINERY_GGEMM_TILE (benchmarking): mma.sync's
+// 128 x 256 and wgmma's 128 x 128; they must agree too.
+TEST(GroupedGemmGpu, OtherTilesMatchDoubleReference) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
-  const char* before = std::getenv("REFINERY_GGEMM_TILE");
-  const std::string saved = before != nullptr ? before : "";
-  setenv("REFINERY_GGEMM_TILE", "128x256", 1);
-  uint64_t seed = 6100;
-  for (const Case& c : small_cases()) check_case(c, seed += 10, "grouped gemm 128x256");
-  check_case({moe_like_sizes(64, 93), 2816, 2048, true}, 6300, "grouped gemm 128x256 gate|up");
-  if (before != nullptr)
-    setenv("REFINERY_GGEMM_TILE", saved.c_str(), 1);
-  else
-    unsetenv("REFINERY_GGEMM_TILE");
+  for (const auto& [kernel, name] : kernels_here()) {
+    const ScopedEnv tile("REFINERY_GGEMM_TILE",
+                         kernel == GroupedGemmKernel::kWgmma ? "128x128" : "128x256");
+    uint64_t seed = 6100;
+    for (const Case& c : small_cases())
+      check_case(c, seed += 10, "grouped gemm other tile " + name, kernel);
+    check_case({moe_like_sizes(64, 93), 2816, 2048, true}, 6300,
+               "grouped gemm other tile gate|up " + name, kernel);
+  }
+}
+
+TEST(GroupedGemmGpu, WgmmaAvailableExactlyOnComputeNine) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  const cuda::DeviceInfo d = cuda::list_devices().at(0);  // the tests run on device 0
+  const int major = d.compute_capability_major, minor = d.compute_capability_minor;
+  EXPECT_EQ(backend::cuda::grouped_gemm_wgmma_available(), major == 9 && minor == 0);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // CUDA route and moe_experts vs the CPU backend. Routing: the chosen experts must be identical (in
 // order) and the weights within 1e-6 relative (expf vs std::exp). moe_experts: f32 experts within
 // 1e-5 · max|y|; bf16 experts (activations rounded to bf16 before each GEMM) within 2e-2 · max|y|.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda_test_util.hpp"
@@ -105,6 +106,61 @@ TEST(MoeGpu, ExpertsMatchCpu) {
       const double rel = dt == DType::kBF16 ? 2e-2 : 1e-5;
       EXPECT_TRUE(
           close(str("moe_experts ", dtype_name(dt), " T=", t), got, want, rel * max_abs(want)));
+    }
+  }
+}
+
+// The two routes of the CUDA moe_experts on bf16 experts of one shape (the stack): routed on the
+// device into our grouped GEMM (REFINERY_MOE_GEMM=ggemm: wgmma on compute 9.0, mma.sync elsewhere)
+// and routed on the host into cuBLAS (=cublas), both against the CPU. 64 experts, top-6, uneven
+// routing (a quarter of the pairs go to expert 3: several 128-row tiles; experts 60-63 get none),
+// f32 and bf16 activations; T = 1 exercises one row per expert.
+TEST(MoeGpu, DeviceRoutedGroupedGemmMatchesCpuAndHostRoute) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto cpu = backend::make_cpu_backend(1);
+  const int64_t hidden = 136, inter = 88, e_count = 64, k = 6;
+  uint64_t seed = 7000;
+  std::vector<backend::ExpertWeights> experts(e_count);
+  for (auto& ew : experts) {
+    ew.gate.storage = backend::DenseWeight{
+        convert(random_f32({inter, hidden}, ++seed, 0.2f), DType::kBF16)};
+    ew.up.storage = backend::DenseWeight{
+        convert(random_f32({inter, hidden}, ++seed, 0.2f), DType::kBF16)};
+    ew.down.storage = backend::DenseWeight{
+        convert(random_f32({hidden, inter}, ++seed, 0.2f), DType::kBF16)};
+    ew.gate.name = "gate";
+    ew.up.name = "up";
+    ew.down.name = "down";
+  }
+  for (const DType act : {DType::kF32, DType::kBF16}) {
+    auto be = backend::make_cuda_backend(0, act);
+    for (int64_t t : {1, 37, 700}) {
+      std::mt19937_64 rng(++seed);
+      std::vector<int32_t> chosen;
+      for (int64_t i = 0; i < t; ++i) {
+        std::vector<int32_t> row;
+        if (rng() % 4 == 0) row.push_back(3);
+        while (static_cast<int64_t>(row.size()) < k) {
+          const int32_t e = static_cast<int32_t>(rng() % 60);
+          if (std::find(row.begin(), row.end(), e) == row.end()) row.push_back(e);
+        }
+        chosen.insert(chosen.end(), row.begin(), row.end());
+      }
+      const Tensor ids = Tensor::copy_of(DType::kI32, {t, k}, chosen.data());
+      const Tensor w = random_f32({t, k}, ++seed);
+      // x rounded to bf16 for both backends; the CPU computes in f32.
+      const Tensor x_bf16 = convert(random_f32({t, hidden}, ++seed), DType::kBF16);
+      const Tensor x_f32 = Tensor::copy_of(DType::kF32, {t, hidden}, values(x_bf16).data());
+      const Tensor x = act == DType::kBF16 ? x_bf16 : x_f32;
+      Tensor want = Tensor::empty(DType::kF32, {t, hidden});
+      cpu->moe_experts(x_f32, ids, w, experts, want);
+      for (const char* route : {"ggemm", "cublas"}) {
+        const ScopedEnv env("REFINERY_MOE_GEMM", route);
+        Tensor got = poisoned_gpu({t, hidden}, act);
+        be->moe_experts(gpu(x), gpu(ids), gpu(w), experts, got);
+        EXPECT_TRUE(close(str("moe_experts ", route, " ", dtype_name(act), " T=", t), got, want,
+                          2e-2 * max_abs(want)));
+      }
     }
   }
 }

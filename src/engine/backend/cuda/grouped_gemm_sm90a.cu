@@ -1,0 +1,315 @@
+// Grouped GEMM for the MoE experts on Hopper (sm_90a): y[rows of g] = x[rows of g] · W_gᵀ for every
+// group g in one launch, with warpgroup MMAs (wgmma.mma_async) reading both operands from shared
+// memory. Same contract and scheduling as grouped_gemm.cu (grouped_gemm_tiles.cuh); this file is
+// compiled for sm_90a only (CMakeLists.txt: *_sm90a.cu) and its launcher refuses other devices.
+//
+// Why: mma.sync (grouped_gemm.cu) tops out far below the H100's tensor-core rate (142-169 TFLOP/s
+// on the V2-Lite experts, docs/BENCHMARKS.md); wgmma is the instruction that reaches it.
+//
+// Block tile 128 (rows: tokens of one group) x BN (output columns) x 64 (k), 256 threads = two
+// warpgroups, warpgroup w computes rows 64w..64w+63 with m64nBNk16 MMAs (4 per k tile).
+// Operands: x rows and W_g rows are both K-major (k contiguous), the wgmma "TN" case (no
+// transposes). Each stage holds A [128][64] and B [BN][64] bf16, every row 128 bytes, stored with
+// the 128-byte swizzle that the descriptors declare: the 16-byte chunk c of row r sits at
+//   r · 128 + ((c ^ (r % 8)) · 16)        (tile bases 1024-byte aligned)
+// which is what TMA's SWIZZLE_128B writes; here cp.async writes it (zero-filling rows past the
+// group and columns past k), so no tensor maps are needed for the variable group sizes.
+// Pipeline (STAGES deep, one cp.async group per k tile):
+//   wait for tile kt -> fence.proxy.async (cp.async wrote through the generic proxy, wgmma reads
+//   through the async proxy) -> barrier -> 4 wgmma on tile kt, commit -> wait until at most one
+//   wgmma group is pending (so tile kt-1's MMAs are done) -> barrier -> refill tile kt-1's stage
+//   with tile kt + STAGES - 1.
+// Accumulator layout of m64nNk16 (f32): warp q of the warpgroup owns rows 16q..16q+15; lane L holds
+// for every n8 block i: d[4i], d[4i+1] = (row 16q + L/4, cols 8i + 2(L%4), +1) and d[4i+2], d[4i+3]
+// = (row 16q + L/4 + 8, same cols) — the mma.sync C fragment repeated.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "engine/backend/cuda/cuda_check.hpp"
+#include "engine/backend/cuda/grouped_gemm_tiles.cuh"
+#include "engine/backend/cuda/mma_ptx.cuh"
+
+namespace refinery::backend::cuda::grouped_gemm_detail {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+using namespace ptx;
+
+template <int BN, int STAGES, int MIN_BLOCKS>
+struct WgmmaConfig {
+  static constexpr int kBM = 128, kBN = BN, kBK = 64, kStages = STAGES, kMinBlocks = MIN_BLOCKS;
+  static constexpr int kThreads = 256;              // two warpgroups
+  static constexpr int kAcc = BN / 2;               // f32 accumulators per thread (64 x BN / 128)
+  static constexpr int kAStage = kBM * kBK * 2;     // bytes of one A stage (128 rows x 128 B)
+  static constexpr int kBStage = kBN * kBK * 2;     // bytes of one B stage
+  static constexpr size_t kSmemBytes = size_t{STAGES} * (kAStage + kBStage) + 1024;  // + alignment
+  static_assert(BN == 128 || BN == 256, "wgmma shapes m64n128k16 and m64n256k16 are wrapped");
+};
+
+// 128 x 256 x 64, 4 stages (193 KiB, one block per SM), 128 accumulators per thread.
+using Wide = WgmmaConfig<256, 4, 1>;
+// 128 x 128 x 64, 3 stages (97 KiB, two blocks per SM); REFINERY_GGEMM_TILE=128x128.
+using Narrow = WgmmaConfig<128, 3, 2>;
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads/writes across the asynchronous MMAs.
+template <int N>
+__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format") of a K-major tile whose
+// rows are 128 bytes with the 128-byte swizzle: start address, leading-dimension byte offset
+// (unused for swizzled K-major layouts; 16 B), stride byte offset 1024 B (8 rows x 128 B between
+// consecutive 8-row core-matrix groups), layout type 1 = SWIZZLE_128B. Fields are in 16-byte units.
+// Moving 16 k elements (32 B) along a row adds 2 to the start address field.
+__device__ __forceinline__ uint64_t make_descriptor(uint32_t smem_address) {
+  uint64_t d = (static_cast<uint64_t>(smem_address) & 0x3FFFF) >> 4;
+  d |= uint64_t{16 >> 4} << 16;
+  d |= uint64_t{1024 >> 4} << 32;
+  d |= uint64_t{1} << 62;
+  return d;
+}
+
+// D[64 x 128] += A[64 x 16] · B[16 x 128], A and B K-major in shared memory (descriptors:
+// make_descriptor); D is this thread's 64 f32 accumulators (layout: the file comment).
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+      "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b));
+}
+
+// D[64 x 256] += A[64 x 16] · B[16 x 256], A and B K-major in shared memory (descriptors:
+// make_descriptor); D is this thread's 128 f32 accumulators (layout: the file comment).
+__device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t desc_a, uint64_t desc_b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+      "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+      "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+      "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+        "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+        "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+        "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(desc_a), "l"(desc_b));
+}
+
+template <int BN>
+struct Wgmma;
+template <>
+struct Wgmma<128> {
+  __device__ static void mma(float (&d)[64], uint64_t a, uint64_t b) { wgmma_m64n128k16(d, a, b); }
+};
+template <>
+struct Wgmma<256> {
+  __device__ static void mma(float (&d)[128], uint64_t a, uint64_t b) { wgmma_m64n256k16(d, a, b); }
+};
+
+// Rows [0, ROWS) x columns [k0, k0 + 64) of a row-major bf16 matrix (row r at src + r·k) into one
+// swizzled stage at shared address `dst`; rows >= rows_valid and columns >= k are zero. 8 threads
+// per 128-byte row piece (coalesced).
+template <int ROWS>
+__device__ __forceinline__ void load_stage(uint32_t dst, const bf16* src, int64_t k, int rows_valid,
+                                           int k0) {
+  constexpr int kChunks = ROWS * 8;
+  static_assert(kChunks % 256 == 0, "every thread copies the same number of chunks");
+#pragma unroll
+  for (int i = 0; i < kChunks / 256; ++i) {
+    const int chunk = i * 256 + static_cast<int>(threadIdx.x);
+    const int row = chunk >> 3, c = chunk & 7;
+    const bool valid = row < rows_valid && k0 + c * 8 < k;
+    const bf16* from = valid ? src + row * k + k0 + c * 8 : src;  // src: always readable
+    cp_async_16(dst + row * 128 + ((c ^ (row & 7)) << 4), from, valid);
+  }
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <class C, class OutT>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kBM = C::kBM, kBN = C::kBN, kBK = C::kBK, kStages = C::kStages;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ MTile tile;
+  const uint32_t base = (shared_address(smem_raw) + 1023u) & ~1023u;  // swizzle atoms: 1024 B
+  const uint32_t a_base = base, b_base = base + kStages * C::kAStage;
+
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  if (warp == 0) {
+    const MTile t = find_m_tile<kBM>(p, static_cast<int>(blockIdx.y), lane);
+    if (lane == 0) tile = t;
+  }
+  __syncthreads();
+  if (tile.group < 0) return;  // past the last real tile (the grid is an upper bound)
+  const int row0 = tile.row0, rows_valid = tile.rows, group = tile.group;
+  const int n0 = static_cast<int>(blockIdx.x) * kBN;
+  const int64_t k = p.k;
+  const bf16* const a_src = p.x + int64_t{row0} * k;                // [rows_valid, k]
+  const bf16* const b_src = p.w + (int64_t{group} * p.n + n0) * k;  // [n - n0, k]
+  const int cols_valid = p.n - n0;
+  const int k_tiles = (p.k + kBK - 1) / kBK;
+
+  auto load = [&](int kt, int stage) {
+    load_stage<kBM>(a_base + stage * C::kAStage, a_src, k, rows_valid, kt * kBK);
+    load_stage<kBN>(b_base + stage * C::kBStage, b_src, k, cols_valid, kt * kBK);
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_tiles) load(s, s);
+    cp_async_commit();  // empty groups past k_tiles keep the group count uniform
+  }
+
+  const int wg = static_cast<int>(threadIdx.x) / 128;  // warpgroup: rows 64·wg ..
+  float acc[C::kAcc];
+#pragma unroll
+  for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
+
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<kStages - 2>();  // this thread's copies of tile kt have landed
+    fence_proxy_async();           // ... and are visible to the MMAs' async proxy
+    __syncthreads();               // ... for every thread's copies
+    const int stage = kt % kStages;
+    const uint64_t a_desc = make_descriptor(a_base + stage * C::kAStage + wg * 64 * 128);
+    const uint64_t b_desc = make_descriptor(b_base + stage * C::kBStage);
+    wgmma_fence();
+    fence_accumulators(acc);
+#pragma unroll
+    for (int kk = 0; kk < kBK / 16; ++kk) Wgmma<kBN>::mma(acc, a_desc + 2 * kk, b_desc + 2 * kk);
+    wgmma_commit();
+    fence_accumulators(acc);
+    wgmma_wait<1>();  // this warpgroup's MMAs of tile kt-1 are done
+    fence_accumulators(acc);
+    __syncthreads();  // ... every warpgroup's: tile kt-1's stage is free
+    const int next = kt + kStages - 1;
+    if (next < k_tiles) load(next, next % kStages);
+    cp_async_commit();
+  }
+  wgmma_wait<0>();
+  fence_accumulators(acc);
+  cp_async_wait<0>();  // only empty groups can be pending; leave nothing in flight
+
+  OutT* const y = static_cast<OutT*>(p.y);
+  const int row_base = wg * 64 + (warp % 4) * 16 + (lane >> 2);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row_base + 8 * r;  // within the tile
+    if (row >= rows_valid) continue;
+    OutT* const y_row = y + (int64_t{row0} + row) * p.n + n0;
+#pragma unroll
+    for (int i = 0; i < kBN / 8; ++i) {
+      const int col = 8 * i + 2 * (lane & 3);
+      if (col < cols_valid) store_pair(y_row, col, acc[4 * i + 2 * r], acc[4 * i + 2 * r + 1]);
+    }
+  }
+#else
+  __trap();  // compiled for sm_90a only; the launcher checks the device first
+#endif
+}
+
+template <class C, class OutT>
+void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream_t stream) {
+  constexpr size_t kSmem = C::kSmemBytes;
+  REFINERY_CUDA_CHECK(cudaFuncSetAttribute(wgmma_kernel<C, OutT>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(kSmem)));
+  // Σ_g ceil(rows_g / BM) <= ceil(rows_total / BM) + groups (grouped_gemm_tiles.cuh).
+  const int64_t m_tiles_bound = (rows_total + C::kBM - 1) / C::kBM + groups;
+  const int64_t n_tiles = (params.n + C::kBN - 1) / C::kBN;
+  REFINERY_CHECK(m_tiles_bound <= 65535, "grouped_gemm: ", m_tiles_bound,
+                 " row tiles exceed the grid limit 65535");
+  const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles_bound));
+  wgmma_kernel<C, OutT><<<grid, C::kThreads, kSmem, stream>>>(params);
+  REFINERY_CUDA_CHECK_LAUNCH("grouped_gemm (wgmma)");
+}
+
+template <class C>
+void launch_config(const Params& params, bool y_f32, int64_t rows_total, int64_t groups,
+                   cudaStream_t stream) {
+  if (y_f32)
+    launch<C, float>(params, rows_total, groups, stream);
+  else
+    launch<C, bf16>(params, rows_total, groups, stream);
+}
+
+}  // namespace
+
+bool wgmma_available() {
+  int device = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  static std::mutex mutex;
+  static std::vector<int> known;  // per device: -1 unknown, 0 no, 1 yes
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (known.size() <= static_cast<std::size_t>(device)) known.resize(device + 1, -1);
+  if (known[device] < 0) {
+    int major = 0, minor = 0;
+    REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    known[device] = major == 9 && minor == 0 ? 1 : 0;  // sm_90a code runs on compute 9.0 only
+  }
+  return known[device] == 1;
+}
+
+void launch_wgmma(const Params& params, bool y_f32, int64_t rows_total, int64_t groups,
+                  cudaStream_t stream) {
+  REFINERY_CHECK(wgmma_available(), "grouped_gemm: the wgmma kernel needs a compute 9.0 GPU");
+  const char* tile = std::getenv("REFINERY_GGEMM_TILE");
+  if (tile != nullptr && std::strcmp(tile, "128x128") == 0)
+    launch_config<Narrow>(params, y_f32, rows_total, groups, stream);
+  else
+    launch_config<Wide>(params, y_f32, rows_total, groups, stream);
+}
+
+}  // namespace refinery::backend::cuda::grouped_gemm_detail

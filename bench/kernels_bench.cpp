@@ -10,8 +10,8 @@
 //   experts    moe_experts, T = 2048 and 8192 tokens, 64 experts of 2048 -> 1408, top-6
 //              (distinct experts per token, uniform); FLOPs = 2·T·k·3·2048·1408     -> TFLOP/s
 //              by default and with each route forced (REFINERY_MOE_GEMM=ggemm|cublas); then the
-//              grouped GEMM kernels alone on the gate|up shape (mma.sync, wgmma 128x256 and
-//              128x128 tiles)                                                         -> TFLOP/s
+//              grouped GEMM kernels alone on the gate|up shape (mma.sync, wgmma 128x128 and
+//              128x256 tiles)                                                         -> TFLOP/s
 //   copy       add of two 2^28-element bf16 tensors: 3 x 512 MiB moved             -> TB/s
 // Prints one JSON line. The card's ceilings (issue 4): bf16 GEMM ≈ 779 TFLOP/s, copy ≈ 2.99 TB/s.
 #include <algorithm>
@@ -166,8 +166,8 @@ int main() {
         };
         for (const Variant& v : {Variant{"mma", backend::cuda::GroupedGemmKernel::kMmaSync, ""},
                                  Variant{"wgmma", backend::cuda::GroupedGemmKernel::kWgmma, ""},
-                                 Variant{"wgmma128", backend::cuda::GroupedGemmKernel::kWgmma,
-                                         "128x128"}}) {
+                                 Variant{"wgmma256", backend::cuda::GroupedGemmKernel::kWgmma,
+                                         "128x256"}}) {
           if (v.kernel == backend::cuda::GroupedGemmKernel::kWgmma &&
               !backend::cuda::grouped_gemm_wgmma_available())
             continue;

@@ -38,6 +38,7 @@ namespace refinery::backend::cuda {
 namespace {
 
 using bf16 = __nv_bfloat16;
+using grouped_gemm_detail::a_row;
 using grouped_gemm_detail::find_m_tile;
 using grouped_gemm_detail::MTile;
 using grouped_gemm_detail::Params;
@@ -73,13 +74,13 @@ using Config128x256 = TileConfig<128, 256, 32, 4, 2, 4, 1>;
 // ---- PTX wrappers: mma_ptx.cuh ----------------------------------------------------------------
 using namespace ptx;
 
-// Rows [0, ROWS) x columns [k0, k0 + BK) of a row-major bf16 matrix (row r at src + r·k) into a
-// shared stage of rows of BK + kPad elements; rows >= rows_valid and columns >= k are zero.
+// Rows [0, ROWS) x columns [k0, k0 + BK) of a row-major bf16 matrix into a shared stage of rows of
+// BK + kPad elements; rows >= rows_valid and columns >= k are zero. Row r starts at row_of(r).
 // Consecutive threads take consecutive 16-byte chunks of a row (BK = 32: 4 threads per 64-B row
-// piece; rows are k·2 bytes apart, so each 64-B piece is 2 full sectors).
-template <class C, int ROWS>
-__device__ __forceinline__ void load_stage(bf16* dst, const bf16* src, int64_t k, int rows_valid,
-                                           int k0) {
+// piece; each 64-B piece is 2 full sectors).
+template <class C, int ROWS, class RowOf>
+__device__ __forceinline__ void load_stage(bf16* dst, RowOf row_of, int64_t k, int rows_valid,
+                                           int k0, const bf16* readable) {
   constexpr int kChunksPerRow = C::kBK / 8;
   constexpr int kChunks = ROWS * kChunksPerRow;
 #pragma unroll
@@ -87,7 +88,7 @@ __device__ __forceinline__ void load_stage(bf16* dst, const bf16* src, int64_t k
     const int chunk = i * C::kThreads + static_cast<int>(threadIdx.x);
     const int row = chunk / kChunksPerRow, col = (chunk % kChunksPerRow) * 8;
     const bool valid = row < rows_valid && k0 + col < k;
-    const bf16* from = valid ? src + row * k + k0 + col : src;  // src: always a readable address
+    const bf16* from = valid ? row_of(row) + k0 + col : readable;  // always a readable address
     cp_async_16(shared_address(dst + row * C::kStride + col), from, valid);
   }
 }
@@ -117,14 +118,15 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) grouped_gemm_kerne
   const int n0 = static_cast<int>(blockIdx.x) * kBN;
 
   const int64_t k = p.k;
-  const bf16* const a_src = p.x + int64_t{row0} * k;                          // [rows_valid, k]
   const bf16* const b_src = p.w + (int64_t{group} * p.n + n0) * k;            // [n - n0, k]
+  const auto a_rows = [&](int row) { return a_row(p, row0, row); };
+  const auto b_rows = [&](int row) { return b_src + row * k; };
   const int cols_valid = p.n - n0;
   const int k_tiles = (p.k + kBK - 1) / kBK;
 
   auto load = [&](int kt, int stage) {
-    load_stage<C, kBM>(a_s + stage * C::kAElems, a_src, k, rows_valid, kt * kBK);
-    load_stage<C, kBN>(b_s + stage * C::kBElems, b_src, k, cols_valid, kt * kBK);
+    load_stage<C, kBM>(a_s + stage * C::kAElems, a_rows, k, rows_valid, kt * kBK, p.x);
+    load_stage<C, kBN>(b_s + stage * C::kBElems, b_rows, k, cols_valid, kt * kBK, p.w);
   };
 
   // Prologue: tiles 0 .. kStages-2 in flight, one commit group each (empty groups past k_tiles
@@ -259,7 +261,8 @@ void grouped_gemm_bf16(const GroupedGemmArgs& a, void* stream, GroupedGemmKernel
                       static_cast<int>(a.groups),
                       static_cast<int>(a.rows_total),
                       static_cast<int>(a.n),
-                      static_cast<int>(a.k)};
+                      static_cast<int>(a.k),
+                      a.x_rows};
   const auto s = static_cast<cudaStream_t>(stream);
   static const bool mma_forced = [] {
     const char* v = std::getenv("REFINERY_GGEMM_KERNEL");

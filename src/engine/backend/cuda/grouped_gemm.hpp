@@ -14,13 +14,17 @@ namespace refinery::backend::cuda {
 //   to nearest even) or f32 (y_f32). `offsets` lives on the DEVICE (the host never needs the
 //   per-group counts, so no synchronization): int32 [groups + 1], non-decreasing, offsets[0] = 0,
 //   offsets[groups] = rows_total. Empty groups are fine. Rows outside every group are not written.
+// With x_rows (device int32 [rows_total]), row r reads x[x_rows[r], :] instead of x[r, :]: the MoE
+// permutation fused into the operand load (x then has any number of rows; every index must be a
+// row of it).
 struct GroupedGemmArgs {
-  const void* x;           // bf16 [rows_total, k]
+  const void* x;           // bf16 [rows_total, k] (or indexed by x_rows)
   const void* w;           // bf16 [groups, n, k]
   void* y;                 // [rows_total, n], bf16 or f32 (y_f32)
   const int32_t* offsets;  // device int32 [groups + 1]
   int64_t groups, rows_total, n, k;
   bool y_f32;
+  const int32_t* x_rows = nullptr;
 };
 
 // Which kernel runs the call: kAuto picks wgmma on compute 9.0 GPUs (H100/H200) unless

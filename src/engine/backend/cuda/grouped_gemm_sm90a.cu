@@ -53,10 +53,12 @@ struct WgmmaConfig {
   static_assert(BN == 128 || BN == 256, "wgmma shapes m64n128k16 and m64n256k16 are wrapped");
 };
 
-// 128 x 256 x 64, 4 stages (193 KiB, one block per SM), 128 accumulators per thread.
-using Wide = WgmmaConfig<256, 4, 1>;
-// 128 x 128 x 64, 3 stages (97 KiB, two blocks per SM); REFINERY_GGEMM_TILE=128x128.
+// 128 x 128 x 64, 3 stages (97 KiB, two blocks per SM): the default. On an H100 (2026-11-27,
+// kernels_bench, V2-Lite gate|up) 481 TFLOP/s at T 8192 and 363 at T 2048, vs 434 / 345 for:
 using Narrow = WgmmaConfig<128, 3, 2>;
+// 128 x 256 x 64, 4 stages (193 KiB, one block per SM), 128 accumulators per thread;
+// REFINERY_GGEMM_TILE=128x256.
+using Wide = WgmmaConfig<256, 4, 1>;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -158,12 +160,12 @@ struct Wgmma<256> {
   __device__ static void mma(float (&d)[128], uint64_t a, uint64_t b) { wgmma_m64n256k16(d, a, b); }
 };
 
-// Rows [0, ROWS) x columns [k0, k0 + 64) of a row-major bf16 matrix (row r at src + r·k) into one
-// swizzled stage at shared address `dst`; rows >= rows_valid and columns >= k are zero. 8 threads
-// per 128-byte row piece (coalesced).
-template <int ROWS>
-__device__ __forceinline__ void load_stage(uint32_t dst, const bf16* src, int64_t k, int rows_valid,
-                                           int k0) {
+// Rows [0, ROWS) x columns [k0, k0 + 64) of a row-major bf16 matrix (row r starts at row_of(r))
+// into one swizzled stage at shared address `dst`; rows >= rows_valid and columns >= k are zero.
+// 8 threads per 128-byte row piece (coalesced).
+template <int ROWS, class RowOf>
+__device__ __forceinline__ void load_stage(uint32_t dst, RowOf row_of, int64_t k, int rows_valid,
+                                           int k0, const bf16* readable) {
   constexpr int kChunks = ROWS * 8;
   static_assert(kChunks % 256 == 0, "every thread copies the same number of chunks");
 #pragma unroll
@@ -171,7 +173,7 @@ __device__ __forceinline__ void load_stage(uint32_t dst, const bf16* src, int64_
     const int chunk = i * 256 + static_cast<int>(threadIdx.x);
     const int row = chunk >> 3, c = chunk & 7;
     const bool valid = row < rows_valid && k0 + c * 8 < k;
-    const bf16* from = valid ? src + row * k + k0 + c * 8 : src;  // src: always readable
+    const bf16* from = valid ? row_of(row) + k0 + c * 8 : readable;  // always a readable address
     cp_async_16(dst + row * 128 + ((c ^ (row & 7)) << 4), from, valid);
   }
 }
@@ -197,14 +199,15 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
   const int row0 = tile.row0, rows_valid = tile.rows, group = tile.group;
   const int n0 = static_cast<int>(blockIdx.x) * kBN;
   const int64_t k = p.k;
-  const bf16* const a_src = p.x + int64_t{row0} * k;                // [rows_valid, k]
   const bf16* const b_src = p.w + (int64_t{group} * p.n + n0) * k;  // [n - n0, k]
+  const auto a_rows = [&](int row) { return a_row(p, row0, row); };
+  const auto b_rows = [&](int row) { return b_src + row * k; };
   const int cols_valid = p.n - n0;
   const int k_tiles = (p.k + kBK - 1) / kBK;
 
   auto load = [&](int kt, int stage) {
-    load_stage<kBM>(a_base + stage * C::kAStage, a_src, k, rows_valid, kt * kBK);
-    load_stage<kBN>(b_base + stage * C::kBStage, b_src, k, cols_valid, kt * kBK);
+    load_stage<kBM>(a_base + stage * C::kAStage, a_rows, k, rows_valid, kt * kBK, p.x);
+    load_stage<kBN>(b_base + stage * C::kBStage, b_rows, k, cols_valid, kt * kBK, p.w);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -306,10 +309,10 @@ void launch_wgmma(const Params& params, bool y_f32, int64_t rows_total, int64_t 
                   cudaStream_t stream) {
   REFINERY_CHECK(wgmma_available(), "grouped_gemm: the wgmma kernel needs a compute 9.0 GPU");
   const char* tile = std::getenv("REFINERY_GGEMM_TILE");
-  if (tile != nullptr && std::strcmp(tile, "128x128") == 0)
-    launch_config<Narrow>(params, y_f32, rows_total, groups, stream);
-  else
+  if (tile != nullptr && std::strcmp(tile, "128x256") == 0)
     launch_config<Wide>(params, y_f32, rows_total, groups, stream);
+  else
+    launch_config<Narrow>(params, y_f32, rows_total, groups, stream);
 }
 
 }  // namespace refinery::backend::cuda::grouped_gemm_detail

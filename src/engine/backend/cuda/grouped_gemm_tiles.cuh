@@ -16,12 +16,19 @@
 namespace refinery::backend::cuda::grouped_gemm_detail {
 
 struct Params {
-  const __nv_bfloat16* x;  // [rows_total, k]
+  const __nv_bfloat16* x;  // [rows_total, k], or rows picked by x_rows
   const __nv_bfloat16* w;  // [groups, n, k]
   void* y;                 // [rows_total, n], bf16 or f32
   const int32_t* offsets;  // device [groups + 1]
   int groups, rows_total, n, k;
+  const int32_t* x_rows;   // device [rows_total] or nullptr: row r of the problem is x[x_rows[r]]
 };
+
+// Where row `row` (of a tile starting at problem row row0) of the A operand starts.
+__device__ __forceinline__ const __nv_bfloat16* a_row(const Params& p, int row0, int row) {
+  const int64_t r = p.x_rows != nullptr ? int64_t{p.x_rows[row0 + row]} : int64_t{row0} + row;
+  return p.x + r * p.k;
+}
 
 struct MTile {
   int group;  // -1: past the last real tile

@@ -130,14 +130,24 @@ __global__ void gather_padded_kernel(const T* x, const int32_t* source, int64_t 
 }
 
 // h[r, j] = silu(gu[r, j]) * gu[r, inter + j] as bf16: gu [rows, 2 * inter] holds gate | up.
+// Grid: x over columns, y over rows (no 64-bit division per element).
 template <typename T>
 __global__ void swiglu_pairs_kernel(const T* gu, int64_t rows, int64_t inter, __nv_bfloat16* h) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * inter;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = i / inter, j = i % inter;
-    const float g = to_f32(gu[r * 2 * inter + j]), u = to_f32(gu[r * 2 * inter + inter + j]);
-    h[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const T* g_row = gu + r * 2 * inter;
+    __nv_bfloat16* h_row = h + r * inter;
+    for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < inter;
+         j += int64_t{gridDim.x} * blockDim.x) {
+      const float g = to_f32(g_row[j]), u = to_f32(g_row[inter + j]);
+      h_row[j] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * u);
+    }
   }
+}
+
+// The launch shape of swiglu_pairs_kernel.
+dim3 swiglu_pairs_grid(int64_t rows, int64_t inter) {
+  return dim3(static_cast<unsigned>((inter + kThreads - 1) / kThreads),
+              static_cast<unsigned>(std::clamp<int64_t>(rows, 1, 65535)));
 }
 
 // For each of `batch` problems b: C_b[m, n] (column-major) = op_T(A_b) · B_b, i.e. row-major
@@ -207,23 +217,30 @@ void CudaBackend::moe_experts_grouped_on_device(const Tensor& x, const Tensor& e
       route_pairs_on_device(experts.data<int32_t>(), weights.data<float>(), t_count, k, e_count,
                             words.mutable_data<int32_t>(), stream_);
   sync_if_debugging("moe_experts (routing)");
-  Tensor xs = empty(DType::kBF16, {n, hidden});  // the routed rows, expert-contiguous
-  dispatch_activation(act, "moe_experts (permute)", [&](auto tag) {
-    using T = decltype(tag);
-    gather_padded_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream_>>>(
-        static_cast<const T*>(x.data()), r.perm_token, n, hidden,
-        static_cast<__nv_bfloat16*>(xs.mutable_data()));
-  });
-  REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
+  // The permutation: bf16 activations are read in place by the GEMM through perm_token; f32 ones
+  // are gathered into a bf16 copy xs [n, hidden] first.
+  Tensor xs;
+  if (act != DType::kBF16) {
+    xs = empty(DType::kBF16, {n, hidden});
+    dispatch_activation(act, "moe_experts (permute)", [&](auto tag) {
+      using T = decltype(tag);
+      gather_padded_kernel<T><<<grid_for(n * hidden), kThreads, 0, stream_>>>(
+          static_cast<const T*>(x.data()), r.perm_token, n, hidden,
+          static_cast<__nv_bfloat16*>(xs.mutable_data()));
+    });
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
+  }
+  const bool fused = act == DType::kBF16;
   Tensor gu = empty(act, {n, 2 * inter});  // gate | up of every pair
-  grouped_gemm_bf16({xs.data(), stack.gate_up.data(), gu.mutable_data(), r.group_offsets, e_count,
-                     n, 2 * inter, hidden, act == DType::kF32},
+  grouped_gemm_bf16({fused ? x.data() : xs.data(), stack.gate_up.data(), gu.mutable_data(),
+                     r.group_offsets, e_count, n, 2 * inter, hidden, act == DType::kF32,
+                     fused ? r.perm_token : nullptr},
                     stream_);
   sync_if_debugging("moe_experts (gate|up)");
   Tensor h = empty(DType::kBF16, {n, inter});
   dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
     using T = decltype(tag);
-    swiglu_pairs_kernel<T><<<grid_for(n * inter), kThreads, 0, stream_>>>(
+    swiglu_pairs_kernel<T><<<swiglu_pairs_grid(n, inter), kThreads, 0, stream_>>>(
         static_cast<const T*>(gu.data()), n, inter, static_cast<__nv_bfloat16*>(h.mutable_data()));
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
@@ -371,7 +388,7 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
     Tensor h = empty(DType::kBF16, {rows, inter});
     dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
       using T = decltype(tag);
-      swiglu_pairs_kernel<T><<<grid_for(rows * inter), kThreads, 0, stream_>>>(
+      swiglu_pairs_kernel<T><<<swiglu_pairs_grid(rows, inter), kThreads, 0, stream_>>>(
           static_cast<const T*>(gu.data()), rows, inter,
           static_cast<__nv_bfloat16*>(h.mutable_data()));
     });

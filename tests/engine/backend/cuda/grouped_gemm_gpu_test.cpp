@@ -11,6 +11,7 @@
 // unwritten element fails.
 #include "engine/backend/cuda/grouped_gemm.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
@@ -52,17 +53,24 @@ std::vector<int64_t> rows_to_check(const Case& c, const std::vector<int32_t>& of
 }
 
 // Runs the kernel with y in f32 and in bf16 and compares the checked rows with the reference.
+// indexed: the problem's rows are picked from a larger x through x_rows (a random map onto the
+// rows of an x with 3 more rows than the problem), as the MoE permutation does.
 void check_case(const Case& c, uint64_t seed, const std::string& label,
-                GroupedGemmKernel kernel) {
+                GroupedGemmKernel kernel, bool indexed = false) {
   const int64_t groups = static_cast<int64_t>(c.sizes.size());
   std::vector<int32_t> offsets(c.sizes.size() + 1, 0);
   std::partial_sum(c.sizes.begin(), c.sizes.end(), offsets.begin() + 1);
   const int64_t rows_total = offsets.back();
   ASSERT_TRUE(grouped_gemm_supports(c.n, c.k));
 
-  const Tensor x = convert(random_f32({rows_total, c.k}, seed), DType::kBF16);
+  const int64_t x_count = indexed ? rows_total + 3 : rows_total;
+  const Tensor x = convert(random_f32({x_count, c.k}, seed), DType::kBF16);
   const Tensor w = convert(random_f32({groups, c.n, c.k}, seed + 1, 0.05f), DType::kBF16);
   const std::vector<float> xv = values(x), wv = values(w);
+  std::vector<int32_t> x_rows(static_cast<std::size_t>(rows_total));
+  std::mt19937_64 pick(seed + 2);
+  for (int64_t r = 0; r < rows_total; ++r)
+    x_rows[r] = indexed ? static_cast<int32_t>(pick() % x_count) : static_cast<int32_t>(r);
   const std::vector<int64_t> rows = rows_to_check(c, offsets);
 
   // Reference and bound for the checked rows: want/bound [rows.size(), n].
@@ -74,7 +82,7 @@ void check_case(const Case& c, uint64_t seed, const std::string& label,
   for (int64_t ri = 0; ri < checked; ++ri) {
     const int64_t r = rows[ri];
     while (offsets[g + 1] <= r) ++g;  // rows are increasing: the group of row r
-    const float* xr = &xv[r * c.k];
+    const float* xr = &xv[int64_t{x_rows[r]} * c.k];
     for (int64_t j = 0; j < c.n; ++j) {
       const float* wr = &wv[(g * c.n + j) * c.k];
       double acc = 0.0, acc_abs = 0.0;
@@ -90,11 +98,14 @@ void check_case(const Case& c, uint64_t seed, const std::string& label,
 
   const Tensor x_gpu = gpu(x), w_gpu = gpu(w);
   const Tensor off_gpu = gpu(Tensor::copy_of(DType::kI32, {groups + 1}, offsets.data()));
+  const Tensor rows_gpu =
+      gpu(Tensor::copy_of(DType::kI32, {std::max<int64_t>(rows_total, 1)}, x_rows.data()));
   for (const bool y_f32 : {true, false}) {
     const DType y_dtype = y_f32 ? DType::kF32 : DType::kBF16;
     Tensor y = poisoned_gpu({rows_total, c.n}, y_dtype);
     const GroupedGemmArgs args{x_gpu.data(), w_gpu.data(), y.mutable_data(),
-                               off_gpu.data<int32_t>(), groups, rows_total, c.n, c.k, y_f32};
+                               off_gpu.data<int32_t>(), groups, rows_total, c.n, c.k, y_f32,
+                               indexed ? rows_gpu.data<int32_t>() : nullptr};
     grouped_gemm_bf16(args, nullptr, kernel);  // default stream: the download below waits for it
 
     const std::vector<float> yv = values(y);
@@ -183,18 +194,29 @@ TEST(GroupedGemmGpu, MatchesDoubleReferenceOnMoeShapes) {
   }
 }
 
-// The other tile of each kernel is opt-in through REFINERY_GGEMM_TILE (benchmarking): mma.sync's
-// 128 x 256 and wgmma's 128 x 128; they must agree too.
+// The wide 128 x 256 tile of each kernel is opt-in through REFINERY_GGEMM_TILE (benchmarking); it
+// must agree too.
 TEST(GroupedGemmGpu, OtherTilesMatchDoubleReference) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   for (const auto& [kernel, name] : kernels_here()) {
-    const ScopedEnv tile("REFINERY_GGEMM_TILE",
-                         kernel == GroupedGemmKernel::kWgmma ? "128x128" : "128x256");
+    const ScopedEnv tile("REFINERY_GGEMM_TILE", "128x256");
     uint64_t seed = 6100;
     for (const Case& c : small_cases())
       check_case(c, seed += 10, "grouped gemm other tile " + name, kernel);
     check_case({moe_like_sizes(64, 93), 2816, 2048, true}, 6300,
                "grouped gemm other tile gate|up " + name, kernel);
+  }
+}
+
+// Rows picked through x_rows (the MoE permutation fused into the operand load).
+TEST(GroupedGemmGpu, IndexedRowsMatchDoubleReference) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  for (const auto& [kernel, name] : kernels_here()) {
+    uint64_t seed = 8100;
+    for (const Case& c : small_cases())
+      check_case(c, seed += 10, "grouped gemm indexed " + name, kernel, true);
+    check_case({moe_like_sizes(64, 95), 2816, 2048, true}, 8300,
+               "grouped gemm indexed gate|up " + name, kernel, true);
   }
 }
 

@@ -44,13 +44,23 @@ __global__ void sigmoid_gate_kernel(const T* x, const T* g, int64_t rows, int64_
   }
 }
 
-template <typename T>
+// dst[r, j] = src[r / repeat, j] for j < width; V elements move as one 16-byte vector when the
+// caller checked the alignment (V = 16 / sizeof(T)), else V = 1.
+template <typename T, int V>
 __global__ void copy_columns_kernel(const T* src, int64_t src_stride, T* dst, int64_t dst_stride,
                                     int64_t rows, int64_t width, int64_t repeat) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < rows * width;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = i / width, j = i % width;
-    dst[r * dst_stride + j] = src[(r / repeat) * src_stride + j];
+  const int64_t vectors = width / V;
+  for (int64_t r = blockIdx.y * int64_t{blockDim.y} + threadIdx.y; r < rows;
+       r += int64_t{gridDim.y} * blockDim.y) {
+    const T* s = src + (r / repeat) * src_stride;
+    T* d = dst + r * dst_stride;
+    for (int64_t j = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; j < vectors;
+         j += int64_t{gridDim.x} * blockDim.x) {
+      if constexpr (V == 1)
+        d[j] = s[j];
+      else
+        reinterpret_cast<uint4*>(d)[j] = reinterpret_cast<const uint4*>(s)[j];
+    }
   }
 }
 
@@ -139,9 +149,19 @@ void CudaBackend::copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, 
   if (rows * width == 0) return;
   dispatch_activation(dst.dtype(), "copy_columns", [&](auto tag) {
     using T = decltype(tag);
-    copy_columns_kernel<T><<<grid_for(rows * width), kThreads, 0, stream_>>>(
-        static_cast<const T*>(src.data()) + src_col, cs, static_cast<T*>(dst.mutable_data()) + dst_col,
-        cd, rows, width, n);
+    const T* from = static_cast<const T*>(src.data()) + src_col;
+    T* to = static_cast<T*>(dst.mutable_data()) + dst_col;
+    constexpr int64_t kV = 16 / sizeof(T);  // elements per 16-byte vector
+    const bool vector = width % kV == 0 && cs % kV == 0 && cd % kV == 0 &&
+                        reinterpret_cast<uintptr_t>(from) % 16 == 0 &&
+                        reinterpret_cast<uintptr_t>(to) % 16 == 0;
+    const RowColumnLaunch launch = row_column_launch(rows, vector ? width / kV : width);
+    if (vector)
+      copy_columns_kernel<T, kV><<<launch.grid, launch.block, 0, stream_>>>(from, cs, to, cd, rows,
+                                                                            width, n);
+    else
+      copy_columns_kernel<T, 1><<<launch.grid, launch.block, 0, stream_>>>(from, cs, to, cd, rows,
+                                                                           width, n);
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "copy_columns");
 }

@@ -81,4 +81,21 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 16));
 }
 
+// A 2-D launch over a [rows, cols] index space without a 64-bit division per element: threads
+// along x walk the columns of a row (up to 256 of them; fewer for narrow rows, the rest of the
+// block's 256 threads take further rows along y). Kernels loop over both with
+//   for (r = blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += gridDim.y * blockDim.y)
+//     for (c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
+struct RowColumnLaunch {
+  dim3 grid, block;
+};
+inline RowColumnLaunch row_column_launch(int64_t rows, int64_t cols) {
+  unsigned tx = 32;
+  while (tx < 256 && static_cast<int64_t>(tx) < cols) tx *= 2;
+  const unsigned ty = kThreads / tx;
+  const int64_t gx = std::clamp<int64_t>((cols + tx - 1) / tx, 1, 65535);
+  const int64_t gy = std::clamp<int64_t>((rows + ty - 1) / ty, 1, 65535);
+  return {dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), dim3(tx, ty)};
+}
+
 }  // namespace refinery::backend::cuda

@@ -27,16 +27,19 @@ template <typename T>
 __global__ void scatter_add_csr_kernel(const T* x, int64_t d, const int32_t* entry,
                                        const float* scale, const int32_t* offsets,
                                        const int32_t* targets, int64_t n_targets, T* y) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n_targets * d;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t u = i / d, c = i % d;
-    T* out = y + static_cast<int64_t>(targets[u]) * d + c;
-    float acc = to_f32(*out);
-    for (int32_t e = offsets[u]; e < offsets[u + 1]; ++e) {
-      const int64_t src = entry[e];
-      acc += scale[src] * to_f32(x[src * d + c]);
+  for (int64_t u = blockIdx.y * int64_t{blockDim.y} + threadIdx.y; u < n_targets;
+       u += int64_t{gridDim.y} * blockDim.y) {
+    T* const y_row = y + static_cast<int64_t>(targets[u]) * d;
+    const int32_t first = offsets[u], last = offsets[u + 1];
+    for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < d;
+         c += int64_t{gridDim.x} * blockDim.x) {
+      float acc = to_f32(y_row[c]);
+      for (int32_t e = first; e < last; ++e) {
+        const int64_t src = entry[e];
+        acc += scale[src] * to_f32(x[src * d + c]);
+      }
+      y_row[c] = from_f32<T>(acc);
     }
-    *out = from_f32<T>(acc);
   }
 }
 
@@ -49,7 +52,8 @@ void CudaBackend::scatter_add_csr(const Tensor& x, const int32_t* entry, const f
   if (n_targets * d == 0) return;
   dispatch_activation(y.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
-    scatter_add_csr_kernel<T><<<grid_for(n_targets * d), kThreads, 0, stream_>>>(
+    const RowColumnLaunch launch = row_column_launch(n_targets, d);
+    scatter_add_csr_kernel<T><<<launch.grid, launch.block, 0, stream_>>>(
         static_cast<const T*>(x.data()), d, entry, scale, offsets, targets, n_targets,
         static_cast<T*>(y.mutable_data()));
   });

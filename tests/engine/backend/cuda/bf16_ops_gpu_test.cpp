@@ -67,6 +67,29 @@ TEST_F(Bf16OpsGpu, ElementwiseOpsRoundOnce) {
     for (int64_t c = 3; c < 43; ++c) ASSERT_EQ(g[r * 50 + c], wv[r * 50 + c]) << r << "," << c;
 }
 
+// copy_columns on MLA's aligned shapes takes the 16-byte vector path (width, strides and offsets
+// multiples of 8 bf16): kv [T·H, 256] -> keys [T·H, 192] (nope part), values [T·H, 128], and the
+// shared rope key [T, 64] broadcast to the H rows of its token (repeat = H). Exact copies.
+TEST_F(Bf16OpsGpu, CopyColumnsVectorPathIsExact) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  const int64_t t = 75, heads = 3;
+  const auto [kv, kv_gpu] = inputs({t * heads, 256}, 31);
+  const auto [pe, pe_gpu] = inputs({t, 64}, 32);
+  Tensor want_k = Tensor::empty(DType::kF32, {t * heads, 192});
+  Tensor want_v = Tensor::empty(DType::kF32, {t * heads, 128});
+  Tensor got_k = poisoned_gpu({t * heads, 192}, DType::kBF16);
+  Tensor got_v = poisoned_gpu({t * heads, 128}, DType::kBF16);
+  cpu->copy_columns(kv, 0, want_k, 0, 128);
+  cpu->copy_columns(kv, 128, want_v, 0, 128);
+  cpu->copy_columns(pe, 0, want_k, 128, 64);
+  be->copy_columns(kv_gpu, 0, got_k, 0, 128);
+  be->copy_columns(kv_gpu, 128, got_v, 0, 128);
+  be->copy_columns(pe_gpu, 0, got_k, 128, 64);
+  EXPECT_TRUE(close("copy_columns keys (vector path)", got_k, want_k, 0.0));
+  EXPECT_TRUE(close("copy_columns values (vector path)", got_v, want_v, 0.0));
+}
+
 TEST_F(Bf16OpsGpu, LinearWritesBf16AndF32) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   auto be = backend::make_cuda_backend(0);

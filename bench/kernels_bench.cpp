@@ -180,6 +180,15 @@ int main() {
           json += str(", \"ggemm_", v.name, "_gate_up_T", t, "_tflops\": ", gemm_flops / sg / 1e12);
         }
         unsetenv("REFINERY_GGEMM_TILE");
+        if (backend::cuda::grouped_gemm_fused_swiglu_available()) {  // + SwiGLU in the epilogue
+          Tensor h = be->empty(DType::kBF16, {rows, inter});
+          const backend::cuda::GroupedGemmArgs args{
+              xs.data(), gate_up.data(), h.mutable_data(), off.data<int32_t>(), e_count, rows,
+              inter, hidden, false, nullptr, true};
+          const double sg =
+              time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
+          json += str(", \"ggemm_wgmma_swiglu_gate_up_T", t, "_tflops\": ", gemm_flops / sg / 1e12);
+        }
       }
     }
     {  // copy bandwidth

@@ -234,6 +234,12 @@ void launch_config(const GroupedGemmArgs& a, const Params& params, cudaStream_t 
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// REFINERY_GGEMM_KERNEL=mma: kAuto runs mma.sync even where wgmma could (read per call).
+bool mma_forced() {
+  const char* v = std::getenv("REFINERY_GGEMM_KERNEL");
+  return v != nullptr && std::strcmp(v, "mma") == 0;
+}
+
 }  // namespace
 
 bool grouped_gemm_supports(int64_t n, int64_t k) {
@@ -241,6 +247,10 @@ bool grouped_gemm_supports(int64_t n, int64_t k) {
 }
 
 bool grouped_gemm_wgmma_available() { return grouped_gemm_detail::wgmma_available(); }
+
+bool grouped_gemm_fused_swiglu_available() {
+  return !mma_forced() && grouped_gemm_detail::wgmma_available();
+}
 
 void grouped_gemm_bf16(const GroupedGemmArgs& a, void* stream, GroupedGemmKernel kernel) {
   REFINERY_CHECK(grouped_gemm_supports(a.n, a.k), "grouped_gemm: n ", a.n, ", k ", a.k,
@@ -262,14 +272,15 @@ void grouped_gemm_bf16(const GroupedGemmArgs& a, void* stream, GroupedGemmKernel
                       static_cast<int>(a.rows_total),
                       static_cast<int>(a.n),
                       static_cast<int>(a.k),
-                      a.x_rows};
+                      a.x_rows,
+                      a.swiglu};
   const auto s = static_cast<cudaStream_t>(stream);
-  static const bool mma_forced = [] {
-    const char* v = std::getenv("REFINERY_GGEMM_KERNEL");
-    return v != nullptr && std::strcmp(v, "mma") == 0;
-  }();
-  if (kernel == GroupedGemmKernel::kWgmma ||
-      (kernel == GroupedGemmKernel::kAuto && !mma_forced && grouped_gemm_detail::wgmma_available())) {
+  REFINERY_CHECK(!a.swiglu || (!a.y_f32 && kernel != GroupedGemmKernel::kMmaSync &&
+                                grouped_gemm_detail::wgmma_available()),
+                 "grouped_gemm: the fused SwiGLU needs the wgmma kernel (a compute 9.0 GPU) and a "
+                 "bf16 output");
+  if (a.swiglu || kernel == GroupedGemmKernel::kWgmma ||
+      (kernel == GroupedGemmKernel::kAuto && !mma_forced() && grouped_gemm_detail::wgmma_available())) {
     grouped_gemm_detail::launch_wgmma(params, a.y_f32, a.rows_total, a.groups, s);
     return;
   }

@@ -25,6 +25,11 @@ struct GroupedGemmArgs {
   int64_t groups, rows_total, n, k;
   bool y_f32;
   const int32_t* x_rows = nullptr;
+  // SwiGLU fused into the epilogue (the MoE gate|up projection): w holds [groups, 2n, k], expert
+  // g's n gate rows then its n up rows, and y bf16 [rows_total, n] gets
+  //   y[r, j] = silu(x[r]·W_g[j]) · (x[r]·W_g[n + j])   from the f32 accumulators.
+  // Only the wgmma kernel has it (grouped_gemm_wgmma_available()); n a multiple of 8.
+  bool swiglu = false;
 };
 
 // Which kernel runs the call: kAuto picks wgmma on compute 9.0 GPUs (H100/H200) unless
@@ -34,6 +39,9 @@ enum class GroupedGemmKernel { kAuto, kMmaSync, kWgmma };
 
 // Whether the current device runs the wgmma kernel (a compute 9.0 GPU; false without CUDA).
 bool grouped_gemm_wgmma_available();
+// Whether a kAuto call may ask for the fused SwiGLU (GroupedGemmArgs::swiglu): wgmma available and
+// not forced off by REFINERY_GGEMM_KERNEL=mma.
+bool grouped_gemm_fused_swiglu_available();
 
 // Whether the kernel handles these sizes: n > 0 and k > 0 multiples of 8 (rows of x and w are
 // copied in 16-byte pieces). Always false in a build without CUDA.

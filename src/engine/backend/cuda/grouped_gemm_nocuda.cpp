@@ -10,6 +10,8 @@ bool grouped_gemm_supports(int64_t /*n*/, int64_t /*k*/) { return false; }
 
 bool grouped_gemm_wgmma_available() { return false; }
 
+bool grouped_gemm_fused_swiglu_available() { return false; }
+
 void grouped_gemm_bf16(const GroupedGemmArgs& /*args*/, void* /*stream*/,
                        GroupedGemmKernel /*kernel*/) {
   throw_internal_error("grouped_gemm_bf16 called in a build without the CUDA backend "

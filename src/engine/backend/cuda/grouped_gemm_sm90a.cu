@@ -161,7 +161,8 @@ struct Wgmma<256> {
 };
 
 // Rows [0, ROWS) x columns [k0, k0 + 64) of a row-major bf16 matrix (row r starts at row_of(r))
-// into one swizzled stage at shared address `dst`; rows >= rows_valid and columns >= k are zero.
+// into one swizzled stage at shared address `dst`; rows >= rows_valid, rows whose row_of is
+// nullptr and columns >= k are zero.
 // 8 threads per 128-byte row piece (coalesced).
 template <int ROWS, class RowOf>
 __device__ __forceinline__ void load_stage(uint32_t dst, RowOf row_of, int64_t k, int rows_valid,
@@ -172,15 +173,19 @@ __device__ __forceinline__ void load_stage(uint32_t dst, RowOf row_of, int64_t k
   for (int i = 0; i < kChunks / 256; ++i) {
     const int chunk = i * 256 + static_cast<int>(threadIdx.x);
     const int row = chunk >> 3, c = chunk & 7;
-    const bool valid = row < rows_valid && k0 + c * 8 < k;
-    const bf16* from = valid ? row_of(row) + k0 + c * 8 : readable;  // always a readable address
+    const bf16* row_start = row < rows_valid ? row_of(row) : nullptr;  // nullptr: a zero row
+    const bool valid = row_start != nullptr && k0 + c * 8 < k;
+    const bf16* from = valid ? row_start + k0 + c * 8 : readable;  // always a readable address
     cp_async_16(dst + row * 128 + ((c ^ (row & 7)) << 4), from, valid);
   }
 }
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-template <class C, class OutT>
+// kSwiglu: the block's 128 B rows are expert rows j0..j0+63 of the gate and the same of the up
+// projection (j0 = 64 · blockIdx.x), so the thread holding gate column c (accumulator block i < 8)
+// also holds up column c (block i + 8): the epilogue writes y[:, j0 + c] = silu(gate) · up.
+template <class C, class OutT, bool kSwiglu>
 __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const Params p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kBM = C::kBM, kBN = C::kBN, kBK = C::kBK, kStages = C::kStages;
@@ -197,17 +202,26 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
   __syncthreads();
   if (tile.group < 0) return;  // past the last real tile (the grid is an upper bound)
   const int row0 = tile.row0, rows_valid = tile.rows, group = tile.group;
-  const int n0 = static_cast<int>(blockIdx.x) * kBN;
+  static_assert(!kSwiglu || kBN == 128, "the SwiGLU tile pairs 64 gate with 64 up columns");
+  const int n0 = static_cast<int>(blockIdx.x) * (kSwiglu ? kBN / 2 : kBN);  // first output column
   const int64_t k = p.k;
-  const bf16* const b_src = p.w + (int64_t{group} * p.n + n0) * k;  // [n - n0, k]
+  const int64_t w_rows = kSwiglu ? 2 * int64_t{p.n} : p.n;  // rows of W_g
+  const bf16* const w_g = p.w + int64_t{group} * w_rows * k;
   const auto a_rows = [&](int row) { return a_row(p, row0, row); };
-  const auto b_rows = [&](int row) { return b_src + row * k; };
-  const int cols_valid = p.n - n0;
+  const auto b_rows = [&](int row) -> const bf16* {
+    if constexpr (kSwiglu) {
+      const int j = n0 + (row & 63);  // gate row j (row < 64) or up row j (row >= 64)
+      return j < p.n ? w_g + (int64_t{row >> 6} * p.n + j) * k : nullptr;
+    } else {
+      return n0 + row < p.n ? w_g + int64_t{n0 + row} * k : nullptr;
+    }
+  };
+  const int cols_valid = p.n - n0;  // output columns of this tile that exist
   const int k_tiles = (p.k + kBK - 1) / kBK;
 
   auto load = [&](int kt, int stage) {
     load_stage<kBM>(a_base + stage * C::kAStage, a_rows, k, rows_valid, kt * kBK, p.x);
-    load_stage<kBN>(b_base + stage * C::kBStage, b_rows, k, cols_valid, kt * kBK, p.w);
+    load_stage<kBN>(b_base + stage * C::kBStage, b_rows, k, kBN, kt * kBK, p.w);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -251,10 +265,22 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
     const int row = row_base + 8 * r;  // within the tile
     if (row >= rows_valid) continue;
     OutT* const y_row = y + (int64_t{row0} + row) * p.n + n0;
+    if constexpr (kSwiglu) {
+      const auto silu_times = [](float g, float u) { return g / (1.0f + expf(-g)) * u; };
 #pragma unroll
-    for (int i = 0; i < kBN / 8; ++i) {
-      const int col = 8 * i + 2 * (lane & 3);
-      if (col < cols_valid) store_pair(y_row, col, acc[4 * i + 2 * r], acc[4 * i + 2 * r + 1]);
+      for (int i = 0; i < kBN / 16; ++i) {
+        const int col = 8 * i + 2 * (lane & 3);
+        const int up = 4 * (i + kBN / 16) + 2 * r;  // the up accumulators of the same columns
+        if (col < cols_valid)
+          store_pair(y_row, col, silu_times(acc[4 * i + 2 * r], acc[up]),
+                     silu_times(acc[4 * i + 2 * r + 1], acc[up + 1]));
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kBN / 8; ++i) {
+        const int col = 8 * i + 2 * (lane & 3);
+        if (col < cols_valid) store_pair(y_row, col, acc[4 * i + 2 * r], acc[4 * i + 2 * r + 1]);
+      }
     }
   }
 #else
@@ -262,19 +288,20 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
 #endif
 }
 
-template <class C, class OutT>
+template <class C, class OutT, bool kSwiglu>
 void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream_t stream) {
   constexpr size_t kSmem = C::kSmemBytes;
-  REFINERY_CUDA_CHECK(cudaFuncSetAttribute(wgmma_kernel<C, OutT>,
+  REFINERY_CUDA_CHECK(cudaFuncSetAttribute(wgmma_kernel<C, OutT, kSwiglu>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(kSmem)));
   // Σ_g ceil(rows_g / BM) <= ceil(rows_total / BM) + groups (grouped_gemm_tiles.cuh).
   const int64_t m_tiles_bound = (rows_total + C::kBM - 1) / C::kBM + groups;
-  const int64_t n_tiles = (params.n + C::kBN - 1) / C::kBN;
+  const int64_t cols_per_tile = kSwiglu ? C::kBN / 2 : C::kBN;
+  const int64_t n_tiles = (params.n + cols_per_tile - 1) / cols_per_tile;
   REFINERY_CHECK(m_tiles_bound <= 65535, "grouped_gemm: ", m_tiles_bound,
                  " row tiles exceed the grid limit 65535");
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles_bound));
-  wgmma_kernel<C, OutT><<<grid, C::kThreads, kSmem, stream>>>(params);
+  wgmma_kernel<C, OutT, kSwiglu><<<grid, C::kThreads, kSmem, stream>>>(params);
   REFINERY_CUDA_CHECK_LAUNCH("grouped_gemm (wgmma)");
 }
 
@@ -282,9 +309,9 @@ template <class C>
 void launch_config(const Params& params, bool y_f32, int64_t rows_total, int64_t groups,
                    cudaStream_t stream) {
   if (y_f32)
-    launch<C, float>(params, rows_total, groups, stream);
+    launch<C, float, false>(params, rows_total, groups, stream);
   else
-    launch<C, bf16>(params, rows_total, groups, stream);
+    launch<C, bf16, false>(params, rows_total, groups, stream);
 }
 
 }  // namespace
@@ -308,6 +335,10 @@ bool wgmma_available() {
 void launch_wgmma(const Params& params, bool y_f32, int64_t rows_total, int64_t groups,
                   cudaStream_t stream) {
   REFINERY_CHECK(wgmma_available(), "grouped_gemm: the wgmma kernel needs a compute 9.0 GPU");
+  if (params.swiglu) {  // bf16 output, the 128-wide tile (64 gate + 64 up columns)
+    launch<Narrow, bf16, true>(params, rows_total, groups, stream);
+    return;
+  }
   const char* tile = std::getenv("REFINERY_GGEMM_TILE");
   if (tile != nullptr && std::strcmp(tile, "128x256") == 0)
     launch_config<Wide>(params, y_f32, rows_total, groups, stream);

@@ -22,6 +22,7 @@ struct Params {
   const int32_t* offsets;  // device [groups + 1]
   int groups, rows_total, n, k;
   const int32_t* x_rows;   // device [rows_total] or nullptr: row r of the problem is x[x_rows[r]]
+  bool swiglu;             // y = SwiGLU of the gate|up product (grouped_gemm.hpp); wgmma only
 };
 
 // Where row `row` (of a tile starting at problem row row0) of the A operand starts.

@@ -3,9 +3,10 @@
 //   Device-routed (moe_experts_grouped_on_device; the default on compute 9.0 GPUs, see
 //   use_device_grouped_gemm): the layer's experts stacked on the device once (gate_up [E, 2I, H],
 //   down [E, H, I]); the routing sorted into expert-contiguous order by kernels (moe_routing.cu);
-//   permute xs [N = T*k, H]; our grouped GEMM (grouped_gemm.cu: wgmma on Hopper, reading the
-//   per-expert row offsets from the device) gate|up [N, 2I]; SwiGLU; grouped GEMM down [N, H];
-//   un-permute. No host synchronization anywhere.
+//   our grouped GEMM (grouped_gemm.cu: wgmma on Hopper, reading the per-expert row offsets from the
+//   device, the routed rows of bf16 x through the permutation, SwiGLU in its epilogue) h [N, I];
+//   grouped GEMM down [N, H]; un-permute. No host synchronization anywhere. (Without wgmma:
+//   gathered xs, gate|up [N, 2I], a SwiGLU kernel.)
 //   Host-routed (everything else):
 //   0. The host reads the routing (T x k pairs, one small synchronous download: cuBLAS takes its
 //      per-expert row counts on the host) and counting-sorts the pairs by expert (token order
@@ -231,19 +232,29 @@ void CudaBackend::moe_experts_grouped_on_device(const Tensor& x, const Tensor& e
     REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (permute)");
   }
   const bool fused = act == DType::kBF16;
-  Tensor gu = empty(act, {n, 2 * inter});  // gate | up of every pair
-  grouped_gemm_bf16({fused ? x.data() : xs.data(), stack.gate_up.data(), gu.mutable_data(),
-                     r.group_offsets, e_count, n, 2 * inter, hidden, act == DType::kF32,
-                     fused ? r.perm_token : nullptr},
-                    stream_);
-  sync_if_debugging("moe_experts (gate|up)");
-  Tensor h = empty(DType::kBF16, {n, inter});
-  dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
-    using T = decltype(tag);
-    swiglu_pairs_kernel<T><<<swiglu_pairs_grid(n, inter), kThreads, 0, stream_>>>(
-        static_cast<const T*>(gu.data()), n, inter, static_cast<__nv_bfloat16*>(h.mutable_data()));
-  });
-  REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
+  const void* x_operand = fused ? x.data() : xs.data();
+  const int32_t* x_rows = fused ? r.perm_token : nullptr;
+  Tensor h = empty(DType::kBF16, {n, inter});  // silu(gate) · up of every pair
+  if (grouped_gemm_fused_swiglu_available()) {
+    // SwiGLU in the GEMM's epilogue: gate|up never reaches memory.
+    grouped_gemm_bf16({x_operand, stack.gate_up.data(), h.mutable_data(), r.group_offsets, e_count,
+                       n, inter, hidden, false, x_rows, true},
+                      stream_);
+    sync_if_debugging("moe_experts (gate|up + swiglu)");
+  } else {
+    Tensor gu = empty(act, {n, 2 * inter});  // gate | up of every pair
+    grouped_gemm_bf16({x_operand, stack.gate_up.data(), gu.mutable_data(), r.group_offsets,
+                       e_count, n, 2 * inter, hidden, act == DType::kF32, x_rows},
+                      stream_);
+    sync_if_debugging("moe_experts (gate|up)");
+    dispatch_activation(act, "moe_experts (swiglu)", [&](auto tag) {
+      using T = decltype(tag);
+      swiglu_pairs_kernel<T><<<swiglu_pairs_grid(n, inter), kThreads, 0, stream_>>>(
+          static_cast<const T*>(gu.data()), n, inter,
+          static_cast<__nv_bfloat16*>(h.mutable_data()));
+    });
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "moe_experts (swiglu)");
+  }
   Tensor outs = empty(act, {n, hidden});
   grouped_gemm_bf16({h.data(), stack.down.data(), outs.mutable_data(), r.group_offsets, e_count, n,
                      hidden, inter, act == DType::kF32},

@@ -181,7 +181,9 @@ TEST_F(Bf16OpsGpu, LogSoftmaxTopKMatchesCpu) {
     for (int64_t j = 0; j < k; ++j) {
       const int64_t i = r * k + j;
       ASSERT_NEAR(gp[i], wp[i], tol) << "row " << r << " rank " << j;
-      if (j > 0) ASSERT_GE(gp[i - 1], gp[i]) << "row " << r << " not sorted at rank " << j;
+      if (j > 0) {
+        ASSERT_GE(gp[i - 1], gp[i]) << "row " << r << " not sorted at rank " << j;
+      }
       if (gi[i] != wi[i]) {
         const bool near_tie = (j > 0 && wp[i - 1] - wp[i] < 2 * tol) ||
                               (j + 1 < k && wp[i] - wp[i + 1] < 2 * tol);
@@ -221,7 +223,9 @@ TEST_F(Bf16OpsGpu, LogSoftmaxPrioritySampleMatchesCpu) {
         const int64_t i = r * k + j;
         same = same && gi[i] == wi[i];
         total += std::exp(static_cast<double>(gp[i]));
-        if (j > 0) ASSERT_GE(gp[i - 1], gp[i]) << "row " << r << " not sorted at rank " << j;
+        if (j > 0) {
+        ASSERT_GE(gp[i - 1], gp[i]) << "row " << r << " not sorted at rank " << j;
+      }
       }
       ASSERT_NEAR(total, 1.0, 1e-4) << "row " << r;
       if (!same) {

@@ -3,6 +3,7 @@
 // 1e-5 · max|y|; bf16 experts (activations rounded to bf16 before each GEMM) within 2e-2 · max|y|.
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "cuda_test_util.hpp"
 
@@ -111,8 +112,9 @@ TEST(MoeGpu, ExpertsMatchCpu) {
 }
 
 // The two routes of the CUDA moe_experts on bf16 experts of one shape (the stack): routed on the
-// device into our grouped GEMM (REFINERY_MOE_GEMM=ggemm: wgmma on compute 9.0, mma.sync elsewhere)
-// and routed on the host into cuBLAS (=cublas), both against the CPU. 64 experts, top-6, uneven
+// device into our grouped GEMM (REFINERY_MOE_GEMM=ggemm: wgmma with the fused SwiGLU on compute
+// 9.0, mma.sync elsewhere or with REFINERY_GGEMM_KERNEL=mma) and routed on the host into cuBLAS
+// (=cublas), all against the CPU. 64 experts, top-6, uneven
 // routing (a quarter of the pairs go to expert 3: several 128-row tiles; experts 60-63 get none),
 // f32 and bf16 activations; T = 1 exercises one row per expert.
 TEST(MoeGpu, DeviceRoutedGroupedGemmMatchesCpuAndHostRoute) {
@@ -154,8 +156,12 @@ TEST(MoeGpu, DeviceRoutedGroupedGemmMatchesCpuAndHostRoute) {
       const Tensor x = act == DType::kBF16 ? x_bf16 : x_f32;
       Tensor want = Tensor::empty(DType::kF32, {t, hidden});
       cpu->moe_experts(x_f32, ids, w, experts, want);
-      for (const char* route : {"ggemm", "cublas"}) {
-        const ScopedEnv env("REFINERY_MOE_GEMM", route);
+      // ggemm: wgmma with SwiGLU fused on compute 9.0; ggemm+mma: the mma.sync kernel and the
+      // separate SwiGLU kernel (REFINERY_GGEMM_KERNEL=mma); cublas: the host-routed path.
+      for (const char* route : {"ggemm", "ggemm+mma", "cublas"}) {
+        const bool mma = std::string(route) == "ggemm+mma";
+        const ScopedEnv env("REFINERY_MOE_GEMM", mma ? "ggemm" : route);
+        const ScopedEnv kernel("REFINERY_GGEMM_KERNEL", mma ? "mma" : "auto");
         Tensor got = poisoned_gpu({t, hidden}, act);
         be->moe_experts(gpu(x), gpu(ids), gpu(w), experts, got);
         EXPECT_TRUE(close(str("moe_experts ", route, " ", dtype_name(act), " T=", t), got, want,

@@ -224,8 +224,8 @@ TEST_F(Bf16OpsGpu, LogSoftmaxPrioritySampleMatchesCpu) {
         same = same && gi[i] == wi[i];
         total += std::exp(static_cast<double>(gp[i]));
         if (j > 0) {
-        ASSERT_GE(gp[i - 1], gp[i]) << "row " << r << " not sorted at rank " << j;
-      }
+          ASSERT_GE(gp[i - 1], gp[i]) << "row " << r << " not sorted at rank " << j;
+        }
       }
       ASSERT_NEAR(total, 1.0, 1e-4) << "row " << r;
       if (!same) {

@@ -7,7 +7,9 @@
 //           1024 rows, f32, not copied to the host), like the peer's `prefill` (model(ids).logits);
 //           one sequence per forward, or with --batched all B in one forward_hidden_batch;
 //   topk    the same through `refine logits`' path: the fused LM head + log-softmax + top-k,
-//           written to an HDF5 logit cache by the background writer (a fresh file);
+//           written to an HDF5 logit cache by the background writer (a fresh file per timed
+//           batch: tok_s); also tok_s_without_writer (nothing written) and tok_s_streamed (one
+//           file for --iters batches in a row, as a long run writes);
 //   decode  batch-1 greedy generation: P prompt tokens, then N new ones (tokens/s counts the N new
 //           tokens over the whole time, prefill included, like the peer's `decode`).
 // Prints one JSON line: tokens/s (median of --iters timed runs after one warm-up), MFU against
@@ -133,6 +135,7 @@ int main(int argc, char** argv) {
     std::vector<double> times;
     int64_t tokens = 0;
     double load_seconds = seconds_since(load_start);
+    std::string extra;  // mode-specific fields of the JSON line
 
     if (o.mode == "logits") {
       const auto warm = Clock::now();
@@ -195,6 +198,66 @@ int main(int argc, char** argv) {
         times.push_back(seconds_since(start));
         tokens = o.batch * o.seq;
       }
+      // Where the top-k path's time goes: (a) the same scoring with a consumer that keeps nothing
+      // (fused LM head + top-k on the device and the download, no writer); (b) one writer for
+      // --iters batches in a row, as a long `refine logits` run writes (the background writer
+      // overlaps the next batch's forward; file creation and the final flush are paid once).
+      const int64_t group = o.batched ? o.batch : 1;
+      std::vector<double> bare;
+      for (int i = 0; i < o.iters; ++i) {
+        const auto ids = random_ids(o.batch * o.seq, vocab, 500 + i);
+        const auto start = Clock::now();
+        for (int64_t b0 = 0; b0 < o.batch; b0 += group)
+          lm->score_top_k_batch(std::span<const int32_t>(ids.data() + b0 * o.seq,
+                                                         static_cast<std::size_t>(group * o.seq)),
+                                group, o.top_k,
+                                [](int64_t, const int32_t*, const float*, int64_t) {}, o.seq);
+        bare.push_back(seconds_since(start));
+      }
+      {
+        std::filesystem::remove(o.out);
+        std::vector<std::vector<int32_t>> runs;
+        std::vector<int32_t> all;
+        for (int i = 0; i < o.iters; ++i) {
+          runs.push_back(random_ids(o.batch * o.seq, vocab, 700 + i));
+          all.insert(all.end(), runs.back().begin(), runs.back().end());
+        }
+        io::LogitCacheInfo info;
+        info.teacher_path = o.model;
+        info.teacher_fingerprint = "bench";
+        info.top_k = o.top_k;
+        info.vocab_size = vocab;
+        info.seq_len = o.seq;
+        info.planned_sequences = o.batch * o.iters;
+        info.data_sha256 = io::data_fingerprint(all);
+        const auto start = Clock::now();
+        io::LogitCacheWriter writer(o.out, info);
+        for (const auto& ids : runs)
+          for (int64_t b0 = 0; b0 < o.batch; b0 += group) {
+            const std::span<const int32_t> part(ids.data() + b0 * o.seq,
+                                                static_cast<std::size_t>(group * o.seq));
+            int64_t open = -1;
+            lm->score_top_k_batch(part, group, o.top_k,
+                                  [&](int64_t first, const int32_t* idx, const float* lp,
+                                      int64_t rows) {
+                                    if (first / o.seq != open) {
+                                      if (open >= 0) writer.end_sequence();
+                                      open = first / o.seq;
+                                      writer.begin_sequence(part.subspan(
+                                          static_cast<std::size_t>(open * o.seq),
+                                          static_cast<std::size_t>(o.seq)));
+                                    }
+                                    writer.add_top_k(idx, lp, rows);
+                                  },
+                                  o.seq);
+            writer.end_sequence();
+          }
+        writer.finish();
+        const double streamed = seconds_since(start);
+        extra = str(", \"tok_s_without_writer\": ", double(o.batch * o.seq) / median(bare),
+                    ", \"tok_s_streamed\": ", double(o.batch * o.seq * o.iters) / streamed,
+                    ", \"streamed_batches\": ", o.iters);
+      }
     } else if (o.mode == "decode") {
       model::GenerationOptions g;
       g.max_new_tokens = o.fresh;
@@ -222,7 +285,7 @@ int main(int argc, char** argv) {
         ", \"total_params\": ", params.total(),
         ", \"mfu_vs_989\": ", tok_s * flops_per_token / 989e12,
         ", \"attention_tflop_per_seq\": ", attention_flops(config, o.seq) / 1e12,
-        ", \"warmup_and_load_seconds\": ", load_seconds, "}");
+        ", \"warmup_and_load_seconds\": ", load_seconds, extra, "}");
     std::cout << json << std::endl;
     return 0;
   } catch (const Error& e) {

@@ -168,7 +168,9 @@ class LogitCacheWriter::Worker {
 
   Worker(const std::string& path, const LogitCacheInfo& info, const Options& options,
          int64_t& resumed)
-      : info_(info), capacity_(std::max<size_t>(1, options.queue_items)) {
+      : info_(info),
+        capacity_(std::max<size_t>(1, options.queue_items)),
+        capacity_bytes_(options.queue_bytes) {
     if (std::filesystem::exists(path)) {
       resumed = open_existing(path);
     } else {
@@ -182,10 +184,21 @@ class LogitCacheWriter::Worker {
 
   void push(Item item) {
     std::unique_lock lock(mutex_);
-    space_.wait(lock, [&] { return queue_.size() < capacity_ || error_ || stopping_; });
+    const size_t bytes = bytes_of(item);
+    // Room: fewer than queue_items blocks, or more while their bytes stay within queue_bytes (a
+    // batch of top-k windows is a dozen small blocks; full-vocabulary blocks are large).
+    space_.wait(lock, [&] {
+      return queue_.size() < capacity_ || queued_bytes_ + bytes <= capacity_bytes_ || error_ ||
+             stopping_;
+    });
     if (error_) std::rethrow_exception(error_);
+    queued_bytes_ += bytes;
     queue_.push_back(std::move(item));
     work_.notify_one();
+  }
+
+  static size_t bytes_of(const Item& item) {
+    return item.ints.size() * sizeof(int32_t) + item.floats.size() * sizeof(float);
   }
 
   void wait_idle() {
@@ -305,6 +318,7 @@ class LogitCacheWriter::Worker {
         if (stopping_) return;
         item = std::move(queue_.front());
         queue_.pop_front();
+        queued_bytes_ -= bytes_of(item);
         busy_ = true;
       }
       space_.notify_all();
@@ -359,7 +373,9 @@ class LogitCacheWriter::Worker {
   }
 
   LogitCacheInfo info_;
-  size_t capacity_;
+  size_t capacity_;        // blocks always allowed in the queue
+  size_t capacity_bytes_;  // more blocks while their bytes stay within this
+  size_t queued_bytes_ = 0;
   H5File file_;
   H5Dataset tokens_, offsets_, logits_, indices_, logprobs_;
   std::vector<int32_t> open_tokens_;

@@ -75,7 +75,11 @@ std::string describe_mismatch(const LogitCacheInfo& cached, const LogitCacheInfo
 class LogitCacheWriter {
  public:
   struct Options {
-    size_t queue_items = 8;    // blocks of rows in flight between producer and writer thread
+    // Blocks in flight between the producer and the writer thread: always up to queue_items,
+    // more while the queued bytes stay within queue_bytes (a batch of top-k windows is 3 small
+    // blocks per window; full-vocabulary blocks are hundreds of MB and stay at queue_items).
+    size_t queue_items = 8;
+    size_t queue_bytes = size_t{256} << 20;
     uint64_t chunk_rows = 0;   // HDF5 chunk rows of the row datasets; 0: about 1 MiB chunks
   };
 
@@ -97,8 +101,8 @@ class LogitCacheWriter {
   int64_t sequences() const { return sequences_; }
 
   // One sequence: begin with its ids [L], add its L rows in order (in any number of blocks),
-  // end. Rows are copied; the calls return once the block is queued (they wait only when
-  // `queue_items` blocks are already waiting for the disk).
+  // end. Rows are copied; the calls return once the block is queued (they wait only when the
+  // queue is full: see Options).
   void begin_sequence(std::span<const int32_t> tokens);
   // logits: [rows, vocab_size] (top_k == 0 caches only).
   void add_full(const float* logits, int64_t rows);

@@ -140,6 +140,27 @@ TEST_F(LogitCache, TopKRoundTripStoresFloat16) {
   }
 }
 
+// The queue's limits change only when the producer waits, never what is written: a queue of one
+// block (no byte allowance) and one whose byte allowance holds every block give the same files,
+// for top-k and full-vocabulary caches.
+TEST_F(LogitCache, QueueLimitsDoNotChangeTheFile) {
+  for (const int64_t k : {int64_t{0}, int64_t{3}}) {
+    const std::string tight = path("tight.h5"), roomy = path("roomy.h5");
+    {
+      LogitCacheWriter a(tight, info(k), LogitCacheWriter::Options{1, 0, 0});
+      write_sequences(a, k, 0, kSequences);
+      a.finish();
+      LogitCacheWriter b(roomy, info(k), LogitCacheWriter::Options{1, size_t{1} << 30, 0});
+      write_sequences(b, k, 0, kSequences);
+      b.finish();
+    }
+    expect_same_contents(LogitCacheReader(tight), LogitCacheReader(roomy), k);
+    EXPECT_EQ(LogitCacheReader(roomy).sequences(), kSequences);
+    std::filesystem::remove(tight);
+    std::filesystem::remove(roomy);
+  }
+}
+
 TEST_F(LogitCache, ResumeAfterACrashGivesTheSameFileContents) {
   for (int64_t top_k : {int64_t{0}, int64_t{4}}) {
     const std::string straight = path("straight" + std::to_string(top_k) + ".h5");

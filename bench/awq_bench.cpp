@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "engine/backend/cuda/awq_linear.hpp"
+#include "bench_util.hpp"
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/backend/cuda/device_info.hpp"
 #include "engine/core/error.hpp"
@@ -49,16 +50,7 @@ using Clock = std::chrono::steady_clock;
 constexpr int kGroup = 128;
 constexpr double kL2Bytes = 160e6;  // copies of a weight fill at least this much
 
-Tensor random_bf16(std::vector<int64_t> shape, uint64_t seed, float scale) {
-  Tensor f = Tensor::empty(DType::kF32, std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  float* p = f.mutable_data<float>();
-  for (int64_t i = 0; i < f.numel(); ++i) p[i] = normal(rng);
-  Tensor b = Tensor::empty(DType::kBF16, f.shape());
-  convert_from_f32(DType::kBF16, p, b.mutable_data(), static_cast<std::size_t>(f.numel()));
-  return b.to(Device::kCUDA);
-}
+using bench::random_bf16;
 
 // A random W4 weight [out, in] in groups of kGroup, its tensors on the device.
 backend::AwqWeight random_w4(int64_t out, int64_t in, uint64_t seed) {

@@ -23,6 +23,7 @@
 #include <random>
 #include <vector>
 
+#include "bench_util.hpp"
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/backend/cuda/device_info.hpp"
 #include "engine/backend/cuda/grouped_gemm.hpp"
@@ -33,16 +34,7 @@ namespace {
 using namespace refinery;
 using Clock = std::chrono::steady_clock;
 
-Tensor random_bf16(std::vector<int64_t> shape, uint64_t seed, float scale) {
-  Tensor f = Tensor::empty(DType::kF32, std::move(shape));
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  float* p = f.mutable_data<float>();
-  for (int64_t i = 0; i < f.numel(); ++i) p[i] = normal(rng);
-  Tensor b = Tensor::empty(DType::kBF16, f.shape());
-  convert_from_f32(DType::kBF16, p, b.mutable_data(), static_cast<std::size_t>(f.numel()));
-  return b.to(Device::kCUDA);
-}
+using bench::random_bf16;
 
 // Median seconds of `iters` runs of fn after one warm-up; `sync` waits for the device.
 double time_it(const std::function<void()>& fn, const std::function<void()>& sync, int iters = 5) {

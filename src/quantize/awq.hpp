@@ -54,7 +54,7 @@ struct AwqOptions {
   // Layer l+1 is calibrated on the output of the already quantized layer l (scaled norms, clipped
   // and quantized weights), as GPTQ does, instead of the full-precision model's. Costs one extra
   // layer forward per layer.
-  bool sequential = true;
+  bool sequential = false;
   // MLA: o_proj becomes a scaling group whose 1/s folds into kv_b_proj's value rows (the
   // attention output is linear in V); AutoAWQ leaves o_proj unscaled.
   bool mla_o_group = true;

@@ -65,6 +65,43 @@ bool skips_clip(const std::string& prefix) {
   return leaf.rfind("q_", 0) == 0 || leaf.rfind("k_", 0) == 0;
 }
 
+// The layer's output per chunk with the weights it will have in the file: quantized linears as
+// their dequantized values, edited dense linears and norms as written (rounded to their dtype).
+// Restores the checkpoint's weights and norms afterwards.
+std::vector<Tensor> quantized_layer_outputs(LayerState& st, const QuantizedModelParts& parts,
+                                            const std::map<std::string, std::vector<float>>& deq) {
+  backend::Backend& be = st.model.backend();
+  const DType act = be.activation_dtype();
+  for (const auto& [p, values] : deq) {
+    const HostMatrix& w = st.work.at(p);
+    st.linears.at(p)->storage = backend::DenseWeight{be.upload(host_tensor(act, {w.rows, w.cols}, values))};
+  }
+  std::map<std::string, Tensor*> norms;  // mutable norms of this layer by HF name
+  {
+    model::LayerWeights& lw = st.model.mutable_weights().layers.at(static_cast<std::size_t>(st.layer));
+    const std::string base = "model.layers." + std::to_string(st.layer);
+    norms = {{base + ".input_layernorm.weight", &lw.input_layernorm},
+             {base + ".post_attention_layernorm.weight", &lw.post_attention_layernorm},
+             {base + ".self_attn.q_a_layernorm.weight", &lw.attention.q_a_layernorm},
+             {base + ".self_attn.kv_a_layernorm.weight", &lw.attention.kv_a_layernorm}};
+  }
+  std::map<std::string, Tensor> saved_norms;
+  for (const auto& [name, t] : parts.replaced) {
+    const std::string prefix = name.substr(0, name.rfind('.'));
+    if (const auto it = norms.find(name); it != norms.end()) {
+      saved_norms[name] = *it->second;
+      *it->second = be.upload(t);
+    } else if (st.linears.count(prefix) && !deq.count(prefix)) {
+      st.linears.at(prefix)->storage = backend::DenseWeight{be.upload(t)};
+    }
+  }
+  std::vector<Tensor> out;
+  for (std::size_t c = 0; c < st.x.size(); ++c) out.push_back(st.forward_current(c));
+  for (const auto& [p, w] : st.linears) st.restore_linear(p);
+  for (auto& [name, t] : saved_norms) *norms.at(name) = std::move(t);
+  return out;
+}
+
 }  // namespace
 
 nlohmann::json AwqResult::report() const {
@@ -110,7 +147,9 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     LayerState st(model, options, l, chunk * length);
     st.x = xs;
     st.sequences = seqs;
-    const std::vector<ScaleGroup> groups = scale_groups(config, model.weights(), l);
+    const std::vector<ScaleGroup> groups =
+        scale_groups(config, model.weights(), l,
+                     GroupOptions{options.mla_o_group, options.block_loss});
     const std::string layer_prefix = "model.layers." + std::to_string(l) + ".";
     std::vector<std::string> quantized;  // this layer's quantizable linears
     for (const auto& site : sites)
@@ -126,10 +165,20 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     for (const auto& g : groups)
       for (const auto& p : g.linears) group_of[p] = &g;
     std::set<std::string> taps;
-    for (const auto& g : groups)
+    for (const auto& g : groups) {
       if (!g.expert_down) taps.insert(g.input_tap);
+      if (!g.inspect_tap.empty()) taps.insert(g.inspect_tap);
+    }
     for (const auto& p : quantized)
       if (!group_of.count(p)) taps.insert(input_tap_of(p));
+    // routed_clip: the rows routed to each expert (its gate's input in the per-expert path).
+    std::map<std::string, std::string> routed_tap;  // expert gate/up prefix -> tap
+    if (const auto& moe = model.weights().layers.at(static_cast<std::size_t>(l)).moe;
+        moe && options.routed_clip && options.clip)
+      for (const auto& e : moe->experts) {
+        routed_tap[e.gate.name] = routed_tap[e.up.name] = input_tap_of(e.gate.name);
+        taps.insert(input_tap_of(e.gate.name));
+      }
     std::vector<Tensor> next;
     for (std::size_t c = 0; c < xs.size(); ++c) {
       CaptureInputs capture(be, taps);
@@ -173,8 +222,10 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
         st.norms[g.prev_norm] = std::move(hm);
       } else {
         HostMatrix& w = st.work.at(g.prev_linear);
-        for (int64_t r = 0; r < w.rows; ++r)
-          for (int64_t j = 0; j < w.cols; ++j) w.values[r * w.cols + j] /= s[r];
+        for (int64_t k = 0; k < in; ++k) {
+          const int64_t r = g.prev_rows.empty() ? k : g.prev_rows[static_cast<std::size_t>(k)];
+          for (int64_t j = 0; j < w.cols; ++j) w.values[r * w.cols + j] /= s[k];
+        }
         modified.insert(g.prev_linear);
       }
       for (const auto& p : g.linears) input_scale[p] = &s;
@@ -184,20 +235,32 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     if (options.clip) {
       for (const auto& p : quantized) {
         const std::vector<float>& values = st.work.at(p).values;
-        if (skips_clip(p) || !std::all_of(values.begin(), values.end(),
+        if ((skips_clip(p) && !options.clip_qk) || !std::all_of(values.begin(), values.end(),
                                           [](float v) { return std::isfinite(v); }))
           continue;
         const auto git = group_of.find(p);
         int64_t total = 0;
         for (const auto& x : xs) total += x.size(0);
+        std::string routed;  // the expert's routed-rows tap when used
+        if (const auto rt = routed_tap.find(p); rt != routed_tap.end()) {
+          int64_t n_routed = 0;
+          for (const auto& m : st.inputs)
+            if (const auto it = m.find(rt->second); it != m.end()) n_routed += it->second.size(0);
+          if (n_routed >= options.clip_min_routed) {
+            routed = rt->second;
+            total = n_routed;
+          }
+        }
         const int64_t step = std::max<int64_t>(1, total / std::max<int64_t>(1, options.clip_rows));
         const int64_t in = st.work.at(p).cols;
         // Every step-th calibration row, gathered on the device so only the sample comes back.
         std::vector<float> sample;
         int64_t n = 0, row = 0;
         for (std::size_t c = 0; c < xs.size(); ++c) {
-          const Tensor in_c = git != group_of.end() ? st.group_input(*git->second, c)
-                                                    : st.inputs[c].at(input_tap_of(p));
+          if (!routed.empty() && !st.inputs[c].count(routed)) continue;  // none routed here
+          const Tensor in_c = !routed.empty()           ? st.inputs[c].at(routed)
+                              : git != group_of.end() ? st.group_input(*git->second, c)
+                                                      : st.inputs[c].at(input_tap_of(p));
           std::vector<int32_t> picked;
           for (int64_t r = 0; r < in_c.size(0); ++r, ++row)
             if (row % step == 0) picked.push_back(static_cast<int32_t>(r));
@@ -217,6 +280,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
 
     const double t_clip = seconds_since(started) - t_capture - t_search;
     // 5. Quantize and pack; weights left dense but edited are written back as they are.
+    std::map<std::string, std::vector<float>> dequantized;  // for the sequential forward
     for (const auto& p : quantized) {
       const HostMatrix& w = st.work.at(p);
       GroupQuantSpec spec = options.spec;
@@ -231,8 +295,9 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
           result.parts.replaced[p + ".weight"] = host_tensor(w.dtype, {w.rows, w.cols}, w.values);
         continue;
       }
-      const backend::AwqWeight packed = pack_awq(quantize_groups(w.values.data(), w.rows, w.cols,
-                                                                 spec, p));
+      const QuantizedMatrix qm = quantize_groups(w.values.data(), w.rows, w.cols, spec, p);
+      const backend::AwqWeight packed = pack_awq(qm);
+      if (options.sequential) dequantized[p] = dequantize(qm);
       result.dense_bytes += w.rows * w.cols * static_cast<int64_t>(dtype_bytes_for(w.dtype, 1));
       result.packed_bytes += static_cast<int64_t>(packed.qweight.nbytes() + packed.qzeros.nbytes() +
                                                   packed.scales.nbytes());
@@ -246,6 +311,9 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     for (const auto& [name, hm] : st.norms)
       result.parts.replaced[name] = host_tensor(hm.dtype, {hm.cols}, hm.values);
 
+    // 6. Sequential: the next layer's input is this layer's output as quantized (the file's
+    //    weights and norms), not the full-precision one.
+    if (options.sequential) next = quantized_layer_outputs(st, result.parts, dequantized);
     xs = std::move(next);
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

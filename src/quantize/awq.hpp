@@ -20,6 +20,11 @@
 //      i < 10, w clamped to ±max, error = mean over 512 sampled input rows (input / s) of the
 //      group's partial output; the best shrink is applied.
 //   5. Every quantizable linear is group-quantized (group_quant.hpp) and packed (AutoAWQ GEMM).
+// Options beyond AutoAWQ (AwqOptions, below; measured in docs/evidence/awq-accuracy.md):
+// sequential calibration (step 1 of layer l+1 reads the quantized layer l's output), MLA's o_proj
+// as a scaling group folded into kv_b_proj's value rows, block-level loss for single-linear
+// groups, an asymmetric clip range, clip search for q/k, and routed-token clip samples for
+// experts.
 // Heavy math runs through the Backend (block forwards, errors); weight edits happen on f32 host
 // copies of the current layer only.
 
@@ -45,6 +50,26 @@ struct AwqOptions {
   double max_shrink = 0.5;      // ... up to this fraction
   int64_t clip_rows = 512;      // calibration rows sampled for the clip search
   int64_t chunk_sequences = 8;  // calibration sequences per forward (bounds activation memory)
+  // ---- beyond AutoAWQ (each measured in docs/evidence/awq-accuracy.md) ----
+  // Layer l+1 is calibrated on the output of the already quantized layer l (scaled norms, clipped
+  // and quantized weights), as GPTQ does, instead of the full-precision model's. Costs one extra
+  // layer forward per layer.
+  bool sequential = false;
+  // MLA: o_proj becomes a scaling group whose 1/s folds into kv_b_proj's value rows (the
+  // attention output is linear in V); AutoAWQ leaves o_proj unscaled.
+  bool mla_o_group = true;
+  // Groups whose inspected module is a single linear (q_b, kv_b, o, dense down) are scored by the
+  // whole block's output instead (attention block, MLP block): costs one block forward instead
+  // of one linear per candidate.
+  bool block_loss = false;
+  // Clip search: clamp each group to [r·min, r·max] (both ends shrink toward 0; what an
+  // asymmetric quantizer's range needs) instead of AutoAWQ's ±r·max|w|.
+  bool asymmetric_clip = true;
+  bool clip_qk = false;  // clip search for q/k projections too (AutoAWQ skips them)
+  // A routed expert's gate/up clip search samples only the tokens routed to it (what AutoAWQ's
+  // hooks see), falling back to all tokens when fewer than clip_min_routed reach it.
+  bool routed_clip = false;
+  int64_t clip_min_routed = 64;
 };
 
 struct AwqGroupReport {

@@ -13,6 +13,32 @@
 
 namespace refinery::quantize::awq_detail {
 
+void clamp_groups(const std::vector<float>& w, std::vector<float>& out_values, int64_t out,
+                  int64_t in, int gs, std::span<const float> ratios) {
+  const int64_t groups = in / gs;
+#pragma omp parallel for schedule(static)
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* src = w.data() + o * in + g * gs;
+      float* dst = out_values.data() + o * in + g * gs;
+      float lo = src[0], hi = src[0];
+      for (int j = 1; j < gs; ++j) {
+        lo = std::min(lo, src[j]);
+        hi = std::max(hi, src[j]);
+      }
+      const float r = ratios.size() == 1 ? ratios[0] : ratios[static_cast<std::size_t>(o * groups + g)];
+      // Shrink the range toward 0 at both ends; an end on the far side of 0 stays (the group
+      // holds only positive or only negative values there).
+      const float a = lo < 0.0f ? r * lo : lo, b = hi > 0.0f ? r * hi : hi;
+      for (int j = 0; j < gs; ++j) dst[j] = std::clamp(src[j], a, b);
+    }
+}
+
+void clamp_groups(const std::vector<float>& w, std::vector<float>& out_values, int64_t out,
+                  int64_t in, int gs, float ratio) {
+  clamp_groups(w, out_values, out, in, gs, std::span<const float>(&ratio, 1));
+}
+
 void search_clip(LayerState& st, const std::string& prefix, const std::vector<float>& x,
                  int64_t n) {
   backend::Backend& be = st.model.backend();
@@ -28,10 +54,21 @@ void search_clip(LayerState& st, const std::string& prefix, const std::vector<fl
   std::vector<float> best_ratio(best_err.size(), 1.0f);
   Tensor q = be.empty(DType::kF32, {out, in});
   Tensor err = be.empty(DType::kF32, {out, groups});
+  const bool asym = st.options.asymmetric_clip;
+  std::vector<float> clamped(asym ? w.values.size() : 0);
   for (int i = 0; i < steps; ++i) {
     backend::FakeQuantSpec spec{st.options.spec.bits, gs, st.options.spec.zero_point,
                                 1.0f - static_cast<float>(i) / static_cast<float>(st.options.clip_grid)};
-    be.group_fake_quantize(w_dev, Tensor(), spec, q);
+    if (asym) {
+      // Each group clamped to [r·min, r·max] on the host, then quantized as it is (ratio 1).
+      clamp_groups(w.values, clamped, out, in, gs, spec.clip_ratio);
+      backend::FakeQuantSpec plain = spec;
+      plain.clip_ratio = 1.0f;
+      be.group_fake_quantize(be.upload(Tensor::copy_of(DType::kF32, {out, in}, clamped.data())),
+                             Tensor(), plain, q);
+    } else {
+      be.group_fake_quantize(w_dev, Tensor(), spec, q);
+    }
     be.group_output_errors(x_dev, q, w_dev, gs, err);
     const Tensor host = be.download(err);
     const float* pe = host.data<float>();
@@ -40,6 +77,10 @@ void search_clip(LayerState& st, const std::string& prefix, const std::vector<fl
         best_err[k] = pe[k];
         best_ratio[k] = spec.clip_ratio;
       }
+  }
+  if (asym) {
+    clamp_groups(w.values, w.values, out, in, gs, best_ratio);
+    return;
   }
 #pragma omp parallel for schedule(static)
   for (int64_t o = 0; o < out; ++o)

@@ -40,10 +40,23 @@ struct ScaleGroup {
   // routed expert's down projection, that expert index (its input is computed for all tokens).
   std::string input_tap;
   std::optional<int> expert_down;
+  // The rows of prev_linear whose outputs feed s's channels, in s's order (empty: row j feeds
+  // channel j). MLA's o group: kv_b_proj's value rows h·(dn+dv) + dn + d for channel h·dv + d.
+  std::vector<int64_t> prev_rows;
+  // When set, the inspected module (kAttention / kMlp) reads this tap instead of input_tap: a
+  // single-linear group scored by its whole block (AwqOptions::block_loss).
+  std::string inspect_tap;
+};
+
+struct GroupOptions {
+  bool mla_o_group = false;  // AwqOptions::mla_o_group
+  bool block_loss = false;   // AwqOptions::block_loss (not for routed experts' down: E block
+                             // forwards per candidate)
 };
 
 std::vector<ScaleGroup> scale_groups(const model::ModelConfig& config,
-                                     const model::ModelWeights& weights, int layer);
+                                     const model::ModelWeights& weights, int layer,
+                                     const GroupOptions& options = {});
 
 // "model.layers.3.self_attn.q_proj" -> "layers.3.self_attn.q_proj.input" (the Transformer's tap).
 std::string input_tap_of(const std::string& hf_prefix);

@@ -3,6 +3,7 @@
 // while it is quantized.
 
 #include <map>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -48,6 +49,9 @@ struct LayerState {
   // The inspected outputs of group g for chunk c, whose group input is `in` (group_input(g, c),
   // made once by the caller), with the weights currently set.
   std::vector<Tensor> inspect(const ScaleGroup& g, std::size_t c, const Tensor& in);
+  // Layer `layer` on chunk c's residual rows x[c] with the weights currently set (the routed
+  // experts one by one: their weights may differ from the checkpoint's).
+  Tensor forward_current(std::size_t c);
 
  private:
   std::map<std::string, backend::LinearStorage> original_;
@@ -60,6 +64,14 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
 // Step 4 for linear `prefix` (its work copy already scaled), whose input rows are `x` (f32 host
 // [n, in], already divided by the group's s). Clamps the work copy in place.
 void search_clip(LayerState& st, const std::string& prefix, const std::vector<float>& x, int64_t n);
+
+// out_values := w [out, in] with each quantization group of gs values clamped to
+// [r·min, r·max] (an end on the far side of 0 kept), r = ratios[o·(in/gs) + g] (one ratio: all).
+// out_values may be w itself.
+void clamp_groups(const std::vector<float>& w, std::vector<float>& out_values, int64_t out,
+                  int64_t in, int gs, std::span<const float> ratios);
+void clamp_groups(const std::vector<float>& w, std::vector<float>& out_values, int64_t out,
+                  int64_t in, int gs, float ratio);
 
 // w [rows, s.size()] := w · diag(s), or w · diag(s)^-1 with `divide` (in parallel over rows).
 void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>& s, bool divide);

@@ -123,6 +123,11 @@ std::vector<Tensor> LayerState::inspect(const ScaleGroup& g, std::size_t c, cons
   return {};
 }
 
+Tensor LayerState::forward_current(std::size_t c) {
+  PerExpertPath per_expert;  // expert weights differ from any cached stacked copy
+  return model.layer_forward(layer, x.at(c), sequences.at(c), cache, &per_expert);
+}
+
 void scale_columns(std::vector<float>& w, int64_t rows, const std::vector<float>& s, bool divide) {
   const auto cols = static_cast<int64_t>(s.size());
 #pragma omp parallel for schedule(static)
@@ -237,10 +242,14 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
   const std::vector<double> w_mean = weight_group_means(st, g);
 
   // The unmodified outputs, then the loss of one candidate s (empty s: plain RTN).
+  // The inspected module's input: the group's own input, or its block's (block_loss).
+  auto inspect_in = [&](std::size_t c) -> const Tensor& {
+    return g.inspect_tap.empty() ? group_in[c] : st.inputs.at(c).at(g.inspect_tap);
+  };
   std::vector<std::vector<Tensor>> reference;
   double elements = 0.0;
   for (std::size_t c = 0; c < st.x.size(); ++c) {
-    reference.push_back(st.inspect(g, c, group_in[c]));
+    reference.push_back(st.inspect(g, c, inspect_in(c)));
     for (const Tensor& t : reference.back()) elements += static_cast<double>(t.numel());
   }
   auto candidate_loss_impl = [&](const std::vector<float>& s) {
@@ -249,7 +258,7 @@ std::vector<float> search_scales(LayerState& st, const ScaleGroup& g, AwqGroupRe
     for (const auto& p : g.linears) st.set_fake_quantized(p, s_device, group_size_of(st, p));
     double total = 0.0;
     for (std::size_t c = 0; c < st.x.size(); ++c) {
-      const std::vector<Tensor> out = st.inspect(g, c, group_in[c]);
+      const std::vector<Tensor> out = st.inspect(g, c, inspect_in(c));
       for (std::size_t i = 0; i < out.size(); ++i)
         total += be.sum_squared_difference(out[i], reference[c][i]);
     }

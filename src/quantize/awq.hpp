@@ -63,8 +63,11 @@ struct AwqOptions {
   // of one linear per candidate.
   bool block_loss = false;
   // Clip search: clamp each group to [r·min, r·max] (both ends shrink toward 0; what an
-  // asymmetric quantizer's range needs) instead of AutoAWQ's ±r·max|w|.
-  bool asymmetric_clip = true;
+  // asymmetric quantizer's range needs) instead of AutoAWQ's ±r·max|w|. Off by default: it clamps
+  // on the host and uploads each linear's weight once per shrink step (10 per linear), which the
+  // 7B timing on a GPU has not been measured with; its gain on the teacher is small (KL −4..6%
+  // together with mla_o_group, perplexity ratio within noise; docs/evidence/awq-accuracy.md).
+  bool asymmetric_clip = false;
   bool clip_qk = false;  // clip search for q/k projections too (AutoAWQ skips them)
   // A routed expert's gate/up clip search samples only the tokens routed to it (what AutoAWQ's
   // hooks see), falling back to all tokens when fewer than clip_min_routed reach it.

@@ -355,10 +355,14 @@ class LogitCacheWriter::Worker {
         }
         return false;
       case Kind::kEnd: {
-        // Commit: ids and offset after the rows, then the count, then flush.
+        // Commit in two flushes: the rows, ids and offset reach the file first; only then is the
+        // count raised (and flushed). One flush for all of them left the order to HDF5: a process
+        // killed inside it could leave a count that covers rows never written (a resumed cache
+        // then kept a sequence of garbage; EvalE2e.LogitsResumesAfterSigkillToTheSameCache).
         tokens_.append(std::span<const int32_t>(open_tokens_));
         next_offset_ += static_cast<int64_t>(open_tokens_.size());
         offsets_.append(std::span<const int64_t>(&next_offset_, 1));
+        file_.flush();
         const int64_t committed = static_cast<int64_t>(offsets_.rows()) - 1;
         file_.set_int_attribute("complete_sequences", committed);
         file_.flush();

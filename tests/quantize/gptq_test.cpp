@@ -9,11 +9,17 @@
 #include <string>
 #include <vector>
 
+#include "engine/backend/cpu/cpu_backend.hpp"
 #include "engine/core/dtype.hpp"
+#include "engine/eval/token_stream.hpp"
 #include "engine/io/safetensors_file.hpp"
+#include "engine/model/transformer.hpp"
+#include "quantize/awq.hpp"
 #include "quantize/awq_pack.hpp"
 #include "quantize/gptq.hpp"
+#include "quantize/quantized_model_writer.hpp"
 #include "tests/support/expect_error.hpp"
+#include "tests/support/scratch_dir.hpp"
 
 namespace refinery::quantize {
 namespace {
@@ -201,6 +207,66 @@ TEST(Gptq, RejectsShapesTheGroupsDoNotDivide) {
       [&] { gptq_quantize(w.data(), 16, 96, h, GroupQuantSpec{4, 64, true}, {}, "layers.0.x"); });
   EXPECT_NE(msg.find("layers.0.x"), std::string::npos) << msg;
   EXPECT_NE(msg.find("group size 64"), std::string::npos) << msg;
+}
+
+// The AWQ hook (AwqOptions::gptq) on the trained MoE teacher: the same scaling decisions, and the
+// written file's layer 0 (dequantized from qweight/qzeros/scales) is closer to the dense layer 0
+// on the calibration tokens than AWQ with round-to-nearest.
+TEST(GptqAwq, SameScalesAndLowerLayerErrorThanAwqRtn) {
+  const std::string teacher = std::string(REFINERY_SOURCE_DIR) + "/models/refinery-teacher-moe";
+  constexpr int64_t kLength = 64, kWindows = 8;
+  const std::vector<int32_t> stream =
+      eval::read_token_stream({std::string(REFINERY_SOURCE_DIR) + "/data/sample/valid-200k.jsonl"},
+                              eval::lazy_tokenizer_encoder(teacher, true))
+          .tokens;
+  ASSERT_GE(static_cast<int64_t>(stream.size()), kLength * kWindows);
+  const std::vector<int32_t> tokens(stream.begin(), stream.begin() + kLength * kWindows);
+  const GroupQuantSpec spec{3, 64, true};
+  test::ScratchDir dir;
+  auto run = [&](bool gptq, const std::string& out) {
+    auto model = model::Transformer::load(teacher, backend::make_cpu_backend(0));
+    AwqOptions options;
+    options.spec = spec;
+    options.grid = 2;
+    options.clip = false;  // saves time; GPTQ does not depend on it
+    options.gptq = gptq;
+    AwqResult r = quantize_awq(*model, tokens, kWindows, options);
+    write_quantized_model(teacher, out, r.parts, spec, {{"pass", "test"}});
+    return r;
+  };
+  const AwqResult rtn = run(false, dir.file("rtn"));
+  const AwqResult gq = run(true, dir.file("gptq"));
+  ASSERT_EQ(rtn.groups.size(), gq.groups.size());
+  for (std::size_t i = 0; i < rtn.groups.size(); ++i) {
+    EXPECT_EQ(rtn.groups[i].ratio, gq.groups[i].ratio) << rtn.groups[i].name;
+  }
+  ASSERT_EQ(rtn.parts.quantized.size(), gq.parts.quantized.size());
+  EXPECT_EQ(rtn.parts.not_converted, gq.parts.not_converted);
+
+  auto dense = model::Transformer::load(teacher, backend::make_cpu_backend(0));
+  const auto n = static_cast<int64_t>(tokens.size());
+  Tensor x0 = Tensor::empty(DType::kF32, {n, dense->config().hidden_size});
+  dense->backend().embedding(Tensor::copy_of(DType::kI32, {n}, tokens.data()),
+                             dense->weights().embed_tokens, x0);
+  auto layer0 = [&](model::Transformer& m) {
+    model::KvCache cache = m.make_cache(n);
+    return m.layer_forward(0, x0, kWindows, cache).to_f32();
+  };
+  const Tensor want = layer0(*dense);
+  auto error_of = [&](const std::string& d) {
+    auto m = model::Transformer::load(d, backend::make_cpu_backend(0));
+    const Tensor got = layer0(*m);
+    double e = 0.0;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      const double diff = double(got.data<float>()[i]) - double(want.data<float>()[i]);
+      e += diff * diff;
+    }
+    return e;
+  };
+  const double e_rtn = error_of(dir.file("rtn")), e_gptq = error_of(dir.file("gptq"));
+  RecordProperty("layer0_error_rtn", std::to_string(e_rtn));
+  RecordProperty("layer0_error_gptq", std::to_string(e_gptq));
+  EXPECT_LT(e_gptq, 0.9 * e_rtn) << "AWQ+RTN " << e_rtn << ", AWQ+GPTQ " << e_gptq;
 }
 
 }  // namespace

@@ -30,7 +30,7 @@ namespace fs = std::filesystem;
 struct QuantizeCliOptions {
   std::string model, out, method = "rtn", calib, device = "cpu", tokenizer;
   int threads = 0;
-  bool add_special = false, no_clip = false;
+  bool add_special = false, no_clip = false, gptq = false;
   int bits = 4, group_size = 128;
   int64_t calib_tokens = 65536, seq_len = 512;
   bool symmetric = false, force = false, json = false;
@@ -41,7 +41,7 @@ nlohmann::json options_json(const QuantizeCliOptions& o) {
                       {"group_size", o.group_size}, {"zero_point", !o.symmetric}};
   if (o.method == "awq")
     j.update({{"calib", o.calib}, {"calib_tokens", o.calib_tokens}, {"seq_len", o.seq_len},
-              {"device", o.device}});
+              {"device", o.device}, {"gptq", o.gptq}});
   return j;
 }
 
@@ -75,11 +75,12 @@ void run_awq(const QuantizeCliOptions& o, const quantize::GroupQuantSpec& spec,
                        "vocabulary of ", model->config().vocab_size,
                        "; tokenize it with the model's tokenizer (--tokenizer)");
   log::info("quantize: AWQ W", spec.bits, " g", spec.group_size,
-            spec.zero_point ? " asymmetric" : " symmetric", " of ", o.model, " on ", be->name(),
-            ", ", windows, " calibration windows of ", o.seq_len, " tokens");
+            spec.zero_point ? " asymmetric" : " symmetric", o.gptq ? " + GPTQ rounding" : "",
+            " of ", o.model, " on ", be->name(), ", ", windows, " calibration windows of ", o.seq_len, " tokens");
   quantize::AwqOptions options;
   options.spec = spec;
   options.clip = !o.no_clip;
+  options.gptq = o.gptq;
   const quantize::AwqResult r = quantize::quantize_awq(*model, tokens, windows, options);
   provenance["awq"] = r.report();
   provenance["metrics"] = {{"quantized_linears", r.parts.quantized.size()},
@@ -106,6 +107,9 @@ void run_awq(const QuantizeCliOptions& o, const quantize::GroupQuantSpec& spec,
 void run_quantize(const QuantizeCliOptions& o) {
   if (o.method != "rtn" && o.method != "awq")
     throw_user_error("--method ", o.method, ": expected rtn or awq");
+  if (o.gptq && o.method != "awq")
+    throw_user_error("--gptq rounds AWQ's scaled weights and needs --method awq (found --method ",
+                     o.method, "); add --method awq --calib FILE, or drop --gptq");
   quantize::GroupQuantSpec spec;
   spec.bits = o.bits;
   spec.group_size = o.group_size;
@@ -191,6 +195,10 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer, "Tokenizer for --calib text (default: MODEL's)");
   cmd->add_flag("--add-special", o->add_special, "Encode --calib text with the tokenizer's special tokens");
   cmd->add_flag("--no-clip", o->no_clip, "AWQ without the clip search");
+  cmd->add_flag("--gptq", o->gptq,
+                "AWQ: round the scaled (and clipped) weights with GPTQ's error compensation "
+                "(input Hessian per linear) instead of round-to-nearest; same file format; "
+                "slower (one Cholesky per distinct input, O(in^3))");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd->add_flag("--force", o->force, "Replace a non-empty --out (after the new model is complete)");
   cmd->add_flag("--json", o->json, "Print a JSON summary on stdout");

@@ -174,7 +174,7 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     // routed_clip: the rows routed to each expert (its gate's input in the per-expert path).
     std::map<std::string, std::string> routed_tap;  // expert gate/up prefix -> tap
     if (const auto& moe = model.weights().layers.at(static_cast<std::size_t>(l)).moe;
-        moe && options.routed_clip && options.clip)
+        moe && ((options.routed_clip && options.clip) || options.gptq))
       for (const auto& e : moe->experts) {
         routed_tap[e.gate.name] = routed_tap[e.up.name] = input_tap_of(e.gate.name);
         taps.insert(input_tap_of(e.gate.name));
@@ -242,7 +242,8 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
         int64_t total = 0;
         for (const auto& x : xs) total += x.size(0);
         std::string routed;  // the expert's routed-rows tap when used
-        if (const auto rt = routed_tap.find(p); rt != routed_tap.end()) {
+        if (const auto rt = options.routed_clip ? routed_tap.find(p) : routed_tap.end();
+            rt != routed_tap.end()) {
           int64_t n_routed = 0;
           for (const auto& m : st.inputs)
             if (const auto it = m.find(rt->second); it != m.end()) n_routed += it->second.size(0);
@@ -279,6 +280,42 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
     }
 
     const double t_clip = seconds_since(started) - t_capture - t_search;
+    // GPTQ: the input Hessian of linear p (x / s over the calibration rows, or the rows routed to
+    // a routed expert's gate/up when at least `in` reach it), cached per distinct input.
+    std::map<std::string, std::vector<double>> hessians;
+    double t_gptq = 0.0;
+    auto hessian_for = [&](const std::string& p) -> const std::vector<double>& {
+      const int64_t in = st.work.at(p).cols;
+      const auto git = group_of.find(p);
+      std::string routed;
+      if (const auto rt = routed_tap.find(p); rt != routed_tap.end()) {
+        int64_t n_routed = 0;
+        for (const auto& m : st.inputs)
+          if (const auto it = m.find(rt->second); it != m.end()) n_routed += it->second.size(0);
+        if (n_routed >= in) routed = rt->second;
+      }
+      const std::string key = !routed.empty()           ? "routed:" + routed
+                              : git != group_of.end() ? "group:" + git->second->name
+                                                      : "tap:" + input_tap_of(p);
+      if (const auto it = hessians.find(key); it != hessians.end()) return it->second;
+      HessianAccumulator acc(in);
+      std::vector<float> rows;
+      for (std::size_t c = 0; c < xs.size(); ++c) {
+        if (!routed.empty() && !st.inputs[c].count(routed)) continue;
+        const Tensor in_c = !routed.empty()           ? st.inputs[c].at(routed)
+                            : git != group_of.end() ? st.group_input(*git->second, c)
+                                                    : st.inputs[c].at(input_tap_of(p));
+        const Tensor host = be.download(in_c);
+        const int64_t n = in_c.size(0);
+        rows.resize(static_cast<std::size_t>(n * in));
+        for (int64_t i = 0; i < n * in; ++i) rows[static_cast<std::size_t>(i)] = element_f32(host, i);
+        if (const auto it = input_scale.find(p); it != input_scale.end())
+          scale_columns(rows, n, *it->second, true);
+        acc.add(rows.data(), n);
+      }
+      return hessians.emplace(key, acc.hessian()).first->second;
+    };
+
     // 5. Quantize and pack; weights left dense but edited are written back as they are.
     std::map<std::string, std::vector<float>> dequantized;  // for the sequential forward
     for (const auto& p : quantized) {
@@ -295,7 +332,15 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
           result.parts.replaced[p + ".weight"] = host_tensor(w.dtype, {w.rows, w.cols}, w.values);
         continue;
       }
-      const QuantizedMatrix qm = quantize_groups(w.values.data(), w.rows, w.cols, spec, p);
+      QuantizedMatrix qm;
+      if (options.gptq) {
+        const auto t0 = Clock::now();
+        qm = gptq_quantize(w.values.data(), w.rows, w.cols, hessian_for(p), spec,
+                           options.gptq_options, p);
+        t_gptq += seconds_since(t0);
+      } else {
+        qm = quantize_groups(w.values.data(), w.rows, w.cols, spec, p);
+      }
       const backend::AwqWeight packed = pack_awq(qm);
       if (options.sequential) dequantized[p] = dequantize(qm);
       result.dense_bytes += w.rows * w.cols * static_cast<int64_t>(dtype_bytes_for(w.dtype, 1));
@@ -319,7 +364,9 @@ AwqResult quantize_awq(model::Transformer& model, std::span<const int32_t> token
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     log::info("awq: layer ", l + 1, "/", config.num_layers, ": ", groups.size(), " groups, ",
               quantized.size(), " linears quantized in ", secs, " s (calibration forward ",
-              t_capture, " s, scale search ", t_search, " s, clip search ", t_clip, " s)");
+              t_capture, " s, scale search ", t_search, " s, clip search ", t_clip, " s",
+              options.gptq ? str(", GPTQ ", t_gptq, " s for ", hessians.size(), " Hessians") : "",
+              ")");
   }
   return result;
 }

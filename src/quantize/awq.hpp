@@ -24,7 +24,7 @@
 // sequential calibration (step 1 of layer l+1 reads the quantized layer l's output), MLA's o_proj
 // as a scaling group folded into kv_b_proj's value rows, block-level loss for single-linear
 // groups, an asymmetric clip range, clip search for q/k, and routed-token clip samples for
-// experts.
+// experts, and GPTQ rounding in step 5.
 // Heavy math runs through the Backend (block forwards, errors); weight edits happen on f32 host
 // copies of the current layer only.
 
@@ -36,6 +36,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model/transformer.hpp"
+#include "quantize/gptq.hpp"
 #include "quantize/group_quant.hpp"
 #include "quantize/quantized_model_writer.hpp"
 
@@ -73,6 +74,15 @@ struct AwqOptions {
   // hooks see), falling back to all tokens when fewer than clip_min_routed reach it.
   bool routed_clip = false;
   int64_t clip_min_routed = 64;
+  // Step 5 rounds with GPTQ (gptq.hpp) instead of round-to-nearest: each quantized linear's
+  // scaled, clipped weight W·diag(s) with the Hessian of its input x·diag(s)^-1 over the
+  // calibration rows (one H per distinct input: q_a/kv_a share one, an MoE's gate/up share one).
+  // A routed expert's gate/up use the rows routed to it when at least `in` (its input size) reach
+  // it, else all rows (what the scale search uses); a routed expert's down projection uses all
+  // rows (its routed input is not tapped). Same file format. Costs one Cholesky per distinct
+  // input (O(in^3)) and O(out·in^2) per linear.
+  bool gptq = false;
+  GptqOptions gptq_options;
 };
 
 struct AwqGroupReport {

@@ -198,7 +198,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("--gptq", o->gptq,
                 "AWQ: round the scaled (and clipped) weights with GPTQ's error compensation "
                 "(input Hessian per linear) instead of round-to-nearest; same file format; "
-                "slower (one Cholesky per distinct input, O(in^3))");
+                "runs on the CPU whatever --device (input Hessians and Cholesky factors, "
+                "O(in^3) per distinct input): minutes for small models, hours for a 7B");
   cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
   cmd->add_flag("--force", o->force, "Replace a non-empty --out (after the new model is complete)");
   cmd->add_flag("--json", o->json, "Print a JSON summary on stdout");

@@ -151,6 +151,29 @@ int main(int argc, char** argv) {
       if (o.out.empty()) throw_user_error("--mode topk needs --out CACHE.h5");
       model.reset();
       auto lm = model::open_language_model(o.model, {o.device, 0});
+      // Scores o.batch windows of `all` into `writer` as `refine logits --batch` does: windows
+      // scored together (--batched) or one by one, each committed as a whole sequence.
+      const auto write_top_k = [&](io::LogitCacheWriter& writer, std::span<const int32_t> all) {
+        const int64_t group = o.batched ? o.batch : 1;
+        for (int64_t b0 = 0; b0 < o.batch; b0 += group) {
+          const std::span<const int32_t> ids =
+              all.subspan(static_cast<std::size_t>(b0 * o.seq), static_cast<std::size_t>(group * o.seq));
+          int64_t open = -1;
+          lm->score_top_k_batch(
+              ids, group, o.top_k,
+              [&](int64_t first, const int32_t* idx, const float* lp, int64_t rows) {
+                if (first / o.seq != open) {
+                  if (open >= 0) writer.end_sequence();
+                  open = first / o.seq;
+                  writer.begin_sequence(ids.subspan(static_cast<std::size_t>(open * o.seq),
+                                                    static_cast<std::size_t>(o.seq)));
+                }
+                writer.add_top_k(idx, lp, rows);
+              },
+              o.seq);
+          writer.end_sequence();
+        }
+      };
       const auto warm = Clock::now();
       const auto warm_ids = random_ids(o.seq, vocab, 999);
       lm->score_top_k(warm_ids, o.top_k, [](int64_t, const int32_t*, const float*, int64_t) {});
@@ -172,28 +195,7 @@ int main(int argc, char** argv) {
         info.data_sha256 = io::data_fingerprint(all);
         const auto start = Clock::now();
         io::LogitCacheWriter writer(o.out, info);
-        // As `refine logits --batch` does: windows scored together (--batched) or one by one,
-        // each committed to the cache as a whole sequence.
-        const int64_t group = o.batched ? o.batch : 1;
-        for (int64_t b0 = 0; b0 < o.batch; b0 += group) {
-          const std::span<const int32_t> ids(all.data() + b0 * o.seq,
-                                             static_cast<std::size_t>(group * o.seq));
-          int64_t open = -1;
-          lm->score_top_k_batch(ids, group, o.top_k,
-                                [&](int64_t first, const int32_t* idx, const float* lp,
-                                    int64_t rows) {
-                                  if (first / o.seq != open) {
-                                    if (open >= 0) writer.end_sequence();
-                                    open = first / o.seq;
-                                    writer.begin_sequence(ids.subspan(
-                                        static_cast<std::size_t>(open * o.seq),
-                                        static_cast<std::size_t>(o.seq)));
-                                  }
-                                  writer.add_top_k(idx, lp, rows);
-                                },
-                                o.seq);
-          writer.end_sequence();
-        }
+        write_top_k(writer, all);
         writer.finish();
         times.push_back(seconds_since(start));
         tokens = o.batch * o.seq;
@@ -232,26 +234,7 @@ int main(int argc, char** argv) {
         info.data_sha256 = io::data_fingerprint(all);
         const auto start = Clock::now();
         io::LogitCacheWriter writer(o.out, info);
-        for (const auto& ids : runs)
-          for (int64_t b0 = 0; b0 < o.batch; b0 += group) {
-            const std::span<const int32_t> part(ids.data() + b0 * o.seq,
-                                                static_cast<std::size_t>(group * o.seq));
-            int64_t open = -1;
-            lm->score_top_k_batch(part, group, o.top_k,
-                                  [&](int64_t first, const int32_t* idx, const float* lp,
-                                      int64_t rows) {
-                                    if (first / o.seq != open) {
-                                      if (open >= 0) writer.end_sequence();
-                                      open = first / o.seq;
-                                      writer.begin_sequence(part.subspan(
-                                          static_cast<std::size_t>(open * o.seq),
-                                          static_cast<std::size_t>(o.seq)));
-                                    }
-                                    writer.add_top_k(idx, lp, rows);
-                                  },
-                                  o.seq);
-            writer.end_sequence();
-          }
+        for (const auto& ids : runs) write_top_k(writer, ids);
         writer.finish();
         const double streamed = seconds_since(start);
         extra = str(", \"tok_s_without_writer\": ", double(o.batch * o.seq) / median(bare),

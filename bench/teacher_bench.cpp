@@ -151,6 +151,18 @@ int main(int argc, char** argv) {
       if (o.out.empty()) throw_user_error("--mode topk needs --out CACHE.h5");
       model.reset();
       auto lm = model::open_language_model(o.model, {o.device, 0});
+      // The cache description of `planned` sequences of these tokens.
+      const auto cache_info = [&](int64_t planned, std::span<const int32_t> tokens) {
+        io::LogitCacheInfo info;
+        info.teacher_path = o.model;
+        info.teacher_fingerprint = "bench";
+        info.top_k = o.top_k;
+        info.vocab_size = vocab;
+        info.seq_len = o.seq;
+        info.planned_sequences = planned;
+        info.data_sha256 = io::data_fingerprint(tokens);
+        return info;
+      };
       // Scores o.batch windows of `all` into `writer` as `refine logits --batch` does: windows
       // scored together (--batched) or one by one, each committed as a whole sequence.
       const auto write_top_k = [&](io::LogitCacheWriter& writer, std::span<const int32_t> all) {
@@ -185,14 +197,7 @@ int main(int argc, char** argv) {
           const auto ids = random_ids(o.seq, vocab, 100 * i + b);
           all.insert(all.end(), ids.begin(), ids.end());
         }
-        io::LogitCacheInfo info;
-        info.teacher_path = o.model;
-        info.teacher_fingerprint = "bench";
-        info.top_k = o.top_k;
-        info.vocab_size = vocab;
-        info.seq_len = o.seq;
-        info.planned_sequences = o.batch;
-        info.data_sha256 = io::data_fingerprint(all);
+        const io::LogitCacheInfo info = cache_info(o.batch, all);
         const auto start = Clock::now();
         io::LogitCacheWriter writer(o.out, info);
         write_top_k(writer, all);
@@ -224,14 +229,7 @@ int main(int argc, char** argv) {
           runs.push_back(random_ids(o.batch * o.seq, vocab, 700 + i));
           all.insert(all.end(), runs.back().begin(), runs.back().end());
         }
-        io::LogitCacheInfo info;
-        info.teacher_path = o.model;
-        info.teacher_fingerprint = "bench";
-        info.top_k = o.top_k;
-        info.vocab_size = vocab;
-        info.seq_len = o.seq;
-        info.planned_sequences = o.batch * o.iters;
-        info.data_sha256 = io::data_fingerprint(all);
+        const io::LogitCacheInfo info = cache_info(o.batch * o.iters, all);
         const auto start = Clock::now();
         io::LogitCacheWriter writer(o.out, info);
         for (const auto& ids : runs) write_top_k(writer, ids);

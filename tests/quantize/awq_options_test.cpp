@@ -18,24 +18,16 @@
 #include "quantize/awq_layer.hpp"
 #include "quantize/group_quant.hpp"
 #include "quantize/quantized_model_writer.hpp"
+#include "tests/quantize/awq_test_util.hpp"
 #include "tests/support/scratch_dir.hpp"
 
 namespace refinery::quantize {
 namespace {
 
-const std::string kTeacher = std::string(REFINERY_SOURCE_DIR) + "/models/refinery-teacher-moe";
-constexpr int64_t kLength = 64;
-
-std::vector<int32_t> sample_windows(int64_t first, int64_t windows) {
-  static const std::vector<int32_t> stream =
-      eval::read_token_stream({std::string(REFINERY_SOURCE_DIR) + "/data/sample/valid-200k.jsonl"},
-                              eval::lazy_tokenizer_encoder(kTeacher, true))
-          .tokens;
-  const auto begin = stream.begin() + first * kLength;
-  return {begin, begin + windows * kLength};
-}
-
-std::shared_ptr<backend::Backend> cpu() { return backend::make_cpu_backend(0); }
+using awq_test_util::cpu;
+using awq_test_util::kLength;
+using awq_test_util::kTeacher;
+using awq_test_util::sample_windows;
 
 Tensor f32_weight(const backend::LinearWeight& w) {
   return std::get<backend::DenseWeight>(w.storage).weight.to_f32();

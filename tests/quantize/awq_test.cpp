@@ -16,25 +16,16 @@
 #include "quantize/awq_groups.hpp"
 #include "quantize/quantized_model_writer.hpp"
 #include "quantize/rtn.hpp"
+#include "tests/quantize/awq_test_util.hpp"
 #include "tests/support/scratch_dir.hpp"
 
 namespace refinery::quantize {
 namespace {
 
-const std::string kTeacher = std::string(REFINERY_SOURCE_DIR) + "/models/refinery-teacher-moe";
-constexpr int64_t kLength = 64;
-
-// `windows` windows of kLength tokens of the bundled validation sample, from window `first` on.
-std::vector<int32_t> sample_windows(int64_t first, int64_t windows) {
-  static const std::vector<int32_t> stream =
-      eval::read_token_stream({std::string(REFINERY_SOURCE_DIR) + "/data/sample/valid-200k.jsonl"},
-                              eval::lazy_tokenizer_encoder(kTeacher, true))
-          .tokens;
-  const auto begin = stream.begin() + first * kLength;
-  return {begin, begin + windows * kLength};
-}
-
-std::shared_ptr<backend::Backend> cpu() { return backend::make_cpu_backend(0); }
+using awq_test_util::cpu;
+using awq_test_util::kLength;
+using awq_test_util::kTeacher;
+using awq_test_util::sample_windows;
 
 // Mean over positions of KL(p_ref || p_q) of the next-token distributions.
 double mean_kl(model::Transformer& ref, model::Transformer& q, const std::vector<int32_t>& tokens) {

@@ -1,12 +1,14 @@
 // train_bench CONFIG.json [--teacher MODEL] [--device cuda|cpu] [--batch B] [--seq L] [--steps N]
-//             [--warmup W] [--no-recompute] [--temperature T]
+//             [--warmup W] [--no-recompute] [--temperature T] [--overlap-teacher]
 //
 // Training throughput of the engine on random token ids (uniform over the vocabulary, seed 0), the
 // quantities issue 5 compares with ../shared/peers/hf_peer.py:
 //   without --teacher: a student from CONFIG (random init) trained on labels (CE), like the peer's
 //                      `train` (model(ids, labels=ids).loss, AdamW);
 //   with --teacher:    online KD from the teacher (its forward in the same process, forward KL at
-//                      temperature T, times T², no CE), like the peer's `kd`.
+//                      temperature T, times T², no CE), like the peer's `kd`; with
+//                      --overlap-teacher the teacher runs on its own backend and thread, the next
+//                      step's forward overlapping this step (distill/prefetching_teacher.hpp).
 // Every step is a whole optimizer step: zero grads, forward + backward of one B x L micro-batch,
 // global-norm clipping, AdamW. Prints one JSON line: tokens/s (mean over the steps after W
 // warm-up steps), MFU against 989 TFLOP/s counting 6 x student parameters per token (the peer's
@@ -19,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "distill/prefetching_teacher.hpp"
 #include "distill/teacher_source.hpp"
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/core/device_memory.hpp"
@@ -36,6 +39,7 @@ struct Options {
   std::string config, teacher, device = "cuda";
   int64_t batch = 4, seq = 2048, steps = 6, warmup = 2;
   bool recompute = true;
+  bool overlap_teacher = false;  // PrefetchingTeacher: the next batch's teacher forward overlaps
   double temperature = 2.0;
 };
 
@@ -55,6 +59,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--warmup") o.warmup = std::stoll(value());
     else if (a == "--temperature") o.temperature = std::stod(value());
     else if (a == "--no-recompute") o.recompute = false;
+    else if (a == "--overlap-teacher") o.overlap_teacher = true;
     else if (o.config.empty() && a[0] != '-') o.config = a;
     else throw_user_error("train_bench: unknown argument ", a);
   }
@@ -72,8 +77,12 @@ int run(const Options& o) {
   mo.recompute = o.recompute;
   train::TrainableModel student(config, std::move(params), be, mo);
   train::ModelOptimizer optimizer(student.parameters(), *be, train::AdamWOptions{});
-  std::unique_ptr<distill::OnlineTeacher> teacher;
-  if (!o.teacher.empty()) teacher = std::make_unique<distill::OnlineTeacher>(o.teacher, be);
+  std::unique_ptr<distill::TeacherSource> teacher;
+  if (!o.teacher.empty() && o.overlap_teacher)
+    teacher = std::make_unique<distill::PrefetchingTeacher>(
+        o.teacher, o.device == "cuda" ? backend::make_cuda_backend(0) : backend::make_cpu_backend());
+  else if (!o.teacher.empty())
+    teacher = std::make_unique<distill::OnlineTeacher>(o.teacher, be);
 
   backend::KdLossOptions loss;
   if (teacher) {
@@ -88,13 +97,20 @@ int run(const Options& o) {
   const double scale = 1.0 / static_cast<double>(train::TrainableModel::counted_positions(t, o.batch));
   double timed = 0.0, last_loss = 0.0;
   if (o.device == "cuda") device_reset_peak_bytes();
-  for (int64_t step = 0; step < o.steps; ++step) {
-    std::vector<int32_t> tokens(static_cast<std::size_t>(t));
+  std::vector<std::vector<int32_t>> batches(static_cast<std::size_t>(o.steps));
+  for (auto& tokens : batches) {
+    tokens.resize(static_cast<std::size_t>(t));
     for (auto& x : tokens) x = id(rng);
+  }
+  for (int64_t step = 0; step < o.steps; ++step) {
+    const std::vector<int32_t>& tokens = batches[static_cast<std::size_t>(step)];
     const auto t0 = Clock::now();
     student.parameters().zero_grad(*be);
     train::TeacherTargets targets;
-    if (teacher) targets = teacher->targets(tokens, o.batch, {});
+    if (teacher) {
+      targets = teacher->targets(tokens, o.batch, {});
+      if (step + 1 < o.steps) teacher->prefetch(batches[static_cast<std::size_t>(step + 1)], o.batch);
+    }
     const train::LossSums sums = student.forward_backward(tokens, o.batch, targets, loss, scale);
     optimizer.clip(1.0);
     optimizer.step(1e-4);
@@ -114,6 +130,7 @@ int run(const Options& o) {
                       {"batch", o.batch},
                       {"seq", o.seq},
                       {"recompute", o.recompute},
+                      {"overlap_teacher", o.overlap_teacher},
                       {"params", n_params},
                       {"tok_s", tok_s},
                       {"mfu_vs_989", 6.0 * static_cast<double>(n_params) * tok_s / 989e12},

@@ -11,6 +11,7 @@
 #include "cli/cli_util.hpp"
 #include "cli/commands.hpp"
 #include "engine/io/model_directory.hpp"
+#include "distill/prefetching_teacher.hpp"
 #include "distill/trainer.hpp"
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/core/log.hpp"
@@ -42,6 +43,7 @@ struct DistillCliOptions {
   std::string device = "cpu", save_dtype = "bf16";
   int threads = 0;
   bool no_recompute = false, resume = false, add_special = false, json = false;
+  bool overlap_teacher = false;
 };
 
 backend::Divergence parse_divergence(const std::string& name) {
@@ -115,7 +117,14 @@ void run_distill(const DistillCliOptions& o) {
     };
     if (!tok.empty()) encode = eval::lazy_tokenizer_encoder(tok, o.add_special);
     tokens = eval::read_token_stream(o.data, encode).tokens;
-    if (!o.teacher.empty()) teacher = std::make_unique<distill::OnlineTeacher>(o.teacher, be);
+    if (!o.teacher.empty() && o.overlap_teacher) {
+      // The teacher on a backend of its own, driven by a worker thread (same results).
+      auto teacher_be = o.device == "cuda" ? backend::make_cuda_backend(0)
+                                           : backend::make_cpu_backend(o.threads);
+      teacher = std::make_unique<distill::PrefetchingTeacher>(o.teacher, std::move(teacher_be));
+    } else if (!o.teacher.empty()) {
+      teacher = std::make_unique<distill::OnlineTeacher>(o.teacher, be);
+    }
   }
   if (seq_len > config.max_position_embeddings && config.max_position_embeddings > 0)
     throw_user_error("--seq-len ", seq_len, " exceeds the student's max_position_embeddings ",
@@ -315,6 +324,9 @@ void register_distill(CLI::App& app) {
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
   cmd->add_flag("--no-recompute", o->no_recompute, "Keep every activation (more memory, less compute)");
+  cmd->add_flag("--overlap-teacher", o->overlap_teacher,
+                "Run the online teacher's forward for the next batch on its own thread (and CUDA "
+                "stream) while the student trains on this one; same results, more memory");
   cmd->add_flag("--resume", o->resume, "Continue the run in --out from its last checkpoint");
   cmd->add_flag("--add-special", o->add_special, "Encode text with the tokenizer's special tokens");
   cmd->add_flag("--json", o->json, "Print a JSON summary on stdout");

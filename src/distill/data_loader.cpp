@@ -89,6 +89,25 @@ std::vector<int32_t> DataLoader::next_batch() {
   return out;
 }
 
+std::vector<int32_t> DataLoader::peek_next_batch() const {
+  const int64_t batch = options_.batch_size;
+  const int64_t len = options_.seq_len;
+  Cursor at = cursor_;
+  if (train_windows_ - at.position < batch) at = Cursor{at.epoch + 1, 0};  // as next_batch()
+  std::vector<int64_t> other;
+  const std::vector<int64_t>* order = &order_;
+  if (order_epoch_ != at.epoch) {
+    other = epoch_order(train_windows_, options_.seed, at.epoch);
+    order = &other;
+  }
+  std::vector<int32_t> out(static_cast<size_t>(batch * len));
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t window = (*order)[static_cast<size_t>(at.position + b)];
+    std::copy_n(tokens_.begin() + window * len, len, out.begin() + b * len);
+  }
+  return out;
+}
+
 std::span<const int32_t> DataLoader::held_out_window(int64_t i) const {
   if (i < 0 || i >= held_out_windows_)
     throw_user_error("distill data loader: held-out window ", i, " does not exist; expected 0..",

@@ -65,6 +65,8 @@ class DataLoader {
   // the cursor; first moves to the next epoch (new shuffle) when fewer than batch_size windows
   // remain in the current one (the remainder is dropped for that epoch).
   std::vector<int32_t> next_batch();
+  // What next_batch() will return, without advancing (a teacher can start on it early).
+  std::vector<int32_t> peek_next_batch() const;
   // The stream window indices (0 .. train_windows() - 1) of the batch next_batch() returned last,
   // in row order (an offline teacher cache is read by window).
   const std::vector<int64_t>& last_batch_windows() const { return last_windows_; }

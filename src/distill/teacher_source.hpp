@@ -24,6 +24,8 @@ class TeacherSource {
   // next call.
   virtual train::TeacherTargets targets(std::span<const int32_t> tokens, int64_t sequences,
                                         std::span<const int64_t> windows) = 0;
+  // A hint: these tokens will be asked for next (PrefetchingTeacher starts their forward now).
+  virtual void prefetch(std::span<const int32_t> /*tokens*/, int64_t /*sequences*/) {}
   virtual int64_t vocab_size() const = 0;
 };
 

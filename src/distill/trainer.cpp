@@ -281,8 +281,12 @@ TrainerResult Trainer::run() {
     for (int64_t m = 0; m < options_.grad_accum; ++m) {
       const std::vector<int32_t> tokens = data_.next_batch();
       train::TeacherTargets targets;
-      if (teacher_ != nullptr)
+      if (teacher_ != nullptr) {
         targets = teacher_->targets(tokens, b, data_.last_batch_windows());
+        // The next micro-batch's teacher forward may start now (PrefetchingTeacher).
+        if (step + 1 < options_.steps || m + 1 < options_.grad_accum)
+          teacher_->prefetch(data_.peek_next_batch(), b);
+      }
       sums += model_.forward_backward(tokens, b, targets, options_.loss, grad_scale);
     }
     const double norm = optimizer_->clip(options_.max_grad_norm);

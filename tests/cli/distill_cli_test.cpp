@@ -278,6 +278,28 @@ TEST(DistillCliOffline, FullVocabularyCacheMatchesTheOnlineTeacher) {
   }
 }
 
+// --overlap-teacher (PrefetchingTeacher: the next micro-batch's teacher forward on a worker thread
+// with its own backend) changes when the teacher runs, not what it computes: the metrics of the
+// run, the held-out evaluations included, are identical to the plain online teacher's.
+TEST(DistillCliOnline, OverlappedTeacherGivesTheSameRun) {
+  OneOmpThread one_thread;
+  ScratchDir dir;
+  const std::string data = valid_slice(dir, 1);
+  const std::string common = " --student-config " + kStudentConfig + " --teacher " + kTeacher +
+                             " --data " + data +
+                             " --seq-len 32 --batch 2 --grad-accum 2 --steps 4 --warmup 1 "
+                             "--lr 1e-3 --eval-every 2 --threads 1 --tokenizer " +
+                             kTokenizer;
+  const std::string plain = dir.file("plain"), overlapped = dir.file("overlapped");
+  run_ok("distill" + common + " --out " + plain);
+  run_ok("distill" + common + " --overlap-teacher --out " + overlapped);
+  const auto a = deterministic(read_metrics(fs::path(plain) / "train/metrics.jsonl"));
+  const auto b = deterministic(read_metrics(fs::path(overlapped) / "train/metrics.jsonl"));
+  ASSERT_EQ(a.size(), 4u + 2u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(b[i], a[i]) << "metrics line " << i;
+}
+
 // --- 3. outputs ------------------------------------------------------------------------------
 
 TEST(DistillCliOutputs, DirectoryMetricsJsonAndEvalOfTheStudent) {

@@ -198,6 +198,23 @@ TEST(DistillDataLoader, SeekResumeEqualsUninterrupted) {
   EXPECT_EQ(later.next_batch(), batches[kBatchesPerEpoch]);
 }
 
+// peek_next_batch() is what next_batch() returns next, without advancing: across two epoch
+// boundaries (9 batches per epoch) and after a seek.
+TEST(DistillDataLoader, PeekIsTheNextBatchWithoutAdvancing) {
+  DataLoader loader = small_loader(5);
+  for (int i = 0; i < 2 * kBatchesPerEpoch + 3; ++i) {
+    const std::vector<int32_t> peeked = loader.peek_next_batch();
+    EXPECT_EQ(loader.peek_next_batch(), peeked) << "peeking twice, batch " << i;
+    const Cursor before = loader.cursor();
+    EXPECT_EQ(loader.next_batch(), peeked) << "batch " << i;
+    EXPECT_NE(loader.cursor().position, before.position);
+  }
+  loader.seek(Cursor{4, kTrain});  // the end of an epoch not loaded yet: the peek crosses it
+  const std::vector<int32_t> peeked = loader.peek_next_batch();
+  EXPECT_EQ(loader.next_batch(), peeked);
+  EXPECT_EQ(loader.cursor().epoch, 5);
+}
+
 TEST(DistillDataLoader, SeekOutOfRangeIsAUserError) {
   DataLoader loader = small_loader(0);
   const std::string message = error_message_of([&] { loader.seek(Cursor{0, kTrain + 1}); });

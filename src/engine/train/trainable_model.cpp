@@ -175,7 +175,13 @@ LossSums TrainableModel::head_and_loss(const Batch& b, const Tensor& x,
     Tensor logits = be.empty(DType::kF32, {n, vocab});
     be.linear(h_c, weights_.lm_head, logits);
     Tensor teacher_logits, ids, log_probs;
-    if (online) teacher_logits = teacher.teacher->logits(teacher.teacher_hidden.slice(r0, r1));
+    if (online) {
+      // On the student's backend with the teacher's lm_head (what Transformer::logits computes):
+      // the teacher's own backend may be busy with the next batch (PrefetchingTeacher).
+      teacher_logits = be.empty(DType::kF32, {n, vocab});
+      be.linear(teacher.teacher_hidden.slice(r0, r1), teacher.teacher->weights().lm_head,
+                teacher_logits);
+    }
     if (sparse && teacher.tail_log_prior.defined()) {
       teacher_logits = be.empty(DType::kF32, {n, vocab});
       be.expand_top_k(teacher.top_k_ids.slice(r0, r1), teacher.top_k_log_probs.slice(r0, r1),

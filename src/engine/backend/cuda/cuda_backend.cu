@@ -59,12 +59,12 @@ CudaBackend::CudaBackend(int device_index, DType activations)
     throw_user_error("CUDA device ", device_index, " does not exist: this machine has ",
                      devices.size(), " device(s), numbered from 0");
   REFINERY_CUDA_CHECK(cudaSetDevice(device_index));
-  REFINERY_CUDA_CHECK(cudaStreamCreate(&stream_));  // blocking: ordered with cudaMemcpy
+  // The calling thread's default stream (per-thread default streams, CMakeLists.txt): ordered with
+  // this thread's copies and allocations; a backend is used from one thread at a time.
+  stream_ = cudaStreamPerThread;
   const cublasStatus_t status = cublasCreate(&cublas_);
-  if (status != CUBLAS_STATUS_SUCCESS) {
-    cudaStreamDestroy(stream_);
+  if (status != CUBLAS_STATUS_SUCCESS)
     throw_internal_error("cublasCreate failed: ", cublasGetStatusString(status));
-  }
   try {
     REFINERY_CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
     // Default math: f32 GEMMs requested with CUBLAS_COMPUTE_32F use plain f32 (no TF32).
@@ -74,7 +74,6 @@ CudaBackend::CudaBackend(int device_index, DType activations)
   } catch (...) {
     if (lt_ != nullptr) cublasLtDestroy(lt_);
     cublasDestroy(cublas_);
-    cudaStreamDestroy(stream_);
     throw;
   }
   sync_debug_ = env_flag("REFINERY_CUDA_SYNC");
@@ -90,10 +89,6 @@ CudaBackend::~CudaBackend() {
   stacked_.clear();
   if (lt_ != nullptr && cublasLtDestroy(lt_) != CUBLAS_STATUS_SUCCESS) log::warn("cublasLtDestroy failed");
   if (cublasDestroy(cublas_) != CUBLAS_STATUS_SUCCESS) log::warn("cublasDestroy failed");
-  if (cudaStreamDestroy(stream_) != cudaSuccess) {
-    cudaGetLastError();
-    log::warn("cudaStreamDestroy failed");
-  }
 }
 
 Tensor CudaBackend::empty(DType dtype, std::vector<int64_t> shape) {

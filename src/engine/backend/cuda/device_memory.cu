@@ -3,9 +3,11 @@
 // Allocation is the caching allocator of the engine: CUDA's stream-ordered pool (cudaMallocAsync /
 // cudaFreeAsync) with the release threshold raised to "never", so memory a forward frees (scratch
 // buffers, activations) goes back to the pool and the next forward gets it without a cudaMalloc
-// or a device synchronization. Allocations and frees are enqueued on the legacy default stream:
-// the backend's stream is a blocking stream, so a free is ordered after the kernels enqueued
-// before it, and work enqueued after an allocation sees it allocated. When the pool cannot grow,
+// or a device synchronization. Allocations and frees are enqueued on the calling thread's default
+// stream (the build uses per-thread default streams), which is also the stream of the backend that
+// thread uses: a free is ordered after the kernels that thread enqueued before it, and work
+// enqueued after an allocation sees it allocated. A tensor handed to another thread must be
+// complete first (its producer synchronizes) and is then freed in the consumer's stream order. When the pool cannot grow,
 // its unused memory is returned to the device (trim) and the allocation is retried once.
 // Host<->device copies are synchronous on purpose: they are not the hot path.
 #include <cstdint>
@@ -42,13 +44,13 @@ void* device_malloc(std::size_t bytes) {
   if (bytes == 0) return nullptr;
   void* ptr = nullptr;
   const cudaMemPool_t pool = caching_pool();
-  cudaError_t status = cudaMallocFromPoolAsync(&ptr, bytes, pool, cudaStreamLegacy);
+  cudaError_t status = cudaMallocFromPoolAsync(&ptr, bytes, pool, cudaStreamPerThread);
   if (status == cudaErrorMemoryAllocation) {
     cudaGetLastError();
     // Memory freed to the pool but not reusable for this size goes back to the device first.
     REFINERY_CUDA_CHECK(cudaDeviceSynchronize());
     REFINERY_CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
-    status = cudaMallocFromPoolAsync(&ptr, bytes, pool, cudaStreamLegacy);
+    status = cudaMallocFromPoolAsync(&ptr, bytes, pool, cudaStreamPerThread);
   }
   if (status != cudaSuccess) {
     cudaGetLastError();  // clear the error so later calls do not report it again
@@ -63,7 +65,7 @@ void* device_malloc(std::size_t bytes) {
 
 void device_free(void* ptr) noexcept {
   if (ptr == nullptr) return;
-  cudaError_t status = cudaFreeAsync(ptr, cudaStreamLegacy);
+  cudaError_t status = cudaFreeAsync(ptr, cudaStreamPerThread);
   if (status != cudaSuccess) {
     cudaGetLastError();
     log::warn("cudaFreeAsync failed: ", cudaGetErrorString(status));

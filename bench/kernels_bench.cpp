@@ -157,9 +157,13 @@ int main() {
           const char* tile;
         };
         for (const Variant& v : {Variant{"mma", backend::cuda::GroupedGemmKernel::kMmaSync, ""},
-                                 Variant{"wgmma", backend::cuda::GroupedGemmKernel::kWgmma, ""},
+                                 Variant{"wgmma", backend::cuda::GroupedGemmKernel::kWgmma, "128x128"},
                                  Variant{"wgmma256", backend::cuda::GroupedGemmKernel::kWgmma,
-                                         "128x256"}}) {
+                                         "128x256"},
+                                 Variant{"ws128", backend::cuda::GroupedGemmKernel::kWgmma,
+                                         "ws128x128"},
+                                 Variant{"ws256", backend::cuda::GroupedGemmKernel::kWgmma,
+                                         "ws128x256"}}) {
           if (v.kernel == backend::cuda::GroupedGemmKernel::kWgmma &&
               !backend::cuda::grouped_gemm_wgmma_available())
             continue;
@@ -177,9 +181,14 @@ int main() {
           const backend::cuda::GroupedGemmArgs args{
               xs.data(), gate_up.data(), h.mutable_data(), off.data<int32_t>(), e_count, rows,
               inter, hidden, false, nullptr, true};
-          const double sg =
-              time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
-          json += str(", \"ggemm_wgmma_swiglu_gate_up_T", t, "_tflops\": ", gemm_flops / sg / 1e12);
+          for (const char* tile : {"128x128", "ws128x128", "ws128x256"}) {
+            setenv("REFINERY_GGEMM_TILE", tile, 1);
+            const double sg =
+                time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
+            json += str(", \"ggemm_wgmma_swiglu", tile, "_gate_up_T", t, "_tflops\": ",
+                        gemm_flops / sg / 1e12);
+          }
+          unsetenv("REFINERY_GGEMM_TILE");
         }
       }
     }

@@ -19,6 +19,10 @@
 //   through the async proxy) -> barrier -> 4 wgmma on tile kt, commit -> wait until at most one
 //   wgmma group is pending (so tile kt-1's MMAs are done) -> barrier -> refill tile kt-1's stage
 //   with tile kt + STAGES - 1.
+// Two kernels share the tiles, the swizzled stages and the epilogue: wgmma_kernel (above: every
+// thread copies and multiplies, one block-wide barrier pair per k tile) and ws_kernel (warp-
+// specialized: a producer warpgroup copies, two consumer warpgroups multiply, mbarriers between
+// them; the default, 128 x 256 tiles, see ws_kernel's comment).
 // Accumulator layout of m64nNk16 (f32): warp q of the warpgroup owns rows 16q..16q+15; lane L holds
 // for every n8 block i: d[4i], d[4i+1] = (row 16q + L/4, cols 8i + 2(L%4), +1) and d[4i+2], d[4i+3]
 // = (row 16q + L/4 + 8, same cols) — the mma.sync C fragment repeated.
@@ -29,6 +33,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "engine/backend/cuda/cuda_check.hpp"
@@ -45,6 +50,7 @@ using namespace ptx;
 template <int BN, int STAGES, int MIN_BLOCKS>
 struct WgmmaConfig {
   static constexpr int kBM = 128, kBN = BN, kBK = 64, kStages = STAGES, kMinBlocks = MIN_BLOCKS;
+  static constexpr bool kWarpSpecialized = false;
   static constexpr int kThreads = 256;              // two warpgroups
   static constexpr int kAcc = BN / 2;               // f32 accumulators per thread (64 x BN / 128)
   static constexpr int kAStage = kBM * kBK * 2;     // bytes of one A stage (128 rows x 128 B)
@@ -53,12 +59,30 @@ struct WgmmaConfig {
   static_assert(BN == 128 || BN == 256, "wgmma shapes m64n128k16 and m64n256k16 are wrapped");
 };
 
-// 128 x 128 x 64, 3 stages (97 KiB, two blocks per SM): the default. On an H100 (2026-11-27,
-// kernels_bench, V2-Lite gate|up) 481 TFLOP/s at T 8192 and 363 at T 2048, vs 434 / 345 for:
+// 128 x 128 x 64, 3 stages (97 KiB, two blocks per SM): REFINERY_GGEMM_TILE=128x128.
 using Narrow = WgmmaConfig<128, 3, 2>;
 // 128 x 256 x 64, 4 stages (193 KiB, one block per SM), 128 accumulators per thread;
 // REFINERY_GGEMM_TILE=128x256.
 using Wide = WgmmaConfig<256, 4, 1>;
+
+// The warp-specialized kernel (ws_kernel below): 384 threads = a producer warpgroup that only
+// copies and two consumer warpgroups that only multiply, one block per SM.
+template <int BN, int STAGES>
+struct WsConfig {
+  static constexpr int kBM = 128, kBN = BN, kBK = 64, kStages = STAGES;
+  static constexpr bool kWarpSpecialized = true;
+  static constexpr int kThreads = 384;              // producer + two consumer warpgroups
+  static constexpr int kProducerThreads = 128;
+  static constexpr int kAcc = BN / 2;               // f32 accumulators per consumer thread
+  static constexpr int kAStage = kBM * kBK * 2;
+  static constexpr int kBStage = kBN * kBK * 2;
+  static constexpr size_t kSmemBytes = size_t{STAGES} * (kAStage + kBStage) + 1024;
+  static_assert(BN == 128 || BN == 256, "wgmma shapes m64n128k16 and m64n256k16 are wrapped");
+};
+// 128 x 256 x 64 in 4 stages (193 KiB): the default (REFINERY_GGEMM_TILE=ws128x256).
+using WsWide = WsConfig<256, 4>;
+// 128 x 128 x 64 in 6 stages (193 KiB): REFINERY_GGEMM_TILE=ws128x128.
+using WsNarrow = WsConfig<128, 6>;
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -78,6 +102,35 @@ template <int N>
 __device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// mbarrier (PTX ISA "Parallel Synchronization and Communication Instructions: mbarrier"): a
+// 64-bit shared-memory object counting arrivals per phase; a phase completes when `count`
+// arrivals have happened, and waiters poll the parity of the phase they wait for.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+// The arrival happens when all of this thread's earlier cp.async copies have landed; .noinc: it
+// counts as one of the phase's expected arrivals (the barrier's count includes it).
+__device__ __forceinline__ void cp_async_mbarrier_arrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ bool mbarrier_try_wait(uint32_t bar, uint32_t parity) {
+  uint32_t done = 0;
+  asm volatile(
+      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+      "selp.u32 %0, 1, 0, p;\n}\n"
+      : "=r"(done)
+      : "r"(bar), "r"(parity)
+      : "memory");
+  return done != 0;
+}
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, uint32_t parity) {
+  while (!mbarrier_try_wait(bar, parity)) {
+  }
 }
 
 // Shared-memory matrix descriptor (PTX ISA "Matrix Descriptor Format") of a K-major tile whose
@@ -180,86 +233,31 @@ __device__ __forceinline__ void load_stage(uint32_t dst, RowOf row_of, int64_t k
   }
 }
 
-#endif  // __CUDA_ARCH_FEAT_SM90_ALL
-
-// kSwiglu: the block's 128 B rows are expert rows j0..j0+63 of the gate and the same of the up
-// projection (j0 = 64 · blockIdx.x), so the thread holding gate column c (accumulator block i < 8)
-// also holds up column c (block i + 8): the epilogue writes y[:, j0 + c] = silu(gate) · up.
-template <class C, class OutT, bool kSwiglu>
-__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const Params p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kBM = C::kBM, kBN = C::kBN, kBK = C::kBK, kStages = C::kStages;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ MTile tile;
-  const uint32_t base = (shared_address(smem_raw) + 1023u) & ~1023u;  // swizzle atoms: 1024 B
-  const uint32_t a_base = base, b_base = base + kStages * C::kAStage;
-
-  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  if (warp == 0) {
-    const MTile t = find_m_tile<kBM>(p, static_cast<int>(blockIdx.y), lane);
-    if (lane == 0) tile = t;
+// Where row `row` of a block's B tile starts: W_g row n0 + row, or for kSwiglu (the tile pairs
+// BN/2 gate rows with the same BN/2 up rows of the stacked [2n, k] gate|up weight) gate row
+// n0 + row for row < BN/2, else up row n0 + row - BN/2. nullptr past the weight's rows (zeros).
+template <int kBN, bool kSwiglu>
+__device__ __forceinline__ const bf16* weight_row(const Params& p, const bf16* w_g, int n0, int row) {
+  if constexpr (kSwiglu) {
+    constexpr int kHalf = kBN / 2;
+    const int j = n0 + row % kHalf;
+    return j < p.n ? w_g + (int64_t{row / kHalf} * p.n + j) * p.k : nullptr;
+  } else {
+    return n0 + row < p.n ? w_g + int64_t{n0 + row} * p.k : nullptr;
   }
-  __syncthreads();
-  if (tile.group < 0) return;  // past the last real tile (the grid is an upper bound)
-  const int row0 = tile.row0, rows_valid = tile.rows, group = tile.group;
-  static_assert(!kSwiglu || kBN == 128, "the SwiGLU tile pairs 64 gate with 64 up columns");
-  const int n0 = static_cast<int>(blockIdx.x) * (kSwiglu ? kBN / 2 : kBN);  // first output column
-  const int64_t k = p.k;
-  const int64_t w_rows = kSwiglu ? 2 * int64_t{p.n} : p.n;  // rows of W_g
-  const bf16* const w_g = p.w + int64_t{group} * w_rows * k;
-  const auto a_rows = [&](int row) { return a_row(p, row0, row); };
-  const auto b_rows = [&](int row) -> const bf16* {
-    if constexpr (kSwiglu) {
-      const int j = n0 + (row & 63);  // gate row j (row < 64) or up row j (row >= 64)
-      return j < p.n ? w_g + (int64_t{row >> 6} * p.n + j) * k : nullptr;
-    } else {
-      return n0 + row < p.n ? w_g + int64_t{n0 + row} * k : nullptr;
-    }
-  };
-  const int cols_valid = p.n - n0;  // output columns of this tile that exist
-  const int k_tiles = (p.k + kBK - 1) / kBK;
+}
 
-  auto load = [&](int kt, int stage) {
-    load_stage<kBM>(a_base + stage * C::kAStage, a_rows, k, rows_valid, kt * kBK, p.x);
-    load_stage<kBN>(b_base + stage * C::kBStage, b_rows, k, kBN, kt * kBK, p.w);
-  };
-#pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_tiles) load(s, s);
-    cp_async_commit();  // empty groups past k_tiles keep the group count uniform
-  }
-
-  const int wg = static_cast<int>(threadIdx.x) / 128;  // warpgroup: rows 64·wg ..
-  float acc[C::kAcc];
-#pragma unroll
-  for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
-
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    cp_async_wait<kStages - 2>();  // this thread's copies of tile kt have landed
-    fence_proxy_async();           // ... and are visible to the MMAs' async proxy
-    __syncthreads();               // ... for every thread's copies
-    const int stage = kt % kStages;
-    const uint64_t a_desc = make_descriptor(a_base + stage * C::kAStage + wg * 64 * 128);
-    const uint64_t b_desc = make_descriptor(b_base + stage * C::kBStage);
-    wgmma_fence();
-    fence_accumulators(acc);
-#pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) Wgmma<kBN>::mma(acc, a_desc + 2 * kk, b_desc + 2 * kk);
-    wgmma_commit();
-    fence_accumulators(acc);
-    wgmma_wait<1>();  // this warpgroup's MMAs of tile kt-1 are done
-    fence_accumulators(acc);
-    __syncthreads();  // ... every warpgroup's: tile kt-1's stage is free
-    const int next = kt + kStages - 1;
-    if (next < k_tiles) load(next, next % kStages);
-    cp_async_commit();
-  }
-  wgmma_wait<0>();
-  fence_accumulators(acc);
-  cp_async_wait<0>();  // only empty groups can be pending; leave nothing in flight
-
+// Writes the 64 x BN accumulator block of warpgroup `wg` (tile rows 64·wg ..; `warp` is the
+// thread's warp within its warpgroup). kSwiglu: gate column c (accumulator block i < BN/16) and
+// up column c (block i + BN/16) sit in the same thread, which writes silu(gate) · up to column
+// n0 + c of y [rows, n].
+template <int kBN, class OutT, bool kSwiglu, int kAcc>
+__device__ __forceinline__ void store_accumulators(const Params& p, const float (&acc)[kAcc], int wg,
+                                                   int warp, int lane, int row0, int rows_valid,
+                                                   int n0) {
   OutT* const y = static_cast<OutT*>(p.y);
-  const int row_base = wg * 64 + (warp % 4) * 16 + (lane >> 2);
+  const int cols_valid = p.n - n0;  // output columns of this tile that exist
+  const int row_base = wg * 64 + warp * 16 + (lane >> 2);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int row = row_base + 8 * r;  // within the tile
@@ -283,6 +281,183 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
       }
     }
   }
+}
+
+// Warpgroup `wg`'s MMAs on one k tile held in shared memory at (a_stage, b_stage).
+template <int kBN, int kBK, int kAcc>
+__device__ __forceinline__ void mma_tile(float (&acc)[kAcc], uint32_t a_stage, uint32_t b_stage,
+                                         int wg) {
+  const uint64_t a_desc = make_descriptor(a_stage + wg * 64 * 128);
+  const uint64_t b_desc = make_descriptor(b_stage);
+  wgmma_fence();
+  fence_accumulators(acc);
+#pragma unroll
+  for (int kk = 0; kk < kBK / 16; ++kk) Wgmma<kBN>::mma(acc, a_desc + 2 * kk, b_desc + 2 * kk);
+  wgmma_commit();
+  fence_accumulators(acc);
+}
+
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// kSwiglu (BN 128 here): the block's 128 B rows are expert rows j0..j0+63 of the gate and the same
+// of the up projection (j0 = 64 · blockIdx.x): see weight_row and store_accumulators.
+template <class C, class OutT, bool kSwiglu>
+__global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kBM = C::kBM, kBN = C::kBN, kBK = C::kBK, kStages = C::kStages;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ MTile tile;
+  const uint32_t base = (shared_address(smem_raw) + 1023u) & ~1023u;  // swizzle atoms: 1024 B
+  const uint32_t a_base = base, b_base = base + kStages * C::kAStage;
+
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  if (warp == 0) {
+    const MTile t = find_m_tile<kBM>(p, static_cast<int>(blockIdx.y), lane);
+    if (lane == 0) tile = t;
+  }
+  __syncthreads();
+  if (tile.group < 0) return;  // past the last real tile (the grid is an upper bound)
+  const int row0 = tile.row0, rows_valid = tile.rows, group = tile.group;
+  const int n0 = static_cast<int>(blockIdx.x) * (kSwiglu ? kBN / 2 : kBN);  // first output column
+  const int64_t k = p.k;
+  const int64_t w_rows = kSwiglu ? 2 * int64_t{p.n} : p.n;  // rows of W_g
+  const bf16* const w_g = p.w + int64_t{group} * w_rows * k;
+  const auto a_rows = [&](int row) { return a_row(p, row0, row); };
+  const auto b_rows = [&](int row) { return weight_row<kBN, kSwiglu>(p, w_g, n0, row); };
+  const int k_tiles = (p.k + kBK - 1) / kBK;
+
+  auto load = [&](int kt, int stage) {
+    load_stage<kBM>(a_base + stage * C::kAStage, a_rows, k, rows_valid, kt * kBK, p.x);
+    load_stage<kBN>(b_base + stage * C::kBStage, b_rows, k, kBN, kt * kBK, p.w);
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_tiles) load(s, s);
+    cp_async_commit();  // empty groups past k_tiles keep the group count uniform
+  }
+
+  const int wg = static_cast<int>(threadIdx.x) / 128;  // warpgroup: rows 64·wg ..
+  float acc[C::kAcc];
+#pragma unroll
+  for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
+
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<kStages - 2>();  // this thread's copies of tile kt have landed
+    fence_proxy_async();           // ... and are visible to the MMAs' async proxy
+    __syncthreads();               // ... for every thread's copies
+    const int stage = kt % kStages;
+    mma_tile<kBN, kBK>(acc, a_base + stage * C::kAStage, b_base + stage * C::kBStage, wg);
+    wgmma_wait<1>();  // this warpgroup's MMAs of tile kt-1 are done
+    fence_accumulators(acc);
+    __syncthreads();  // ... every warpgroup's: tile kt-1's stage is free
+    const int next = kt + kStages - 1;
+    if (next < k_tiles) load(next, next % kStages);
+    cp_async_commit();
+  }
+  wgmma_wait<0>();
+  fence_accumulators(acc);
+  cp_async_wait<0>();  // only empty groups can be pending; leave nothing in flight
+  store_accumulators<kBN, OutT, kSwiglu>(p, acc, wg, warp % 4, lane, row0, rows_valid, n0);
+#else
+  __trap();  // compiled for sm_90a only; the launcher checks the device first
+#endif
+}
+
+// The warp-specialized kernel: no block-wide barrier in the k loop.
+//   producer warpgroup (threads 0..127): for every k tile, waits until the ring stage is free
+//     (empty[stage]), issues the cp.async copies of the A and B tiles into it, and has the copy
+//     hardware arrive on full[stage] when they land (cp.async.mbarrier.arrive.noinc; count 128).
+//     Thread t always copies 16-byte chunk t % 8 of rows t / 8 + 16 i, so its source rows (the
+//     routing permutation of A, the weight rows of B) are looked up once, not per k tile, and the
+//     swizzled destination offset is one constant.
+//   consumer warpgroups 1 and 2 (tile rows 0..63 and 64..127): wait for full[stage], make the
+//     copies visible to the async proxy, issue the tile's 4 wgmma, and once the previous tile's
+//     MMAs are done (wgmma.wait_group 1) arrive on its empty[stage] (count 256).
+// Parity: the n-th use (n = kt / STAGES) of a stage completes phase n of its full barrier, so
+// consumers wait for parity n & 1; the producer's n-th refill waits for the consumers' release of
+// use n - 1, parity (n - 1) & 1.
+template <class C, class OutT, bool kSwiglu>
+__global__ void __launch_bounds__(C::kThreads, 1) ws_kernel(const Params p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kBM = C::kBM, kBN = C::kBN, kBK = C::kBK, kStages = C::kStages;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ MTile tile;
+  __shared__ alignas(8) uint64_t full[kStages], empty[kStages];
+  const uint32_t base = (shared_address(smem_raw) + 1023u) & ~1023u;  // swizzle atoms: 1024 B
+  const uint32_t a_base = base, b_base = base + kStages * C::kAStage;
+
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  if (warp == 0) {
+    const MTile t = find_m_tile<kBM>(p, static_cast<int>(blockIdx.y), lane);
+    if (lane == 0) tile = t;
+  }
+  if (threadIdx.x == 32) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(shared_address(&full[s]), C::kProducerThreads);
+      mbarrier_init(shared_address(&empty[s]), C::kThreads - C::kProducerThreads);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+  if (tile.group < 0) return;  // past the last real tile (the grid is an upper bound)
+  const int row0 = tile.row0, rows_valid = tile.rows, group = tile.group;
+  const int n0 = static_cast<int>(blockIdx.x) * (kSwiglu ? kBN / 2 : kBN);  // first output column
+  const int k_tiles = (p.k + kBK - 1) / kBK;
+  const int wg = static_cast<int>(threadIdx.x) / 128;
+
+  if (wg == 0) {  // producer
+    const int t = static_cast<int>(threadIdx.x), c = t % 8, r0 = t / 8;  // rows r0 + 16 i
+    const int64_t w_rows = kSwiglu ? 2 * int64_t{p.n} : p.n;
+    const bf16* const w_g = p.w + int64_t{group} * w_rows * p.k;
+    const bf16* a_src[kBM / 16];
+    const bf16* b_src[kBN / 16];
+#pragma unroll
+    for (int i = 0; i < kBM / 16; ++i)
+      a_src[i] = r0 + 16 * i < rows_valid ? a_row(p, row0, r0 + 16 * i) : nullptr;
+#pragma unroll
+    for (int i = 0; i < kBN / 16; ++i) b_src[i] = weight_row<kBN, kSwiglu>(p, w_g, n0, r0 + 16 * i);
+    // Row r0 + 16 i of a stage, chunk c: byte (r0 + 16 i) · 128 + ((c ^ (r0 % 8)) · 16).
+    const uint32_t chunk_offset = r0 * 128 + ((c ^ (r0 % 8)) << 4);
+    for (int kt = 0; kt < k_tiles; ++kt) {
+      const int stage = kt % kStages, use = kt / kStages;
+      if (use > 0) mbarrier_wait(shared_address(&empty[stage]), (use - 1) & 1);
+      const int k0 = kt * kBK + c * 8;
+      const bool k_valid = k0 < p.k;
+      const uint32_t a_dst = a_base + stage * C::kAStage + chunk_offset;
+      const uint32_t b_dst = b_base + stage * C::kBStage + chunk_offset;
+#pragma unroll
+      for (int i = 0; i < kBM / 16; ++i) {
+        const bool valid = k_valid && a_src[i] != nullptr;
+        cp_async_16(a_dst + i * 16 * 128, valid ? a_src[i] + k0 : p.x, valid);
+      }
+#pragma unroll
+      for (int i = 0; i < kBN / 16; ++i) {
+        const bool valid = k_valid && b_src[i] != nullptr;
+        cp_async_16(b_dst + i * 16 * 128, valid ? b_src[i] + k0 : p.w, valid);
+      }
+      cp_async_mbarrier_arrive(shared_address(&full[stage]));
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");  // leave nothing in flight
+    return;
+  }
+
+  // consumers
+  const int cwg = wg - 1;  // tile rows 64·cwg ..
+  float acc[C::kAcc];
+#pragma unroll
+  for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.0f;
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    const int stage = kt % kStages;
+    mbarrier_wait(shared_address(&full[stage]), (kt / kStages) & 1);
+    fence_proxy_async();  // the cp.async writes (generic proxy) -> the wgmma reads (async proxy)
+    mma_tile<kBN, kBK>(acc, a_base + stage * C::kAStage, b_base + stage * C::kBStage, cwg);
+    wgmma_wait<1>();  // tile kt-1's MMAs are done: its stage may be refilled
+    fence_accumulators(acc);
+    if (kt > 0) mbarrier_arrive(shared_address(&empty[(kt - 1) % kStages]));
+  }
+  wgmma_wait<0>();
+  fence_accumulators(acc);
+  store_accumulators<kBN, OutT, kSwiglu>(p, acc, cwg, warp % 4, lane, row0, rows_valid, n0);
 #else
   __trap();  // compiled for sm_90a only; the launcher checks the device first
 #endif
@@ -291,8 +466,13 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
 template <class C, class OutT, bool kSwiglu>
 void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream_t stream) {
   constexpr size_t kSmem = C::kSmemBytes;
-  REFINERY_CUDA_CHECK(cudaFuncSetAttribute(wgmma_kernel<C, OutT, kSwiglu>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+  const auto kernel = [] {
+    if constexpr (C::kWarpSpecialized)
+      return ws_kernel<C, OutT, kSwiglu>;
+    else
+      return wgmma_kernel<C, OutT, kSwiglu>;
+  }();
+  REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(kSmem)));
   // Σ_g ceil(rows_g / BM) <= ceil(rows_total / BM) + groups (grouped_gemm_tiles.cuh).
   const int64_t m_tiles_bound = (rows_total + C::kBM - 1) / C::kBM + groups;
@@ -301,14 +481,16 @@ void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream
   REFINERY_CHECK(m_tiles_bound <= 65535, "grouped_gemm: ", m_tiles_bound,
                  " row tiles exceed the grid limit 65535");
   const dim3 grid(static_cast<unsigned>(n_tiles), static_cast<unsigned>(m_tiles_bound));
-  wgmma_kernel<C, OutT, kSwiglu><<<grid, C::kThreads, kSmem, stream>>>(params);
+  kernel<<<grid, C::kThreads, kSmem, stream>>>(params);
   REFINERY_CUDA_CHECK_LAUNCH("grouped_gemm (wgmma)");
 }
 
 template <class C>
 void launch_config(const Params& params, bool y_f32, int64_t rows_total, int64_t groups,
                    cudaStream_t stream) {
-  if (y_f32)
+  if (params.swiglu)  // bf16 output (grouped_gemm.cu checks)
+    launch<C, bf16, true>(params, rows_total, groups, stream);
+  else if (y_f32)
     launch<C, float, false>(params, rows_total, groups, stream);
   else
     launch<C, bf16, false>(params, rows_total, groups, stream);
@@ -335,15 +517,19 @@ bool wgmma_available() {
 void launch_wgmma(const Params& params, bool y_f32, int64_t rows_total, int64_t groups,
                   cudaStream_t stream) {
   REFINERY_CHECK(wgmma_available(), "grouped_gemm: the wgmma kernel needs a compute 9.0 GPU");
-  if (params.swiglu) {  // bf16 output, the 128-wide tile (64 gate + 64 up columns)
-    launch<Narrow, bf16, true>(params, rows_total, groups, stream);
-    return;
-  }
-  const char* tile = std::getenv("REFINERY_GGEMM_TILE");
-  if (tile != nullptr && std::strcmp(tile, "128x256") == 0)
-    launch_config<Wide>(params, y_f32, rows_total, groups, stream);
-  else
+  // REFINERY_GGEMM_TILE picks the tile and kernel (benchmarking): ws128x256 (warp-specialized,
+  // the default), ws128x128, 128x128, 128x256 (one block-wide barrier pair per k tile). On an H100
+  // (2026-11-27, kernels_bench, V2-Lite gate|up, T 8192): 520, 433, 400 and 407 TFLOP/s.
+  const char* env = std::getenv("REFINERY_GGEMM_TILE");
+  const std::string tile = env != nullptr ? env : "";
+  if (tile == "128x128")
     launch_config<Narrow>(params, y_f32, rows_total, groups, stream);
+  else if (tile == "128x256")
+    launch_config<Wide>(params, y_f32, rows_total, groups, stream);
+  else if (tile == "ws128x128")
+    launch_config<WsNarrow>(params, y_f32, rows_total, groups, stream);
+  else
+    launch_config<WsWide>(params, y_f32, rows_total, groups, stream);
 }
 
 }  // namespace refinery::backend::cuda::grouped_gemm_detail

@@ -194,17 +194,24 @@ TEST(GroupedGemmGpu, MatchesDoubleReferenceOnMoeShapes) {
   }
 }
 
-// The wide 128 x 256 tile of each kernel is opt-in through REFINERY_GGEMM_TILE (benchmarking); it
-// must agree too.
+// The other tiles of each kernel (REFINERY_GGEMM_TILE): 128 x 256 for both; for the wgmma kernel
+// (default: warp-specialized 128 x 256) also the warp-specialized 128 x 128 and the 128 x 128
+// with block-wide barriers; each must agree too, with plain and with indexed rows.
 TEST(GroupedGemmGpu, OtherTilesMatchDoubleReference) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   for (const auto& [kernel, name] : kernels_here()) {
-    const ScopedEnv tile("REFINERY_GGEMM_TILE", "128x256");
-    uint64_t seed = 6100;
-    for (const Case& c : small_cases())
-      check_case(c, seed += 10, "grouped gemm other tile " + name, kernel);
-    check_case({moe_like_sizes(64, 93), 2816, 2048, true}, 6300,
-               "grouped gemm other tile gate|up " + name, kernel);
+    for (const std::string tile_name : {"128x256", "ws128x128", "128x128"}) {
+      if (kernel == GroupedGemmKernel::kMmaSync && tile_name != "128x256") continue;  // wgmma only
+      const ScopedEnv tile("REFINERY_GGEMM_TILE", tile_name.c_str());
+      const std::string label = str(name, " ", tile_name);
+      uint64_t seed = 6100;
+      for (const Case& c : small_cases())
+        check_case(c, seed += 10, "grouped gemm tile " + label, kernel);
+      check_case({moe_like_sizes(64, 93), 2816, 2048, true}, 6300,
+                 "grouped gemm tile gate|up " + label, kernel);
+      for (const Case& c : small_cases())
+        check_case(c, seed += 10, "grouped gemm indexed tile " + label, kernel, true);
+    }
   }
 }
 

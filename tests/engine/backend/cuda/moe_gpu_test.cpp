@@ -156,12 +156,17 @@ TEST(MoeGpu, DeviceRoutedGroupedGemmMatchesCpuAndHostRoute) {
       const Tensor x = act == DType::kBF16 ? x_bf16 : x_f32;
       Tensor want = Tensor::empty(DType::kF32, {t, hidden});
       cpu->moe_experts(x_f32, ids, w, experts, want);
-      // ggemm: wgmma with SwiGLU fused on compute 9.0; ggemm+mma: the mma.sync kernel and the
-      // separate SwiGLU kernel (REFINERY_GGEMM_KERNEL=mma); cublas: the host-routed path.
-      for (const char* route : {"ggemm", "ggemm+mma", "cublas"}) {
-        const bool mma = std::string(route) == "ggemm+mma";
-        const ScopedEnv env("REFINERY_MOE_GEMM", mma ? "ggemm" : route);
+      // ggemm: wgmma with SwiGLU fused on compute 9.0 (the default warp-specialized 128 x 256
+      // tile, the warp-specialized 128 x 128 and the 128 x 128 with block barriers); ggemm+mma: the mma.sync kernel and the separate SwiGLU kernel
+      // (REFINERY_GGEMM_KERNEL=mma); cublas: the host-routed path.
+      for (const std::string route :
+           {"ggemm", "ggemm+ws128x128", "ggemm+128x128", "ggemm+mma", "cublas"}) {
+        const bool mma = route == "ggemm+mma";
+        const std::string tile =
+            route == "ggemm+ws128x128" || route == "ggemm+128x128" ? route.substr(6) : "";
+        const ScopedEnv env("REFINERY_MOE_GEMM", route == "cublas" ? "cublas" : "ggemm");
         const ScopedEnv kernel("REFINERY_GGEMM_KERNEL", mma ? "mma" : "auto");
+        const ScopedEnv tile_env("REFINERY_GGEMM_TILE", tile.c_str());
         Tensor got = poisoned_gpu({t, hidden}, act);
         be->moe_experts(gpu(x), gpu(ids), gpu(w), experts, got);
         EXPECT_TRUE(close(str("moe_experts ", route, " ", dtype_name(act), " T=", t), got, want,

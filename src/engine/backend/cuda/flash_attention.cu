@@ -32,9 +32,9 @@
 #include <cstring>
 
 #include "engine/backend/cuda/cuda_check.hpp"
-#include "engine/core/error.hpp"
 #include "engine/backend/cuda/mma_ptx.cuh"
 #include "engine/backend/cuda/flash_attention.hpp"
+#include "engine/core/error.hpp"
 
 namespace refinery::backend::cuda {
 

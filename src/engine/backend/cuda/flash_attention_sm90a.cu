@@ -307,15 +307,16 @@ __global__ void __launch_bounds__(kThreads, 1) flash_attention_wgmma_kernel(cons
     cp_async_wait<0>();   // K_j and V_{j-1} (the group issued in iteration j-1) have landed
     fence_proxy_async();
     __syncthreads();      // every thread's copies; every WG is done with iteration j-1
-    // K stage (j+1)%2 held K_{j-1} (read by S_{j-1}, waited for in iteration j-1); V stage j%2
-    // held V_{j-2} (read by P_{j-2}·V_{j-2}, waited for in iteration j-1).
-    if (j + 1 < n_tiles) load_k(j + 1);
-    load_v(j);
-    cp_async_commit();
 
     fence_all();
     issue_s(j);
     issue_pv(j - 1);
+    // Refill while the MMAs run: K stage (j+1)%2 held K_{j-1} (read by S_{j-1}, waited for in
+    // iteration j-1, before the barrier above); V stage j%2 held V_{j-2} (read by P_{j-2}·V_{j-2},
+    // waited for in iteration j-1). Neither is read by the MMAs just issued.
+    if (j + 1 < n_tiles) load_k(j + 1);
+    load_v(j);
+    cp_async_commit();
     wgmma_wait<1>();  // S_j is done; P_{j-1}·V_{j-1} may still run
     fence_accumulators(sa);
     float alpha[2];

@@ -4,6 +4,8 @@
 //   gemm       linear x[8192, 4096] · W[14336, 4096]ᵀ (a 7B MLP projection)       -> TFLOP/s
 //   attention  causal prefill, L = 2048: MLA 16 heads dk 192 / dv 128 (V2-Lite), GQA 32/8 dk 128
 //              (Llama 7B); FLOPs = 2·H·(dk + dv)·L(L+1)/2                          -> TFLOP/s
+//              by default and with each flash kernel forced (REFINERY_ATTN_KERNEL=mma|wgmma,
+//              wgmma on compute 9.0 only; 10 launches per timed run, so the sync is amortized)
 //   attention_backward  L = 2048, 32 heads of 64, GQA 32/4 (the 1.4B student), fused kernels
 //              (flash) and the cuBLAS path (REFINERY_ATTN_BWD=cublas); FLOPs = 2.5x the forward's
 //              causal count (the standard 5 GEMMs over the causal half)              -> TFLOP/s
@@ -26,6 +28,7 @@
 #include "bench_util.hpp"
 #include "engine/backend/cuda/cuda_backend.hpp"
 #include "engine/backend/cuda/device_info.hpp"
+#include "engine/backend/cuda/flash_attention.hpp"
 #include "engine/backend/cuda/grouped_gemm.hpp"
 #include "engine/core/error.hpp"
 
@@ -84,6 +87,29 @@ int main() {
       const double flops = 2.0 * a.heads * (a.dk + a.dv) * (l * (l + 1) / 2.0);
       json += str(", \"attention_", a.name, "_L2048_tflops\": ", flops / s / 1e12);
     }
+    // The two flash attention kernels forced (REFINERY_ATTN_KERNEL): mma.sync and, on compute
+    // 9.0, the Hopper warpgroup-MMA kernel (flash_attention_sm90a.cu).
+    for (const char* kernel : {"mma", "wgmma"}) {
+      if (std::string(kernel) == "wgmma" && !backend::cuda::flash_attention_wgmma_available())
+        continue;
+      setenv("REFINERY_ATTN_KERNEL", kernel, 1);
+      for (const AttentionShape a : {AttentionShape{"mla_16x192x128", 16, 16, 192, 128},
+                                     AttentionShape{"gqa_32x8x128", 32, 8, 128, 128}}) {
+        const int64_t l = 2048;
+        const Tensor q = random_bf16({l, a.heads, a.dk}, 3, 1.0f);
+        const Tensor k = random_bf16({l, a.kv, a.dk}, 4, 1.0f);
+        const Tensor v = random_bf16({l, a.kv, a.dv}, 5, 1.0f);
+        Tensor out = be->empty(DType::kBF16, {l, a.heads, a.dv});
+        const float scale = 1.0f / std::sqrt(static_cast<float>(a.dk));
+        // 10 back-to-back launches per timing: one ~60 µs kernel is not much longer than the sync.
+        const double s =
+            time_it([&] { for (int r = 0; r < 10; ++r) be->attention(q, k, v, scale, out); }, sync) /
+            10;
+        const double flops = 2.0 * a.heads * (a.dk + a.dv) * (l * (l + 1) / 2.0);
+        json += str(", \"attention_", kernel, "_", a.name, "_L2048_tflops\": ", flops / s / 1e12);
+      }
+    }
+    unsetenv("REFINERY_ATTN_KERNEL");
     {  // attention backward
       const int64_t l = 2048, heads = 32, kv = 4, d = 64;
       const Tensor q = random_bf16({l, heads, d}, 20, 1.0f);

@@ -20,16 +20,21 @@
 //
 // Grid: x = head, y = query tile in reverse order, so the blocks with the most key tiles (the
 // last query rows) are dispatched first for every head and the short ones fill the tail.
+//
+// On Hopper, flash_attention_sm90a.cu has a warpgroup-MMA version of this kernel; flash_attention_bf16
+// picks between the two (REFINERY_ATTN_KERNEL, flash_attention.hpp).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/mma_ptx.cuh"
 #include "engine/backend/cuda/flash_attention.hpp"
+#include "engine/core/error.hpp"
 
 namespace refinery::backend::cuda {
 
@@ -318,6 +323,24 @@ void launch(const FlashParams& params, int query_tiles, cudaStream_t stream) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// The Hopper kernel (flash_attention_sm90a.cu) stays opt-in until it has been validated on an H100
+// (tests/engine/backend/cuda/flash_attention_gpu_test.cpp); flip this to make it the default where
+// the device and the widths allow it.
+constexpr bool kWgmmaByDefault = false;
+
+enum class KernelChoice { kAuto, kMma, kWgmma };
+
+// REFINERY_ATTN_KERNEL (read per call, ~100 ns next to a launch): unset, "" or "auto", "mma", "wgmma".
+KernelChoice kernel_choice() {
+  const char* v = std::getenv("REFINERY_ATTN_KERNEL");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return KernelChoice::kAuto;
+  if (std::strcmp(v, "mma") == 0) return KernelChoice::kMma;
+  if (std::strcmp(v, "wgmma") == 0) return KernelChoice::kWgmma;
+  throw_user_error("environment variable REFINERY_ATTN_KERNEL is \"", v,
+                   "\"; expected \"auto\", \"mma\" (the mma.sync flash attention kernel) or "
+                   "\"wgmma\" (the Hopper kernel); unset it for the default");
+}
+
 }  // namespace
 
 bool flash_attention_supports(int64_t dk, int64_t dv) {
@@ -334,6 +357,20 @@ void flash_attention_bf16(const FlashAttentionArgs& a, void* stream) {
                  ", kv_heads ", a.kv_heads);
   REFINERY_CHECK(a.s < (int64_t{1} << 31) - kBlockN && a.heads < (int64_t{1} << 31),
                  "flash_attention: s ", a.s, " or heads ", a.heads, " exceed the kernel's int range");
+  const KernelChoice choice = kernel_choice();
+  if (choice == KernelChoice::kWgmma) {
+    if (!flash_attention_wgmma_available())
+      throw_user_error("REFINERY_ATTN_KERNEL=wgmma: the Hopper attention kernel needs a compute 9.0 "
+                       "GPU (H100/H200); unset REFINERY_ATTN_KERNEL or set it to mma");
+    if (!flash_attention_wgmma_supports(a))
+      throw_user_error("REFINERY_ATTN_KERNEL=wgmma: the Hopper attention kernel does not support "
+                       "head widths dk ", a.dk, ", dv ", a.dv, " (it has (64, 64), (128, 128) and "
+                       "(192, 128)); unset REFINERY_ATTN_KERNEL or set it to mma");
+    return flash_attention_wgmma_bf16(a, stream);
+  }
+  if (kWgmmaByDefault && choice == KernelChoice::kAuto && flash_attention_wgmma_supports(a) &&
+      flash_attention_wgmma_available())
+    return flash_attention_wgmma_bf16(a, stream);
   if (a.t == 0) return;
   const int64_t query_tiles = (a.t + kBlockM - 1) / kBlockM;
   REFINERY_CHECK(query_tiles <= 65535, "flash_attention: ", a.t, " queries exceed the grid limit");

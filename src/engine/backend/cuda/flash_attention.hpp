@@ -27,6 +27,22 @@ bool flash_attention_supports(int64_t dk, int64_t dv);
 
 // Enqueues the kernel on `stream` (a cudaStream_t; nullptr is the default stream). Throws an
 // internal error for unsupported widths, inconsistent sizes, misaligned pointers or a failed launch.
+// Kernel choice (read per call): REFINERY_ATTN_KERNEL unset or "auto" runs the mma.sync kernel
+// (flash_attention.cu; the Hopper kernel is opt-in until it is validated on an H100), "mma" forces
+// it, "wgmma" forces the Hopper kernel below (a user error where the device or the widths don't
+// allow it); any other value is a user error.
 void flash_attention_bf16(const FlashAttentionArgs& args, void* stream);
+
+// The Hopper kernel (flash_attention_sm90a.cu: warpgroup MMAs, FlashAttention-3 style), same
+// contract and results up to f32 summation order and bf16 rounding of P.
+// Whether the current device can run it (compute 9.0; the same check as the grouped GEMM's).
+bool flash_attention_wgmma_available();
+// Whether it handles these arguments: (dk, dv) in {(64,64), (128,128), (192,128)} (widths only;
+// sizes and pointers are checked by the launcher). Always false in a build without CUDA.
+bool flash_attention_wgmma_supports(const FlashAttentionArgs& args);
+// Enqueues it on `stream`; throws an internal error where flash_attention_wgmma_available() or
+// flash_attention_wgmma_supports() is false, for inconsistent sizes, misaligned pointers or a
+// failed launch.
+void flash_attention_wgmma_bf16(const FlashAttentionArgs& args, void* stream);
 
 }  // namespace refinery::backend::cuda

@@ -13,4 +13,13 @@ void flash_attention_bf16(const FlashAttentionArgs& /*args*/, void* /*stream*/) 
                        "(configured with -DREFINERY_CUDA=OFF or without nvcc)");
 }
 
+bool flash_attention_wgmma_available() { return false; }
+
+bool flash_attention_wgmma_supports(const FlashAttentionArgs& /*args*/) { return false; }
+
+void flash_attention_wgmma_bf16(const FlashAttentionArgs& /*args*/, void* /*stream*/) {
+  throw_internal_error("flash_attention_wgmma_bf16 called in a build without the CUDA backend "
+                       "(configured with -DREFINERY_CUDA=OFF or without nvcc)");
+}
+
 }  // namespace refinery::backend::cuda

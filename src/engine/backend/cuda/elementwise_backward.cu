@@ -32,14 +32,17 @@ __global__ void embedding_backward_kernel(const T* dy, int64_t hidden, const int
   }
 }
 
-// The SwiGLU gradient of one element, shared by both kernels below so that the vectorized and the
-// scalar path round identically (same f32 expression, same contraction).
-struct SwigluGrad {
-  float dgate, dup;  // the increments
-};
-__device__ inline SwigluGrad swiglu_grad(float g, float u, float d) {
-  const float s = 1.0f / (1.0f + expf(-g));
-  return {d * u * (s * (1.0f + g * (1.0f - s))), d * (g * s)};
+// The SwiGLU gradient of one element, shared by both kernels below. The fused multiply-adds are
+// explicit so that the rounding does not depend on how the compiler contracts each kernel: they
+// are the ones nvcc chose for the original scalar kernel's expressions
+//   dgate += d·u·(s·(1 + g·(1 − s))),   dup += d·(g·s),   s = σ(g),
+// so results are bitwise those of the scalar kernel before vectorization.
+__device__ inline float swiglu_sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
+__device__ inline float swiglu_dgate(float g, float u, float d, float s, float dgate) {
+  return __fmaf_rn(d * u, s * __fmaf_rn(g, 1.0f - s, 1.0f), dgate);
+}
+__device__ inline float swiglu_dup(float g, float d, float s, float dup) {
+  return __fmaf_rn(d, g * s, dup);
 }
 
 // Scalar path: any alignment, and the tail of the vectorized one (elements [begin, n)).
@@ -48,9 +51,10 @@ __global__ void swiglu_backward_kernel(const T* gate, const T* up, const T* dy, 
                                        int64_t n, T* dgate, T* dup) {
   for (int64_t i = begin + blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
-    const SwigluGrad grad = swiglu_grad(to_f32(gate[i]), to_f32(up[i]), to_f32(dy[i]));
-    if (dgate != nullptr) dgate[i] = from_f32<T>(to_f32(dgate[i]) + grad.dgate);
-    if (dup != nullptr) dup[i] = from_f32<T>(to_f32(dup[i]) + grad.dup);
+    const float g = to_f32(gate[i]), u = to_f32(up[i]), d = to_f32(dy[i]);
+    const float s = swiglu_sigmoid(g);
+    if (dgate != nullptr) dgate[i] = from_f32<T>(swiglu_dgate(g, u, d, s, to_f32(dgate[i])));
+    if (dup != nullptr) dup[i] = from_f32<T>(swiglu_dup(g, d, s, to_f32(dup[i])));
   }
 }
 
@@ -96,9 +100,9 @@ __global__ void swiglu_backward_vec_kernel(const uint4* gate, const uint4* up, c
     float vg[kN], vu[kN];
 #pragma unroll
     for (int j = 0; j < kN; ++j) {
-      const SwigluGrad grad = swiglu_grad(g.get(j), u.get(j), d.get(j));
-      vg[j] = og.get(j) + grad.dgate;
-      vu[j] = ou.get(j) + grad.dup;
+      const float gj = g.get(j), s = swiglu_sigmoid(gj);
+      vg[j] = swiglu_dgate(gj, u.get(j), d.get(j), s, og.get(j));
+      vu[j] = swiglu_dup(gj, d.get(j), s, ou.get(j));
     }
     if (dgate != nullptr) {
       og.set(vg);

@@ -1,8 +1,9 @@
 // rope_backward on the GPU: dx += Rᵀ · dy, the inverse rotation at the same positions. For a pair
 // (a, b) rotated forward as y_a = x_a·c − x_b·s, y_b = x_b·c + x_a·s, the transpose gives
 //   dx_a += dy_a·c + dy_b·s,   dx_b += dy_b·c − dy_a·s;
-// the dims outside [offset, offset + rotary_dim) pass dy through (dx += dy). One thread block per
-// (token, head) row, as the forward (rope.cu); the same host/device table handling. Memory bound.
+// the dims outside [offset, offset + rotary_dim) pass dy through (dx += dy). The same two paths
+// as the forward (rope.cu: vectorized over groups of 8 pairs, or one block per (token, head) row),
+// the same f32 formulas on both, the same host/device table handling. Memory bound.
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
@@ -10,6 +11,65 @@ namespace refinery::backend::cuda {
 namespace {
 
 constexpr int kRopeThreads = 64;
+
+// Eight consecutive elements of T in registers, loaded and stored as 16-byte vectors (one for
+// bf16, two for f32); the pointer must be 16-byte aligned.
+template <typename T>
+struct RopeChunk {
+  static constexpr int kWords = 8 * sizeof(T) / 16;  // uint4 words
+  uint4 w[kWords];
+  __device__ void load(const T* p) {
+    for (int k = 0; k < kWords; ++k) w[k] = reinterpret_cast<const uint4*>(p)[k];
+  }
+  __device__ void store(T* p) const {
+    for (int k = 0; k < kWords; ++k) reinterpret_cast<uint4*>(p)[k] = w[k];
+  }
+  __device__ uint32_t word(int i) const {  // 32-bit word i of the 8 elements
+    const uint4& v = w[i / 4];
+    const int j = i % 4;
+    return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+  }
+  __device__ float get(int j) const {
+    if constexpr (sizeof(T) == 4) {
+      return __uint_as_float(word(j));
+    } else {
+      const uint32_t v = word(j / 2);
+      return __uint_as_float(j % 2 == 0 ? v << 16 : v & 0xffff0000u);
+    }
+  }
+  __device__ void set(const float (&v)[8]) {
+    uint32_t words[kWords * 4];
+    if constexpr (sizeof(T) == 4) {
+      for (int k = 0; k < 8; ++k) words[k] = __float_as_uint(v[k]);
+    } else {
+      for (int k = 0; k < 4; ++k)
+        words[k] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k]))) |
+                   (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k + 1])))
+                    << 16);
+    }
+    for (int k = 0; k < kWords; ++k)
+      w[k] = make_uint4(words[4 * k], words[4 * k + 1], words[4 * k + 2], words[4 * k + 3]);
+  }
+};
+
+// Eight f32 table entries (cos or sin of pairs i..i+7), 32-byte aligned.
+struct TableChunk {
+  float v[8];
+  __device__ void load(const float* p) {
+    const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+};
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Whether the vectorized kernel applies: whole chunks of 8 everywhere, aligned pointers, and a
+// 32-bit index space.
+bool rope_vectorizable(const void* x, const void* y, const float* cos_rows, const float* sin_rows,
+                       int64_t rows, int64_t d, int64_t offset, int64_t half) {
+  return d % 8 == 0 && offset % 8 == 0 && half % 8 == 0 && aligned16(x) && aligned16(y) &&
+         aligned16(cos_rows) && aligned16(sin_rows) && rows * (d / 8) < (int64_t{1} << 31);
+}
 
 template <typename T>
 __global__ void rope_backward_kernel(const T* dy, const float* cos_table, const float* sin_table,
@@ -29,6 +89,70 @@ __global__ void rope_backward_kernel(const T* dy, const float* cos_table, const 
     const float g0 = to_f32(gi[a]), g1 = to_f32(gi[b]);
     xi[a] = from_f32<T>(to_f32(xi[a]) + (g0 * c[i] + g1 * s[i]));
     xi[b] = from_f32<T>(to_f32(xi[b]) + (g1 * c[i] - g0 * s[i]));
+  }
+}
+
+// Vectorized: one thread per (row, item), items = half/8 groups of 8 pairs, then the pass-through
+// chunks of 8 dims (layout as rope_vec_kernel in rope.cu). Same per-element f32 formulas as
+// rope_backward_kernel, so the same results.
+template <typename T>
+__global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
+                                         const float* sin_table, uint32_t rows, uint32_t heads,
+                                         uint32_t d, uint32_t offset, uint32_t half,
+                                         bool interleaved, T* dx) {
+  const uint32_t groups = half / 8, items = groups + (d - 2 * half) / 8;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * items;
+       i += gridDim.x * blockDim.x) {
+    const uint32_t row = i / items, item = i % items;
+    const T* gi = dy + static_cast<int64_t>(row) * d;
+    T* xi = dx + static_cast<int64_t>(row) * d;
+    if (item >= groups) {  // pass-through dims: dx += dy
+      const uint32_t p = (item - groups) * 8, pos = p < offset ? p : p + 2 * half;
+      RopeChunk<T> g, o;
+      g.load(gi + pos);
+      o.load(xi + pos);
+      float v[8];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = o.get(j) + g.get(j);
+      o.set(v);
+      o.store(xi + pos);
+      continue;
+    }
+    const uint32_t t = row / heads, first = item * 8;
+    TableChunk c, s;
+    c.load(cos_table + static_cast<int64_t>(t) * half + first);
+    s.load(sin_table + static_cast<int64_t>(t) * half + first);
+    const uint32_t pa = offset + (interleaved ? 2 * first : first);
+    const uint32_t pb = interleaved ? pa + 8 : pa + half;
+    RopeChunk<T> ga, gb, oa, ob;
+    ga.load(gi + pa);
+    gb.load(gi + pb);
+    oa.load(xi + pa);
+    ob.load(xi + pb);
+    float ra[8], rb[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      // pair j: half-split (element j of a, of b); interleaved elements 2j, 2j + 1 of a|b
+      const int ia = interleaved ? (2 * j) % 8 : j, ib = interleaved ? (2 * j + 1) % 8 : j;
+      const bool in_b = interleaved && j >= 4;
+      const float g0 = interleaved ? (in_b ? gb.get(ia) : ga.get(ia)) : ga.get(j);
+      const float g1 = interleaved ? (in_b ? gb.get(ib) : ga.get(ib)) : gb.get(j);
+      const float x0 = interleaved ? (in_b ? ob.get(ia) : oa.get(ia)) : oa.get(j);
+      const float x1 = interleaved ? (in_b ? ob.get(ib) : oa.get(ib)) : ob.get(j);
+      const float n0 = x0 + (g0 * c.v[j] + g1 * s.v[j]), n1 = x1 + (g1 * c.v[j] - g0 * s.v[j]);
+      if (interleaved) {
+        float* dst = in_b ? rb : ra;
+        dst[ia] = n0;
+        dst[ib] = n1;
+      } else {
+        ra[j] = n0;
+        rb[j] = n1;
+      }
+    }
+    oa.set(ra);
+    ob.set(rb);
+    oa.store(xi + pa);
+    ob.store(xi + pb);
   }
 }
 
@@ -52,10 +176,22 @@ void CudaBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_
   const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + t_count));
   dispatch_activation(dx.dtype(), "rope_backward", [&](auto tag) {
     using T = decltype(tag);
-    rope_backward_kernel<T><<<static_cast<unsigned>(t_count * heads), kRopeThreads, 0, stream_>>>(
-        static_cast<const T*>(dy.data()), cos_rows.data<float>(), sin_rows.data<float>(), heads,
-        d, offset, half, table.pairing == model::RopePairing::kInterleaved,
-        static_cast<T*>(dx.mutable_data()));
+    const T* in = static_cast<const T*>(dy.data());
+    T* out = static_cast<T*>(dx.mutable_data());
+    const int64_t rows = t_count * heads;
+    const bool interleaved = table.pairing == model::RopePairing::kInterleaved;
+    if (rope_vectorizable(in, out, cos_rows.data<float>(), sin_rows.data<float>(), rows, d,
+                          offset, half)) {
+      const int64_t items = rows * (half / 8 + (d - 2 * half) / 8);
+      rope_backward_vec_kernel<T><<<grid_for(items), kThreads, 0, stream_>>>(
+          in, cos_rows.data<float>(), sin_rows.data<float>(), static_cast<uint32_t>(rows),
+          static_cast<uint32_t>(heads), static_cast<uint32_t>(d), static_cast<uint32_t>(offset),
+          static_cast<uint32_t>(half), interleaved, out);
+      return;
+    }
+    rope_backward_kernel<T><<<static_cast<unsigned>(rows), kRopeThreads, 0, stream_>>>(
+        in, cos_rows.data<float>(), sin_rows.data<float>(), heads, d, offset, half, interleaved,
+        out);
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "rope_backward");
 }

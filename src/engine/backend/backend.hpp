@@ -91,6 +91,16 @@ class Backend {
   // Row-wise over the last dim D: y = x / sqrt(mean(x²) + eps) * weight; x, y [R, D], weight [D].
   // x and y may have different activation dtypes (the f32 residual stream in, bf16 out).
   virtual void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) = 0;
+  // The residual add fused with the next RMSNorm (one pass over the residual stream instead of
+  // two): x += delta, then out = rms_norm(x, weight, eps) as rms_norm computes it.
+  // x f32 [R, D] (the residual stream, updated in place), delta [R, D] in an activation dtype (a
+  // block output; bf16 allowed on CUDA like add's b), weight with D values (any float dtype), out
+  // [R, D] in an activation dtype (like rms_norm's y). out must not alias x (both results are
+  // kept); it may alias delta. Results equal add(x, delta, x) followed by rms_norm(x, weight,
+  // eps, out): bit for bit on the CPU; on CUDA the sum of squares runs in the same order as
+  // rms_norm's kernel.
+  virtual void add_rms_norm(Tensor& x, const Tensor& delta, const Tensor& weight, float eps,
+                            Tensor& out) = 0;
   // y[T, hidden] = table[ids[t]]; ids I32 [T], table [vocab, hidden] (any float dtype). Throws a
   // user error for an id outside [0, vocab).
   virtual void embedding(const Tensor& ids, const Tensor& table, Tensor& y) = 0;

@@ -59,6 +59,23 @@ RowsCols check_rms_norm(Device device, const Tensor& x, const Tensor& weight, co
   return {rows, d};
 }
 
+RowsCols check_add_rms_norm(Device device, const Tensor& x, const Tensor& delta,
+                            const Tensor& weight, const Tensor& out) {
+  REFINERY_CHECK(x.ndim() == 2, "add_rms_norm x must be [R, D], found ", x.describe());
+  const int64_t rows = x.size(0), d = x.size(1);
+  require_f32(device, x, {rows, d}, "add_rms_norm x (the residual stream)");
+  require_float(device, delta, {rows, d}, "add_rms_norm delta");
+  require_float(device, out, {rows, d}, "add_rms_norm out");
+  REFINERY_CHECK(weight.numel() == d, "add_rms_norm weight must have ", d, " elements, found ",
+                 weight.describe());
+  const auto* xb = static_cast<const std::byte*>(x.data());
+  const auto* ob = static_cast<const std::byte*>(out.data());
+  const bool disjoint = ob + out.nbytes() <= xb || xb + x.nbytes() <= ob;
+  REFINERY_CHECK(x.nbytes() == 0 || disjoint, "add_rms_norm: out ", out.describe(),
+                 " overlaps x ", x.describe(), " (x keeps the sum, out the normed rows)");
+  return {rows, d};
+}
+
 void check_add(Device device, const Tensor& a, const Tensor& b, const Tensor& y) {
   require_float(device, a, y.shape(), "add a");
   require_float(device, b, y.shape(), "add b");

@@ -37,6 +37,11 @@ struct RowsCols {
 };
 RowsCols check_rms_norm(Device device, const Tensor& x, const Tensor& weight, const Tensor& y);
 
+// add_rms_norm: x f32 [R, D], delta and out [R, D] (activation dtypes), weight with D values;
+// out must not be x's storage.
+RowsCols check_add_rms_norm(Device device, const Tensor& x, const Tensor& delta,
+                            const Tensor& weight, const Tensor& out);
+
 // add / swiglu: both inputs f32 with y's shape (y's own dtype/device is not checked here).
 void check_add(Device device, const Tensor& a, const Tensor& b, const Tensor& y);
 void check_swiglu(Device device, const Tensor& gate, const Tensor& up, const Tensor& y);

@@ -102,38 +102,52 @@ void Transformer::prepare_positions(const Step& s) {
   }
 }
 
-void Transformer::run_layer(Step& s, int l, Tensor& x, Tensor& h) {
+Tensor Transformer::run_layer(Step& s, int l, Tensor& x, Tensor& h) {
   const LayerWeights& lw = weights_.layers[static_cast<std::size_t>(l)];
-  const float eps = static_cast<float>(config_.rms_norm_eps);
-  const std::string prefix = "layers." + std::to_string(l);
-  if (s.taps) tap(s, prefix + ".input", x);
-  backend_->rms_norm(x, lw.input_layernorm, eps, h);
+  if (s.taps) tap(s, "layers." + std::to_string(l) + ".input", x);
   Tensor a = config_.attention.kind == AttentionKind::kMla ? attention_mla(s, l, h)
                                                            : attention_gqa(s, l, h);
-  backend_->add(x, a, x);
-  backend_->rms_norm(x, lw.post_attention_layernorm, eps, h);
-  Tensor m = lw.moe ? moe(s, l, h) : mlp(s, *lw.mlp, h);
-  backend_->add(x, m, x);
-  if (s.taps) tap(s, prefix + ".output", x);
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  backend_->add_rms_norm(x, a, lw.post_attention_layernorm, eps, h);
+  return lw.moe ? moe(s, l, h) : mlp(s, *lw.mlp, h);
+}
+
+void Transformer::finish_layer(Step& s, int l, Tensor& x, const Tensor& m, const Tensor* next_norm,
+                               Tensor& h) {
+  if (next_norm != nullptr)
+    backend_->add_rms_norm(x, m, *next_norm, static_cast<float>(config_.rms_norm_eps), h);
+  else
+    backend_->add(x, m, x);
+  if (s.taps) tap(s, "layers." + std::to_string(l) + ".output", x);
 }
 
 Tensor Transformer::run_layers(Step& s, std::span<const int32_t> tokens) {
   KvCache& cache = *s.cache;
   const int64_t t_count = s.tokens;
   const int64_t hidden = config_.hidden_size;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
   prepare_positions(s);
   cache.reserve_more(t_count);
 
   Tensor ids = backend_->upload(Tensor::copy_of(DType::kI32, {t_count}, tokens.data()));
   // The residual stream x stays f32 on every backend (bf16 would round every layer's sum); the
-  // normed input of each block, h, has the activation dtype.
+  // normed input of each block, h, has the activation dtype. Each layer's last residual add is
+  // fused with the norm after it (the next layer's input_layernorm, or the final norm).
   const DType act = backend_->activation_dtype();
   Tensor x = backend_->empty(DType::kF32, {t_count, hidden});
   backend_->embedding(ids, weights_.embed_tokens, x);
   Tensor h = backend_->empty(act, {t_count, hidden});
-  for (int l = 0; l < config_.num_layers; ++l) run_layer(s, l, x, h);
+  const int layers = config_.num_layers;
+  backend_->rms_norm(x, layers > 0 ? weights_.layers[0].input_layernorm : weights_.norm, eps, h);
+  for (int l = 0; l < layers; ++l) {
+    const Tensor m = run_layer(s, l, x, h);
+    const auto next = static_cast<std::size_t>(l) + 1;
+    finish_layer(s, l, x, m,
+                 next < weights_.layers.size() ? &weights_.layers[next].input_layernorm
+                                               : &weights_.norm,
+                 h);
+  }
   cache.advance(t_count);
-  backend_->rms_norm(x, weights_.norm, static_cast<float>(config_.rms_norm_eps), h);
   if (s.taps) tap(s, "norm.output", h);
   return h;
 }
@@ -161,7 +175,10 @@ Tensor Transformer::layer_forward(int layer, const Tensor& x, int64_t sequences,
   Tensor out = backend_->empty(DType::kF32, x.shape());
   out.copy_from(x);
   Tensor h = backend_->empty(backend_->activation_dtype(), x.shape());
-  run_layer(s, layer, out, h);
+  backend_->rms_norm(out, weights_.layers[static_cast<std::size_t>(layer)].input_layernorm,
+                     static_cast<float>(config_.rms_norm_eps), h);
+  const Tensor m = run_layer(s, layer, out, h);
+  finish_layer(s, layer, out, m, nullptr, h);  // a plain add: no norm follows here
   return out;
 }
 

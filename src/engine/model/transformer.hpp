@@ -86,8 +86,15 @@ class Transformer {
   Tensor mlp(Step& s, const MlpWeights& w, const Tensor& h);  // transformer_mlp.cpp
   Tensor moe(Step& s, int layer, const Tensor& h);
   Tensor run_layers(Step& s, std::span<const int32_t> tokens);  // forward_hidden's body
-  // Layer `l` on the residual x (in place); h: scratch for the normed block inputs.
-  void run_layer(Step& s, int l, Tensor& x, Tensor& h);
+  // Layer `l` on the residual x [T, hidden] f32, given h = input_layernorm(x) [T, hidden]
+  // (activation dtype; the caller's norm, fused with the previous layer's last add): attention,
+  // its residual add fused with post_attention_layernorm into h (Backend::add_rms_norm), then the
+  // MLP or MoE. Returns that block's output [T, hidden], NOT yet added to x: finish_layer adds it.
+  Tensor run_layer(Step& s, int l, Tensor& x, Tensor& h);
+  // x += m (layer l's last residual add), then the tap layers.l.output. With `next_norm` (the next
+  // layer's input_layernorm or the final norm) fused with h = rms_norm(x) * next_norm.
+  void finish_layer(Step& s, int l, Tensor& x, const Tensor& m, const Tensor* next_norm,
+                    Tensor& h);
   void prepare_positions(const Step& s);  // RoPE table and the sliding-window warning
   // The step of a calibration call on `rows` [T, hidden] (checked), its positions prepared and
   // `cache` (when given) reserved.

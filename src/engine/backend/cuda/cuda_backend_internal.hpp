@@ -50,6 +50,8 @@ class CudaBackend final : public Backend {
 
   void linear(const Tensor& x, const LinearWeight& w, Tensor& y) override;              // linear.cu
   void rms_norm(const Tensor& x, const Tensor& weight, float eps, Tensor& y) override;  // norm.cu
+  void add_rms_norm(Tensor& x, const Tensor& delta, const Tensor& weight, float eps,
+                    Tensor& out) override;  // norm.cu
   void embedding(const Tensor& ids, const Tensor& table, Tensor& y) override;  // elementwise.cu
   void add(const Tensor& a, const Tensor& b, Tensor& y) override;
   void swiglu(const Tensor& gate, const Tensor& up, Tensor& y) override;

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cublas_check.hpp"
 #include "engine/backend/cuda/flash_attention_backward.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
@@ -144,8 +145,6 @@ bool flash_backward_enabled() {
   }
   return true;
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 

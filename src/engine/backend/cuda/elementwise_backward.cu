@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <numeric>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
@@ -114,8 +115,6 @@ __global__ void swiglu_backward_vec_kernel(const uint4* gate, const uint4* up, c
     }
   }
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // One block per row: dx[t, :] += σ(g[t]) · dy[t, :];  dg[t] += σ'(g[t]) · Σ_d dy[t, d] · x[t, d].
 template <typename T>

@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/mma_ptx.cuh"
 #include "engine/backend/cuda/flash_attention.hpp"
@@ -74,21 +75,7 @@ struct FlashParams {
 // ---- PTX wrappers: mma_ptx.cuh ----------------------------------------------------------------
 using namespace ptx;
 
-// 2^x with the MUFU approximation (relative error ~2^-22); -inf gives +0, which masking relies
-// on. ftz: results below 2^-126 become 0, far below what a bf16 output can resolve.
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Two f32 as a bf16 pair (round to nearest even), `lo` in the low 16 bits = the lower column.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  uint32_t bits;
-  memcpy(&bits, &pair, sizeof(bits));
-  return bits;
-}
+// exp2_approx, pack_bf16: mma_ptx.cuh.
 
 // Rows [0, 64) x WIDTH of a tile from global (row r at src + r * row_stride) into shared rows of
 // WIDTH + kPad elements; rows >= rows_valid are zero (so masked keys multiply zeros, never NaN
@@ -320,8 +307,6 @@ void launch(const FlashParams& params, int query_tiles, cudaStream_t stream) {
   flash_attention_kernel<DK, DV><<<grid, kThreads, kSmem, stream>>>(params);
   REFINERY_CUDA_CHECK_LAUNCH("flash_attention");
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The Hopper kernel (flash_attention_sm90a.cu) is the default where the device (compute 9.0) and
 // the widths allow it: validated on an H100 on 2026-11-27 (flash_attention_gpu_test.cpp, memcheck

@@ -42,6 +42,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/flash_attention_backward.hpp"
 #include "engine/backend/cuda/mma_ptx.cuh"
@@ -76,19 +77,7 @@ struct BwdParams {
   float scale, scale_log2;
 };
 
-// 2^x with the MUFU approximation; -inf gives +0 (masking relies on it).
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  uint32_t bits;
-  memcpy(&bits, &pair, sizeof(bits));
-  return bits;
-}
+// exp2_approx, pack_bf16: mma_ptx.cuh.
 
 // at[0], at[1] += x, y in bf16 (one rounding), `at` 4-byte aligned.
 __device__ __forceinline__ void add_bf16_pair(bf16* at, float x, float y) {
@@ -673,8 +662,6 @@ void run(const BwdParams& p, const Plan& plan, cudaStream_t stream) {
     REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (dq)");
   }
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void check_sizes(const FlashAttentionBackwardArgs& a) {
   REFINERY_CHECK(flash_attention_backward_supports(a.dk, a.dv), "flash_attention_backward: head widths dk ",

@@ -47,6 +47,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/flash_attention.hpp"
 #include "engine/backend/cuda/grouped_gemm.hpp"
@@ -92,20 +93,7 @@ struct WgmmaFlashParams {
 
 using namespace ptx;
 
-// 2^x with the MUFU approximation; -inf gives +0 (masking relies on it). As flash_attention.cu.
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// Two f32 as a bf16 pair (round to nearest even), `lo` in the low 16 bits = the lower column.
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
-  uint32_t bits;
-  memcpy(&bits, &pair, sizeof(bits));
-  return bits;
-}
+// exp2_approx, pack_bf16: mma_ptx.cuh.
 
 // Rows [0, 128) x WIDTH of a tile from global (row r at src + r * row_stride) into WIDTH/64
 // swizzled panels at shared address dst (panel p at dst + p * kPanelBytes, dims 64p..64p+63);
@@ -377,8 +365,6 @@ void launch(const WgmmaFlashParams& params, int query_tiles, cudaStream_t stream
   flash_attention_wgmma_kernel<DK, DV><<<grid, kThreads, kSmem, stream>>>(params);
   REFINERY_CUDA_CHECK_LAUNCH("flash_attention (wgmma)");
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 

@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/grouped_gemm.hpp"
 #include "engine/backend/cuda/grouped_gemm_tiles.cuh"
@@ -69,7 +70,6 @@ using Config128x128 = TileConfig<128, 128, 32, 4, 2, 4, 2>;
 // 128 x 256 x 32, 4 stages, warps 2 x 4 (64 x 64 each, 128 accumulators), 1 block per SM
 // (120 KiB). Selected with REFINERY_GGEMM_TILE=128x256 (for benchmarking; not the default).
 using Config128x256 = TileConfig<128, 256, 32, 4, 2, 4, 1>;
-
 
 // ---- PTX wrappers: mma_ptx.cuh ----------------------------------------------------------------
 using namespace ptx;
@@ -231,8 +231,6 @@ void launch_config(const GroupedGemmArgs& a, const Params& params, cudaStream_t 
   else
     launch<C, bf16>(params, m_tiles_bound, stream);
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // REFINERY_GGEMM_KERNEL=mma: kAuto runs mma.sync even where wgmma could (read per call).
 bool mma_forced() {

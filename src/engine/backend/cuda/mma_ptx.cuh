@@ -1,8 +1,11 @@
 #pragma once
-// PTX building blocks of the tensor-core kernels (flash_attention.cu, grouped_gemm.cu): cp.async
+// PTX building blocks of the tensor-core kernels (flash_attention*.cu, grouped_gemm*.cu): cp.async
 // global -> shared copies, ldmatrix fragment loads and the bf16 mma.sync m16n8k16, with the
-// fragment layouts they rely on. Device code only.
+// fragment layouts they rely on; the attention kernels' exp2 and bf16 pair packing. Device code only.
+#include <cuda_bf16.h>
+
 #include <cstdint>
+#include <cstring>
 
 namespace refinery::backend::cuda::ptx {
 
@@ -55,6 +58,22 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 2^x with the MUFU approximation (relative error ~2^-22); -inf gives +0, which the attention
+// kernels' masking relies on. ftz: results below 2^-126 become 0, far below what bf16 resolves.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Two f32 as a bf16 pair (round to nearest even), `lo` in the low 16 bits = the lower column.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(lo, hi);
+  uint32_t bits;
+  memcpy(&bits, &pair, sizeof(bits));
+  return bits;
 }
 
 }  // namespace refinery::backend::cuda::ptx

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
@@ -259,8 +260,6 @@ __global__ void column_sums_kernel(const float* partial, int64_t parts, int64_t 
     __syncthreads();  // slice_sum is reused by the next column tile
   }
 }
-
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 

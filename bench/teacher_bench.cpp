@@ -8,8 +8,10 @@
 //           one sequence per forward, or with --batched all B in one forward_hidden_batch;
 //   topk    the same through `refine logits`' path: the fused LM head + log-softmax + top-k,
 //           written to an HDF5 logit cache by the background writer (a fresh file per timed
-//           batch: tok_s); also tok_s_without_writer (nothing written) and tok_s_streamed (one
-//           file for --iters batches in a row, as a long run writes);
+//           batch: tok_s); also tok_s_without_writer (nothing written), tok_s_streamed (one
+//           file for --iters batches in a row), writer_seconds_per_batch (the writer alone, 20
+//           batches of rows already on the host) and tok_s_long_run (tokens per batch over the
+//           slower of the device part and the writer: what a long `refine logits` run tends to);
 //   decode  batch-1 greedy generation: P prompt tokens, then N new ones (tokens/s counts the N new
 //           tokens over the whole time, prefill included, like the peer's `decode`).
 // Prints one JSON line: tokens/s (median of --iters timed runs after one warm-up), MFU against
@@ -211,15 +213,54 @@ int main(int argc, char** argv) {
       // overlaps the next batch's forward; file creation and the final flush are paid once).
       const int64_t group = o.batched ? o.batch : 1;
       std::vector<double> bare;
+      std::vector<int32_t> kept_ids;  // (c): the last batch's rows, for the writer alone
+      std::vector<float> kept_log_probs;
       for (int i = 0; i < o.iters; ++i) {
         const auto ids = random_ids(o.batch * o.seq, vocab, 500 + i);
+        const bool keep = i + 1 == o.iters;
+        kept_ids.clear();
+        kept_log_probs.clear();
         const auto start = Clock::now();
         for (int64_t b0 = 0; b0 < o.batch; b0 += group)
-          lm->score_top_k_batch(std::span<const int32_t>(ids.data() + b0 * o.seq,
-                                                         static_cast<std::size_t>(group * o.seq)),
-                                group, o.top_k,
-                                [](int64_t, const int32_t*, const float*, int64_t) {}, o.seq);
+          lm->score_top_k_batch(
+              std::span<const int32_t>(ids.data() + b0 * o.seq,
+                                       static_cast<std::size_t>(group * o.seq)),
+              group, o.top_k,
+              [&](int64_t, const int32_t* idx, const float* lp, int64_t rows) {
+                if (!keep) return;
+                kept_ids.insert(kept_ids.end(), idx, idx + rows * o.top_k);
+                kept_log_probs.insert(kept_log_probs.end(), lp, lp + rows * o.top_k);
+              },
+              o.seq);
         bare.push_back(seconds_since(start));
+      }
+      // (c) The writer alone: the kept batch written `writer_batches` times into one file (rows
+      // already on the host, no GPU work), timed from creation to finish. A long `refine logits`
+      // run is bounded by the slower of the device part (a) and this, per batch:
+      // tok_s_long_run = tokens per batch / max(a, c).
+      const int writer_batches = 20;
+      double writer_per_batch = 0.0;
+      {
+        std::filesystem::remove(o.out);
+        std::vector<int32_t> all;
+        const auto ids = random_ids(o.batch * o.seq, vocab, 500 + o.iters - 1);
+        for (int i = 0; i < writer_batches; ++i) all.insert(all.end(), ids.begin(), ids.end());
+        REFINERY_CHECK(kept_ids.size() == static_cast<std::size_t>(o.batch * o.seq * o.top_k),
+                       "teacher_bench: the scoring returned ", kept_ids.size() / o.top_k,
+                       " rows, expected ", o.batch * o.seq);
+        const io::LogitCacheInfo info = cache_info(o.batch * writer_batches, all);
+        const auto start = Clock::now();
+        io::LogitCacheWriter writer(o.out, info);
+        for (int i = 0; i < writer_batches; ++i)
+          for (int64_t w = 0; w < o.batch; ++w) {
+            writer.begin_sequence(std::span<const int32_t>(ids.data() + w * o.seq,
+                                                           static_cast<std::size_t>(o.seq)));
+            const std::size_t at = static_cast<std::size_t>(w * o.seq * o.top_k);
+            writer.add_top_k(kept_ids.data() + at, kept_log_probs.data() + at, o.seq);
+            writer.end_sequence();
+          }
+        writer.finish();
+        writer_per_batch = seconds_since(start) / writer_batches;
       }
       {
         std::filesystem::remove(o.out);
@@ -235,9 +276,12 @@ int main(int argc, char** argv) {
         for (const auto& ids : runs) write_top_k(writer, ids);
         writer.finish();
         const double streamed = seconds_since(start);
+        const double per_batch = std::max(median(bare), writer_per_batch);
         extra = str(", \"tok_s_without_writer\": ", double(o.batch * o.seq) / median(bare),
                     ", \"tok_s_streamed\": ", double(o.batch * o.seq * o.iters) / streamed,
-                    ", \"streamed_batches\": ", o.iters);
+                    ", \"streamed_batches\": ", o.iters,
+                    ", \"writer_seconds_per_batch\": ", writer_per_batch,
+                    ", \"tok_s_long_run\": ", double(o.batch * o.seq) / per_batch);
       }
     } else if (o.mode == "decode") {
       model::GenerationOptions g;

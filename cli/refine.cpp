@@ -7,8 +7,10 @@
 #include "cli/commands.hpp"
 #include "engine/core/error.hpp"
 #include "engine/core/log.hpp"
+#include "engine/core/openmp_wait.hpp"
 
 int main(int argc, char** argv) {
+  refinery::reexec_with_passive_openmp_wait(argv);  // why: engine/core/openmp_wait.hpp
   CLI::App app{
       "refine — compress large language models (distill, prune, quantize) and measure what it cost.\n"
       "Run `refine <verb> --help` for a verb's options and an example.",

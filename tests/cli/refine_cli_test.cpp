@@ -40,6 +40,28 @@ TEST(RefineCli, EveryVerbHelpHasAnExample) {
   }
 }
 
+// Without OMP_WAIT_POLICY / GOMP_SPINCOUNT, refine sets OMP_WAIT_POLICY=PASSIVE and re-executes
+// itself once (engine/core/openmp_wait.hpp): the re-executed run must behave as the first would
+// (no exec loop, same output and exit code), and an explicit policy is kept (no re-exec).
+TEST(RefineCli, ReexecutesOnceWithPassiveOpenMpWaiting) {
+  const auto plain = run_refine("--version");
+  ASSERT_EQ(plain.exit_code, 0);
+  for (const char* env : {"env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT", "env OMP_WAIT_POLICY=ACTIVE"}) {
+    const std::string command = std::string(env) + " " + REFINERY_REFINE_BINARY + " --version";
+    FILE* pipe = ::popen(command.c_str(), "r");
+    ASSERT_NE(pipe, nullptr);
+    std::string out;
+    char buffer[256];
+    size_t n = 0;
+    while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+    const int status = ::pclose(pipe);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << env;
+    EXPECT_EQ(out, plain.out) << env;
+  }
+  const auto bad = run_refine("frobnicate");  // the exit code survives the re-exec too
+  EXPECT_EQ(bad.exit_code, 1);
+}
+
 TEST(RefineCli, UnknownVerbIsAUsageError) {
   const auto r = run_refine("frobnicate");
   EXPECT_EQ(r.exit_code, 1);

@@ -40,7 +40,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"

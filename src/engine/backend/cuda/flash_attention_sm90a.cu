@@ -45,7 +45,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"

@@ -105,7 +105,7 @@ int run(const Options& o) {
   for (int64_t step = 0; step < o.steps; ++step) {
     const std::vector<int32_t>& tokens = batches[static_cast<std::size_t>(step)];
     const auto t0 = Clock::now();
-    student.parameters().zero_grad(*be);
+    student.parameters().defer_zero_grad(*be);  // as the Trainer
     train::TeacherTargets targets;
     if (teacher) {
       targets = teacher->targets(tokens, o.batch, {});

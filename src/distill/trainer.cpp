@@ -276,7 +276,7 @@ TrainerResult Trainer::run() {
   auto last_log = run_start;
   for (int64_t step = start; step < options_.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
-    model_.parameters().zero_grad(model_.backend());
+    model_.parameters().defer_zero_grad(model_.backend());  // forward_backward finishes it
     train::LossSums sums;
     for (int64_t m = 0; m < options_.grad_accum; ++m) {
       const std::vector<int32_t> tokens = data_.next_batch();

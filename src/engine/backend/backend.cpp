@@ -13,7 +13,7 @@ namespace {
 }  // namespace
 
 void Backend::linear_backward(const Tensor&, const LinearWeight&, const Tensor&, Tensor&, Tensor&,
-                              Tensor&) {
+                              Tensor&, GradWrite, GradWrite) {
   missing(*this, "linear_backward");
 }
 void Backend::rms_norm_backward(const Tensor&, const Tensor&, float, const Tensor&, Tensor&,
@@ -23,7 +23,8 @@ void Backend::rms_norm_backward(const Tensor&, const Tensor&, float, const Tenso
 void Backend::embedding_backward(const Tensor&, const Tensor&, Tensor&) {
   missing(*this, "embedding_backward");
 }
-void Backend::swiglu_backward(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&) {
+void Backend::swiglu_backward(const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
+                              GradWrite) {
   missing(*this, "swiglu_backward");
 }
 void Backend::sigmoid_gate_backward(const Tensor&, const Tensor&, const Tensor&, Tensor&,

@@ -136,6 +136,42 @@ std::map<std::string, Tensor> ParameterSet::grad_map() const {
 
 void ParameterSet::zero_grad(backend::Backend& be) {
   for (auto& p : params_) be.fill_zero(p.grad);
+  pending_.assign(params_.size(), false);
+}
+
+void ParameterSet::defer_zero_grad(backend::Backend& be) {
+  claimable_.resize(params_.size(), false);
+  pending_.assign(params_.size(), false);
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (claimable_[i])
+      pending_[i] = true;
+    else
+      be.fill_zero(params_[i].grad);
+  }
+}
+
+backend::GradWrite ParameterSet::claim_grad(const Tensor& grad) {
+  if (!grad.defined()) return backend::GradWrite::kAdd;
+  // A linear scan by data pointer: a few hundred parameters, one call per linear per step.
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& g = params_[i].grad;
+    if (g.data() != grad.data() || g.numel() != grad.numel()) continue;
+    claimable_.resize(params_.size(), false);
+    pending_.resize(params_.size(), false);
+    claimable_[i] = true;
+    if (!pending_[i]) return backend::GradWrite::kAdd;
+    pending_[i] = false;
+    return backend::GradWrite::kOverwrite;
+  }
+  return backend::GradWrite::kAdd;  // a view of part of a gradient: plain accumulation
+}
+
+void ParameterSet::finish_pending(backend::Backend& be) {
+  for (std::size_t i = 0; i < pending_.size(); ++i)
+    if (pending_[i]) {
+      be.fill_zero(params_[i].grad);
+      pending_[i] = false;
+    }
 }
 
 void ParameterSet::refresh_compute(backend::Backend& be) {

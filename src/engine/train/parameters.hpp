@@ -63,6 +63,21 @@ class ParameterSet {
   std::map<std::string, Tensor> grad_map() const;
 
   void zero_grad(backend::Backend& backend);
+
+  // Deferred zeroing, for a training step (saves a fill and a re-read of the linear weights'
+  // gradients, ~4 ms per step of the 1.4B student on an H100). Protocol:
+  //   defer_zero_grad   instead of zero_grad before a step's first forward_backward: gradients
+  //                     that an overwriting op claimed in an earlier step are only marked
+  //                     pending (not touched); every other gradient is zeroed as by zero_grad;
+  //   claim_grad(g)     by the op about to write g (a whole parameter gradient): kOverwrite if g
+  //                     is pending (no longer pending after this), else kAdd; remembers g as
+  //                     claimable, so the next defer_zero_grad defers it;
+  //   finish_pending    zeroes what is still pending (a gradient no op wrote this time, e.g. an
+  //                     expert no token reached). TrainableModel::forward_backward calls it
+  //                     before returning, so its callers see the gradients zero_grad would give.
+  void defer_zero_grad(backend::Backend& backend);
+  backend::GradWrite claim_grad(const Tensor& grad);
+  void finish_pending(backend::Backend& backend);
   // Copies master into compute (after loading master weights from a training checkpoint).
   void refresh_compute(backend::Backend& backend);
 
@@ -74,6 +89,9 @@ class ParameterSet {
   void add(std::string name, std::vector<int64_t> shape, const std::vector<float>& values,
            backend::Backend& backend);
   std::vector<Parameter> params_;
+  // Deferred zeroing (per parameter, in params_ order): claimable_ once claim_grad saw it,
+  // pending_ between defer_zero_grad and its first claim.
+  std::vector<bool> claimable_, pending_;
 };
 
 }  // namespace refinery::train

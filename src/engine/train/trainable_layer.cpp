@@ -11,17 +11,12 @@ namespace refinery::train {
 namespace {
 
 using backend::Backend;
+using backend::GradWrite;
 using model::LinearWeight;
 using model::MlpWeights;
 
 constexpr float kMlaLoraNormEps = 1e-6f;  // as transformer_attention.cpp (DeepseekV3RMSNorm)
 
-
-Tensor copy_of(Backend& be, const Tensor& t) {
-  Tensor c = be.empty(t.dtype(), t.shape());
-  c.copy_from(t);
-  return c;
-}
 
 // y[rows, out] = x · Wᵀ (+ b), in `dtype`.
 Tensor linear(Backend& be, const Tensor& x, const LinearWeight& w, DType dtype) {
@@ -38,12 +33,16 @@ Tensor as_activation(Backend& be, const Tensor& t) {
   return y;
 }
 
-// dx += dy · W; the weight's gradient (and its bias's) from the gradient structure `gw`.
-void linear_back(Backend& be, const Tensor& x, const LinearWeight& w, const LinearWeight& gw,
-                 const Tensor& dy, Tensor& dx) {
+// dx += dy · W (dx = dy · W with dx_write kOverwrite: dx may then be a fresh, unzeroed buffer);
+// the weight's gradient (and its bias's) from the gradient structure `gw`, the weight's
+// overwritten when `params` holds it pending (ParameterSet::defer_zero_grad).
+void linear_back(Backend& be, ParameterSet& params, const Tensor& x, const LinearWeight& w,
+                 const LinearWeight& gw, const Tensor& dy, Tensor& dx,
+                 GradWrite dx_write = GradWrite::kAdd) {
   Tensor dw = std::get<backend::DenseWeight>(gw.storage).weight;
   Tensor db = gw.bias;
-  be.linear_backward(x, w, as_activation(be, dy), dx, dw, db);
+  const GradWrite dw_write = params.claim_grad(dw);
+  be.linear_backward(x, w, as_activation(be, dy), dx, dw, db, dx_write, dw_write);
 }
 
 MlpActs mlp_forward(Backend& be, const MlpWeights& w, const Tensor& h) {
@@ -58,15 +57,17 @@ MlpActs mlp_forward(Backend& be, const MlpWeights& w, const Tensor& h) {
   return a;
 }
 
-void mlp_backward(Backend& be, const MlpWeights& w, const MlpWeights& gw, const MlpActs& a,
-                  const Tensor& dout, Tensor& dh) {
+// dh += ∂/∂h of the MLP (dh_write kOverwrite: dh = ..., dh may be unzeroed). The intermediate
+// gradients are written, never zeroed and re-read.
+void mlp_backward(Backend& be, ParameterSet& params, const MlpWeights& w, const MlpWeights& gw,
+                  const MlpActs& a, const Tensor& dout, Tensor& dh, GradWrite dh_write) {
   const DType act = be.activation_dtype();
-  Tensor ds = zeros(be, act, a.s.shape());
-  linear_back(be, a.s, w.down_proj, gw.down_proj, dout, ds);
-  Tensor dg = zeros(be, act, a.g.shape()), du = zeros(be, act, a.u.shape());
-  be.swiglu_backward(a.g, a.u, ds, dg, du);
-  linear_back(be, a.h, w.gate_proj, gw.gate_proj, dg, dh);
-  linear_back(be, a.h, w.up_proj, gw.up_proj, du, dh);
+  Tensor ds = be.empty(act, a.s.shape());
+  linear_back(be, params, a.s, w.down_proj, gw.down_proj, dout, ds, GradWrite::kOverwrite);
+  Tensor dg = be.empty(act, a.g.shape()), du = be.empty(act, a.u.shape());
+  be.swiglu_backward(a.g, a.u, ds, dg, du, GradWrite::kOverwrite);
+  linear_back(be, params, a.h, w.gate_proj, gw.gate_proj, dg, dh, dh_write);
+  linear_back(be, params, a.h, w.up_proj, gw.up_proj, du, dh);
 }
 
 MlpWeights expert_mlp(const backend::ExpertWeights& e) { return {e.gate, e.up, e.down}; }
@@ -85,7 +86,8 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
   const float scale = static_cast<float>(ac.softmax_scale);
   const int64_t t = b.t, len = b.length, heads = ac.num_heads, hidden = config_.hidden_size;
 
-  a.x_in = copy_of(be, x);
+  // The residual adds below write new buffers (x is rebound), so the input is kept without a copy.
+  a.x_in = x;
   a.h1 = be.empty(act, {t, hidden});
   be.rms_norm(x, lw.input_layernorm, eps, a.h1);
   const model::AttentionWeights& w = lw.attention;
@@ -159,14 +161,16 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
                  a.values.slice(r0, r0 + len), scale, o_b);
   }
   const Tensor attn_out = linear(be, a.o.view({t, heads * dv}), w.o_proj, act);
-  be.add(x, attn_out, x);
-  a.x_mid = copy_of(be, x);
+  a.x_mid = be.empty(x.dtype(), x.shape());
+  be.add(a.x_in, attn_out, a.x_mid);
+  x = a.x_mid;
 
   a.h2 = be.empty(act, {t, hidden});
   be.rms_norm(x, lw.post_attention_layernorm, eps, a.h2);
   if (!lw.moe) {
     a.mlp = mlp_forward(be, *lw.mlp, a.h2);
-    be.add(x, a.mlp.out, x);
+    x = be.empty(a.x_mid.dtype(), a.x_mid.shape());
+    be.add(a.x_mid, a.mlp.out, x);
     return;
   }
 
@@ -222,7 +226,8 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
       be.add(y, a.shared.out, y);
     }
   }
-  be.add(x, y, x);
+  x = be.empty(a.x_mid.dtype(), a.x_mid.shape());
+  be.add(a.x_mid, y, x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -241,9 +246,10 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
 
   // ---- MLP block: x_out = x_mid + mlp(h2), h2 = norm(x_mid). dx holds ∂/∂x_out.
   const Tensor dm = as_activation(be, dx);
-  Tensor dh2 = zeros(be, act, {t, hidden});
+  // A dense MLP writes dh2 whole (first write overwrites); the MoE branches add into zeros.
+  Tensor dh2 = lw.moe ? zeros(be, act, {t, hidden}) : be.empty(act, {t, hidden});
   if (!lw.moe) {
-    mlp_backward(be, *lw.mlp, *gl.mlp, a.mlp, dm, dh2);
+    mlp_backward(be, params_, *lw.mlp, *gl.mlp, a.mlp, dm, dh2, GradWrite::kOverwrite);
   } else {
     const model::MoeWeights& mw = *lw.moe;
     const model::MoeWeights& mg = *gl.moe;
@@ -251,10 +257,11 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
       if (mw.shared_gate.defined()) {
         Tensor dshared = zeros(be, act, {t, hidden}), dgate = zeros(be, act, {t, 1});
         be.sigmoid_gate_backward(a.shared.out, a.shared_gate, dm, dshared, dgate);
-        linear_back(be, a.h2, mw.shared_gate, mg.shared_gate, dgate, dh2);
-        mlp_backward(be, *mw.shared, *mg.shared, a.shared, dshared, dh2);
+        linear_back(be, params_, a.h2, mw.shared_gate, mg.shared_gate, dgate, dh2);
+        mlp_backward(be, params_, *mw.shared, *mg.shared, a.shared, dshared, dh2,
+                     GradWrite::kAdd);
       } else {
-        mlp_backward(be, *mw.shared, *mg.shared, a.shared, dm, dh2);
+        mlp_backward(be, params_, *mw.shared, *mg.shared, a.shared, dm, dh2, GradWrite::kAdd);
       }
     }
     const int64_t k = router_.top_k;
@@ -263,9 +270,10 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
       const int64_t n = ea.rows.size(0);
       Tensor dout = zeros(be, act, {n, hidden}), dscale = zeros(be, DType::kF32, {n});
       be.scatter_add_rows_backward(ea.mlp.out, ea.rows, ea.scale, dm, dout, dscale);
-      Tensor dxe = zeros(be, act, {n, hidden});
+      Tensor dxe = be.empty(act, {n, hidden});
       const auto e = static_cast<std::size_t>(ea.expert);
-      mlp_backward(be, expert_mlp(mw.experts[e]), expert_mlp(mg.experts[e]), ea.mlp, dout, dxe);
+      mlp_backward(be, params_, expert_mlp(mw.experts[e]), expert_mlp(mg.experts[e]), ea.mlp,
+                   dout, dxe, GradWrite::kOverwrite);
       std::vector<float> ones(static_cast<std::size_t>(n), 1.0f);
       be.scatter_add_rows(dxe, ea.rows, be.upload(Tensor::copy_of(DType::kF32, {n}, ones.data())),
                           dh2);  // the gather's backward
@@ -277,7 +285,7 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
     const Tensor dw = be.upload(Tensor::copy_of(DType::kF32, {t, k}, dweights.data()));
     Tensor dlogits = zeros(be, DType::kF32, a.router_logits.shape());
     be.route_backward(a.router_logits, router_, a.experts, dw, dlogits);
-    linear_back(be, a.h2, mw.router, mg.router, dlogits, dh2);
+    linear_back(be, params_, a.h2, mw.router, mg.router, dlogits, dh2);
   }
   {
     Tensor dln2 = gl.post_attention_layernorm;
@@ -289,11 +297,14 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
   const model::AttentionWeights& gw = gl.attention;
   const int64_t dv = ac.value_head_dim();
   const Tensor da = as_activation(be, dx);
-  Tensor dh1 = zeros(be, act, {t, hidden});
-  Tensor d_o = zeros(be, act, {t, heads, dv});
+  // GQA writes dh1 whole with its first projection (q); MLA's branches add into zeros.
+  const bool gqa = ac.kind == model::AttentionKind::kGqa;
+  Tensor dh1 = gqa ? be.empty(act, {t, hidden}) : zeros(be, act, {t, hidden});
+  Tensor d_o = be.empty(act, {t, heads, dv});
   {
     Tensor d_o2 = d_o.view({t, heads * dv});
-    linear_back(be, a.o.view({t, heads * dv}), w.o_proj, gw.o_proj, da, d_o2);
+    linear_back(be, params_, a.o.view({t, heads * dv}), w.o_proj, gw.o_proj, da, d_o2,
+                GradWrite::kOverwrite);
   }
   Tensor dq = zeros(be, act, a.q.shape()), dkeys = zeros(be, act, a.keys.shape()),
          dvalues = zeros(be, act, a.values.shape());
@@ -305,7 +316,7 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
                           d_o.slice(r0, r0 + len), scale, dq_b, dk_b, dv_b);
   }
 
-  if (ac.kind == model::AttentionKind::kGqa) {
+  if (gqa) {
     const int64_t kvh = ac.num_kv_heads, d = ac.head_dim;
     Tensor dqn = zeros(be, act, a.q.shape()), dkn = zeros(be, act, a.k.shape());
     for (int64_t r0 = 0; r0 < t; r0 += len) {
@@ -324,9 +335,10 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
       be.rms_norm_backward(a.k0.view({t * kvh, d}), w.k_norm, eps, dkn.view({t * kvh, d}), dk02,
                            dknorm);
     }
-    linear_back(be, a.h1, w.q_proj, gw.q_proj, dq0.view({t, heads * d}), dh1);
-    linear_back(be, a.h1, w.k_proj, gw.k_proj, dk0.view({t, kvh * d}), dh1);
-    linear_back(be, a.h1, w.v_proj, gw.v_proj, dvalues.view({t, kvh * d}), dh1);
+    linear_back(be, params_, a.h1, w.q_proj, gw.q_proj, dq0.view({t, heads * d}), dh1,
+                GradWrite::kOverwrite);
+    linear_back(be, params_, a.h1, w.k_proj, gw.k_proj, dk0.view({t, kvh * d}), dh1);
+    linear_back(be, params_, a.h1, w.v_proj, gw.v_proj, dvalues.view({t, kvh * d}), dh1);
   } else {
     const int64_t dn = ac.qk_nope_head_dim, dr = ac.qk_rope_head_dim, r = ac.kv_lora_rank,
                   dk = dn + dr;
@@ -340,7 +352,7 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
       be.copy_columns_backward(dkeys2, dn, dkpe2, 0, dr);  // sums over the heads
     }
     Tensor dcn = zeros(be, act, {t, r});
-    linear_back(be, a.cn, w.kv_b_proj, gw.kv_b_proj, dkv, dcn);
+    linear_back(be, params_, a.cn, w.kv_b_proj, gw.kv_b_proj, dkv, dcn);
     Tensor dc = zeros(be, act, {t, r});
     {
       Tensor dkvln = gw.kv_a_layernorm;
@@ -355,16 +367,16 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
     Tensor dckv = zeros(be, act, a.ckv.shape());
     be.copy_columns_backward(dc, 0, dckv, 0, r);
     be.copy_columns_backward(dkpe0.view({t, dr}), 0, dckv, r, dr);
-    linear_back(be, a.h1, w.kv_a_proj_with_mqa, gw.kv_a_proj_with_mqa, dckv, dh1);
+    linear_back(be, params_, a.h1, w.kv_a_proj_with_mqa, gw.kv_a_proj_with_mqa, dckv, dh1);
     const Tensor dq02 = dq0.view({t, heads * dk});
     if (ac.q_lora_rank) {
       Tensor dqan = zeros(be, act, a.qan.shape()), dqa = zeros(be, act, a.qa.shape());
-      linear_back(be, a.qan, w.q_b_proj, gw.q_b_proj, dq02, dqan);
+      linear_back(be, params_, a.qan, w.q_b_proj, gw.q_b_proj, dq02, dqan);
       Tensor dqaln = gw.q_a_layernorm;
       be.rms_norm_backward(a.qa, w.q_a_layernorm, kMlaLoraNormEps, dqan, dqa, dqaln);
-      linear_back(be, a.h1, w.q_a_proj, gw.q_a_proj, dqa, dh1);
+      linear_back(be, params_, a.h1, w.q_a_proj, gw.q_a_proj, dqa, dh1);
     } else {
-      linear_back(be, a.h1, w.q_proj, gw.q_proj, dq02, dh1);
+      linear_back(be, params_, a.h1, w.q_proj, gw.q_proj, dq02, dh1);
     }
   }
   Tensor dln1 = gl.input_layernorm;

@@ -61,7 +61,7 @@ struct LossSums {
 
 struct TrainableModelOptions {
   bool recompute = true;           // activation recomputation (see above)
-  int64_t loss_chunk_rows = 0;     // rows per LM-head/loss chunk; 0: ~256 MB of f32 logits
+  int64_t loss_chunk_rows = 0;     // rows per LM-head/loss chunk; 0: even chunks of <= 1 GiB of f32 logits
 };
 
 class TrainableModel {
@@ -99,7 +99,8 @@ class TrainableModel {
 
   LossSums run(std::span<const int32_t> tokens, int64_t sequences, const TeacherTargets& teacher,
                const backend::KdLossOptions& loss, double grad_scale, bool backward);
-  // x (f32 [T, hidden]) -> x after layer `l`, in place; keeps the intermediates in `acts`.
+  // x (f32 [T, hidden]) -> x after layer `l` (x is rebound to a new tensor; the input tensor
+  // itself is kept unchanged as acts.x_in); keeps the intermediates in `acts`.
   void layer_forward(const Batch& b, int l, Tensor& x, LayerActs& acts);
   // dx: in the gradient w.r.t. the layer's output, out w.r.t. its input (f32 [T, hidden]).
   void layer_backward(const Batch& b, int l, LayerActs& acts, Tensor& dx);

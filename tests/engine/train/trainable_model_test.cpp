@@ -5,6 +5,8 @@
 // expert) trained on labels, and the llama distilled online from the DeepSeek-V3 teacher.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "engine/model/model_config.hpp"
 #include "engine/train/lr_schedule.hpp"
 #include "engine/train/optimizer.hpp"
@@ -55,7 +57,9 @@ TEST_P(TrainFixture, TwentyStepsMatchTorch) {
   for (int64_t step = 0; step < hp["steps"].get<int64_t>(); ++step) {
     const auto& want = f.trajectory["steps"][static_cast<std::size_t>(step)];
     const double positions = want["positions"].get<double>();
-    model.parameters().zero_grad(*be);
+    // Deferred zeroing, as the Trainer does: from step 1 on, the linear weights' gradients are
+    // overwritten by their first write instead of being zeroed and added to.
+    model.parameters().defer_zero_grad(*be);
     const LossSums sums = run_fixture_step(f, step, model, teacher.get());
     const double got_loss = (loss.kd_weight * t2 * sums.kd + loss.ce_weight * sums.ce) / positions;
     const double want_loss = want["loss"].get<double>();
@@ -71,6 +75,46 @@ TEST_P(TrainFixture, TwentyStepsMatchTorch) {
   for (Parameter& p : model.parameters().params())
     EXPECT_LT(scaled_error(tensor_values(*be, p.master), file_values(params, p.name)), 1e-3)
         << p.name;
+}
+
+// The deferred-zeroing protocol of ParameterSet (defer_zero_grad / claim_grad / finish_pending).
+TEST(ParameterSetDeferredZero, ClaimsOverwriteOnlyPendingWholeGradients) {
+  const Fixture f = load_fixture("llama_ce");
+  auto be = backend::make_cpu_backend();
+  const model::ModelConfig config = model::load_model_config(f.init_dir);
+  ParameterSet set = ParameterSet::load(f.init_dir, config, *be);
+  ASSERT_GE(set.params().size(), 2u);
+  Parameter& a = set.params()[0];
+  Parameter& b = set.params()[1];
+  const auto all_equal = [&](const Tensor& t, float want) {
+    const std::vector<float> v = tensor_values(*be, t);
+    return std::all_of(v.begin(), v.end(), [&](float x) { return x == want; });
+  };
+  const auto fill = [](Tensor& t, float value) {  // CPU backend: the gradients are host tensors
+    std::fill(t.mutable_data<float>(), t.mutable_data<float>() + t.numel(), value);
+  };
+  using backend::GradWrite;
+  // Never claimed: nothing is pending, a claim adds (and makes `a` claimable from now on).
+  EXPECT_EQ(set.claim_grad(a.grad), GradWrite::kAdd);
+  EXPECT_EQ(set.claim_grad(Tensor()), GradWrite::kAdd);
+  // defer_zero_grad leaves the claimable gradient untouched (pending) and zeroes the other.
+  fill(a.grad, 5.0f);
+  fill(b.grad, 5.0f);
+  set.defer_zero_grad(*be);
+  EXPECT_TRUE(all_equal(a.grad, 5.0f));
+  EXPECT_TRUE(all_equal(b.grad, 0.0f));
+  // A part of a pending gradient is not claimed (it adds); the whole one is, once.
+  if (a.grad.size(0) > 1) EXPECT_EQ(set.claim_grad(a.grad.slice(0, 1)), GradWrite::kAdd);
+  EXPECT_EQ(set.claim_grad(a.grad), GradWrite::kOverwrite);
+  EXPECT_EQ(set.claim_grad(a.grad), GradWrite::kAdd);
+  // What no op claimed is zeroed by finish_pending; zero_grad clears pending states.
+  set.defer_zero_grad(*be);
+  EXPECT_TRUE(all_equal(a.grad, 5.0f));
+  set.finish_pending(*be);
+  EXPECT_TRUE(all_equal(a.grad, 0.0f));
+  set.defer_zero_grad(*be);
+  set.zero_grad(*be);
+  EXPECT_EQ(set.claim_grad(a.grad), GradWrite::kAdd);
 }
 
 INSTANTIATE_TEST_SUITE_P(Runs, TrainFixture,

@@ -50,13 +50,15 @@ class CpuBackend final : public Backend {
 
   // ---- backward (training): each adds into its gradient outputs, see backend.hpp ----
   void linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy, Tensor& dx,
-                       Tensor& dw, Tensor& db) override;  // linear_backward.cpp
+                       Tensor& dw, Tensor& db, GradWrite dx_write = GradWrite::kAdd,
+                       GradWrite dw_write = GradWrite::kAdd) override;  // linear_backward.cpp
   void rms_norm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
                          Tensor& dx, Tensor& dweight) override;  // norm_backward.cpp
   void embedding_backward(const Tensor& ids, const Tensor& dy,
                           Tensor& dtable) override;  // elementwise_backward.cpp
   void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
-                       Tensor& dup) override;  // elementwise_backward.cpp
+                       Tensor& dup,
+                       GradWrite write = GradWrite::kAdd) override;  // elementwise_backward.cpp
   void sigmoid_gate_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx,
                              Tensor& dg) override;  // elementwise_backward.cpp
   void copy_columns_backward(const Tensor& ddst, int64_t dst_col, Tensor& dsrc, int64_t src_col,

@@ -47,10 +47,14 @@ void CpuBackend::embedding_backward(const Tensor& ids, const Tensor& dy, Tensor&
 }
 
 void CpuBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy,
-                                 Tensor& dgate, Tensor& dup) {
+                                 Tensor& dgate, Tensor& dup, GradWrite write) {
   check_swiglu(Device::kCPU, gate, up, dy);
   if (dgate.defined()) require_f32(dgate, dy.shape(), "swiglu_backward dgate");
   if (dup.defined()) require_f32(dup, dy.shape(), "swiglu_backward dup");
+  if (write == GradWrite::kOverwrite) {  // the same values as adding into zeros
+    if (dgate.defined()) fill_zero(dgate);
+    if (dup.defined()) fill_zero(dup);
+  }
   const float* g = gate.data<float>();
   const float* u = up.data<float>();
   const float* pdy = dy.data<float>();

@@ -99,7 +99,8 @@ void input_gradient(const ConstMap& dy, const Tensor& w, Tensor& dx) {
 }  // namespace
 
 void CpuBackend::linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy,
-                                 Tensor& dx, Tensor& dw, Tensor& db) {
+                                 Tensor& dx, Tensor& dw, Tensor& db, GradWrite dx_write,
+                                 GradWrite dw_write) {
   const auto* dense = std::get_if<DenseWeight>(&w.storage);
   if (w.defined() && dense == nullptr)
     throw_internal_error("linear_backward needs a dense weight: ", w.name, " is ", w.describe());
@@ -113,6 +114,9 @@ void CpuBackend::linear_backward(const Tensor& x, const LinearWeight& w, const T
   if (dx.defined()) require_f32(dx, {rows, in}, "linear_backward dx");
   if (dw.defined()) require_f32(dw, {out, in}, "linear_backward dw");
   if (db.defined()) require_f32(db, {out}, "linear_backward db");
+  // kOverwrite: zero first, then the adding code below (the same values as adding into zeros).
+  if (dx.defined() && dx_write == GradWrite::kOverwrite) fill_zero(dx);
+  if (dw.defined() && dw_write == GradWrite::kOverwrite) fill_zero(dw);
   if (rows == 0) return;
   ConstMap xm(x.data<float>(), rows, in);
   ConstMap dym(dy.data<float>(), rows, out);

@@ -76,13 +76,14 @@ class CudaBackend final : public Backend {
 
   // ---- training (backend.hpp "backward"; every op adds into its gradients) ----
   void linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy, Tensor& dx,
-                       Tensor& dw, Tensor& db) override;  // linear_backward.cu
+                       Tensor& dw, Tensor& db, GradWrite dx_write = GradWrite::kAdd,
+                       GradWrite dw_write = GradWrite::kAdd) override;  // linear_backward.cu
   void rms_norm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
                          Tensor& dx, Tensor& dweight) override;  // norm_backward.cu
   void embedding_backward(const Tensor& ids, const Tensor& dy,
                           Tensor& dtable) override;  // elementwise_backward.cu
   void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
-                       Tensor& dup) override;
+                       Tensor& dup, GradWrite write = GradWrite::kAdd) override;
   void sigmoid_gate_backward(const Tensor& x, const Tensor& g, const Tensor& dy, Tensor& dx,
                              Tensor& dg) override;
   void copy_columns_backward(const Tensor& ddst, int64_t dst_col, Tensor& dsrc, int64_t src_col,

@@ -47,57 +47,35 @@ __device__ inline float swiglu_dup(float g, float d, float s, float dup) {
 }
 
 // Scalar path: any alignment, and the tail of the vectorized one (elements [begin, n)).
+// accumulate false: the gradients are overwritten (their old values are not read; the result is
+// the one of adding into zeros).
 template <typename T>
 __global__ void swiglu_backward_kernel(const T* gate, const T* up, const T* dy, int64_t begin,
-                                       int64_t n, T* dgate, T* dup) {
+                                       int64_t n, T* dgate, T* dup, bool accumulate) {
   for (int64_t i = begin + blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
        i += int64_t{gridDim.x} * blockDim.x) {
     const float g = to_f32(gate[i]), u = to_f32(up[i]), d = to_f32(dy[i]);
     const float s = swiglu_sigmoid(g);
-    if (dgate != nullptr) dgate[i] = from_f32<T>(swiglu_dgate(g, u, d, s, to_f32(dgate[i])));
-    if (dup != nullptr) dup[i] = from_f32<T>(swiglu_dup(g, d, s, to_f32(dup[i])));
+    if (dgate != nullptr)
+      dgate[i] = from_f32<T>(swiglu_dgate(g, u, d, s, accumulate ? to_f32(dgate[i]) : 0.0f));
+    if (dup != nullptr)
+      dup[i] = from_f32<T>(swiglu_dup(g, d, s, accumulate ? to_f32(dup[i]) : 0.0f));
   }
 }
-
-// 16 bytes of T: 8 bf16 or 4 f32, loaded and stored whole (pointers 16-byte aligned).
-template <typename T>
-struct Vec16 {
-  static constexpr int kN = 16 / sizeof(T);
-  uint4 raw;
-  __device__ float get(int j) const {
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-    if constexpr (sizeof(T) == 4) {
-      return __uint_as_float(words[j]);
-    } else {
-      const uint32_t w = words[j / 2];
-      return __uint_as_float(j % 2 == 0 ? w << 16 : w & 0xffff0000u);
-    }
-  }
-  __device__ void set(const float (&v)[kN]) {
-    uint32_t words[4];
-    if constexpr (sizeof(T) == 4) {
-      for (int k = 0; k < 4; ++k) words[k] = __float_as_uint(v[k]);
-    } else {
-      for (int k = 0; k < 4; ++k)
-        words[k] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k]))) |
-                   (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k + 1])))
-                    << 16);
-    }
-    raw = make_uint4(words[0], words[1], words[2], words[3]);
-  }
-};
 
 // Vectorized path: one 16-byte vector of each operand per thread and iteration (grid-stride over
 // `vectors` vectors), one pass: gate, up, dy read once, dgate and dup read and written once.
 template <typename T>
 __global__ void swiglu_backward_vec_kernel(const uint4* gate, const uint4* up, const uint4* dy,
-                                           int64_t vectors, uint4* dgate, uint4* dup) {
+                                           int64_t vectors, uint4* dgate, uint4* dup,
+                                           bool accumulate) {
   constexpr int kN = Vec16<T>::kN;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vectors;
        i += int64_t{gridDim.x} * blockDim.x) {
     Vec16<T> g{gate[i]}, u{up[i]}, d{dy[i]}, og{}, ou{};
-    if (dgate != nullptr) og.raw = dgate[i];
-    if (dup != nullptr) ou.raw = dup[i];
+    og.raw = ou.raw = make_uint4(0u, 0u, 0u, 0u);  // zeros (0x0000 is 0 in f32 and bf16)
+    if (dgate != nullptr && accumulate) og.raw = dgate[i];
+    if (dup != nullptr && accumulate) ou.raw = dup[i];
     float vg[kN], vu[kN];
 #pragma unroll
     for (int j = 0; j < kN; ++j) {
@@ -202,8 +180,9 @@ void CudaBackend::embedding_backward(const Tensor& ids, const Tensor& dy, Tensor
 }
 
 void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy,
-                                  Tensor& dgate, Tensor& dup) {
+                                  Tensor& dgate, Tensor& dup, GradWrite write) {
   OpTimer timer(profiler_, stream_, "swiglu_backward");
+  const bool accumulate = write == GradWrite::kAdd;
   check_swiglu(Device::kCUDA, gate, up, dy);
   for (const Tensor* g : {&dgate, &dup})
     if (g->defined()) {
@@ -228,10 +207,10 @@ void CudaBackend::swiglu_backward(const Tensor& gate, const Tensor& up, const Te
       swiglu_backward_vec_kernel<T><<<grid_for(vectors), kThreads, 0, stream_>>>(
           reinterpret_cast<const uint4*>(gp), reinterpret_cast<const uint4*>(up_p),
           reinterpret_cast<const uint4*>(dyp), vectors, reinterpret_cast<uint4*>(dgp),
-          reinterpret_cast<uint4*>(dup_p));
+          reinterpret_cast<uint4*>(dup_p), accumulate);
     if (done < n)
       swiglu_backward_kernel<T><<<grid_for(n - done), kThreads, 0, stream_>>>(
-          gp, up_p, dyp, done, n, dgp, dup_p);
+          gp, up_p, dyp, done, n, dgp, dup_p, accumulate);
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "swiglu_backward");
 }

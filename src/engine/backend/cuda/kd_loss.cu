@@ -9,9 +9,13 @@
 //   2. the divergence D and S = Σ_b h_b (h_b = Q_b · dD/dQ_b, see losses.cpp): per element in f32
 //      from log-probabilities formed in double, summed in double; sparse buckets all in double.
 //   3. the gradient, grad_scale · (kd_weight·T·(h_j·[q_j/Q_b] − q_j·S) + ce_weight·(softmax(s)_j −
-//      [j == label])), written where the student logit was read (grad may alias the logits: each
-//      element is read and then written by the same thread; sparse cached ids are handled last
-//      from copies of their logits taken in step 0).
+//      [j == label])), written where the student logit was read (an f32 grad may alias the
+//      logits: each element is read and then written by the same thread; sparse cached ids are
+//      handled last from copies of their logits taken in step 0). The gradient is f32 or bf16
+//      (the activation dtype: the LM head's backward GEMM reads bf16, so no separate convert).
+// Dense rows whose length is a multiple of 4 (and 16-byte aligned) are read with 16-byte loads:
+// one f32 per thread and load keeps too few bytes in flight to reach HBM bandwidth on these
+// 400 KB rows.
 // Sparse rows mark their cached ids in a shared-memory bitmap (vocab/8 bytes; opt-in shared
 // memory above 48 KiB) so that the tail lse and the gradient pass know each id's bucket. Bucket
 // scratch (h_b, cached logits) is global [R, k]. Rows with label -1 get a zero gradient and zero
@@ -20,6 +24,7 @@
 // the user errors of the CPU reference.
 #include <cmath>
 
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
@@ -33,6 +38,7 @@ struct KdParams {
   int64_t vocab = 0, k = 0;  // k: cached ids per row (sparse)
   int divergence = 0;        // Divergence as int
   bool has_teacher = false, has_tail = false;
+  bool vec4 = false;         // dense rows: vocab % 4 == 0 and 16-byte aligned row starts
   double inv_t = 1.0, kd_coef = 0.0, ce_coef = 0.0;
   double w_p = 0.0, log_w_p = 0.0, log_w_q = 0.0;
   float grad_scale = 1.0f;
@@ -150,10 +156,11 @@ __device__ Term bucket_term(const KdParams& p, double lp, double lq) {
 }
 
 // Zero gradient and terms for an uncounted row; true when the row is uncounted.
-__device__ bool skip_row(const KdParams& p, int32_t label, float* g, float* terms) {
+template <typename G>
+__device__ bool skip_row(const KdParams& p, int32_t label, G* g, float* terms) {
   if (label != -1) return false;
   if (g != nullptr)
-    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) g[j] = 0.0f;
+    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) g[j] = from_f32<G>(0.0f);
   if (threadIdx.x == 0) {
     terms[0] = 0.0f;
     terms[1] = 0.0f;
@@ -161,39 +168,63 @@ __device__ bool skip_row(const KdParams& p, int32_t label, float* g, float* term
   return true;
 }
 
-// Dense teacher (or none: has_teacher false).
+// Calls f(j, s_j, t_j) for this thread's elements of a row, in a fixed order (t_j = 0 without a
+// teacher): four elements per 16-byte load when p.vec4, else one per load.
+template <typename F>
+__device__ void for_row_elements(const KdParams& p, const float* s, const float* t, F&& f) {
+  if (p.vec4) {
+    const float4* s4 = reinterpret_cast<const float4*>(s);
+    const float4* t4 = reinterpret_cast<const float4*>(t);
+    for (int64_t i = threadIdx.x; i < p.vocab / 4; i += blockDim.x) {
+      const float4 a = s4[i];
+      const float4 b = t4 != nullptr ? t4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      f(4 * i, a.x, b.x);
+      f(4 * i + 1, a.y, b.y);
+      f(4 * i + 2, a.z, b.z);
+      f(4 * i + 3, a.w, b.w);
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x)
+      f(j, s[j], t != nullptr ? t[j] : 0.0f);
+  }
+}
+
+// Dense teacher (or none: has_teacher false). Gradient element type G: float or __nv_bfloat16.
+template <typename G>
 __global__ void kd_dense_kernel(const float* student, const float* teacher, const int32_t* labels,
-                                KdParams p, float* row_terms, float* grad) {
+                                KdParams p, float* row_terms, G* grad) {
   __shared__ double scratch[33];
   const int64_t r = blockIdx.x, v = p.vocab;
   const float* s = student + r * v;
   const float* t = p.has_teacher ? teacher + r * v : nullptr;
-  float* g = grad != nullptr ? grad + r * v : nullptr;
+  G* g = grad != nullptr ? grad + r * v : nullptr;
   const int32_t y = labels[r];
   if (skip_row(p, y, g, row_terms + 2 * r)) return;
   const float s_label = s[y];
   __syncthreads();  // s[y] is read before any thread overwrites it
 
+  // At T = 1 the tempered student lse is the CE lse: one accumulator serves both.
+  const bool plain_t = p.inv_t == 1.0;
   Lse lq_acc, lp_acc, l1_acc;
-  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
-    const double sj = s[j];
+  for_row_elements(p, s, t, [&](int64_t, float sf, float tf) {
+    const double sj = sf;
     lq_acc.add(sj * p.inv_t);
-    l1_acc.add(sj);
-    if (t != nullptr) lp_acc.add(static_cast<double>(t[j]) * p.inv_t);
-  }
+    if (!plain_t) l1_acc.add(sj);
+    if (t != nullptr) lp_acc.add(static_cast<double>(tf) * p.inv_t);
+  });
   const double lse_q = block_lse(lq_acc, scratch);
-  const double lse1 = block_lse(l1_acc, scratch);
+  const double lse1 = plain_t ? lse_q : block_lse(l1_acc, scratch);
   const double lse_p = t != nullptr ? block_lse(lp_acc, scratch) : 0.0;
 
   double d_sum = 0.0, h_sum = 0.0;
   if (t != nullptr) {
     double d_part = 0.0, h_part = 0.0;
-    for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
-      const Term term = element_term(p, static_cast<double>(t[j]) * p.inv_t - lse_p,
-                                     static_cast<double>(s[j]) * p.inv_t - lse_q);
+    for_row_elements(p, s, t, [&](int64_t, float sf, float tf) {
+      const Term term = element_term(p, static_cast<double>(tf) * p.inv_t - lse_p,
+                                     static_cast<double>(sf) * p.inv_t - lse_q);
       d_part += term.d;
       h_part += term.h;
-    }
+    });
     d_sum = block_sum(d_part, scratch);
     h_sum = block_sum(h_part, scratch);
   }
@@ -204,30 +235,31 @@ __global__ void kd_dense_kernel(const float* student, const float* teacher, cons
   if (g == nullptr) return;
   const float hs = static_cast<float>(h_sum);
   const float kd_coef = static_cast<float>(p.kd_coef), ce_coef = static_cast<float>(p.ce_coef);
-  for (int64_t j = threadIdx.x; j < v; j += blockDim.x) {
-    const double sj = s[j];
+  for_row_elements(p, s, t, [&](int64_t j, float sf, float tf) {
+    const double sj = sf;
     float value = 0.0f;
     if (t != nullptr) {
       const double lq = sj * p.inv_t - lse_q;
-      const Term term = element_term(p, static_cast<double>(t[j]) * p.inv_t - lse_p, lq);
+      const Term term = element_term(p, static_cast<double>(tf) * p.inv_t - lse_p, lq);
       value = kd_coef * (static_cast<float>(term.h) - expf(static_cast<float>(lq)) * hs);
     }
     if (ce_coef != 0.0f)
       value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
-    g[j] = p.grad_scale * value;
-  }
+    g[j] = from_f32<G>(p.grad_scale * value);
+  });
 }
 
 // Sparse top-k teacher. bucket_h [R, k] (double), cached_s [R, k] (f32) are scratch; dynamic
 // shared memory: the bitmap of cached ids, ceil(vocab / 32) words.
+template <typename G>
 __global__ void kd_sparse_kernel(const float* student, const int32_t* ids, const float* lps,
                                  const int32_t* labels, KdParams p, double* bucket_h,
-                                 float* cached_s, float* row_terms, float* grad) {
+                                 float* cached_s, float* row_terms, G* grad) {
   extern __shared__ uint32_t bits[];
   __shared__ double scratch[33];
   const int64_t r = blockIdx.x, v = p.vocab, k = p.k;
   const float* s = student + r * v;
-  float* g = grad != nullptr ? grad + r * v : nullptr;
+  G* g = grad != nullptr ? grad + r * v : nullptr;
   const int32_t* row_ids = ids + r * k;
   const float* row_lps = lps + r * k;
   double* hb = bucket_h + r * k;
@@ -310,7 +342,7 @@ __global__ void kd_sparse_kernel(const float* student, const int32_t* ids, const
     float value = kd_coef * (own - qj * hs);
     if (ce_coef != 0.0f)
       value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
-    g[j] = p.grad_scale * value;
+    g[j] = from_f32<G>(p.grad_scale * value);
   }
   for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
     const int32_t j = row_ids[i];
@@ -319,7 +351,7 @@ __global__ void kd_sparse_kernel(const float* student, const int32_t* ids, const
     float value = kd_coef * (static_cast<float>(hb[i]) - qj * hs);
     if (ce_coef != 0.0f)
       value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
-    g[j] = p.grad_scale * value;
+    g[j] = from_f32<G>(p.grad_scale * value);
   }
 }
 
@@ -374,7 +406,11 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
   REFINERY_CHECK(vocab >= 1 && vocab < (int64_t{1} << 31), "kd_loss: vocabulary of ", vocab);
   require_i32(labels, {rows}, "kd_loss labels");
   require_f32(row_terms, {rows, 2}, "kd_loss row_terms");
-  if (grad.defined()) require_f32(grad, {rows, vocab}, "kd_loss grad");
+  if (grad.defined()) {
+    backend::require_float(Device::kCUDA, grad, {rows, vocab}, "kd_loss grad");
+    REFINERY_CHECK(grad.dtype() == DType::kF32 || grad.dtype() == DType::kBF16,
+                   "kd_loss: grad must be f32 or bf16, found ", grad.describe());
+  }
   const bool dense = teacher_logits.defined(), sparse = teacher_ids.defined();
   REFINERY_CHECK(!(dense && sparse), "kd_loss: give either dense teacher logits or sparse ids");
   REFINERY_CHECK(dense || sparse || options.kd_weight == 0.0,
@@ -426,11 +462,18 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
   }
   p.grad_scale = grad_scale;
   REFINERY_CHECK(rows < (int64_t{1} << 31), "kd_loss: too many rows: ", rows);
-  float* g = grad.defined() ? grad.mutable_data<float>() : nullptr;
+  p.vec4 = vocab % 4 == 0 && aligned16(student_logits.data()) &&
+           (!dense || aligned16(teacher_logits.data()));
+  // The gradient's element type: f32 (may alias the logits) or bf16 (the activation dtype).
+  const DType grad_dtype = grad.defined() ? grad.dtype() : DType::kF32;
   if (!sparse) {
-    kd_dense_kernel<<<static_cast<unsigned>(rows), kKdThreads, 0, stream_>>>(
-        student_logits.data<float>(), dense ? teacher_logits.data<float>() : nullptr,
-        labels.data<int32_t>(), p, row_terms.mutable_data<float>(), g);
+    dispatch_activation(grad_dtype, "kd_loss (dense)", [&](auto tag) {
+      using G = decltype(tag);
+      kd_dense_kernel<G><<<static_cast<unsigned>(rows), kKdThreads, 0, stream_>>>(
+          student_logits.data<float>(), dense ? teacher_logits.data<float>() : nullptr,
+          labels.data<int32_t>(), p, row_terms.mutable_data<float>(),
+          grad.defined() ? static_cast<G*>(grad.mutable_data()) : nullptr);
+    });
     REFINERY_CUDA_AFTER_LAUNCH(*this, "kd_loss (dense)");
     return;
   }
@@ -443,16 +486,21 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
                  "kd_loss: a vocabulary of ", vocab, " needs ", shared,
                  " bytes of shared memory per block for the sparse teacher, the device has ",
                  max_shared);
-  if (shared > (48u << 10))
-    REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kd_sparse_kernel,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(shared)));
   Tensor bucket_h = empty(DType::kF64, {rows, k});
   Tensor cached_s = empty(DType::kF32, {rows, k});
-  kd_sparse_kernel<<<static_cast<unsigned>(rows), kKdThreads, shared, stream_>>>(
-      student_logits.data<float>(), teacher_ids.data<int32_t>(), teacher_log_probs.data<float>(),
-      labels.data<int32_t>(), p, static_cast<double*>(bucket_h.mutable_data()),
-      cached_s.mutable_data<float>(), row_terms.mutable_data<float>(), g);
+  dispatch_activation(grad_dtype, "kd_loss (sparse)", [&](auto tag) {
+    using G = decltype(tag);
+    if (shared > (48u << 10))
+      REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kd_sparse_kernel<G>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(shared)));
+    kd_sparse_kernel<G><<<static_cast<unsigned>(rows), kKdThreads, shared, stream_>>>(
+        student_logits.data<float>(), teacher_ids.data<int32_t>(),
+        teacher_log_probs.data<float>(), labels.data<int32_t>(), p,
+        static_cast<double*>(bucket_h.mutable_data()), cached_s.mutable_data<float>(),
+        row_terms.mutable_data<float>(),
+        grad.defined() ? static_cast<G*>(grad.mutable_data()) : nullptr);
+  });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "kd_loss (sparse)");
 }
 

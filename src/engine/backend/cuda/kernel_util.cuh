@@ -73,6 +73,34 @@ constexpr cudaDataType cuda_data_type() {
   return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF;
 }
 
+// 16 bytes of T: 8 bf16 or 4 f32, loaded and stored whole (pointers 16-byte aligned).
+template <typename T>
+struct Vec16 {
+  static constexpr int kN = 16 / sizeof(T);
+  uint4 raw;
+  __device__ float get(int j) const {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    if constexpr (sizeof(T) == 4) {
+      return __uint_as_float(words[j]);
+    } else {
+      const uint32_t w = words[j / 2];
+      return __uint_as_float(j % 2 == 0 ? w << 16 : w & 0xffff0000u);
+    }
+  }
+  __device__ void set(const float (&v)[kN]) {
+    uint32_t words[4];
+    if constexpr (sizeof(T) == 4) {
+      for (int k = 0; k < 4; ++k) words[k] = __float_as_uint(v[k]);
+    } else {
+      for (int k = 0; k < 4; ++k)
+        words[k] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k]))) |
+                   (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k + 1])))
+                    << 16);
+    }
+    raw = make_uint4(words[0], words[1], words[2], words[3]);
+  }
+};
+
 constexpr int kThreads = 256;
 
 // Blocks for a grid-stride loop over n elements (kernels loop, so the grid may be capped).
@@ -83,14 +111,15 @@ inline unsigned grid_for(int64_t n, int threads = kThreads) {
 
 // A 2-D launch over a [rows, cols] index space without a 64-bit division per element: threads
 // along x walk the columns of a row (up to 256 of them; fewer for narrow rows, the rest of the
-// block's 256 threads take further rows along y). Kernels loop over both with
+// block's 256 threads take further rows along y — a warp may span several narrow rows, so no
+// thread idles on MLA's 8- and 16-vector column copies). Kernels loop over both with
 //   for (r = blockIdx.y * blockDim.y + threadIdx.y; r < rows; r += gridDim.y * blockDim.y)
 //     for (c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x)
 struct RowColumnLaunch {
   dim3 grid, block;
 };
 inline RowColumnLaunch row_column_launch(int64_t rows, int64_t cols) {
-  unsigned tx = 32;
+  unsigned tx = 1;
   while (tx < 256 && static_cast<int64_t>(tx) < cols) tx *= 2;
   const unsigned ty = kThreads / tx;
   const int64_t gx = std::clamp<int64_t>((cols + tx - 1) / tx, 1, 65535);

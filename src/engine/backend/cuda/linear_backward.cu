@@ -61,7 +61,8 @@ void gemm_f32_cm(cublasHandle_t handle, bool trans_a, bool trans_b, int64_t m, i
 }  // namespace
 
 void CudaBackend::linear_backward(const Tensor& x, const LinearWeight& w, const Tensor& dy,
-                                  Tensor& dx, Tensor& dw, Tensor& db) {
+                                  Tensor& dx, Tensor& dw, Tensor& db, GradWrite dx_write,
+                                  GradWrite dw_write) {
   OpTimer timer(profiler_, stream_,
                 profiler_.enabled()
                     ? "linear_backward " + w.name.substr(w.name.rfind('.') + 1)
@@ -82,23 +83,34 @@ void CudaBackend::linear_backward(const Tensor& x, const LinearWeight& w, const 
   }
   if (dw.defined()) require_f32(dw, {out, in}, "linear_backward dw");
   if (db.defined()) require_f32(db, {out}, "linear_backward db");
-  if (rows == 0 || out == 0) return;
+  const bool overwrite_dx = dx.defined() && dx_write == GradWrite::kOverwrite;
+  const bool overwrite_dw = dw.defined() && dw_write == GradWrite::kOverwrite;
+  if (rows == 0 || out == 0) {  // nothing to add: an overwritten gradient is zero
+    if (overwrite_dx) fill_zero(dx);
+    if (overwrite_dw) fill_zero(dw);
+    return;
+  }
 
   const bool want_dx = dx.defined() && in > 0, want_dw = dw.defined() && in > 0;
   if (want_dx || want_dw) {
     if (wdtype == DType::kBF16) {
+      // The training path: kOverwrite is beta = 0 (the old gradient is not read).
       const Tensor xb = want_dw ? as_dtype(x, DType::kBF16, "linear_backward (x to bf16)") : x;
       const Tensor dyb = as_dtype(dy, DType::kBF16, "linear_backward (dy to bf16)");
       if (want_dx) {
         Tensor keep;
         const void* wb = bf16_weight_rows(w, 0, out, keep);
         gemm_bf16_cm(false, false, in, rows, out, wb, in, dyb.data(), out, dx.mutable_data(),
-                     dx.dtype() == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF, in, 1.0f, 1.0f);
+                     dx.dtype() == DType::kF32 ? CUDA_R_32F : CUDA_R_16BF, in, 1.0f,
+                     overwrite_dx ? 0.0f : 1.0f);
       }
       if (want_dw)
         gemm_bf16_cm(false, true, in, out, rows, xb.data(), in, dyb.data(), out,
-                     dw.mutable_data(), CUDA_R_32F, in, 1.0f, 1.0f);
+                     dw.mutable_data(), CUDA_R_32F, in, 1.0f, overwrite_dw ? 0.0f : 1.0f);
     } else {
+      // f32/f16 weights (tests, f32 backends): zero first, then the adding code.
+      if (overwrite_dx) fill_zero(dx);
+      if (overwrite_dw) fill_zero(dw);
       const Tensor dy32 = as_dtype(dy, DType::kF32, "linear_backward (dy to f32)");
       if (want_dx) {
         const Tensor wd = on_device(dense->weight);

@@ -78,6 +78,17 @@ TEST_F(CudaBackwardOps, LinearBackwardMatchesCpu) {
     Tensor none1, none2, gdw2 = gpu(dw0);
     be->linear_backward(dev(x, c.act), w, dev(dy, c.act), none1, gdw2, none2);
     EXPECT_TRUE(close(what + " dw alone", gdw2, dw, tol(c.rel, dw)));
+    // GradWrite::kOverwrite: poisoned dx and dw are written, not read; db still adds.
+    Tensor zdx = Tensor::zeros(DType::kF32, {c.t, c.in}), zdw = Tensor::zeros(DType::kF32, {c.out, c.in});
+    Tensor zdb = db0.clone();
+    cpu->linear_backward(x, w, dy, zdx, zdw, zdb);
+    Tensor pdx = poisoned_gpu({c.t, c.in}, c.act), pdw = poisoned_gpu({c.out, c.in}),
+           pdb = gpu(db0);
+    be->linear_backward(dev(x, c.act), w, dev(dy, c.act), pdx, pdw, pdb,
+                        backend::GradWrite::kOverwrite, backend::GradWrite::kOverwrite);
+    EXPECT_TRUE(close(what + " dx overwritten", pdx, zdx, tol(c.rel, zdx)));
+    EXPECT_TRUE(close(what + " dw overwritten", pdw, zdw, tol(c.rel, zdw)));
+    EXPECT_TRUE(close(what + " db with overwritten dw", pdb, zdb, tol(1e-5, zdb)));
   }
 }
 
@@ -167,6 +178,24 @@ TEST_F(CudaBackwardOps, ElementwiseBackwardMatchesCpu) {
       be->swiglu_backward(dev(gate, act), dev(up, act), dev(dy, act), gdg, gdu);
       EXPECT_TRUE(close("swiglu_backward dgate" + tag, gdg, dg, tol(rel, dg)));
       EXPECT_TRUE(close("swiglu_backward dup" + tag, gdu, du, tol(rel, du)));
+      // kOverwrite into poisoned outputs = adding into zeros; both the vectorized and the
+      // scalar kernel (a misaligned view: one element in).
+      Tensor zg = Tensor::zeros(DType::kF32, {rows, d}), zu = Tensor::zeros(DType::kF32, {rows, d});
+      cpu->swiglu_backward(gate, up, dy, zg, zu);
+      Tensor pg = poisoned_gpu({rows, d}, act), pu = poisoned_gpu({rows, d}, act);
+      be->swiglu_backward(dev(gate, act), dev(up, act), dev(dy, act), pg, pu,
+                          backend::GradWrite::kOverwrite);
+      EXPECT_TRUE(close("swiglu_backward dgate overwritten" + tag, pg, zg, tol(rel, zg)));
+      EXPECT_TRUE(close("swiglu_backward dup overwritten" + tag, pu, zu, tol(rel, zu)));
+      const int64_t n = rows * d - 1;
+      Tensor pg1 = poisoned_gpu({n + 1}, act), pu1 = poisoned_gpu({n + 1}, act);
+      Tensor pg1v = pg1.slice(1, n + 1), pu1v = pu1.slice(1, n + 1);
+      const Tensor flat_g = dev(gate, act).view({rows * d}).slice(1, n + 1),
+                   flat_u = dev(up, act).view({rows * d}).slice(1, n + 1),
+                   flat_dy = dev(dy, act).view({rows * d}).slice(1, n + 1);
+      be->swiglu_backward(flat_g, flat_u, flat_dy, pg1v, pu1v, backend::GradWrite::kOverwrite);
+      EXPECT_TRUE(close("swiglu_backward misaligned overwrite" + tag, pg1v,
+                        zg.view({rows * d}).slice(1, n + 1), tol(rel, zg)));
     }
     {  // sigmoid_gate
       const Tensor x = r({rows, d}, 410), g = r({rows, 1}, 411, 2.0f), dy = r({rows, d}, 412);
@@ -369,6 +398,15 @@ void expect_kd_matches(backend::Backend& cpu, backend::Backend& be, const KdCase
   be.kd_loss(gpu(student), up(dense), up(ids), up(lps), gpu(labels), c.options, grad_scale,
              gterms2, ggrad2);
   EXPECT_TRUE(close(what + " grad (no alias)", ggrad2, grad, 1e-5));
+  // A bf16 gradient (what training on bf16 activations asks for): the same values rounded once
+  // (relative 2^-8 for round-to-nearest), terms unchanged.
+  Tensor gterms3 = poisoned_gpu({rows, 2}), ggrad3 = poisoned_gpu({rows, vocab}, DType::kBF16);
+  be.kd_loss(gpu(student), up(dense), up(ids), up(lps), gpu(labels), c.options, grad_scale,
+             gterms3, ggrad3);
+  std::vector<float> bf16_bound;
+  for (float v : values(grad)) bf16_bound.push_back(std::ldexp(std::abs(v), -8));
+  EXPECT_TRUE(close(what + " row terms (bf16 grad)", gterms3, terms, 1e-7, bound));
+  EXPECT_TRUE(close(what + " grad (bf16)", ggrad3, grad, 1e-5, bf16_bound));
 }
 
 TEST(CudaBackwardLoss, KdLossMatchesCpu) {
@@ -392,6 +430,14 @@ TEST(CudaBackwardLoss, KdLossMatchesCpu) {
   ce_only.kd_weight = 0.0;
   ce_only.ce_weight = 1.0;
   expect_kd_matches(*cpu, *be, {ce_only, 9, 1003, -1}, seed += 2);
+  // Rows of a multiple of 4 take the 16-byte-load path: CE alone, CE at T = 2 with a dense
+  // teacher, sparse.
+  expect_kd_matches(*cpu, *be, {ce_only, 7, 4096, -1}, seed += 2);
+  KdLossOptions tempered;
+  tempered.temperature = 2.0;
+  tempered.ce_weight = 0.5;
+  expect_kd_matches(*cpu, *be, {tempered, 7, 1004, 0}, seed += 2);
+  expect_kd_matches(*cpu, *be, {tempered, 7, 1004, 33}, seed += 2);
   // A vocabulary whose sparse bitmap needs opt-in shared memory (> 48 KiB).
   KdLossOptions big;
   expect_kd_matches(*cpu, *be, {big, 2, 400003, 64}, seed += 2);

@@ -34,6 +34,10 @@
 //   lse:  Q [64][dk+8], K [2][64][dk+8].
 // The A-operand fragments of the resident tiles (K, V in dkdv; Q, dO in dq) stay in registers for
 // the narrow widths and are re-read with ldmatrix per tile for the wide ones.
+//
+// On compute 9.0, passes 2 and 3 can run on the warpgroup-MMA kernels of
+// flash_attention_backward_sm90a.cu instead ((64, 64) and (128, 128); choose_kernel below,
+// REFINERY_ATTN_BWD_KERNEL): same plan, workspace, lse/D pass and split reduction.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

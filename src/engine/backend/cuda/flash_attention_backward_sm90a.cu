@@ -43,6 +43,8 @@
 //         dO [2][dv/64 x 64], lse2/D [2][64] f32 each. (64,64): 65 KiB, (128,128): 129 KiB.
 //   dq:   Q [dk/64 x 128 rows], dO [dv/64 x 128]; K [2][dk/64 x 64], V [2][dv/64 x 64].
 //         (64,64): 65 KiB, (128,128): 129 KiB. lse2/D per row in registers.
+// Registers (ptxas, CUDA 13.0, no spills): dkdv 180 (64,64) / 240 (128,128), one block per SM;
+// dq 124 (two blocks per SM) / 158.
 // Pipeline (both kernels): at the top of step j the block waits for its cp.async group (step j's
 // tiles), fences the async proxy (cp.async writes through the generic proxy, wgmma reads through
 // the async proxy) and synchronizes; then it starts the copies of step j+1 into the other stage
@@ -175,6 +177,8 @@ __device__ __forceinline__ void zero(float (&x)[N]) {
 
 // ---- dK/dV per key block -----------------------------------------------------------------------
 
+// One block per SM for both widths: (64, 64) needs 180 registers (dK, dV, Sᵀ, dPᵀ: 32 each, plus
+// the fragments); capped at 128 for two blocks it spills.
 template <int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -374,8 +378,9 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
 
 // ---- dQ per query block ------------------------------------------------------------------------
 
+// (64, 64): two blocks per SM (124 registers, no spills with CUDA 13.0); (128, 128): one.
 template <int DK, int DV>
-__global__ void __launch_bounds__(kThreads, 1) dq_wgmma_kernel(const BwdParams p) {
+__global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = DqWgmmaShape<DK, DV>;
   extern __shared__ __align__(16) unsigned char smem_raw[];

@@ -40,19 +40,20 @@
 // kk*16*128). cp.async from all 256 threads; rows past T are zero-filled (masked keys/queries meet
 // zeros, never stale NaN/Inf).
 //   dkdv: K [dk/64 panels x 128 rows], V [dv/64 x 128]; Q [2 stages][dk/64 x 64 rows],
-//         dO [2][dv/64 x 64], lse2/D [2][64] f32 each. (64,64): 65 KiB, (128,128): 129 KiB.
+//         dO [2][dv/64 x 64], lse2/D [2][64] f32 each. (64,64): 66 KiB, (128,128): 130 KiB.
 //   dq:   Q [dk/64 x 128 rows], dO [dv/64 x 128]; K [2][dk/64 x 64], V [2][dv/64 x 64].
 //         (64,64): 65 KiB, (128,128): 129 KiB. lse2/D per row in registers.
 // Registers (ptxas, CUDA 13.0, no spills): dkdv 180 (64,64) / 240 (128,128), one block per SM;
 // dq 124 (two blocks per SM) / 158.
-// Pipeline (both kernels): at the top of step j the block waits for its cp.async group (step j's
-// tiles), fences the async proxy (cp.async writes through the generic proxy, wgmma reads through
-// the async proxy) and synchronizes; then it starts the copies of step j+1 into the other stage
-// (which held step j-1's tiles, whose MMAs every thread waited for before the barrier) and runs
-// step j: S and dP as two wgmma groups (P's exponentials overlap dP); in dkdv then dV (a third
-// group, overlapping the dS work) and dK (a fourth), in dq then dQ; all waited for at the end of
-// the step. The two WGs (and, where registers allow, two blocks
-// per SM) overlap each other's MMAs and element-wise work.
+// Pipeline (both kernels), two stages of the streamed tiles: at the top of step j the block
+// waits for its cp.async group (step j's tiles), fences the async proxy (cp.async writes through
+// the generic proxy, wgmma reads through the async proxy) and synchronizes; then it starts the
+// copies of step j+1 into the other stage (step j-1's, whose MMAs every thread waited for before
+// the barrier) and issues step j's S and dP as two wgmma groups. P's exponentials overlap dP; in
+// dkdv dV is issued as soon as Pᵀ is packed and overlaps the dS work, then dK; in dq dQ. The
+// step's last products are waited for at its end (keeping groups in flight across the loop's back
+// edge made ptxas serialize the wgmma, C7515). The two WGs (and, where registers allow, two
+// blocks per SM) overlap each other's MMAs and element-wise work.
 // Causal work skipped per block only (query tiles below n0, key tiles past the block's last row);
 // a WG whose rows are all masked in a step (the diagonal's first/last step) computes zeros, which
 // keeps every wgmma outside branches (ptxas serializes wgmma in divergent code).
@@ -80,6 +81,7 @@ constexpr int kQueryTile = 64;      // dkdv: queries per step (the N of Sᵀ, th
 constexpr int kBlockQueries = 128;  // dq: query rows per block (64 per WG)
 constexpr int kKeyTile = 64;        // dq: keys per step (the N of S, the K of dQ)
 constexpr int kSteps16 = 64 / 16;   // k16 steps of the register-A products (64 queries or keys)
+constexpr int kStages = 2;          // buffers of the streamed tiles (Q/dO in dkdv, K/V in dq)
 constexpr int kWideBytes = 128 * 128;   // a panel of 128 rows
 constexpr int kNarrowBytes = 64 * 128;  // a panel of 64 rows
 
@@ -88,10 +90,10 @@ struct DkDvWgmmaShape {
   static_assert((DK == 64 || DK == 128) && (DV == 64 || DV == 128), "one or two panels per operand");
   static constexpr int kKBytes = DK / 64 * kWideBytes, kVBytes = DV / 64 * kWideBytes;
   static constexpr int kQStageBytes = DK / 64 * kNarrowBytes, kDoStageBytes = DV / 64 * kNarrowBytes;
-  static constexpr int kFloatBytes = 4 * kQueryTile * 4;  // lse2 [2][64], then D [2][64]
+  static constexpr int kFloatBytes = 2 * kStages * kQueryTile * 4;  // lse2 [2][64], then D [2][64]
   // + 1024: the dynamic shared window is only 16-byte aligned; the kernel rounds its base up.
   static constexpr size_t kSmemBytes =
-      size_t{kKBytes} + kVBytes + 2 * kQStageBytes + 2 * kDoStageBytes + kFloatBytes + 1024;
+      size_t{kKBytes} + kVBytes + kStages * (kQStageBytes + kDoStageBytes) + kFloatBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "over the H100's 227 KiB of shared memory per block");
 };
 
@@ -101,7 +103,7 @@ struct DqWgmmaShape {
   static constexpr int kQBytes = DK / 64 * kWideBytes, kDoBytes = DV / 64 * kWideBytes;
   static constexpr int kKStageBytes = DK / 64 * kNarrowBytes, kVStageBytes = DV / 64 * kNarrowBytes;
   static constexpr size_t kSmemBytes =
-      size_t{kQBytes} + kDoBytes + 2 * kKStageBytes + 2 * kVStageBytes + 1024;
+      size_t{kQBytes} + kDoBytes + kStages * (kKStageBytes + kVStageBytes) + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "over the H100's 227 KiB of shared memory per block");
 };
 
@@ -189,10 +191,10 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
   const uint32_t k_s = base;                                  // [dk/64][128 rows]
   const uint32_t v_s = k_s + Shape::kKBytes;                  // [dv/64][128 rows]
   const uint32_t q_s = v_s + Shape::kVBytes;                  // stage b at + b * kQStageBytes
-  const uint32_t do_s = q_s + 2 * Shape::kQStageBytes;        // stage b at + b * kDoStageBytes
-  const uint32_t f_s = do_s + 2 * Shape::kDoStageBytes;       // lse2 [2][64], D [2][64]
+  const uint32_t do_s = q_s + kStages * Shape::kQStageBytes;  // stage b at + b * kDoStageBytes
+  const uint32_t f_s = do_s + kStages * Shape::kDoStageBytes;  // lse2 [2][64], D [2][64]
   const float* const lse_f = reinterpret_cast<const float*>(smem_raw + (f_s - raw));
-  const float* const dsum_f = lse_f + 2 * kQueryTile;
+  const float* const dsum_f = lse_f + kStages * kQueryTile;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
@@ -210,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
 
   // Step `it`: query head h_first + it / per_head, query tile q_first + it % per_head.
   const auto prefetch = [&](int it) {
-    const int b = it & 1;
+    const int b = it % kStages;
     const int h = h_first + it / per_head, m0 = (q_first + it % per_head) * kQueryTile;
     load_tile<kQueryTile, DK>(q_s + b * Shape::kQStageBytes,
                               p.q + int64_t{m0} * q_stride + int64_t{h} * DK, q_stride, p.t - m0);
@@ -221,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
     if (tid < 16)
       cp_async_16(f_s + (b * kQueryTile + 4 * tid) * 4, p.lse + at + 4 * tid, true);
     else if (tid < 32)
-      cp_async_16(f_s + (2 * kQueryTile + b * kQueryTile + 4 * (tid - 16)) * 4,
+      cp_async_16(f_s + ((kStages + b) * kQueryTile + 4 * (tid - 16)) * 4,
                   p.dsum + at + 4 * (tid - 16), true);
   };
   load_tile<kBlockKeys, DK>(k_s, p.k + int64_t{n0} * k_stride + int64_t{kvh} * DK, k_stride, p.t - n0);
@@ -251,11 +253,13 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
   const uint64_t v_desc = make_descriptor(v_s + wg * 64 * 128);
 
   for (int it = 0; it < n_iter; ++it) {
-    const int b = it & 1;
+    const int b = it % kStages;
     cp_async_wait<0>();   // step it's tiles (the only group in flight) have landed ...
     fence_proxy_async();  // ... are visible to the async proxy (wgmma) ...
-    __syncthreads();      // ... for every thread's copies; every WG is done with step it - 1
-    if (it + 1 < n_iter) prefetch(it + 1);  // into the stage step it - 1 used
+    __syncthreads();      // ... for every thread's copies
+    // Into stage (it + 1) % 2, which held step it - 1: every thread waited for its MMAs (and
+    // read its lse2/D) before this barrier.
+    if (it + 1 < n_iter) prefetch(it + 1);
     cp_async_commit();
 
     const int m0 = (q_first + it % per_head) * kQueryTile;
@@ -307,18 +311,21 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
     for (int kk = 0; kk < kSteps16; ++kk) mma_rs<DV>(dv_acc, pf[kk], do_mdesc + mn_major_step(kk));
     wgmma_commit();
 
-    wgmma_wait<1>();  // dPᵀ is done (groups complete in order); dV may still run
+    wgmma_wait<1>();  // dPᵀ is done; dV may still run
     fence_accumulators(dpt);
-    // dSᵀ = Pᵀ ∘ (dPᵀ − D[query]) (P in f32, before its bf16 rounding).
+    // dSᵀ = Pᵀ ∘ (dPᵀ − D[query]) (P in f32, before its bf16 rounding), straight into the
+    // fragments (no f32 dS array).
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const float2 d = *reinterpret_cast<const float2*>(dsum_t + 8 * i + 2 * c);
-      dpt[4 * i + 0] = st[4 * i + 0] * (dpt[4 * i + 0] - d.x);
-      dpt[4 * i + 1] = st[4 * i + 1] * (dpt[4 * i + 1] - d.y);
-      dpt[4 * i + 2] = st[4 * i + 2] * (dpt[4 * i + 2] - d.x);
-      dpt[4 * i + 3] = st[4 * i + 3] * (dpt[4 * i + 3] - d.y);
+      const float2 lo = make_float2(st[4 * i + 0] * (dpt[4 * i + 0] - d.x),
+                                    st[4 * i + 1] * (dpt[4 * i + 1] - d.y));
+      const float2 hi = make_float2(st[4 * i + 2] * (dpt[4 * i + 2] - d.x),
+                                    st[4 * i + 3] * (dpt[4 * i + 3] - d.y));
+      // Layout of pack_fragments: block i = 2kk + half, rows g (lo) and g + 8 (hi).
+      dsf[i / 2][2 * (i % 2)] = pack_bf16(lo.x, lo.y);
+      dsf[i / 2][2 * (i % 2) + 1] = pack_bf16(hi.x, hi.y);
     }
-    pack_fragments(dsf, dpt);
     fence_fragments(dsf);
     fence_accumulators(dk_acc);
     wgmma_fence();
@@ -327,7 +334,10 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
 #pragma unroll
     for (int kk = 0; kk < kSteps16; ++kk) mma_rs<DK>(dk_acc, dsf[kk], q_mdesc + mn_major_step(kk));
     wgmma_commit();
-    wgmma_wait<0>();  // before the next barrier releases this stage and the fragments are rewritten
+    // Waited for here (before the next barrier releases this stage), not in the next step:
+    // ptxas (CUDA 13.0) serializes the wgmma pipeline (C7515) when groups stay in flight across
+    // the loop's back edge.
+    wgmma_wait<0>();
     fence_accumulators(dv_acc);
     fence_accumulators(dk_acc);
     fence_fragments(pf);
@@ -388,7 +398,7 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
   const uint32_t q_s = base;                           // [dk/64][128 rows]
   const uint32_t do_s = q_s + Shape::kQBytes;          // [dv/64][128 rows]
   const uint32_t k_s = do_s + Shape::kDoBytes;         // stage b at + b * kKStageBytes
-  const uint32_t v_s = k_s + 2 * Shape::kKStageBytes;  // stage b at + b * kVStageBytes
+  const uint32_t v_s = k_s + kStages * Shape::kKStageBytes;  // stage b at + b * kVStageBytes
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
@@ -404,7 +414,7 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
   const bf16* const k_head = p.k + int64_t{kvh} * DK;
   const bf16* const v_head = p.v + int64_t{kvh} * DV;
   const auto load_kv = [&](int j) {
-    const int n0 = j * kKeyTile, b = j & 1;
+    const int n0 = j * kKeyTile, b = j % kStages;
     load_tile<kKeyTile, DK>(k_s + b * Shape::kKStageBytes, k_head + n0 * k_stride, k_stride, p.t - n0);
     load_tile<kKeyTile, DV>(v_s + b * Shape::kVStageBytes, v_head + n0 * v_stride, v_stride, p.t - n0);
   };
@@ -443,11 +453,13 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
   const uint64_t do_desc = make_descriptor(do_s + wg * 64 * 128);
 
   for (int j = 0; j < n_tiles; ++j) {
-    const int b = j & 1;
+    const int b = j % kStages;
     cp_async_wait<0>();
     fence_proxy_async();
     __syncthreads();
-    if (j + 1 < n_tiles) load_kv(j + 1);  // into the stage step j - 1 used
+    // Into stage (j + 1) % 2, which held step j - 1: every thread waited for its MMAs before
+    // this barrier.
+    if (j + 1 < n_tiles) load_kv(j + 1);
     cp_async_commit();
 
     const int n0 = j * kKeyTile;
@@ -470,7 +482,7 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
                          v_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
     wgmma_commit();
 
-    wgmma_wait<1>();
+    wgmma_wait<1>();  // S is done; dP may still run
     fence_accumulators(sa);
     // P = 2^(x − lse2[row]); 0 where the key is past the row (keys past t are past every row < t).
     const bool needs_mask = n0 + kKeyTile - 1 > wg_row0;
@@ -484,10 +496,14 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
       }
     wgmma_wait<0>();
     fence_accumulators(dpa);
-    // dS = P ∘ (dP − D[row]).
+    // dS = P ∘ (dP − D[row]), straight into the fragments (layout: pack_fragments).
 #pragma unroll
-    for (int i = 0; i < 32; ++i) dpa[i] = sa[i] * (dpa[i] - dsum[(i >> 1) & 1]);
-    pack_fragments(dsf, dpa);
+    for (int i = 0; i < 8; ++i) {
+      dsf[i / 2][2 * (i % 2)] = pack_bf16(sa[4 * i + 0] * (dpa[4 * i + 0] - dsum[0]),
+                                          sa[4 * i + 1] * (dpa[4 * i + 1] - dsum[0]));
+      dsf[i / 2][2 * (i % 2) + 1] = pack_bf16(sa[4 * i + 2] * (dpa[4 * i + 2] - dsum[1]),
+                                              sa[4 * i + 3] * (dpa[4 * i + 3] - dsum[1]));
+    }
 
     fence_fragments(dsf);
     fence_accumulators(dq_acc);
@@ -497,6 +513,8 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
 #pragma unroll
     for (int kk = 0; kk < kSteps16; ++kk) mma_rs<DK>(dq_acc, dsf[kk], k_mdesc + mn_major_step(kk));
     wgmma_commit();
+    // Waited for here, not in the next step: ptxas (CUDA 13.0) serializes the wgmma pipeline
+    // (C7515) when groups stay in flight across the loop's back edge.
     wgmma_wait<0>();
     fence_accumulators(dq_acc);
     fence_fragments(dsf);

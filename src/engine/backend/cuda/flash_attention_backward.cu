@@ -35,9 +35,9 @@
 // The A-operand fragments of the resident tiles (K, V in dkdv; Q, dO in dq) stay in registers for
 // the narrow widths and are re-read with ldmatrix per tile for the wide ones.
 //
-// On compute 9.0, passes 2 and 3 can run on the warpgroup-MMA kernels of
+// On compute 9.0, the three passes can run on the warpgroup-MMA kernels of
 // flash_attention_backward_sm90a.cu instead ((64, 64) and (128, 128); choose_kernel below,
-// REFINERY_ATTN_BWD_KERNEL): same plan, workspace, lse/D pass and split reduction.
+// REFINERY_ATTN_BWD_KERNEL): same plan, workspace layout and split reduction.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -648,7 +648,9 @@ template <int DK, int DV>
 void run(const BwdParams& p, const Plan& plan, BwdKernel kernel, cudaStream_t stream) {
   constexpr int kBQ = DK > 128 ? 32 : 64;
   const unsigned tiles = static_cast<unsigned>(plan.key_blocks);
-  {
+  if (kernel == BwdKernel::kWgmma) {
+    flash_bwd_detail::wgmma_backward_lse(p, DK, stream);
+  } else {
     constexpr size_t kSmem = LseShape<DK>::kSmemBytes;
     set_smem(lse_kernel<DK, DV>, kSmem);
     lse_kernel<DK, DV><<<dim3(static_cast<unsigned>(p.heads), tiles), kThreads, kSmem, stream>>>(p);

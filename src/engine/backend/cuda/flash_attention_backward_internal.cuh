@@ -1,8 +1,8 @@
 #pragma once
 // Declarations shared by the two implementations of the flash attention backward:
-// flash_attention_backward.cu (the plan, the workspace, the lse/D pass, the split reduction, the
-// mma.sync dK/dV and dQ kernels, the kernel choice) and flash_attention_backward_sm90a.cu (the
-// Hopper wgmma dK/dV and dQ kernels, which read the same lse/D and write the same partials).
+// flash_attention_backward.cu (the plan, the workspace, the split reduction, the mma.sync lse/D,
+// dK/dV and dQ kernels, the kernel choice) and flash_attention_backward_sm90a.cu (the Hopper
+// wgmma lse/D, dK/dV and dQ kernels, same workspace layout, same partials).
 // CUDA code only (include it from .cu files).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -44,6 +44,8 @@ __device__ __forceinline__ void add_bf16_pair(bf16* at, float x, float y) {
 bool wgmma_backward_supports(int64_t dk, int64_t dv);
 // Whether the current device can run them (compute 9.0).
 bool wgmma_backward_available();
+// The lse2/D pass (fills p.lse and p.dsum, [H, t_pad], zeros from t on).
+void wgmma_backward_lse(const BwdParams& p, int dk, cudaStream_t stream);
 // The dK/dV pass (p.dk or p.dv non-null): with p.split == 1 adds into p.dk / p.dv, otherwise
 // writes the f32 partials p.dk_part / p.dv_part (flash_attention_backward.cu reduces them).
 // Needs the lse/D pass to have run on `stream`.

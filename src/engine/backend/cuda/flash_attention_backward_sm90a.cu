@@ -1,15 +1,20 @@
-// Causal flash attention backward on Hopper (sm_90a): the dK/dV and dQ passes of
-// flash_attention_backward.cu on warpgroup MMAs (wgmma.mma_async). The plan, the workspace, the
-// lse/D pass and the reduction of the group-split partials stay in flash_attention_backward.cu,
-// which chooses between these kernels and its mma.sync ones (REFINERY_ATTN_BWD_KERNEL).
+// Causal flash attention backward on Hopper (sm_90a): the three passes of
+// flash_attention_backward.cu (lse/D, dK/dV, dQ) on warpgroup MMAs (wgmma.mma_async). The plan,
+// the workspace layout and the reduction of the group-split partials stay in
+// flash_attention_backward.cu, which chooses between these kernels and its mma.sync ones
+// (REFINERY_ATTN_BWD_KERNEL).
 // Compiled for sm_90a only (CMakeLists.txt: *_sm90a.cu); the launcher refuses other devices.
 // Same algorithm and same determinism as the mma.sync kernels (every gradient element is produced
 // by one block, fixed-order sums, no atomics); results differ from them only by f32 summation
 // order. Scores in log2 units: x = q·k·scale·log2 e, P = 2^(x − lse2) (lse2, D from pass 1).
 //
 // Sizes: q [T, H, dk], k [T, KV, dk], v [T, KV, dv], dout [T, H, dv]; (dk, dv) = (64, 64) or
-// (128, 128). Both kernels: 256 threads = two warpgroups (WG), each owning 64 rows of the block,
+// (128, 128). All kernels: 256 threads = two warpgroups (WG), each owning 64 rows of the block,
 // warp q of a WG rows 16q..16q+15 of those (accumulator layout: wgmma_ptx.cuh).
+//
+// lse/D pass (lse_wgmma_kernel): block = (head, 128 query rows), S = Q·Kᵀ per key tile of 128
+// (m64n128k16, both K-major) and the online row max / sum of 2^x: lse2 = m + log2 Σ 2^(x − m);
+// D = rowsum(dout ∘ out). MUFU-bound (one exp2 per score), two blocks per SM.
 //
 // dK/dV pass (dkdv_wgmma_kernel), block = (128 keys n0..n0+127, kv head, group split), WG w owns
 // keys n0 + 64w .. +63. The block walks (query head of its split, query tile of 64 rows m0 >= n0
@@ -44,7 +49,7 @@
 //   dq:   Q [dk/64 x 128 rows], dO [dv/64 x 128]; K [2][dk/64 x 64], V [2][dv/64 x 64].
 //         (64,64): 65 KiB, (128,128): 129 KiB. lse2/D per row in registers.
 // Registers (ptxas, CUDA 13.0, no spills): dkdv 180 (64,64) / 240 (128,128), one block per SM;
-// dq 124 (two blocks per SM) / 158.
+// dq 124 (two blocks per SM) / 158; lse 116 / 122 (two blocks per SM).
 // Pipeline (both kernels), two stages of the streamed tiles: at the top of step j the block
 // waits for its cp.async group (step j's tiles), fences the async proxy (cp.async writes through
 // the generic proxy, wgmma reads through the async proxy) and synchronizes; then it starts the
@@ -95,6 +100,13 @@ struct DkDvWgmmaShape {
   static constexpr size_t kSmemBytes =
       size_t{kKBytes} + kVBytes + kStages * (kQStageBytes + kDoStageBytes) + kFloatBytes + 1024;
   static_assert(kSmemBytes <= 227 * 1024, "over the H100's 227 KiB of shared memory per block");
+};
+
+template <int DK>
+struct LseWgmmaShape {
+  static_assert(DK == 64 || DK == 128, "one or two panels per operand");
+  static constexpr int kQBytes = DK / 64 * kWideBytes, kKStageBytes = DK / 64 * kWideBytes;
+  static constexpr size_t kSmemBytes = size_t{kQBytes} + kStages * kKStageBytes + 1024;
 };
 
 template <int DK, int DV>
@@ -176,6 +188,132 @@ __device__ __forceinline__ void zero(float (&x)[N]) {
 }
 
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// ---- lse2 and D per query block ----------------------------------------------------------------
+
+// Block = (head, 128 query rows m0..m0+127), WG w owns rows m0 + 64w .. +63 and walks the key
+// tiles of 128 up to the block's diagonal: S = Q·Kᵀ (m64n128k16 x dk/16, Q and K K-major, as in
+// flash_attention_sm90a.cu), then the online row max / sum of 2^x in f32. Writes lse2 = m + log2 Σ
+// and D = rowsum(dout ∘ out) for the block's rows below t_pad (zeros from t on: the padding the
+// other passes read). Smem: Q [dk/64 x 128 rows], K [2][dk/64 x 128]; (64): 49 KiB, (128): 97 KiB.
+template <int DK, int DV>
+__global__ void __launch_bounds__(kThreads, 2) lse_wgmma_kernel(const BwdParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Shape = LseWgmmaShape<DK>;
+  constexpr int kTileKeys = 128;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t base = (shared_address(smem_raw) + 1023u) & ~1023u;
+  const uint32_t q_s = base;                   // [dk/64][128 rows]
+  const uint32_t k_s = q_s + Shape::kQBytes;   // stage b at + b * kKStageBytes
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int wg = tid / 128, wq = warp % 4;
+  const int g = lane >> 2, c = lane & 3;
+
+  const int h = static_cast<int>(blockIdx.x);
+  const int m0 = static_cast<int>(gridDim.y - 1 - blockIdx.y) * kBlockQueries;
+  const int kvh = h / p.group;
+  const int n_tiles = (min(m0 + kBlockQueries, p.t) - 1) / kTileKeys + 1;
+  const int64_t q_stride = int64_t{p.heads} * DK, k_stride = int64_t{p.kv_heads} * DK;
+  const bf16* const k_head = p.k + int64_t{kvh} * DK;
+  const auto load_k = [&](int j) {
+    const int n0 = j * kTileKeys;
+    load_tile<kTileKeys, DK>(k_s + (j % kStages) * Shape::kKStageBytes, k_head + n0 * k_stride,
+                             k_stride, p.t - n0);
+  };
+  load_tile<kBlockQueries, DK>(q_s, p.q + int64_t{m0} * q_stride + int64_t{h} * DK, q_stride, p.t - m0);
+  load_k(0);
+  cp_async_commit();
+
+  // D while the copies fly: warp w reduces rows m0 + 16w .. +15 (0 from t on, none from t_pad on).
+  for (int r = 0; r < 16; ++r) {
+    const int row = m0 + 16 * warp + r;
+    if (row >= p.t_pad) break;  // warp-uniform
+    float acc = 0.0f;
+    if (row < p.t) {
+      const int64_t at = (int64_t{row} * p.heads + h) * DV;
+      const auto* o = reinterpret_cast<const __nv_bfloat162*>(p.out + at);
+      const auto* d = reinterpret_cast<const __nv_bfloat162*>(p.dout + at);
+      for (int i = lane; i < DV / 2; i += 32) {
+        const float2 a = __bfloat1622float2(o[i]), b = __bfloat1622float2(d[i]);
+        acc = fmaf(a.x, b.x, fmaf(a.y, b.y, acc));
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) p.dsum[int64_t{h} * p.t_pad + row] = acc;
+  }
+
+  const int wg_row0 = m0 + 64 * wg;
+  const int row_lo = wg_row0 + 16 * wq + g;
+  const int rows[2] = {row_lo, row_lo + 8};
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f};  // log2 units
+  float sa[kTileKeys / 2];  // [4i + 2r + e] = (row rows[r], key n0 + 8i + 2c + e)
+  zero(sa);
+  const uint64_t q_desc = make_descriptor(q_s + wg * 64 * 128);
+
+  for (int j = 0; j < n_tiles; ++j) {
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    if (j + 1 < n_tiles) load_k(j + 1);  // into the stage tile j - 1 used (its MMAs are done)
+    cp_async_commit();
+
+    const uint64_t k_desc = make_descriptor(k_s + (j % kStages) * Shape::kKStageBytes);
+    fence_accumulators(sa);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk)
+      wgmma_m64n128k16_ss(sa, q_desc + k_major_step<kWideBytes>(kk),
+                          k_desc + k_major_step<kWideBytes>(kk), kk == 0 ? 0 : 1);
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_accumulators(sa);
+
+    const int n0 = j * kTileKeys;
+    const bool needs_mask = n0 + kTileKeys - 1 > wg_row0;  // keys past t are past every row < t
+#pragma unroll
+    for (int i = 0; i < kTileKeys / 8; ++i)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = sa[4 * i + e] * p.scale_log2;
+        if (needs_mask && n0 + 8 * i + 2 * c + (e & 1) > rows[e >> 1]) x = -INFINITY;
+        sa[4 * i + e] = x;
+      }
+    // A row lives in the 4 lanes of a quad (same g): reduce with xor 1, 2.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = row_max[r];
+#pragma unroll
+      for (int i = 0; i < kTileKeys / 8; ++i)
+        mx = fmaxf(mx, fmaxf(sa[4 * i + 2 * r], sa[4 * i + 2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float base_r = mx == -INFINITY ? 0.0f : mx;  // nothing visible yet: no NaN
+      float sum = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kTileKeys / 8; ++i)
+        sum += exp2_approx(sa[4 * i + 2 * r] - base_r) + exp2_approx(sa[4 * i + 2 * r + 1] - base_r);
+      row_sum[r] = row_sum[r] * exp2_approx(row_max[r] - base_r) + sum;
+      row_max[r] = mx;
+    }
+  }
+  cp_async_wait<0>();
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = row_sum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    // Row < t: key 0 is visible, so the max is finite and sum >= 1.
+    if (c == 0 && rows[r] < p.t_pad)
+      p.lse[int64_t{h} * p.t_pad + rows[r]] = rows[r] < p.t ? row_max[r] + log2f(sum) : 0.0f;
+  }
+#else
+  __trap();  // compiled for sm_90a only; the launcher checks the device first
+#endif
+}
 
 // ---- dK/dV per key block -----------------------------------------------------------------------
 
@@ -542,6 +680,16 @@ void set_smem(Kernel kernel, size_t bytes) {
 }
 
 template <int DK, int DV>
+void launch_lse(const BwdParams& p, cudaStream_t stream) {
+  constexpr size_t kSmem = LseWgmmaShape<DK>::kSmemBytes;
+  set_smem(lse_wgmma_kernel<DK, DV>, kSmem);
+  const dim3 grid(static_cast<unsigned>(p.heads),
+                  static_cast<unsigned>((p.t + kBlockQueries - 1) / kBlockQueries));
+  lse_wgmma_kernel<DK, DV><<<grid, kThreads, kSmem, stream>>>(p);
+  REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (wgmma lse)");
+}
+
+template <int DK, int DV>
 void launch_dkdv(const BwdParams& p, cudaStream_t stream) {
   constexpr size_t kSmem = DkDvWgmmaShape<DK, DV>::kSmemBytes;
   set_smem(dkdv_wgmma_kernel<DK, DV>, kSmem);
@@ -577,6 +725,12 @@ bool wgmma_backward_supports(int64_t dk, int64_t dv) {
 }
 
 bool wgmma_backward_available() { return grouped_gemm_wgmma_available(); }
+
+void wgmma_backward_lse(const BwdParams& p, int dk, cudaStream_t stream) {
+  check_launch(p, dk);
+  if (dk == 64) return launch_lse<64, 64>(p, stream);
+  return launch_lse<128, 128>(p, stream);
+}
 
 void wgmma_backward_dkdv(const BwdParams& p, int dk, cudaStream_t stream) {
   check_launch(p, dk);

@@ -22,6 +22,7 @@
 // that Pᵀ and dSᵀ come out of the accumulators as the A operands of the next products):
 //   Sᵀ  = K·Qᵀ     m64n64k16 x dk/16   A = K (keys x dk, K-major), B = Q (queries x dk, K-major)
 //   dPᵀ = V·dOᵀ    m64n64k16 x dv/16   A = V, B = dO, both K-major
+//                  (for (64, 64) A = K, V from registers: fragments loaded once per block)
 //   Pᵀ  = 2^(Sᵀ·scale·log2 e − lse2[query]), dSᵀ = Pᵀ ∘ (dPᵀ − D[query])    (f32, registers)
 //   dV += Pᵀ·dO    m64n{dv}k16 x 4     A = Pᵀ from REGISTERS (bf16), B = dO MN-major (the query
 //                                      rows are k, dv contiguous: imm-trans-b = 1, no copy)
@@ -48,7 +49,7 @@
 //         dO [2][dv/64 x 64], lse2/D [2][64] f32 each. (64,64): 66 KiB, (128,128): 130 KiB.
 //   dq:   Q [dk/64 x 128 rows], dO [dv/64 x 128]; K [2][dk/64 x 64], V [2][dv/64 x 64].
 //         (64,64): 65 KiB, (128,128): 129 KiB. lse2/D per row in registers.
-// Registers (ptxas, CUDA 13.0, no spills): dkdv 180 (64,64) / 240 (128,128), one block per SM;
+// Registers (ptxas, CUDA 13.0, no spills): dkdv 212 (64,64) / 240 (128,128), one block per SM;
 // dq 124 (two blocks per SM) / 158; lse 116 / 122 (two blocks per SM).
 // Pipeline (both kernels), two stages of the streamed tiles: at the top of step j the block
 // waits for its cp.async group (step j's tiles), fences the async proxy (cp.async writes through
@@ -170,6 +171,15 @@ __device__ __forceinline__ void pack_fragments(uint32_t (&f)[kSteps16][4], const
     f[kk][2] = pack_bf16(x[8 * kk + 4], x[8 * kk + 5]);  // row g,   cols 16kk + 8 + 2c, +1
     f[kk][3] = pack_bf16(x[8 * kk + 6], x[8 * kk + 7]);  // row g+8, cols 16kk + 8 + 2c, +1
   }
+}
+
+// ldmatrix.x4 address of lane `lane` for the A fragment (wgmma_ptx.cuh) of k16 step kk of the 16
+// rows row0..row0+15 of an operand stored as swizzled panels of 128 rows (panel kk / 4 at
+// panels + (kk / 4) * kWideBytes): lane L gives row row0 + L % 16, 16-byte chunk 2 (kk % 4) + L / 16
+// (matrices: rows 0-7 / 8-15 of cols 0-7, then of cols 8-15 = a[0], a[1], a[2], a[3]).
+__device__ __forceinline__ uint32_t fragment_address(uint32_t panels, int row0, int kk, int lane) {
+  const int row = row0 + (lane & 15), chunk = 2 * (kk & 3) + (lane >> 4);
+  return panels + (kk >> 2) * kWideBytes + row * 128 + ((chunk ^ (row & 7)) << 4);
 }
 
 // D[64 x WIDTH] += A (registers, 64 x 16) · B (MN-major panels, 16 x WIDTH).
@@ -317,8 +327,8 @@ __global__ void __launch_bounds__(kThreads, 2) lse_wgmma_kernel(const BwdParams 
 
 // ---- dK/dV per key block -----------------------------------------------------------------------
 
-// One block per SM for both widths: (64, 64) needs 180 registers (dK, dV, Sᵀ, dPᵀ: 32 each, plus
-// the fragments); capped at 128 for two blocks it spills.
+// One block per SM for both widths: (64, 64) needs 212 registers (dK, dV, Sᵀ, dPᵀ: 32 each, plus
+// the fragments); capped at 128 for two blocks it spills (180 with K, V read from shared memory).
 template <int DK, int DV>
 __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -389,6 +399,20 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
   // A operands K and V: this WG's 64 key rows start 64 rows (8 KiB) into each 128-row panel.
   const uint64_t k_desc = make_descriptor(k_s + wg * 64 * 128);
   const uint64_t v_desc = make_descriptor(v_s + wg * 64 * 128);
+  // (64, 64): K and V, resident for the whole block, are also kept as A fragments in registers
+  // (16 each), so that Sᵀ and dPᵀ read only Q / dO from shared memory (half the traffic of the
+  // shared-memory A form). (128, 128) has no registers left for them (64 more).
+  constexpr bool kKVInRegisters = DK == 64 && DV == 64;
+  uint32_t k_frag[kKVInRegisters ? DK / 16 : 1][4], v_frag[kKVInRegisters ? DV / 16 : 1][4];
+  if constexpr (kKVInRegisters) {
+    cp_async_wait<0>();  // K, V (and step 0's tiles) have landed for every thread
+    __syncthreads();
+    const int row0 = wg * 64 + wq * 16;
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) ldmatrix_x4(k_frag[kk], fragment_address(k_s, row0, kk, lane));
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk) ldmatrix_x4(v_frag[kk], fragment_address(v_s, row0, kk, lane));
+  }
 
   for (int it = 0; it < n_iter; ++it) {
     const int b = it % kStages;
@@ -409,19 +433,31 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
     fence_accumulators(dpt);
     wgmma_fence();
     // Sᵀ = K·Qᵀ (one group), then dPᵀ = V·dOᵀ (another); the first k16 step overwrites.
+    if constexpr (kKVInRegisters) {
 #pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk)
-      wgmma_m64n64k16_ss(st, k_desc + k_major_step<kWideBytes>(kk),
-                         q_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-    wgmma_commit();
+      for (int kk = 0; kk < DK / 16; ++kk)
+        wgmma_m64n64k16_rs(st, k_frag[kk], q_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk)
-      wgmma_m64n64k16_ss(dpt, v_desc + k_major_step<kWideBytes>(kk),
-                         do_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-    wgmma_commit();
+      for (int kk = 0; kk < DV / 16; ++kk)
+        wgmma_m64n64k16_rs(dpt, v_frag[kk], do_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < DK / 16; ++kk)
+        wgmma_m64n64k16_ss(st, k_desc + k_major_step<kWideBytes>(kk),
+                           q_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < DV / 16; ++kk)
+        wgmma_m64n64k16_ss(dpt, v_desc + k_major_step<kWideBytes>(kk),
+                           do_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
+    }
 
     wgmma_wait<1>();  // Sᵀ is done; dPᵀ may still run
     fence_accumulators(st);
+    if constexpr (kKVInRegisters) fence_fragments(k_frag);  // live (untouched) until Sᵀ read them
     // Pᵀ = 2^(x − lse2[query]); 0 where the key is past the query or the query past t.
     const float* const lse_t = lse_f + b * kQueryTile;
     const float* const dsum_t = dsum_f + b * kQueryTile;
@@ -451,6 +487,7 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
 
     wgmma_wait<1>();  // dPᵀ is done; dV may still run
     fence_accumulators(dpt);
+    if constexpr (kKVInRegisters) fence_fragments(v_frag);
     // dSᵀ = Pᵀ ∘ (dPᵀ − D[query]) (P in f32, before its bf16 rounding), straight into the
     // fragments (no f32 dS array).
 #pragma unroll

@@ -34,6 +34,7 @@
 // m0 + 64w .. +63 and walks the key tiles of 64 up to the block's diagonal:
 //   S  = Q·Kᵀ      m64n64k16 x dk/16   A = Q, B = K, both K-major
 //   dP = dO·Vᵀ     m64n64k16 x dv/16   A = dO, B = V, both K-major
+//                  (for (128, 128) A = Q, dO from registers: fragments loaded once per block)
 //   P = 2^(S·scale·log2 e − lse2[row]), dS = P ∘ (dP − D[row])
 //   dQ += dS·K     m64n{dk}k16 x 4     A = dS from registers, B = K MN-major (key rows are k)
 // and adds scale·dQ into the bf16 gradient.
@@ -50,7 +51,7 @@
 //   dq:   Q [dk/64 x 128 rows], dO [dv/64 x 128]; K [2][dk/64 x 64], V [2][dv/64 x 64].
 //         (64,64): 65 KiB, (128,128): 129 KiB. lse2/D per row in registers.
 // Registers (ptxas, CUDA 13.0, no spills): dkdv 212 (64,64) / 240 (128,128), one block per SM;
-// dq 124 (two blocks per SM) / 158; lse 116 / 122 (two blocks per SM).
+// dq 124 (two blocks per SM) / 222; lse 116 / 122 (two blocks per SM).
 // Pipeline (both kernels), two stages of the streamed tiles: at the top of step j the block
 // waits for its cp.async group (step j's tiles), fences the async proxy (cp.async writes through
 // the generic proxy, wgmma reads through the async proxy) and synchronizes; then it starts the
@@ -626,6 +627,21 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
   // A operands Q and dO: this WG's 64 rows start 64 rows (8 KiB) into each 128-row panel.
   const uint64_t q_desc = make_descriptor(q_s + wg * 64 * 128);
   const uint64_t do_desc = make_descriptor(do_s + wg * 64 * 128);
+  // (128, 128): Q and dO, resident for the whole block, are also kept as A fragments in registers
+  // (32 each; one block per SM either way), so that S and dP read only K / V from shared memory.
+  // (64, 64) keeps them in shared memory: 32 more registers would cost the second block per SM.
+  constexpr bool kQInRegisters = DK == 128 && DV == 128;
+  uint32_t q_frag[kQInRegisters ? DK / 16 : 1][4], do_frag[kQInRegisters ? DV / 16 : 1][4];
+  if constexpr (kQInRegisters) {
+    cp_async_wait<0>();  // Q, dO (and step 0's tiles) have landed for every thread
+    __syncthreads();
+    const int row0 = wg * 64 + wq * 16;
+#pragma unroll
+    for (int kk = 0; kk < DK / 16; ++kk) ldmatrix_x4(q_frag[kk], fragment_address(q_s, row0, kk, lane));
+#pragma unroll
+    for (int kk = 0; kk < DV / 16; ++kk)
+      ldmatrix_x4(do_frag[kk], fragment_address(do_s, row0, kk, lane));
+  }
 
   for (int j = 0; j < n_tiles; ++j) {
     const int b = j % kStages;
@@ -646,19 +662,31 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
     fence_accumulators(dpa);
     wgmma_fence();
     // S = Q·Kᵀ (one group), dP = dO·Vᵀ (another).
+    if constexpr (kQInRegisters) {
 #pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk)
-      wgmma_m64n64k16_ss(sa, q_desc + k_major_step<kWideBytes>(kk),
-                         k_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-    wgmma_commit();
+      for (int kk = 0; kk < DK / 16; ++kk)
+        wgmma_m64n64k16_rs(sa, q_frag[kk], k_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk)
-      wgmma_m64n64k16_ss(dpa, do_desc + k_major_step<kWideBytes>(kk),
-                         v_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-    wgmma_commit();
+      for (int kk = 0; kk < DV / 16; ++kk)
+        wgmma_m64n64k16_rs(dpa, do_frag[kk], v_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < DK / 16; ++kk)
+        wgmma_m64n64k16_ss(sa, q_desc + k_major_step<kWideBytes>(kk),
+                           k_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
+#pragma unroll
+      for (int kk = 0; kk < DV / 16; ++kk)
+        wgmma_m64n64k16_ss(dpa, do_desc + k_major_step<kWideBytes>(kk),
+                           v_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+      wgmma_commit();
+    }
 
     wgmma_wait<1>();  // S is done; dP may still run
     fence_accumulators(sa);
+    if constexpr (kQInRegisters) fence_fragments(q_frag);  // live (untouched) until S read them
     // P = 2^(x − lse2[row]); 0 where the key is past the row (keys past t are past every row < t).
     const bool needs_mask = n0 + kKeyTile - 1 > wg_row0;
 #pragma unroll
@@ -671,6 +699,7 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
       }
     wgmma_wait<0>();
     fence_accumulators(dpa);
+    if constexpr (kQInRegisters) fence_fragments(do_frag);
     // dS = P ∘ (dP − D[row]), straight into the fragments (layout: pack_fragments).
 #pragma unroll
     for (int i = 0; i < 8; ++i) {

@@ -52,7 +52,8 @@
 //         (64,64): 65 KiB, (128,128): 129 KiB. lse2/D per row in registers.
 // Registers (ptxas, CUDA 13.0, no spills): dkdv 212 (64,64) / 240 (128,128), one block per SM;
 // dq 124 (two blocks per SM) / 222; lse 116 / 122 (two blocks per SM).
-// Pipeline (both kernels), two stages of the streamed tiles: at the top of step j the block
+// Pipeline (dkdv and dq; lse the same with one wgmma group per step), two stages of the streamed
+// tiles: at the top of step j the block
 // waits for its cp.async group (step j's tiles), fences the async proxy (cp.async writes through
 // the generic proxy, wgmma reads through the async proxy) and synchronizes; then it starts the
 // copies of step j+1 into the other stage (step j-1's, whose MMAs every thread waited for before

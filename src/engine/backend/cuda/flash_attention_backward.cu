@@ -609,7 +609,7 @@ void set_smem(Kernel kernel, size_t bytes) {
                                            static_cast<int>(bytes)));
 }
 
-// The dK/dV and dQ kernels: mma.sync (this file, every supported width) or wgmma
+// The lse/D, dK/dV and dQ kernels: mma.sync (this file, every supported width) or wgmma
 // (flash_attention_backward_sm90a.cu: compute 9.0, (64, 64) and (128, 128)).
 enum class BwdKernel { kMma, kWgmma };
 

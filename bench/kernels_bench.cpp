@@ -9,6 +9,8 @@
 //   attention_backward  L = 2048, 32 heads of 64, GQA 32/4 (the 1.4B student), fused kernels
 //              (flash) and the cuBLAS path (REFINERY_ATTN_BWD=cublas); FLOPs = 2.5x the forward's
 //              causal count (the standard 5 GEMMs over the causal half)              -> TFLOP/s
+//              then each fused kernel forced (REFINERY_ATTN_BWD_KERNEL=mma|wgmma, wgmma on
+//              compute 9.0 only) for GQA 32/4 of 64 and GQA 32/8 of 128
 //   experts    moe_experts, T = 2048 and 8192 tokens, 64 experts of 2048 -> 1408, top-6
 //              (distinct experts per token, uniform); FLOPs = 2·T·k·3·2048·1408     -> TFLOP/s
 //              by default and with each route forced (REFINERY_MOE_GEMM=ggemm|cublas); then the
@@ -110,27 +112,45 @@ int main() {
       }
     }
     unsetenv("REFINERY_ATTN_KERNEL");
-    {  // attention backward
-      const int64_t l = 2048, heads = 32, kv = 4, d = 64;
-      const Tensor q = random_bf16({l, heads, d}, 20, 1.0f);
-      const Tensor k = random_bf16({l, kv, d}, 21, 1.0f);
-      const Tensor v = random_bf16({l, kv, d}, 22, 1.0f);
-      const Tensor dout = random_bf16({l, heads, d}, 23, 1.0f);
-      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-      Tensor out = be->empty(DType::kBF16, {l, heads, d});
-      be->attention(q, k, v, scale, out);
-      Tensor dq = be->empty(DType::kBF16, {l, heads, d});
-      Tensor dk = be->empty(DType::kBF16, {l, kv, d}), dv = be->empty(DType::kBF16, {l, kv, d});
-      for (Tensor* g : {&dq, &dk, &dv}) be->fill_zero(*g);
-      const double flops = 2.5 * 2.0 * heads * (d + d) * (l * (l + 1) / 2.0);
-      for (const char* path : {"flash", "cublas"}) {
-        setenv("REFINERY_ATTN_BWD", path, 1);
-        const double s = time_it(
-            [&] { be->attention_backward(q, k, v, out, dout, scale, dq, dk, dv); }, sync);
-        json += str(", \"attention_backward_", path, "_gqa_32x4x64_L2048_tflops\": ",
-                    flops / s / 1e12);
+    {  // attention backward: the default kernels and each kernel forced (REFINERY_ATTN_BWD_KERNEL:
+       // mma.sync, and on compute 9.0 the Hopper wgmma kernels of flash_attention_backward_sm90a.cu),
+       // GQA 32/4 of 64 (the 1.4B student) and GQA 32/8 of 128
+      struct BwdShape { const char* name; int64_t heads, kv, d; };
+      for (const BwdShape a :
+           {BwdShape{"gqa_32x4x64", 32, 4, 64}, BwdShape{"gqa_32x8x128", 32, 8, 128}}) {
+        const int64_t l = 2048, heads = a.heads, kv = a.kv, d = a.d;
+        const Tensor q = random_bf16({l, heads, d}, 20, 1.0f);
+        const Tensor k = random_bf16({l, kv, d}, 21, 1.0f);
+        const Tensor v = random_bf16({l, kv, d}, 22, 1.0f);
+        const Tensor dout = random_bf16({l, heads, d}, 23, 1.0f);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+        Tensor out = be->empty(DType::kBF16, {l, heads, d});
+        be->attention(q, k, v, scale, out);
+        Tensor dq = be->empty(DType::kBF16, {l, heads, d});
+        Tensor dk = be->empty(DType::kBF16, {l, kv, d}), dv = be->empty(DType::kBF16, {l, kv, d});
+        for (Tensor* g : {&dq, &dk, &dv}) be->fill_zero(*g);
+        const double flops = 2.5 * 2.0 * heads * (d + d) * (l * (l + 1) / 2.0);
+        auto run = [&] { be->attention_backward(q, k, v, out, dout, scale, dq, dk, dv); };
+        if (d == 64) {  // the entries of earlier sessions: the default flash kernels and cuBLAS
+          for (const char* path : {"flash", "cublas"}) {
+            setenv("REFINERY_ATTN_BWD", path, 1);
+            const double s = time_it(run, sync);
+            json += str(", \"attention_backward_", path, "_", a.name, "_L2048_tflops\": ",
+                        flops / s / 1e12);
+          }
+        }
+        setenv("REFINERY_ATTN_BWD", "flash", 1);
+        for (const char* kernel : {"mma", "wgmma"}) {
+          if (std::string(kernel) == "wgmma" && !backend::cuda::flash_attention_wgmma_available())
+            continue;
+          setenv("REFINERY_ATTN_BWD_KERNEL", kernel, 1);
+          const double s = time_it(run, sync);
+          json += str(", \"attention_backward_", kernel, "_", a.name, "_L2048_tflops\": ",
+                      flops / s / 1e12);
+        }
+        unsetenv("REFINERY_ATTN_BWD_KERNEL");
+        unsetenv("REFINERY_ATTN_BWD");
       }
-      unsetenv("REFINERY_ATTN_BWD");
     }
     {  // routed experts
       const int64_t hidden = 2048, inter = 1408, e_count = 64, top = 6;

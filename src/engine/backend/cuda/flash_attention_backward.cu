@@ -34,17 +34,25 @@
 //   lse:  Q [64][dk+8], K [2][64][dk+8].
 // The A-operand fragments of the resident tiles (K, V in dkdv; Q, dO in dq) stay in registers for
 // the narrow widths and are re-read with ldmatrix per tile for the wide ones.
+//
+// On compute 9.0, the three passes can run on the warpgroup-MMA kernels of
+// flash_attention_backward_sm90a.cu instead ((64, 64) and (128, 128); choose_kernel below,
+// REFINERY_ATTN_BWD_KERNEL): same plan, workspace layout and split reduction.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/cuda_check.hpp"
 #include "engine/backend/cuda/flash_attention_backward.hpp"
+#include "engine/backend/cuda/flash_attention_backward_internal.cuh"
 #include "engine/backend/cuda/mma_ptx.cuh"
+#include "engine/core/error.hpp"
 
 namespace refinery::backend::cuda {
 
@@ -52,6 +60,8 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 using namespace ptx;
+using flash_bwd_detail::add_bf16_pair;
+using flash_bwd_detail::BwdParams;
 
 constexpr int kTile = 64;  // keys per dkdv block, queries per dq/lse block, keys per dq/lse step
 constexpr int kWarps = 4;  // each warp owns 16 rows (keys in dkdv, queries in dq/lse)
@@ -59,31 +69,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kPad = 8;            // bf16 elements appended to every shared row (16 bytes)
 constexpr int64_t kMinBlocks = 512;  // dkdv splits the query heads until it has this many blocks
 
-struct BwdParams {
-  const bf16* q;
-  const bf16* k;
-  const bf16* v;
-  const bf16* out;
-  const bf16* dout;
-  bf16* dq;  // null: not wanted
-  bf16* dk;
-  bf16* dv;
-  float* lse;   // [H, t_pad], log2 units
-  float* dsum;  // [H, t_pad], rowsum(dout ∘ out)
-  float* dk_part;  // [split, T, KV, dk] f32, null when split == 1
-  float* dv_part;  // [split, T, KV, dv]
-  int t, t_pad, heads, kv_heads, group, split, heads_per_split;
-  float scale, scale_log2;
-};
-
 // exp2_approx, pack_bf16: mma_ptx.cuh.
-
-// at[0], at[1] += x, y in bf16 (one rounding), `at` 4-byte aligned.
-__device__ __forceinline__ void add_bf16_pair(bf16* at, float x, float y) {
-  auto* const pair = reinterpret_cast<__nv_bfloat162*>(at);
-  const float2 old = __bfloat1622float2(*pair);
-  *pair = __floats2bfloat162_rn(old.x + x, old.y + y);
-}
 
 // Rows [0, ROWS) x WIDTH of a tile from global (row r at src + r * row_stride) into shared rows
 // of WIDTH + kPad elements; rows >= rows_valid become zeros. `src` (row 0) must be readable.
@@ -623,22 +609,63 @@ void set_smem(Kernel kernel, size_t bytes) {
                                            static_cast<int>(bytes)));
 }
 
+// The lse/D, dK/dV and dQ kernels: mma.sync (this file, every supported width) or wgmma
+// (flash_attention_backward_sm90a.cu: compute 9.0, (64, 64) and (128, 128)).
+enum class BwdKernel { kMma, kWgmma };
+
+// The kernel used when REFINERY_ATTN_BWD_KERNEL is unset or "auto". The wgmma kernels are opt-in
+// until they have passed the GPU tests on an H100: flip this to true then.
+constexpr bool kWgmmaBackwardByDefault = false;
+
+// REFINERY_ATTN_BWD_KERNEL (read per call, ~100 ns next to the launches): unset, "" or "auto" (the
+// default above, where the device and the widths allow it), "mma", "wgmma" (a user error where the
+// device or the widths don't allow it); any other value is a user error.
+BwdKernel choose_kernel(int64_t dk, int64_t dv) {
+  const char* v = std::getenv("REFINERY_ATTN_BWD_KERNEL");
+  const bool automatic = v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0;
+  if (automatic) {
+    const bool wgmma = kWgmmaBackwardByDefault && flash_bwd_detail::wgmma_backward_supports(dk, dv) &&
+                       flash_bwd_detail::wgmma_backward_available();
+    return wgmma ? BwdKernel::kWgmma : BwdKernel::kMma;
+  }
+  if (std::strcmp(v, "mma") == 0) return BwdKernel::kMma;
+  if (std::strcmp(v, "wgmma") == 0) {
+    if (!flash_bwd_detail::wgmma_backward_available())
+      throw_user_error("REFINERY_ATTN_BWD_KERNEL=wgmma: the Hopper attention backward kernels need a "
+                       "compute 9.0 GPU (H100/H200); unset REFINERY_ATTN_BWD_KERNEL or set it to mma");
+    if (!flash_bwd_detail::wgmma_backward_supports(dk, dv))
+      throw_user_error("REFINERY_ATTN_BWD_KERNEL=wgmma: the Hopper attention backward kernels do not "
+                       "support head widths dk ", dk, ", dv ", dv, " (they have (64, 64) and "
+                       "(128, 128)); unset REFINERY_ATTN_BWD_KERNEL or set it to mma");
+    return BwdKernel::kWgmma;
+  }
+  throw_user_error("environment variable REFINERY_ATTN_BWD_KERNEL is \"", v,
+                   "\"; expected \"auto\", \"mma\" (the mma.sync backward kernels) or \"wgmma\" (the "
+                   "Hopper kernels); unset it for the default");
+}
+
 template <int DK, int DV>
-void run(const BwdParams& p, const Plan& plan, cudaStream_t stream) {
+void run(const BwdParams& p, const Plan& plan, BwdKernel kernel, cudaStream_t stream) {
   constexpr int kBQ = DK > 128 ? 32 : 64;
   const unsigned tiles = static_cast<unsigned>(plan.key_blocks);
-  {
+  if (kernel == BwdKernel::kWgmma) {
+    flash_bwd_detail::wgmma_backward_lse(p, DK, stream);
+  } else {
     constexpr size_t kSmem = LseShape<DK>::kSmemBytes;
     set_smem(lse_kernel<DK, DV>, kSmem);
     lse_kernel<DK, DV><<<dim3(static_cast<unsigned>(p.heads), tiles), kThreads, kSmem, stream>>>(p);
     REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (lse)");
   }
   if (p.dk != nullptr || p.dv != nullptr) {
-    constexpr size_t kSmem = DkDvShape<DK, DV, kBQ>::kSmemBytes;
-    set_smem(dkdv_kernel<DK, DV, kBQ>, kSmem);
-    const dim3 grid(static_cast<unsigned>(p.kv_heads * p.split), tiles);
-    dkdv_kernel<DK, DV, kBQ><<<grid, kThreads, kSmem, stream>>>(p);
-    REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (dk, dv)");
+    if (kernel == BwdKernel::kWgmma) {
+      flash_bwd_detail::wgmma_backward_dkdv(p, DK, stream);
+    } else {
+      constexpr size_t kSmem = DkDvShape<DK, DV, kBQ>::kSmemBytes;
+      set_smem(dkdv_kernel<DK, DV, kBQ>, kSmem);
+      const dim3 grid(static_cast<unsigned>(p.kv_heads * p.split), tiles);
+      dkdv_kernel<DK, DV, kBQ><<<grid, kThreads, kSmem, stream>>>(p);
+      REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (dk, dv)");
+    }
     if (p.split > 1) {
       const int64_t n_k = int64_t{p.t} * p.kv_heads * DK, n_v = int64_t{p.t} * p.kv_heads * DV;
       auto blocks = [](int64_t n) {
@@ -654,7 +681,9 @@ void run(const BwdParams& p, const Plan& plan, cudaStream_t stream) {
       }
     }
   }
-  if (p.dq != nullptr) {
+  if (p.dq != nullptr && kernel == BwdKernel::kWgmma) {
+    flash_bwd_detail::wgmma_backward_dq(p, DK, stream);
+  } else if (p.dq != nullptr) {
     constexpr size_t kSmem = DqShape<DK, DV>::kSmemBytes;
     set_smem(dq_kernel<DK, DV>, kSmem);
     dq_kernel<DK, DV><<<dim3(static_cast<unsigned>(p.heads), tiles), kThreads, kSmem, stream>>>(p);
@@ -718,10 +747,11 @@ void flash_attention_backward_bf16(const FlashAttentionBackwardArgs& a, void* st
   p.heads_per_split = p.group / p.split;
   p.scale = a.scale;
   p.scale_log2 = a.scale * 1.4426950408889634f;
+  const BwdKernel kernel = choose_kernel(a.dk, a.dv);
   cudaStream_t st = static_cast<cudaStream_t>(stream);
-  if (a.dk == 64) return run<64, 64>(p, plan, st);
-  if (a.dk == 128) return run<128, 128>(p, plan, st);
-  return run<192, 128>(p, plan, st);
+  if (a.dk == 64) return run<64, 64>(p, plan, kernel, st);
+  if (a.dk == 128) return run<128, 128>(p, plan, kernel, st);
+  return run<192, 128>(p, plan, kernel, st);
 }
 
 }  // namespace refinery::backend::cuda

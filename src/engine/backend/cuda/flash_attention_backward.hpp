@@ -43,6 +43,11 @@ int64_t flash_attention_backward_workspace_bytes(const FlashAttentionBackwardArg
 // deterministic (no atomics: dK/dV per key block, dQ per query block, fixed-order sums). Throws
 // an internal error for unsupported widths, inconsistent sizes, misaligned pointers, a missing
 // workspace or a failed launch.
+// Kernel choice (read per call): REFINERY_ATTN_BWD_KERNEL unset or "auto" runs the mma.sync kernels
+// (flash_attention_backward.cu; the Hopper kernels are opt-in until validated on an H100), "mma"
+// forces them, "wgmma" forces the Hopper warpgroup-MMA kernels (flash_attention_backward_sm90a.cu:
+// compute 9.0, (dk, dv) = (64, 64) or (128, 128); a user error elsewhere); any other value is a
+// user error. Both give the same results up to f32 summation order and bf16 rounding.
 void flash_attention_backward_bf16(const FlashAttentionBackwardArgs& args, void* stream);
 
 }  // namespace refinery::backend::cuda

@@ -15,11 +15,15 @@
 // zero-initialised gradients (bf16 noise ~ 2^-9) catches smaller systematic errors.
 #include "engine/backend/cuda/flash_attention_backward.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <tuple>
+#include <vector>
 
 #include "cuda_test_util.hpp"
+#include "engine/backend/cuda/flash_attention.hpp"
 #include "engine/core/error.hpp"
 
 namespace refinery {
@@ -30,6 +34,7 @@ using backend::cuda::flash_attention_backward_bf16;
 using backend::cuda::flash_attention_backward_supports;
 using backend::cuda::flash_attention_backward_workspace_bytes;
 using backend::cuda::FlashAttentionBackwardArgs;
+using backend::cuda::flash_attention_wgmma_available;  // compute 9.0: the same check
 
 bool no_gpu() { return cuda::list_devices().empty(); }
 
@@ -327,6 +332,169 @@ TEST(FlashAttentionBackwardGpu, BackendRoutesBf16AndMatchesTheCublasPath) {
     EXPECT_TRUE(values(dq[1]) == values(direct.dq) && values(dk[1]) == values(direct.dk) &&
                 values(dv[1]) == values(direct.dv))
         << name(c);
+  }
+}
+
+// ---- the Hopper wgmma kernels (flash_attention_backward_sm90a.cu), forced with
+// REFINERY_ATTN_BWD_KERNEL=wgmma: the same reference, the same bounds --------------------------
+
+bool skip_without_wgmma() { return no_gpu() || !flash_attention_wgmma_available(); }
+constexpr const char* kNoWgmma =
+    "the wgmma backward kernels need a compute 9.0 GPU (H100/H200)";
+
+bool wgmma_widths(const Case& c) {
+  return (c.dk == 64 && c.dv == 64) || (c.dk == 128 && c.dv == 128);
+}
+
+// Lengths that are not multiples of 64 or 128 (the dkdv blocks are 128 keys in 2 x 64, the dq
+// blocks 128 queries in 2 x 64, the steps 64), GQA ratios 1, 4 and 8, both widths, with one split
+// (MHA: the dkdv kernel adds into the gradients) and with several (partials + reduction).
+const Case kWgmmaCases[] = {
+    {1, 4, 4, 64, 64, 1.0f},       // one token, MHA
+    {1, 8, 1, 128, 128, 1.0f},     // one token, GQA 8
+    {63, 4, 1, 64, 64, 1.0f},      // GQA 4, one partial step
+    {63, 2, 2, 128, 128, 2.0f},
+    {65, 8, 1, 64, 64, 1.0f},      // GQA 8, the second WG of the first block has one key
+    {65, 4, 1, 128, 128, 1.0f},
+    {128, 4, 1, 64, 64, 1.0f},     // exactly one dkdv / dq block
+    {200, 8, 1, 128, 128, 2.0f},   // GQA 8, two blocks, the last partial
+    {200, 3, 3, 64, 64, 4.0f},     // MHA, peaky softmax
+    {1000, 4, 1, 64, 64, 2.0f},    // GQA 4 over 8 key blocks
+    {1000, 8, 1, 64, 64, 1.0f},    // GQA 8
+    {1000, 2, 2, 128, 128, 1.0f},  // MHA, wide heads
+};
+
+// Every existing case with the widths the wgmma kernels have, then kWgmmaCases.
+std::vector<Case> wgmma_cases() {
+  std::vector<Case> all;
+  for (const Case& c : kCases)
+    if (wgmma_widths(c)) all.push_back(c);
+  for (const Case& c : kWgmmaCases) all.push_back(c);
+  return all;
+}
+
+DeviceRun run_forced(const char* kernel, const Case& c, const Inputs& in, const Tensor& dq0,
+                     const Tensor& dk0, const Tensor& dv0, bool want_q = true, bool want_k = true,
+                     bool want_v = true) {
+  const ScopedEnv env("REFINERY_ATTN_BWD_KERNEL", kernel);
+  return run_kernel(c, in, dq0, dk0, dv0, want_q, want_k, want_v);
+}
+
+TEST(FlashAttentionBackwardWgmmaGpu, AccumulatesTheExactGradientsWithinTheBf16Bound) {
+  if (skip_without_wgmma()) GTEST_SKIP() << kNoWgmma;
+  uint64_t seed = 22000;
+  for (const Case& c : wgmma_cases()) {
+    const Inputs in = make_inputs(c, seed += 10);
+    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, seed + 5), DType::kBF16);
+    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, seed + 6), DType::kBF16);
+    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, seed + 7), DType::kBF16);
+    const Reference want = reference(c, in, dq0, dk0, dv0);
+    const DeviceRun got = run_forced("wgmma", c, in, dq0, dk0, dv0);
+    EXPECT_TRUE(close("wgmma backward dq " + name(c), got.dq, want.dq, 0.0, want.bq));
+    EXPECT_TRUE(close("wgmma backward dk " + name(c), got.dk, want.dk, 0.0, want.bk));
+    EXPECT_TRUE(close("wgmma backward dv " + name(c), got.dv, want.dv, 0.0, want.bv));
+  }
+}
+
+TEST(FlashAttentionBackwardWgmmaGpu, FreshGradientsHaveSmallRelativeError) {
+  if (skip_without_wgmma()) GTEST_SKIP() << kNoWgmma;
+  uint64_t seed = 23000;
+  for (const Case& c : wgmma_cases()) {
+    const Inputs in = make_inputs(c, seed += 10);
+    const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
+    const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
+    const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
+    const Reference want = reference(c, in, dq0, dk0, dv0);
+    const DeviceRun got = run_forced("wgmma", c, in, dq0, dk0, dv0);
+    EXPECT_TRUE(close("wgmma fresh dq " + name(c), got.dq, want.dq, 0.0, want.bq));
+    EXPECT_TRUE(close("wgmma fresh dk " + name(c), got.dk, want.dk, 0.0, want.bk));
+    EXPECT_TRUE(close("wgmma fresh dv " + name(c), got.dv, want.dv, 0.0, want.bv));
+    EXPECT_LT(relative_l2(got.dq, want.dq, dq0), 1e-2) << name(c);
+    EXPECT_LT(relative_l2(got.dk, want.dk, dk0), 1e-2) << name(c);
+    EXPECT_LT(relative_l2(got.dv, want.dv, dv0), 1e-2) << name(c);
+  }
+}
+
+// Inputs without the exact forward (out is random: D = rowsum(dout ∘ out) is then just another
+// per-row constant), for shapes too large for the host reference; only kernel-vs-kernel checks.
+Inputs random_inputs(const Case& c, uint64_t seed) {
+  Inputs in;
+  in.q = convert(random_f32({c.t, c.heads, c.dk}, seed + 1, c.q_std), DType::kBF16);
+  in.k = convert(random_f32({c.t, c.kv, c.dk}, seed + 2), DType::kBF16);
+  in.v = convert(random_f32({c.t, c.kv, c.dv}, seed + 3), DType::kBF16);
+  in.dout = convert(random_f32({c.t, c.heads, c.dv}, seed + 4), DType::kBF16);
+  in.out = convert(random_f32({c.t, c.heads, c.dv}, seed + 5, 0.3f), DType::kBF16);
+  in.scale = 1.0f / std::sqrt(static_cast<float>(c.dk));
+  return in;
+}
+
+TEST(FlashAttentionBackwardWgmmaGpu, IsDeterministicAndComputesOnlyTheWantedGradients) {
+  if (skip_without_wgmma()) GTEST_SKIP() << kNoWgmma;
+  // The 1.4B student's shape (GQA 32/4, 64 wide, L 2048) and smaller ones with 1 and 4 splits.
+  for (const Case& c : {Case{2048, 32, 4, 64, 64, 1.0f}, Case{1030, 8, 2, 64, 64, 2.0f},
+                        Case{1000, 8, 1, 128, 128, 1.0f}, Case{130, 3, 3, 128, 128, 1.0f}}) {
+    const Inputs in = random_inputs(c, 24000);
+    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, 24005), DType::kBF16);
+    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, 24006), DType::kBF16);
+    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, 24007), DType::kBF16);
+    const DeviceRun all = run_forced("wgmma", c, in, dq0, dk0, dv0);
+    const DeviceRun again = run_forced("wgmma", c, in, dq0, dk0, dv0);
+    const DeviceRun only_q = run_forced("wgmma", c, in, dq0, dk0, dv0, true, false, false);
+    const DeviceRun only_v = run_forced("wgmma", c, in, dq0, dk0, dv0, false, false, true);
+    const DeviceRun only_k = run_forced("wgmma", c, in, dq0, dk0, dv0, false, true, false);
+    auto same = [](const Tensor& a, const Tensor& b) { return values(a) == values(b); };
+    EXPECT_TRUE(same(all.dq, again.dq) && same(all.dk, again.dk) && same(all.dv, again.dv)) << name(c);
+    EXPECT_TRUE(same(only_q.dq, all.dq)) << name(c);
+    EXPECT_TRUE(same(only_k.dk, all.dk)) << name(c);
+    EXPECT_TRUE(same(only_v.dv, all.dv)) << name(c);
+    EXPECT_TRUE(same(only_q.dk, gpu(dk0)) && same(only_q.dv, gpu(dv0))) << name(c);
+    EXPECT_TRUE(same(only_v.dq, gpu(dq0)) && same(only_k.dv, gpu(dv0))) << name(c);
+  }
+}
+
+// The two kernels on shapes beyond the host reference (the 1.4B student's; GQA 4 with 2 of the
+// group's query heads per split, i.e. 1 < split < group): they differ only by f32 summation order
+// and bf16 roundings, so the relative L2 distance of the fresh gradients is at bf16 noise level.
+TEST(FlashAttentionBackwardWgmmaGpu, AgreesWithTheMmaKernels) {
+  if (skip_without_wgmma()) GTEST_SKIP() << kNoWgmma;
+  uint64_t seed = 25000;
+  for (const Case& c : {Case{2048, 32, 4, 64, 64, 1.0f}, Case{1024, 64, 16, 64, 64, 2.0f},
+                        Case{1024, 16, 4, 128, 128, 1.0f}, Case{333, 8, 1, 128, 128, 4.0f},
+                        Case{777, 12, 3, 64, 64, 1.0f}}) {
+    const Inputs in = random_inputs(c, seed += 10);
+    const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
+    const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
+    const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
+    const DeviceRun wg = run_forced("wgmma", c, in, dq0, dk0, dv0);
+    const DeviceRun mma = run_forced("mma", c, in, dq0, dk0, dv0);
+    for (const auto& [what, a, b, pre] :
+         {std::tuple{"dq", &wg.dq, &mma.dq, &dq0}, std::tuple{"dk", &wg.dk, &mma.dk, &dk0},
+          std::tuple{"dv", &wg.dv, &mma.dv, &dv0}}) {
+      const std::vector<float> x = values(*a);
+      EXPECT_TRUE(std::all_of(x.begin(), x.end(), [](float e) { return std::isfinite(e); }))
+          << what << " " << name(c);
+      EXPECT_LT(relative_l2(*a, *b, *pre), 1e-2) << "wgmma vs mma " << what << " " << name(c);
+    }
+  }
+}
+
+TEST(FlashAttentionBackwardWgmmaGpu, ForcingItWhereItCannotRunIsAUserError) {
+  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
+  const Case mla{64, 2, 1, 192, 128, 1.0f};  // widths only the mma.sync kernels have
+  const Inputs in = random_inputs(mla, 26000);
+  const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {mla.t, mla.heads, mla.dk}), DType::kBF16);
+  const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {mla.t, mla.kv, mla.dk}), DType::kBF16);
+  const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {mla.t, mla.kv, mla.dv}), DType::kBF16);
+  EXPECT_THROW(run_forced("wgmma", mla, in, dq0, dk0, dv0), Error);
+  EXPECT_THROW(run_forced("tensor-cores", mla, in, dq0, dk0, dv0), Error);  // not a kernel name
+  EXPECT_NO_THROW(run_forced("mma", mla, in, dq0, dk0, dv0));
+  EXPECT_NO_THROW(run_forced("auto", mla, in, dq0, dk0, dv0));  // falls back to mma.sync
+  if (!flash_attention_wgmma_available()) {  // not compute 9.0: any width
+    const Case c{64, 2, 1, 64, 64, 1.0f};
+    const Inputs small = random_inputs(c, 26010);
+    const Tensor q0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
+    const Tensor k0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
+    EXPECT_THROW(run_forced("wgmma", c, small, q0, k0, k0), Error);
   }
 }
 

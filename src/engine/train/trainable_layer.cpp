@@ -108,11 +108,9 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
     }
     a.q = be.empty(act, {t, heads, d});
     a.k = be.empty(act, {t, kvh, d});
-    for (int64_t r0 = 0; r0 < t; r0 += len) {  // RoPE positions restart in every window
-      Tensor q_b = a.q.slice(r0, r0 + len), k_b = a.k.slice(r0, r0 + len);
-      be.rope(a.qn.slice(r0, r0 + len), rope_, 0, 0, q_b);
-      be.rope(a.kn.slice(r0, r0 + len), rope_, 0, 0, k_b);
-    }
+    // rope_ restarts the positions in every window (TrainableModel::run).
+    be.rope(a.qn, rope_, 0, 0, a.q);
+    be.rope(a.kn, rope_, 0, 0, a.k);
     a.keys = a.k;
     a.values = a.v;
   } else {
@@ -136,11 +134,8 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
     be.copy_columns(a.ckv, r, kpe0_2, 0, dr);
     a.q = be.empty(act, {t, heads, dk});
     a.kpe = be.empty(act, {t, 1, dr});
-    for (int64_t r0 = 0; r0 < t; r0 += len) {
-      Tensor q_b = a.q.slice(r0, r0 + len), kpe_b = a.kpe.slice(r0, r0 + len);
-      be.rope(a.q0.slice(r0, r0 + len), rope_, 0, dn, q_b);
-      be.rope(a.kpe0.slice(r0, r0 + len), rope_, 0, 0, kpe_b);
-    }
+    be.rope(a.q0, rope_, 0, dn, a.q);
+    be.rope(a.kpe0, rope_, 0, 0, a.kpe);
     a.kv = linear(be, a.cn, w.kv_b_proj, act);
     // keys [T·H, dk] = (nope part of kv_b, the shared rope key broadcast to every head);
     // values [T·H, dv] = the v part of kv_b.
@@ -319,11 +314,8 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
   if (gqa) {
     const int64_t kvh = ac.num_kv_heads, d = ac.head_dim;
     Tensor dqn = zeros(be, act, a.q.shape()), dkn = zeros(be, act, a.k.shape());
-    for (int64_t r0 = 0; r0 < t; r0 += len) {
-      Tensor dqn_b = dqn.slice(r0, r0 + len), dkn_b = dkn.slice(r0, r0 + len);
-      be.rope_backward(dq.slice(r0, r0 + len), rope_, 0, 0, dqn_b);
-      be.rope_backward(dkeys.slice(r0, r0 + len), rope_, 0, 0, dkn_b);
-    }
+    be.rope_backward(dq, rope_, 0, 0, dqn);
+    be.rope_backward(dkeys, rope_, 0, 0, dkn);
     Tensor dq0 = dqn, dk0 = dkn;
     if (ac.qk_norm) {
       dq0 = zeros(be, act, a.q0.shape());
@@ -359,11 +351,8 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
       be.rms_norm_backward(a.c, w.kv_a_layernorm, kMlaLoraNormEps, dcn, dc, dkvln);
     }
     Tensor dkpe0 = zeros(be, act, {t, 1, dr}), dq0 = zeros(be, act, a.q0.shape());
-    for (int64_t r0 = 0; r0 < t; r0 += len) {
-      Tensor dkpe0_b = dkpe0.slice(r0, r0 + len), dq0_b = dq0.slice(r0, r0 + len);
-      be.rope_backward(dkpe.slice(r0, r0 + len), rope_, 0, 0, dkpe0_b);
-      be.rope_backward(dq.slice(r0, r0 + len), rope_, 0, dn, dq0_b);
-    }
+    be.rope_backward(dkpe, rope_, 0, 0, dkpe0);
+    be.rope_backward(dq, rope_, 0, dn, dq0);
     Tensor dckv = zeros(be, act, a.ckv.shape());
     be.copy_columns_backward(dc, 0, dckv, 0, r);
     be.copy_columns_backward(dkpe0.view({t, dr}), 0, dckv, r, dr);

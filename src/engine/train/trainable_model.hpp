@@ -117,7 +117,10 @@ class TrainableModel {
   TrainableModelOptions options_;
   model::ModelWeights weights_;  // views of the compute copies
   model::ModelWeights grads_;    // the same structure over the f32 gradients
+  // RoPE tables for the current micro-batch shape: row i of the T rows holds position
+  // i mod rope_window_length_ (every window starts at position 0).
   backend::RopeTable rope_;
+  int64_t rope_window_length_ = 0;
   backend::RouterSpec router_;
   std::vector<std::vector<int64_t>> expert_load_;  // [layer][expert] since the last bias update
   bool counting_load_ = false;                      // set during the first forward of a batch

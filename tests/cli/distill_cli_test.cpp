@@ -213,14 +213,23 @@ TEST(DistillCliOffline, PrioritySampledCacheIsReproducibleAndTrains) {
   const int64_t k = 16, len = 32;
   std::vector<int32_t> ia(len * k), ib(len * k), it(len * k);
   std::vector<float> pa(len * k), pb(len * k), pt(len * k);
-  int64_t rows_differing_from_top_k = 0;
+  int64_t rows_differing_from_top_k = 0, rows_differing_by_batch = 0;
   for (int64_t s = 0; s < ra.sequences(); ++s) {
     ra.read_top_k(s, 0, len, ia.data(), pa.data());
     rb.read_top_k(s, 0, len, ib.data(), pb.data());
     rt.read_top_k(s, 0, len, it.data(), pt.data());
-    // Same ids; the values only up to the batched forward's f32 rounding (an fp16 step: 0.008 at 8).
-    EXPECT_EQ(ia, ib) << "sequence " << s;
-    for (int64_t i = 0; i < len * k; ++i) ASSERT_NEAR(pa[i], pb[i], 1e-2) << "sequence " << s;
+    // Same draw for every row; the batched forward rounds the logits differently in the last f32
+    // bits (with many threads: a 16-core machine flipped a near-tie of one row's priorities), so
+    // a rare row may hold another id; the values agree up to that rounding (an fp16 step: 0.008
+    // at 8) wherever the ids agree.
+    for (int64_t r = 0; r < len; ++r) {
+      if (!std::equal(ia.begin() + r * k, ia.begin() + (r + 1) * k, ib.begin() + r * k)) {
+        ++rows_differing_by_batch;
+        continue;
+      }
+      for (int64_t j = 0; j < k; ++j)
+        ASSERT_NEAR(pa[r * k + j], pb[r * k + j], 1e-2) << "sequence " << s << " row " << r;
+    }
     for (int64_t r = 0; r < len; ++r) {
       double total = 0.0;
       for (int64_t j = 0; j < k; ++j) total += std::exp(static_cast<double>(pa[r * k + j]));
@@ -231,6 +240,7 @@ TEST(DistillCliOffline, PrioritySampledCacheIsReproducibleAndTrains) {
     }
   }
   EXPECT_GT(rows_differing_from_top_k, ra.sequences() * len / 2);
+  EXPECT_LE(rows_differing_by_batch * 50, ra.sequences() * len);  // at most 2% of the rows
   const json summary = json::parse(
       run_ok("distill --student-config " + kStudentConfig + " --teacher-logits " + a + " --out " +
              dir.file("student") + " --batch 2 --steps 3 --threads 1 --json --tokenizer " + kTokenizer)

@@ -16,6 +16,12 @@ void Backend::linear_backward(const Tensor&, const LinearWeight&, const Tensor&,
                               Tensor&, GradWrite, GradWrite) {
   missing(*this, "linear_backward");
 }
+void Backend::rms_norm_backward_and_convert(const Tensor& x, const Tensor& weight, float eps,
+                                            const Tensor& dy, Tensor& dx, Tensor& dweight,
+                                            Tensor& dx_converted) {
+  rms_norm_backward(x, weight, eps, dy, dx, dweight);
+  convert(dx, dx_converted);
+}
 void Backend::rms_norm_backward(const Tensor&, const Tensor&, float, const Tensor&, Tensor&,
                                 Tensor&) {
   missing(*this, "rms_norm_backward");

@@ -183,6 +183,12 @@ class Backend {
   // x and dx may be f32 while dy is bf16 (the residual stream), as in the forward.
   virtual void rms_norm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
                                  Tensor& dx, Tensor& dweight);
+  // rms_norm_backward, then dx_converted = dx (the updated dx) converted to dx_converted's dtype:
+  // training's f32 residual gradient goes on as the bf16 dy of the next linear's backward. The
+  // default runs the two ops; CUDA writes both from one kernel (no re-read of dx).
+  virtual void rms_norm_backward_and_convert(const Tensor& x, const Tensor& weight, float eps,
+                                             const Tensor& dy, Tensor& dx, Tensor& dweight,
+                                             Tensor& dx_converted);
   // Of embedding: dtable[ids[t], :] += dy[t, :]; dtable f32 [vocab, hidden], dy [T, hidden].
   // Deterministic (the same result for any thread count; no float atomics on the CPU).
   virtual void embedding_backward(const Tensor& ids, const Tensor& dy, Tensor& dtable);

@@ -228,7 +228,8 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
 // ---------------------------------------------------------------------------------------------
 // backward
 
-void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor& dx) {
+void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor& dx,
+                                    Tensor& dx_act) {
   Backend& be = *backend_;
   const DType act = be.activation_dtype();
   const auto li = static_cast<std::size_t>(l);
@@ -240,7 +241,7 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
   const int64_t t = b.t, len = b.length, heads = ac.num_heads, hidden = config_.hidden_size;
 
   // ---- MLP block: x_out = x_mid + mlp(h2), h2 = norm(x_mid). dx holds ∂/∂x_out.
-  const Tensor dm = as_activation(be, dx);
+  const Tensor dm = dx_act.defined() ? dx_act : as_activation(be, dx);
   // A dense MLP writes dh2 whole (first write overwrites); the MoE branches add into zeros.
   Tensor dh2 = lw.moe ? zeros(be, act, {t, hidden}) : be.empty(act, {t, hidden});
   if (!lw.moe) {
@@ -282,16 +283,14 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
     be.route_backward(a.router_logits, router_, a.experts, dw, dlogits);
     linear_back(be, params_, a.h2, mw.router, mg.router, dlogits, dh2);
   }
-  {
-    Tensor dln2 = gl.post_attention_layernorm;
-    be.rms_norm_backward(a.x_mid, lw.post_attention_layernorm, eps, dh2, dx, dln2);
-  }
+  Tensor dln2 = gl.post_attention_layernorm;
+  const Tensor da = norm_backward_to_activation(be, a.x_mid, lw.post_attention_layernorm, eps, dh2,
+                                                dx, dln2);
 
   // ---- attention block: x_mid = x_in + o_proj(attn(h1)), h1 = norm(x_in). dx holds ∂/∂x_mid.
   const model::AttentionWeights& w = lw.attention;
   const model::AttentionWeights& gw = gl.attention;
   const int64_t dv = ac.value_head_dim();
-  const Tensor da = as_activation(be, dx);
   // GQA writes dh1 whole with its first projection (q); MLA's branches add into zeros.
   const bool gqa = ac.kind == model::AttentionKind::kGqa;
   Tensor dh1 = gqa ? be.empty(act, {t, hidden}) : zeros(be, act, {t, hidden});
@@ -369,7 +368,7 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
     }
   }
   Tensor dln1 = gl.input_layernorm;
-  be.rms_norm_backward(a.x_in, lw.input_layernorm, eps, dh1, dx, dln1);
+  dx_act = norm_backward_to_activation(be, a.x_in, lw.input_layernorm, eps, dh1, dx, dln1);
 }
 
 }  // namespace refinery::train

@@ -100,7 +100,8 @@ LossSums TrainableModel::run(std::span<const int32_t> tokens, int64_t sequences,
 
   counting_load_ = false;
   Tensor dx = backward ? zeros(be, DType::kF32, {b.t, config_.hidden_size}) : Tensor();
-  const LossSums sums = head_and_loss(b, x, teacher, loss, grad_scale, backward, dx);
+  Tensor dx_act;  // dx in the activation dtype, handed from each norm backward to the next linear
+  const LossSums sums = head_and_loss(b, x, teacher, loss, grad_scale, backward, dx, dx_act);
   if (!backward) {
     params_.finish_pending(be);
     return sums;
@@ -114,7 +115,7 @@ LossSums TrainableModel::run(std::span<const int32_t> tokens, int64_t sequences,
       layer_forward(b, static_cast<int>(l), x_l, acts);
       kept[l] = std::move(acts);
     }
-    layer_backward(b, static_cast<int>(l), kept[l], dx);
+    layer_backward(b, static_cast<int>(l), kept[l], dx, dx_act);
     kept[l] = LayerActs{};  // free this layer's intermediates now
   }
   Tensor d_embed = grads_.embed_tokens;
@@ -154,7 +155,7 @@ double TrainableModel::update_correction_bias(double rate) {
 LossSums TrainableModel::head_and_loss(const Batch& b, const Tensor& x,
                                        const TeacherTargets& teacher,
                                        const backend::KdLossOptions& loss, double grad_scale,
-                                       bool backward, Tensor& dx) {
+                                       bool backward, Tensor& dx, Tensor& dx_act) {
   backend::Backend& be = *backend_;
   const DType act = be.activation_dtype();
   const int64_t t = b.t, hidden = config_.hidden_size, vocab = config_.vocab_size;
@@ -265,7 +266,7 @@ LossSums TrainableModel::head_and_loss(const Batch& b, const Tensor& x,
   }
   if (backward) {
     Tensor dnorm = grads_.norm;
-    be.rms_norm_backward(x, weights_.norm, eps, dh, dx, dnorm);
+    dx_act = norm_backward_to_activation(be, x, weights_.norm, eps, dh, dx, dnorm);
   }
   return sums;
 }

@@ -103,12 +103,13 @@ class TrainableModel {
   // itself is kept unchanged as acts.x_in); keeps the intermediates in `acts`.
   void layer_forward(const Batch& b, int l, Tensor& x, LayerActs& acts);
   // dx: in the gradient w.r.t. the layer's output, out w.r.t. its input (f32 [T, hidden]).
-  void layer_backward(const Batch& b, int l, LayerActs& acts, Tensor& dx);
+  // dx_act: the same in the activation dtype, in (undefined: converted here) and out.
+  void layer_backward(const Batch& b, int l, LayerActs& acts, Tensor& dx, Tensor& dx_act);
   // Final norm, LM head and loss over row chunks; with `backward`, dx (f32 [T, hidden]) receives
-  // the gradient w.r.t. the last layer's output.
+  // the gradient w.r.t. the last layer's output, and dx_act the same in the activation dtype.
   LossSums head_and_loss(const Batch& b, const Tensor& x, const TeacherTargets& teacher,
                          const backend::KdLossOptions& loss, double grad_scale, bool backward,
-                         Tensor& dx);
+                         Tensor& dx, Tensor& dx_act);
   void rebuild_views();
 
   model::ModelConfig config_;

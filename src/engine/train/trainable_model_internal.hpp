@@ -14,6 +14,21 @@ inline Tensor zeros(backend::Backend& be, DType dtype, std::vector<int64_t> shap
   return t;
 }
 
+// rms_norm_backward into the residual gradient dx (f32 on CUDA); returns the updated dx in the
+// activation dtype as well, the dy of the linear backward that comes next: one fused op on CUDA
+// (no separate convert re-reading dx), dx itself where it already has that dtype (the CPU).
+inline Tensor norm_backward_to_activation(backend::Backend& be, const Tensor& x,
+                                          const Tensor& weight, float eps, const Tensor& dy,
+                                          Tensor& dx, Tensor& dweight) {
+  if (dx.dtype() == be.activation_dtype()) {
+    be.rms_norm_backward(x, weight, eps, dy, dx, dweight);
+    return dx;
+  }
+  Tensor converted = be.empty(be.activation_dtype(), dx.shape());
+  be.rms_norm_backward_and_convert(x, weight, eps, dy, dx, dweight, converted);
+  return converted;
+}
+
 struct TrainableModel::Batch {
   std::span<const int32_t> tokens;  // [T] host ids
   Tensor ids;                       // I32 [T] on the device

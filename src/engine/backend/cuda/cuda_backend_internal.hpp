@@ -80,6 +80,9 @@ class CudaBackend final : public Backend {
                        GradWrite dw_write = GradWrite::kAdd) override;  // linear_backward.cu
   void rms_norm_backward(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
                          Tensor& dx, Tensor& dweight) override;  // norm_backward.cu
+  void rms_norm_backward_and_convert(const Tensor& x, const Tensor& weight, float eps,
+                                     const Tensor& dy, Tensor& dx, Tensor& dweight,
+                                     Tensor& dx_converted) override;  // norm_backward.cu
   void embedding_backward(const Tensor& ids, const Tensor& dy,
                           Tensor& dtable) override;  // elementwise_backward.cu
   void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dy, Tensor& dgate,
@@ -183,6 +186,11 @@ class CudaBackend final : public Backend {
   // y += x element-wise, x f32 [n], y f32 or bf16 [n] (one rounding per element of y)
   // (attention_backward.cu).
   void accumulate_f32(const float* x, int64_t n, Tensor& y, const char* op);
+  // rms_norm_backward; with dx_bf16 non-null (f32 dx, 16-byte aligned), also the updated dx
+  // rounded to bf16 into dx_bf16 [R, D] from the same kernel. Returns false when that fused path
+  // did not apply (dx_bf16 then untouched) (norm_backward.cu).
+  bool rms_norm_backward_fused(const Tensor& x, const Tensor& weight, float eps, const Tensor& dy,
+                               Tensor& dx, Tensor& dweight, __nv_bfloat16* dx_bf16);
 
  private:
   // (storage, byte offset, dtype, shape) of a cached host tensor.

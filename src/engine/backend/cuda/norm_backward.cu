@@ -148,7 +148,7 @@ template <typename X, typename Y, int K>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32)
     rms_norm_backward_warp_kernel(const X* x, const Y* dy, const void* weight,
                                   ElementType weight_type, int64_t rows, int64_t d, float eps,
-                                  int64_t warps, X* dx, float* partial) {
+                                  int64_t warps, X* dx, float* partial, __nv_bfloat16* dx_bf16) {
   constexpr bool kCache = K <= 8;
   extern __shared__ float w_f32[];
   for (int64_t i = threadIdx.x; i < d; i += blockDim.x) w_f32[i] = load_f32(weight, weight_type, i);
@@ -219,6 +219,11 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
         }
         ov.set(v);
         ov.store(out);
+        if (dx_bf16 != nullptr) {  // the same values rounded once (what convert would write)
+          Chunk8<__nv_bfloat16> bv;
+          bv.set(v);
+          bv.store(dx_bf16 + row * d + chunk * 8);
+        }
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j) acc[k][j] += gv.get(j) * (xv.get(j) * r);
@@ -274,6 +279,25 @@ void CudaBackend::add_column_sums(const float* partial, int64_t parts, int64_t d
 void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, float eps,
                                     const Tensor& dy, Tensor& dx, Tensor& dweight) {
   OpTimer timer(profiler_, stream_, "rms_norm_backward");
+  rms_norm_backward_fused(x, weight, eps, dy, dx, dweight, nullptr);
+}
+
+void CudaBackend::rms_norm_backward_and_convert(const Tensor& x, const Tensor& weight, float eps,
+                                                const Tensor& dy, Tensor& dx, Tensor& dweight,
+                                                Tensor& dx_converted) {
+  OpTimer timer(profiler_, stream_, "rms_norm_backward");
+  const bool fusable = dx.defined() && dx.dtype() == DType::kF32 && dx_converted.defined() &&
+                       dx_converted.device() == Device::kCUDA &&
+                       dx_converted.dtype() == DType::kBF16 && dx_converted.shape() == dx.shape() &&
+                       aligned16(dx_converted.data());
+  __nv_bfloat16* copy =
+      fusable ? static_cast<__nv_bfloat16*>(dx_converted.mutable_data()) : nullptr;
+  if (!rms_norm_backward_fused(x, weight, eps, dy, dx, dweight, copy)) convert(dx, dx_converted);
+}
+
+bool CudaBackend::rms_norm_backward_fused(const Tensor& x, const Tensor& weight, float eps,
+                                          const Tensor& dy, Tensor& dx, Tensor& dweight,
+                                          __nv_bfloat16* dx_bf16) {
   REFINERY_CHECK(x.ndim() == 2, "rms_norm_backward: x must be [R, D], found ", x.describe());
   const int64_t rows = x.size(0), d = x.size(1);
   backend::require_float(Device::kCUDA, x, {rows, d}, "rms_norm_backward x");
@@ -285,11 +309,13 @@ void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, float
     require_same_dtype(x, dx, "rms_norm_backward x and dx");
   }
   if (dweight.defined()) require_f32(dweight, {d}, "rms_norm_backward dweight");
-  if (rows == 0 || d == 0 || (!dx.defined() && !dweight.defined())) return;
+  if (rows == 0 || d == 0 || (!dx.defined() && !dweight.defined())) return false;
   const Tensor w = on_device(weight);
   const ElementType w_type = element_type(w.dtype(), "rms_norm_backward weight");
   const bool fast = d % 8 == 0 && d <= kMaxFastD && aligned16(x.data()) && aligned16(dy.data()) &&
                     (!dx.defined() || aligned16(dx.mutable_data()));
+  // The bf16 copy comes from the fast kernel only (f32 dx); elsewhere the caller converts.
+  if (!fast || !dx.defined() || dx.dtype() != DType::kF32) dx_bf16 = nullptr;
   // Rows of partial dweight sums: one per warp (fast path) or per block (general path).
   const int64_t parts = fast ? std::min(rows, kRowWarps) : std::min(rows, kNormBlocks);
   Tensor partial;
@@ -316,7 +342,8 @@ void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, float
       const std::size_t smem = static_cast<std::size_t>(d) * sizeof(float);
       auto launch = [&](auto kernel) {
         kernel<<<blocks, kWarpsPerBlock * 32, smem, stream_>>>(xp, dyp, w.data(), w_type, rows, d,
-                                                                eps, parts, dxp, partial_ptr);
+                                                                eps, parts, dxp, partial_ptr,
+                                                                dx_bf16);
       };
       const int64_t per_lane = (d / 8 + 31) / 32;  // chunks of 8 per lane
       if (per_lane <= 1)
@@ -335,6 +362,7 @@ void CudaBackend::rms_norm_backward(const Tensor& x, const Tensor& weight, float
   if (dweight.defined())
     add_column_sums(partial.data<float>(), parts, d, dweight.mutable_data<float>(),
                     "rms_norm_backward (dweight)");
+  return dx_bf16 != nullptr;
 }
 
 }  // namespace refinery::backend::cuda

@@ -125,6 +125,19 @@ TEST_F(CudaBackwardOps, RmsNormBackwardMatchesCpu) {
     Tensor none, gdw2 = gpu(dw0);
     be->rms_norm_backward(dev(x, c.x_dtype), w, 1e-6f, dev(dy, c.dy_dtype), none, gdw2);
     EXPECT_TRUE(close(what + " dweight alone", gdw2, dw, tol(c.rel, dw)));
+    // rms_norm_backward_and_convert: the same dx and dweight, bit for bit, plus dx in bf16 equal
+    // to convert's rounding of that dx (fused on the fast path, convert elsewhere).
+    Tensor fdx = dev(dx0, c.x_dtype), fdw = gpu(dw0), fcopy = poisoned_gpu({c.rows, c.d}, DType::kBF16);
+    be->rms_norm_backward_and_convert(dev(x, c.x_dtype), w, 1e-6f, dev(dy, c.dy_dtype), fdx, fdw,
+                                      fcopy);
+    const Tensor hdx = fdx.to(Device::kCPU), hgdx = gdx.to(Device::kCPU);
+    EXPECT_EQ(std::memcmp(hdx.data(), hgdx.data(), hdx.nbytes()), 0) << what << " dx (and convert)";
+    const Tensor hdw = fdw.to(Device::kCPU), hgdw = gdw.to(Device::kCPU);
+    EXPECT_EQ(std::memcmp(hdw.data(), hgdw.data(), hdw.nbytes()), 0) << what << " dweight (and convert)";
+    Tensor want_copy = poisoned_gpu({c.rows, c.d}, DType::kBF16);
+    be->convert(gdx, want_copy);
+    const Tensor hc = fcopy.to(Device::kCPU), hw = want_copy.to(Device::kCPU);
+    EXPECT_EQ(std::memcmp(hc.data(), hw.data(), hc.nbytes()), 0) << what << " the bf16 copy of dx";
   }
 }
 

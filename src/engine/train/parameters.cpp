@@ -152,12 +152,12 @@ void ParameterSet::defer_zero_grad(backend::Backend& be) {
 
 backend::GradWrite ParameterSet::claim_grad(const Tensor& grad) {
   if (!grad.defined()) return backend::GradWrite::kAdd;
+  claimable_.resize(params_.size(), false);
+  pending_.resize(params_.size(), false);
   // A linear scan by data pointer: a few hundred parameters, one call per linear per step.
   for (std::size_t i = 0; i < params_.size(); ++i) {
     const Tensor& g = params_[i].grad;
     if (g.data() != grad.data() || g.numel() != grad.numel()) continue;
-    claimable_.resize(params_.size(), false);
-    pending_.resize(params_.size(), false);
     claimable_[i] = true;
     if (!pending_[i]) return backend::GradWrite::kAdd;
     pending_[i] = false;

@@ -40,11 +40,17 @@ void Backend::sigmoid_gate_backward(const Tensor&, const Tensor&, const Tensor&,
 void Backend::copy_columns_backward(const Tensor&, int64_t, Tensor&, int64_t, int64_t) {
   missing(*this, "copy_columns_backward");
 }
-void Backend::rope_backward(const Tensor&, const RopeTable&, int64_t, int64_t, Tensor&) {
+void Backend::attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                                 Tensor& out, Tensor& lse) {
+  attention(q, k, v, scale, out);
+  lse = Tensor{};
+}
+void Backend::rope_backward(const Tensor&, const RopeTable&, int64_t, int64_t, Tensor&, GradWrite) {
   missing(*this, "rope_backward");
 }
 void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                 const Tensor&, float, Tensor&, Tensor&, Tensor&) {
+                                 const Tensor&, float, Tensor&, Tensor&, Tensor&, GradWrite,
+                                 const Tensor&) {
   missing(*this, "attention_backward");
 }
 void Backend::route_backward(const Tensor&, const RouterSpec&, const Tensor&, const Tensor&,

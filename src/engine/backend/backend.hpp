@@ -135,6 +135,12 @@ class Backend {
   // out [T, H, dv]; query head h uses kv head h / (H / KV). P = softmax(q·kᵀ·scale) in f32.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                          Tensor& out) = 0;
+  // attention of whole sequences (S == T, as in training) that also hands back lse, f32 [H, T]:
+  // the natural-log log-sum-exp of each query row's scaled scores, log Σ_j exp(q_t·k_j·scale) over
+  // the visible keys, for attention_backward to reuse instead of recomputing it. A backend whose
+  // kernel does not produce it leaves lse undefined (the default: attention() alone).
+  virtual void attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                                  Tensor& out, Tensor& lse);
 
   // ---- mixture of experts ----
   // logits [T, E] (f32) -> experts I32 [T, k], weights f32 [T, k]. correction_bias [E] (any float
@@ -206,15 +212,20 @@ class Backend {
                                      int64_t src_col, int64_t width);
   // Of rope (x, y [T, heads, D]): dx += Rᵀ · dy, the inverse rotation at the same positions; the
   // dims outside [offset, offset + rotary_dim) pass dy through unchanged.
+  // write: kOverwrite writes dx instead of adding.
   virtual void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                             int64_t offset, Tensor& dx);
+                             int64_t offset, Tensor& dx, GradWrite write = GradWrite::kAdd);
   // Of attention, for whole sequences only (S == T, query t sees keys 0..t): `out` is the
   // forward's output. dq [T, H, dk], dk [T, KV, dk], dv [T, KV, dv] accumulate; a kv head's
   // gradient sums over the H / KV query heads that share it. P is recomputed (nothing is saved
   // by the forward).
+  // write: kOverwrite writes dq, dk, dv instead of adding. lse: attention_with_lse's output for
+  // these q, k (f32 [H, T]) or undefined; a backend may use it to skip recomputing the row
+  // log-sum-exp (CUDA's flash kernels do; the CPU recomputes it).
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& dout, float scale, Tensor& dq,
-                                  Tensor& dk, Tensor& dv);
+                                  Tensor& dk, Tensor& dv, GradWrite write = GradWrite::kAdd,
+                                  const Tensor& lse = Tensor{});
   // Of route, with the selection `experts` [T, k] held fixed (the argmax has no gradient; the
   // correction bias only selects): dlogits[T, E] (f32) += ∂(Σ_j dweights[t, j] · weights[t, j]) /
   // ∂logits[t, :], through the scoring (softmax over all E, or sigmoid), norm_topk_prob and the

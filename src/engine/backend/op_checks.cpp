@@ -152,6 +152,11 @@ AttentionSizes check_attention(Device device, const Tensor& q, const Tensor& k, 
   return {t_count, heads, dk, s_count, kv_heads, dv};
 }
 
+void check_attention_lse(Device device, const Tensor& lse, int64_t heads, int64_t t_count,
+                         const char* op) {
+  if (lse.defined()) require_f32(device, lse, {heads, t_count}, str(op, " lse").c_str());
+}
+
 RouteSizes check_route(Device device, const Tensor& logits, const RouterSpec& spec,
                        const Tensor& experts, const Tensor& weights) {
   const int64_t t_count = logits.size(0);

@@ -72,6 +72,9 @@ struct AttentionSizes {
 };
 AttentionSizes check_attention(Device device, const Tensor& q, const Tensor& k, const Tensor& v,
                                const Tensor& out);
+// attention_backward's lse: undefined, or f32 [heads, t_count] on `device`.
+void check_attention_lse(Device device, const Tensor& lse, int64_t heads, int64_t t_count,
+                         const char* op);
 
 // route: logits [T, E] f32, experts [T, k] i32, weights [T, k] f32, 0 < k <= E. The group
 // constraints differ between the backends and stay there.

@@ -150,10 +150,11 @@ void TrainableModel::layer_forward(const Batch& b, int l, Tensor& x, LayerActs& 
 
   const int64_t dv = ac.value_head_dim();
   a.o = be.empty(act, {t, heads, dv});
+  a.lse.clear();
   for (int64_t r0 = 0; r0 < t; r0 += len) {
     Tensor o_b = a.o.slice(r0, r0 + len);
-    be.attention(a.q.slice(r0, r0 + len), a.keys.slice(r0, r0 + len),
-                 a.values.slice(r0, r0 + len), scale, o_b);
+    be.attention_with_lse(a.q.slice(r0, r0 + len), a.keys.slice(r0, r0 + len),
+                          a.values.slice(r0, r0 + len), scale, o_b, a.lse.emplace_back());
   }
   const Tensor attn_out = linear(be, a.o.view({t, heads * dv}), w.o_proj, act);
   a.x_mid = be.empty(x.dtype(), x.shape());
@@ -300,21 +301,23 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
     linear_back(be, params_, a.o.view({t, heads * dv}), w.o_proj, gw.o_proj, da, d_o2,
                 GradWrite::kOverwrite);
   }
-  Tensor dq = zeros(be, act, a.q.shape()), dkeys = zeros(be, act, a.keys.shape()),
-         dvalues = zeros(be, act, a.values.shape());
-  for (int64_t r0 = 0; r0 < t; r0 += len) {
+  // The sequences of the micro-batch cover dq, dkeys, dvalues exactly once: written, not added.
+  Tensor dq = be.empty(act, a.q.shape()), dkeys = be.empty(act, a.keys.shape()),
+         dvalues = be.empty(act, a.values.shape());
+  for (int64_t r0 = 0, s = 0; r0 < t; r0 += len, ++s) {
     Tensor dq_b = dq.slice(r0, r0 + len), dk_b = dkeys.slice(r0, r0 + len),
            dv_b = dvalues.slice(r0, r0 + len);
     be.attention_backward(a.q.slice(r0, r0 + len), a.keys.slice(r0, r0 + len),
                           a.values.slice(r0, r0 + len), a.o.slice(r0, r0 + len),
-                          d_o.slice(r0, r0 + len), scale, dq_b, dk_b, dv_b);
+                          d_o.slice(r0, r0 + len), scale, dq_b, dk_b, dv_b,
+                          GradWrite::kOverwrite, a.lse[static_cast<std::size_t>(s)]);
   }
 
   if (gqa) {
     const int64_t kvh = ac.num_kv_heads, d = ac.head_dim;
-    Tensor dqn = zeros(be, act, a.q.shape()), dkn = zeros(be, act, a.k.shape());
-    be.rope_backward(dq, rope_, 0, 0, dqn);
-    be.rope_backward(dkeys, rope_, 0, 0, dkn);
+    Tensor dqn = be.empty(act, a.q.shape()), dkn = be.empty(act, a.k.shape());
+    be.rope_backward(dq, rope_, 0, 0, dqn, GradWrite::kOverwrite);
+    be.rope_backward(dkeys, rope_, 0, 0, dkn, GradWrite::kOverwrite);
     Tensor dq0 = dqn, dk0 = dkn;
     if (ac.qk_norm) {
       dq0 = zeros(be, act, a.q0.shape());
@@ -349,9 +352,9 @@ void TrainableModel::layer_backward(const Batch& b, int l, LayerActs& a, Tensor&
       Tensor dkvln = gw.kv_a_layernorm;
       be.rms_norm_backward(a.c, w.kv_a_layernorm, kMlaLoraNormEps, dcn, dc, dkvln);
     }
-    Tensor dkpe0 = zeros(be, act, {t, 1, dr}), dq0 = zeros(be, act, a.q0.shape());
-    be.rope_backward(dkpe, rope_, 0, 0, dkpe0);
-    be.rope_backward(dq, rope_, 0, dn, dq0);
+    Tensor dkpe0 = be.empty(act, {t, 1, dr}), dq0 = be.empty(act, a.q0.shape());
+    be.rope_backward(dkpe, rope_, 0, 0, dkpe0, GradWrite::kOverwrite);
+    be.rope_backward(dq, rope_, 0, dn, dq0, GradWrite::kOverwrite);
     Tensor dckv = zeros(be, act, a.ckv.shape());
     be.copy_columns_backward(dc, 0, dckv, 0, r);
     be.copy_columns_backward(dkpe0.view({t, dr}), 0, dckv, r, dr);

@@ -61,6 +61,9 @@ struct TrainableModel::LayerActs {
   // values attention reads [T, H, dk] / [T, H, dv].
   Tensor qa, qan, ckv, c, cn, kpe0, kpe, kv, keys, values;
   Tensor o;      // attention output [T, H, dv]
+  // Per sequence s of the micro-batch: attention's row log-sum-exp f32 [H, len] (undefined where
+  // the backend does not keep it; Backend::attention_with_lse), reused by its backward.
+  std::vector<Tensor> lse;
   Tensor x_mid;  // f32 [T, hidden]: after the attention residual
   Tensor h2;     // post_attention_layernorm(x_mid)
   // Dense layers.

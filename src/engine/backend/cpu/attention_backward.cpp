@@ -30,7 +30,7 @@ constexpr int64_t kQueryBlock = 64;
 
 void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor& out, const Tensor& dout, float scale, Tensor& dq,
-                                    Tensor& dk, Tensor& dv) {
+                                    Tensor& dk, Tensor& dv, GradWrite write, const Tensor& lse) {
   const AttentionSizes sizes = check_attention(Device::kCPU, q, k, v, out);
   const int64_t t_count = sizes.t_count, heads = sizes.heads, d_qk = sizes.dk;
   const int64_t kv_heads = sizes.kv_heads, d_v = sizes.dv;
@@ -40,7 +40,13 @@ void CpuBackend::attention_backward(const Tensor& q, const Tensor& k, const Tens
   if (dq.defined()) require_f32(dq, {t_count, heads, d_qk}, "attention_backward dq");
   if (dk.defined()) require_f32(dk, {t_count, kv_heads, d_qk}, "attention_backward dk");
   if (dv.defined()) require_f32(dv, {t_count, kv_heads, d_v}, "attention_backward dv");
+  check_attention_lse(Device::kCPU, lse, heads, t_count, "attention_backward");
   if (t_count == 0 || (!dq.defined() && !dk.defined() && !dv.defined())) return;
+  // The row log-sum-exp is recomputed below (lse is not needed here). Overwriting = adding into
+  // zeros.
+  if (write == GradWrite::kOverwrite)
+    for (Tensor* g : {&dq, &dk, &dv})
+      if (g->defined()) fill_zero(*g);
 
   const int64_t group = heads / kv_heads;
   const int64_t blocks = (t_count + kQueryBlock - 1) / kQueryBlock;

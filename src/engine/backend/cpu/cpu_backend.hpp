@@ -67,10 +67,12 @@ class CpuBackend final : public Backend {
                                  const Tensor& dy, Tensor& dx,
                                  Tensor& dscale) override;  // elementwise_backward.cpp
   void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                     int64_t offset, Tensor& dx) override;  // rope.cpp
+                     int64_t offset, Tensor& dx,
+                     GradWrite write = GradWrite::kAdd) override;  // rope.cpp
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& dout, float scale, Tensor& dq, Tensor& dk,
-                          Tensor& dv) override;  // attention_backward.cpp
+                          Tensor& dv, GradWrite write = GradWrite::kAdd,
+                          const Tensor& lse = Tensor{}) override;  // attention_backward.cpp
   void route_backward(const Tensor& logits, const RouterSpec& spec, const Tensor& experts,
                       const Tensor& dweights, Tensor& dlogits) override;  // router_backward.cpp
 

@@ -61,11 +61,11 @@ void CpuBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_pos
 }
 
 void CpuBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                               int64_t offset, Tensor& dx) {
+                               int64_t offset, Tensor& dx, GradWrite write) {
   if (!dx.defined()) return;
   const RopeSizes sizes = check_rope(Device::kCPU, dy, table, first_position, offset, dx);
   rotate(dy.data<float>(), dx.mutable_data<float>(), table, sizes, first_position, offset, -1.0f,
-         true);
+         write == GradWrite::kAdd);
 }
 
 }  // namespace refinery::backend::cpu

@@ -11,6 +11,7 @@
 //      reads across threads).
 // GQA: query head h reads kv head h / (H / KV). Query t sees keys [0, S - T + t].
 // Bound: memory (K and V are read once per query and head); dk, dv <= 256.
+#include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/flash_attention.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
@@ -82,6 +83,16 @@ __global__ void attention_kernel(const T* q, const T* k, const T* v, int64_t t_c
   }
 }
 
+// Whether the flash kernels (flash_attention.cu) take these tensors: bf16, at least
+// kMinFlashQueries queries (decode steps take the simple kernel), supported widths, 16-byte
+// aligned (cp.async).
+bool flash_applies(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                   const AttentionSizes& sizes) {
+  return out.dtype() == DType::kBF16 && sizes.t_count >= kMinFlashQueries &&
+         flash_attention_supports(sizes.dk, sizes.dv) && aligned16(q.data()) &&
+         aligned16(k.data()) && aligned16(v.data()) && aligned16(out.data());
+}
+
 }  // namespace
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
@@ -96,10 +107,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
                  " x ", heads, " exceeds the launch limits");
   if (t_count == 0 || heads == 0) return;
   if (dv == 0) return;
-  auto aligned = [](const void* p) { return reinterpret_cast<std::uintptr_t>(p) % 16 == 0; };
-  if (out.dtype() == DType::kBF16 && t_count >= kMinFlashQueries &&
-      flash_attention_supports(dk, dv) && aligned(q.data()) && aligned(k.data()) &&
-      aligned(v.data()) && aligned(out.data())) {
+  if (flash_applies(q, k, v, out, sizes)) {
     flash_attention_bf16({q.data(), k.data(), v.data(), out.mutable_data(), t_count, s_count, heads,
                           kv_heads, dk, dv, scale},
                          stream_);
@@ -115,6 +123,25 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
         static_cast<int>(dv), scale, static_cast<T*>(out.mutable_data()));
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "attention");
+}
+
+void CudaBackend::attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                                     Tensor& out, Tensor& lse) {
+  const AttentionSizes sizes = check_attention(Device::kCUDA, q, k, v, out);
+  REFINERY_CHECK(sizes.s_count == sizes.t_count, "attention_with_lse: whole sequences only "
+                 "(S == T), found ", sizes.s_count, " keys for ", sizes.t_count, " queries");
+  if (sizes.heads == 0 || sizes.dv == 0 || !flash_applies(q, k, v, out, sizes)) {
+    attention(q, k, v, scale, out);  // the simple kernel keeps no row statistics
+    lse = Tensor{};
+    return;
+  }
+  OpTimer timer(profiler_, stream_, "attention");
+  lse = empty(DType::kF32, {sizes.heads, sizes.t_count});
+  FlashAttentionArgs args{q.data(), k.data(), v.data(), out.mutable_data(), sizes.t_count,
+                          sizes.s_count, sizes.heads, sizes.kv_heads, sizes.dk, sizes.dv, scale};
+  args.lse = lse.mutable_data<float>();
+  flash_attention_bf16(args, stream_);
+  sync_if_debugging("attention (flash, lse)");
 }
 
 }  // namespace refinery::backend::cuda

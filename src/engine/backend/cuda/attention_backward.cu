@@ -160,7 +160,8 @@ void CudaBackend::accumulate_f32(const float* x, int64_t n, Tensor& y, const cha
 
 void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                      const Tensor& out, const Tensor& dout, float scale,
-                                     Tensor& dq, Tensor& dk, Tensor& dv) {
+                                     Tensor& dq, Tensor& dk, Tensor& dv, GradWrite write,
+                                     const Tensor& lse) {
   OpTimer timer(profiler_, stream_, "attention_backward");
   const AttentionSizes sizes = check_attention(Device::kCUDA, q, k, v, out);
   const int64_t t_count = sizes.t_count, heads = sizes.heads, dqk = sizes.dk;
@@ -181,6 +182,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       backend::require_float(Device::kCUDA, *g.t, g.shape, g.what);
       require_same_dtype(q, *g.t, g.what);
     }
+  check_attention_lse(Device::kCUDA, lse, heads, t_count, "attention_backward");
   if (t_count == 0 || heads == 0 || (!dq.defined() && !dk.defined() && !dv.defined())) return;
   REFINERY_CHECK(t_count < (int64_t{1} << 31) / 2 && heads < 65536,
                  "attention_backward: ", t_count, " tokens and ", heads,
@@ -197,6 +199,8 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
                                     dk.defined() ? dk.mutable_data() : nullptr,
                                     dv.defined() ? dv.mutable_data() : nullptr,
                                     t_count, heads, kv_heads, dqk, dvv, scale, nullptr};
+    args.lse = lse.defined() ? lse.data<float>() : nullptr;
+    args.overwrite = write == GradWrite::kOverwrite;
     const int64_t bytes = flash_attention_backward_workspace_bytes(args);
     Tensor workspace = empty(DType::kF32, {bytes / 4});
     args.workspace = workspace.mutable_data();
@@ -204,6 +208,10 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
     sync_if_debugging("attention_backward (flash)");
     return;
   }
+  // The cuBLAS path below adds its f32 sums into the gradients and recomputes the row lse.
+  if (write == GradWrite::kOverwrite)
+    for (Tensor* grad : {&dq, &dk, &dv})
+      if (grad->defined()) fill_zero(*grad);
   const cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
   const int64_t element = bf16 ? 2 : 4;
 
@@ -240,7 +248,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
   Tensor s = empty(DType::kF32, {batch_max, t_count, t_count});
   Tensor dp = empty(DType::kF32, {batch_max, t_count, t_count});
   Tensor p = empty(q.dtype(), {batch_max, t_count, t_count});
-  Tensor lse = empty(DType::kF32, {batch_max, t_count});
+  Tensor row_lse = empty(DType::kF32, {batch_max, t_count});
   const auto* qp = static_cast<const std::byte*>(q.data());
   const auto* kp = static_cast<const std::byte*>(k.data());
   const auto* vp = static_cast<const std::byte*>(v.data());
@@ -267,7 +275,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
         causal_softmax_kernel<P>
             <<<dim3(static_cast<unsigned>(t_count), static_cast<unsigned>(nb)), kSoftmaxThreads,
                0, stream_>>>(s.data<float>(), t_count, static_cast<P*>(p.mutable_data()),
-                             lse.mutable_data<float>());
+                             row_lse.mutable_data<float>());
       });
       REFINERY_CUDA_AFTER_LAUNCH(*this, "attention_backward (softmax)");
       if (dvv > 0) {
@@ -285,7 +293,7 @@ void CudaBackend::attention_backward(const Tensor& q, const Tensor& k, const Ten
       dispatch_activation(q.dtype(), "attention_backward (softmax grad)", [&](auto tag) {
         using P = decltype(tag);
         softmax_grad_kernel<P><<<grid_for(nb * tt), kThreads, 0, stream_>>>(
-            s.data<float>(), dp.data<float>(), lse.data<float>(), d_row.data<float>(), t_count,
+            s.data<float>(), dp.data<float>(), row_lse.data<float>(), d_row.data<float>(), t_count,
             nb, heads, g, gi, kv0, static_cast<P*>(p.mutable_data()));
       });
       REFINERY_CUDA_AFTER_LAUNCH(*this, "attention_backward (softmax grad)");

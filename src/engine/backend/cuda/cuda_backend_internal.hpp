@@ -63,6 +63,8 @@ class CudaBackend final : public Backend {
             Tensor& y) override;  // rope.cu
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                  Tensor& out) override;  // attention.cu
+  void attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                          Tensor& out, Tensor& lse) override;  // attention.cu
   void route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
              Tensor& experts, Tensor& weights) override;  // router.cu
   void moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
@@ -92,10 +94,12 @@ class CudaBackend final : public Backend {
   void copy_columns_backward(const Tensor& ddst, int64_t dst_col, Tensor& dsrc, int64_t src_col,
                              int64_t width) override;
   void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                     int64_t offset, Tensor& dx) override;  // rope_backward.cu
+                     int64_t offset, Tensor& dx,
+                     GradWrite write = GradWrite::kAdd) override;  // rope_backward.cu
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& dout, float scale, Tensor& dq, Tensor& dk,
-                          Tensor& dv) override;  // attention_backward.cu
+                          Tensor& dv, GradWrite write = GradWrite::kAdd,
+                          const Tensor& lse = Tensor{}) override;  // attention_backward.cu
   void route_backward(const Tensor& logits, const RouterSpec& spec, const Tensor& experts,
                       const Tensor& dweights, Tensor& dlogits) override;  // router_backward.cu
   void scatter_add_rows_backward(const Tensor& x, const Tensor& rows, const Tensor& scale,

@@ -11,6 +11,8 @@ namespace refinery::backend::cuda {
 //   q [t, heads, dk], k [s, kv_heads, dk], v [s, kv_heads, dv], out [t, heads, dv].
 // s >= t and query i sees keys [0, s - t + i] (the last t keys are the new tokens); query head h
 // uses kv head h / (heads / kv_heads). P = softmax(q·kᵀ·scale) with f32 accumulation.
+// lse (optional, f32 [heads, t]): also written, the natural-log log-sum-exp of each row's scaled
+// scores (what the backward needs to rebuild P).
 struct FlashAttentionArgs {
   const void* q;
   const void* k;
@@ -18,6 +20,7 @@ struct FlashAttentionArgs {
   void* out;
   int64_t t, s, heads, kv_heads, dk, dv;
   float scale;
+  float* lse = nullptr;
 };
 
 // Whether the kernel handles these head widths: (dk, dv) in {(16,16), (32,32), (64,64), (96,96),

@@ -7,7 +7,8 @@
 //     lse2 = m + log2 Σ 2^(x − m) with an online max over the visible key tiles (S = Q·Kᵀ only,
 //     the forward does not save it), and D = rowsum(dout ∘ out). Both f32 [H, T_pad] in the
 //     workspace, T_pad = T rounded up to 64, zeros past T (so later tile loads never go out of
-//     bounds and padded rows stay finite).
+//     bounds and padded rows stay finite). When the forward handed over its lse (args.lse),
+//     dsum_kernel computes D only and converts that lse to log2 units instead.
 //  2. dkdv_kernel, one block per (key tile of 64, kv head, group split): each warp owns 16 keys
 //     and walks the query tiles of BQ rows from the diagonal to T for the block's query heads:
 //       Sᵀ = K·Qᵀ, Pᵀ = 2^(Sᵀ·scale·log2 e − lse2), dV += Pᵀ·dO, dPᵀ = V·dOᵀ,
@@ -60,7 +61,7 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 using namespace ptx;
-using flash_bwd_detail::add_bf16_pair;
+using flash_bwd_detail::store_bf16_pair;
 using flash_bwd_detail::BwdParams;
 
 constexpr int kTile = 64;  // keys per dkdv block, queries per dq/lse block, keys per dq/lse step
@@ -282,6 +283,35 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(const BwdParams p) {
   }
 }
 
+// Pass 1 when the forward handed over its lse (p.lse_in, [H, t], natural log): no Q·Kᵀ, just
+// D = rowsum(dout ∘ out) and lse2 = lse · log2 e into the workspace rows ([H, t_pad], zeros from
+// t on). One warp per (row, head), lanes over the dv / 2 bf16 pairs (consecutive warps read
+// consecutive heads of a row: coalesced).
+template <int DV>
+__global__ void dsum_kernel(const BwdParams p) {
+  const int64_t warp = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) / 32;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  if (warp >= int64_t{p.t_pad} * p.heads) return;
+  const int row = static_cast<int>(warp / p.heads), h = static_cast<int>(warp % p.heads);
+  float acc = 0.0f;
+  if (row < p.t) {
+    const auto* o = reinterpret_cast<const __nv_bfloat162*>(p.out + warp * DV);
+    const auto* d = reinterpret_cast<const __nv_bfloat162*>(p.dout + warp * DV);
+#pragma unroll
+    for (int i = lane; i < DV / 2; i += 32) {
+      const float2 a = __bfloat1622float2(o[i]), b = __bfloat1622float2(d[i]);
+      acc = fmaf(a.x, b.x, fmaf(a.y, b.y, acc));
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) {
+    const int64_t at = int64_t{h} * p.t_pad + row;
+    p.dsum[at] = acc;
+    p.lse[at] = row < p.t ? p.lse_in[int64_t{h} * p.t + row] * 1.4426950408889634f : 0.0f;
+  }
+}
+
 // ---- pass 2: dK and dV per key tile ------------------------------------------------------------
 
 template <int DK, int DV, int BQ>
@@ -417,13 +447,15 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const BwdParams p) {
         bf16* const row = p.dk + (int64_t{key} * p.kv_heads + kvh) * DK;
 #pragma unroll
         for (int j = 0; j < DK / 8; ++j)
-          add_bf16_pair(row + 8 * j + 2 * c, p.scale * dk_acc[j][2 * r], p.scale * dk_acc[j][2 * r + 1]);
+          store_bf16_pair(row + 8 * j + 2 * c, p.scale * dk_acc[j][2 * r],
+                          p.scale * dk_acc[j][2 * r + 1], p.overwrite);
       }
       if (p.dv != nullptr) {
         bf16* const row = p.dv + (int64_t{key} * p.kv_heads + kvh) * DV;
 #pragma unroll
         for (int j = 0; j < DV / 8; ++j)
-          add_bf16_pair(row + 8 * j + 2 * c, dv_acc[j][2 * r], dv_acc[j][2 * r + 1]);
+          store_bf16_pair(row + 8 * j + 2 * c, dv_acc[j][2 * r], dv_acc[j][2 * r + 1],
+                          p.overwrite);
       }
     } else {
       const int64_t at = (int64_t{part} * p.t + key) * p.kv_heads + kvh;
@@ -445,8 +477,10 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const BwdParams p) {
   }
 }
 
-// out[i] += Σ_s part[s][i] (s in order), n elements per split (even), pairs per thread.
-__global__ void reduce_partials_kernel(const float* part, int64_t n, int split, bf16* out) {
+// out[i] += Σ_s part[s][i] (s in order; = when overwrite), n elements per split (even), pairs per
+// thread.
+__global__ void reduce_partials_kernel(const float* part, int64_t n, int split, bool overwrite,
+                                       bf16* out) {
   const int64_t pairs = n / 2;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < pairs;
        i += int64_t{gridDim.x} * blockDim.x) {
@@ -456,7 +490,7 @@ __global__ void reduce_partials_kernel(const float* part, int64_t n, int split, 
       acc.x += x.x;
       acc.y += x.y;
     }
-    add_bf16_pair(out + 2 * i, acc.x, acc.y);
+    store_bf16_pair(out + 2 * i, acc.x, acc.y, overwrite);
   }
 }
 
@@ -571,7 +605,8 @@ __global__ void __launch_bounds__(kThreads) dq_kernel(const BwdParams p) {
     bf16* const row = p.dq + (int64_t{rows[r]} * p.heads + h) * DK;
 #pragma unroll
     for (int j = 0; j < DK / 8; ++j)
-      add_bf16_pair(row + 8 * j + 2 * c, p.scale * dq_acc[j][2 * r], p.scale * dq_acc[j][2 * r + 1]);
+      store_bf16_pair(row + 8 * j + 2 * c, p.scale * dq_acc[j][2 * r],
+                      p.scale * dq_acc[j][2 * r + 1], p.overwrite);
   }
 }
 
@@ -649,7 +684,11 @@ template <int DK, int DV>
 void run(const BwdParams& p, const Plan& plan, BwdKernel kernel, cudaStream_t stream) {
   constexpr int kBQ = DK > 128 ? 32 : 64;
   const unsigned tiles = static_cast<unsigned>(plan.key_blocks);
-  if (kernel == BwdKernel::kWgmma) {
+  if (p.lse_in != nullptr) {
+    const int64_t threads = int64_t{32} * p.t_pad * p.heads;
+    dsum_kernel<DV><<<static_cast<unsigned>((threads + 255) / 256), 256, 0, stream>>>(p);
+    REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (D)");
+  } else if (kernel == BwdKernel::kWgmma) {
     flash_bwd_detail::wgmma_backward_lse(p, DK, stream);
   } else {
     constexpr size_t kSmem = LseShape<DK>::kSmemBytes;
@@ -673,11 +712,13 @@ void run(const BwdParams& p, const Plan& plan, BwdKernel kernel, cudaStream_t st
         return static_cast<unsigned>(std::min<int64_t>((n / 2 + 255) / 256, 4096));
       };
       if (p.dk != nullptr) {
-        reduce_partials_kernel<<<blocks(n_k), 256, 0, stream>>>(p.dk_part, n_k, p.split, p.dk);
+        reduce_partials_kernel<<<blocks(n_k), 256, 0, stream>>>(p.dk_part, n_k, p.split,
+                                                                p.overwrite, p.dk);
         REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (dk reduce)");
       }
       if (p.dv != nullptr) {
-        reduce_partials_kernel<<<blocks(n_v), 256, 0, stream>>>(p.dv_part, n_v, p.split, p.dv);
+        reduce_partials_kernel<<<blocks(n_v), 256, 0, stream>>>(p.dv_part, n_v, p.split,
+                                                                p.overwrite, p.dv);
         REFINERY_CUDA_CHECK_LAUNCH("flash_attention_backward (dv reduce)");
       }
     }
@@ -748,6 +789,8 @@ void flash_attention_backward_bf16(const FlashAttentionBackwardArgs& a, void* st
   p.heads_per_split = p.group / p.split;
   p.scale = a.scale;
   p.scale_log2 = a.scale * 1.4426950408889634f;
+  p.lse_in = a.lse;
+  p.overwrite = a.overwrite;
   const BwdKernel kernel = choose_kernel(a.dk, a.dv);
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (a.dk == 64) return run<64, 64>(p, plan, kernel, st);

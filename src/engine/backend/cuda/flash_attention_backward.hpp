@@ -17,6 +17,9 @@ namespace refinery::backend::cuda {
 // workspace: device memory of flash_attention_backward_workspace_bytes(args) bytes (f32 scratch:
 // per-row log-sum-exp and rowsum(dout ∘ out), and per group-split partial dK/dV sums); its
 // content on entry does not matter.
+// lse (optional): the forward's row log-sum-exp, f32 [heads, t], natural log (FlashAttentionArgs
+// ::lse): the first pass then only computes rowsum(dout ∘ out) instead of recomputing Q·Kᵀ.
+// overwrite: the gradients are written (their old content is not read) instead of accumulated.
 struct FlashAttentionBackwardArgs {
   const void* q;
   const void* k;
@@ -29,6 +32,8 @@ struct FlashAttentionBackwardArgs {
   int64_t t, heads, kv_heads, dk, dv;
   float scale;
   void* workspace;
+  const float* lse = nullptr;
+  bool overwrite = false;
 };
 
 // Whether the kernels handle these head widths: (dk, dv) in {(64,64), (128,128), (192,128)}.

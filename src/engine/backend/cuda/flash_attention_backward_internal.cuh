@@ -26,16 +26,19 @@ struct BwdParams {
   bf16* dv;
   float* lse;   // [H, t_pad], log2 units
   float* dsum;  // [H, t_pad], rowsum(dout ∘ out)
+  const float* lse_in;  // the forward's [H, t] natural-log lse, or null: pass 1 recomputes it
   float* dk_part;  // [split, T, KV, dk] f32, null when split == 1
   float* dv_part;  // [split, T, KV, dv]
   int t, t_pad, heads, kv_heads, group, split, heads_per_split;
   float scale, scale_log2;
+  bool overwrite;  // write the gradients instead of adding into them
 };
 
-// at[0], at[1] += x, y in bf16 (one rounding), `at` 4-byte aligned.
-__device__ __forceinline__ void add_bf16_pair(bf16* at, float x, float y) {
+// at[0], at[1] += x, y in bf16 (one rounding), or = x, y when `overwrite` (at is not read);
+// `at` 4-byte aligned.
+__device__ __forceinline__ void store_bf16_pair(bf16* at, float x, float y, bool overwrite) {
   auto* const pair = reinterpret_cast<__nv_bfloat162*>(at);
-  const float2 old = __bfloat1622float2(*pair);
+  const float2 old = overwrite ? make_float2(0.0f, 0.0f) : __bfloat1622float2(*pair);
   *pair = __floats2bfloat162_rn(old.x + x, old.y + y);
 }
 

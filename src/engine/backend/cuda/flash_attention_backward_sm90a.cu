@@ -531,14 +531,15 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
         bf16* const row = p.dk + (int64_t{key} * p.kv_heads + kvh) * DK;
 #pragma unroll
         for (int i = 0; i < DK / 8; ++i)
-          add_bf16_pair(row + 8 * i + 2 * c, p.scale * dk_acc[4 * i + 2 * r],
-                        p.scale * dk_acc[4 * i + 2 * r + 1]);
+          store_bf16_pair(row + 8 * i + 2 * c, p.scale * dk_acc[4 * i + 2 * r],
+                          p.scale * dk_acc[4 * i + 2 * r + 1], p.overwrite);
       }
       if (p.dv != nullptr) {
         bf16* const row = p.dv + (int64_t{key} * p.kv_heads + kvh) * DV;
 #pragma unroll
         for (int i = 0; i < DV / 8; ++i)
-          add_bf16_pair(row + 8 * i + 2 * c, dv_acc[4 * i + 2 * r], dv_acc[4 * i + 2 * r + 1]);
+          store_bf16_pair(row + 8 * i + 2 * c, dv_acc[4 * i + 2 * r], dv_acc[4 * i + 2 * r + 1],
+                          p.overwrite);
       }
     } else {
       const int64_t at = (int64_t{part} * p.t + key) * p.kv_heads + kvh;
@@ -732,8 +733,8 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
     bf16* const row = p.dq + (int64_t{rows[r]} * p.heads + h) * DK;
 #pragma unroll
     for (int i = 0; i < DK / 8; ++i)
-      add_bf16_pair(row + 8 * i + 2 * c, p.scale * dq_acc[4 * i + 2 * r],
-                    p.scale * dq_acc[4 * i + 2 * r + 1]);
+      store_bf16_pair(row + 8 * i + 2 * c, p.scale * dq_acc[4 * i + 2 * r],
+                      p.scale * dq_acc[4 * i + 2 * r + 1], p.overwrite);
   }
 #else
   __trap();  // compiled for sm_90a only; the launcher checks the device first

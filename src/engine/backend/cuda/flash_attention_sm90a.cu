@@ -86,6 +86,7 @@ struct WgmmaFlashParams {
   bf16* out;
   int t, s, heads, kv_heads, group;  // group = heads / kv_heads
   float scale_log2;                  // scale · log2(e)
+  float* lse;                        // [heads, t] natural-log log-sum-exp, or null: not wanted
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -342,6 +343,9 @@ __global__ void __launch_bounds__(kThreads, 1) flash_attention_wgmma_kernel(cons
     const int row = row_lo + 8 * r;
     if (row >= p.t) continue;
     const float inv = 1.0f / sum;  // sum >= 1: the row's max contributes exp2(0)
+    // Natural log: (m + log2 Σ 2^(x − m)) · ln 2, once per row (lane c == 0 of the quad).
+    if (p.lse != nullptr && c == 0)
+      p.lse[int64_t{h} * p.t + row] = (row_max[r] + log2f(sum)) * 0.6931471805599453f;
     bf16* const out_row = p.out + (int64_t{row} * p.heads + h) * DV;
 #pragma unroll
     for (int i = 0; i < kOAcc / 4; ++i) {
@@ -401,7 +405,8 @@ void flash_attention_wgmma_bf16(const FlashAttentionArgs& a, void* stream) {
                                 static_cast<int>(a.heads),
                                 static_cast<int>(a.kv_heads),
                                 static_cast<int>(a.heads / a.kv_heads),
-                                a.scale * 1.4426950408889634f};
+                                a.scale * 1.4426950408889634f,
+                                a.lse};
   const int tiles = static_cast<int>(query_tiles);
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   if (a.dk == 64) return launch<64, 64>(params, tiles, st);

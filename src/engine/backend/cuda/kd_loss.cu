@@ -22,6 +22,12 @@
 // terms. Deterministic: fixed per-thread element sets and fixed reduction trees.
 // Arguments (labels, cached ids and log-probs) are validated on the host (small downloads), with
 // the user errors of the CPU reference.
+// Cross-entropy alone (no teacher: the plain training step) on dense 16-byte rows of up to
+// kCeMaxVocab logits takes ce_cluster_kernel on compute 9.0: a thread-block cluster of kCeBlocks
+// blocks per row, each block holding its part of the row in registers, so the row is read from
+// memory once instead of twice (pass 3 above re-reads it).
+#include <cooperative_groups.h>
+
 #include <cmath>
 
 #include "engine/backend/cuda/alignment.hpp"
@@ -249,6 +255,122 @@ __global__ void kd_dense_kernel(const float* student, const float* teacher, cons
   });
 }
 
+// ---- cross-entropy alone, the row read once (compute 9.0) -------------------------------------
+// Row r is shared by the kCeBlocks blocks of one cluster: block `rank` owns the 16-byte quads
+// [q0, q1) of the row (a 1/kCeBlocks slice) and its thread t the quads q0 + k·kCeThreads + t,
+// k < kCeLoads, loaded once into registers. The row max, then Σ exp(s − max), are reduced per
+// block (block_max / block_sum, fixed trees) and merged over the cluster in rank order through
+// distributed shared memory, so every block gets the same lse (deterministic). Then each thread
+// writes its quads' gradient grad_scale · ce_coef · (exp(s − lse) − [j == label]) from the
+// registers, with the per-element math of kd_dense_kernel. s[label] is read before the first
+// cluster barrier, so an f32 gradient aliasing the logits is safe (blocks write only their own
+// slice, after the barriers).
+// 8 blocks (the portable cluster maximum) of 256 threads at 128 registers: two blocks per SM, so
+// one row's reductions and cluster barriers overlap another row's loads.
+constexpr int kCeBlocks = 8, kCeThreads = 256, kCeLoads = 16;
+constexpr int64_t kCeMaxVocab = int64_t{4} * kCeBlocks * kCeThreads * kCeLoads;  // 131,072
+
+// Four gradient values at `at` (16-byte aligned f32, 8-byte aligned bf16).
+template <typename G>
+__device__ inline void store_quad(G* at, float a, float b, float c, float d) {
+  if constexpr (sizeof(G) == 4) {
+    *reinterpret_cast<float4*>(at) = make_float4(a, b, c, d);
+  } else {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    uint2 bits;
+    bits.x = *reinterpret_cast<const uint32_t*>(&lo);
+    bits.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(at) = bits;
+  }
+}
+
+template <typename G>
+__global__ void __launch_bounds__(kCeThreads, 2)
+    ce_cluster_kernel(const float* student, const int32_t* labels, KdParams p, float* row_terms,
+                      G* grad) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  const cg::cluster_group cluster = cg::this_cluster();
+  __shared__ double scratch[33];
+  __shared__ double slot;  // this block's partial, read by the cluster's blocks
+  // The cluster's blocks' `value`s merged in rank order by `op`; the same result in every block.
+  const auto cluster_merge = [&](double value, auto op) {
+    if (threadIdx.x == 0) slot = value;
+    cluster.sync();
+    double total = *cluster.map_shared_rank(&slot, 0);
+    for (int q = 1; q < kCeBlocks; ++q) total = op(total, *cluster.map_shared_rank(&slot, q));
+    cluster.sync();  // all reads done before a slot is rewritten or its block exits
+    return total;
+  };
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int64_t r = blockIdx.x / kCeBlocks, v = p.vocab;
+  const int64_t quads = v / 4, per_block = (quads + kCeBlocks - 1) / kCeBlocks;
+  const int64_t q0 = rank * per_block, q1 = min(quads, q0 + per_block);
+  const float4* s4 = reinterpret_cast<const float4*>(student + r * v);
+  G* g = grad != nullptr ? grad + r * v : nullptr;
+  const int32_t y = labels[r];  // the same for the whole cluster
+  if (y == -1) {
+    if (g != nullptr)
+      for (int64_t i = q0 + threadIdx.x; i < q1; i += kCeThreads)
+        store_quad(g + 4 * i, 0.0f, 0.0f, 0.0f, 0.0f);
+    if (rank == 0 && threadIdx.x == 0) row_terms[2 * r] = row_terms[2 * r + 1] = 0.0f;
+    return;
+  }
+  const bool writes_terms = rank == 0 && threadIdx.x == 0;
+  const float s_label = writes_terms ? student[r * v + y] : 0.0f;
+  float4 x[kCeLoads];
+#pragma unroll
+  for (int k = 0; k < kCeLoads; ++k) {
+    const int64_t i = q0 + int64_t{k} * kCeThreads + threadIdx.x;
+    x[k] = i < q1 ? s4[i] : make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+  }
+  float mx = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < kCeLoads; ++k)
+    mx = fmaxf(mx, fmaxf(fmaxf(x[k].x, x[k].y), fmaxf(x[k].z, x[k].w)));
+  const double row_max =
+      cluster_merge(block_max(mx, scratch), [](double a, double b) { return fmax(a, b); });
+  const float m = static_cast<float>(row_max);  // exact: the max of f32 values
+  float part = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kCeLoads; ++k)  // exp(-inf - m) = 0 for the padding
+    part += (expf(x[k].x - m) + expf(x[k].y - m)) + (expf(x[k].z - m) + expf(x[k].w - m));
+  const double sum =
+      cluster_merge(block_sum(part, scratch), [](double a, double b) { return a + b; });
+  const double lse1 = row_max + log(sum);
+  if (writes_terms) {
+    row_terms[2 * r] = 0.0f;
+    row_terms[2 * r + 1] = static_cast<float>(lse1 - static_cast<double>(s_label));
+  }
+  if (g == nullptr) return;
+  const float ce_coef = static_cast<float>(p.ce_coef);
+  const auto value = [&](float sf, int64_t j) {
+    const float e = expf(static_cast<float>(static_cast<double>(sf) - lse1));
+    return p.grad_scale * (ce_coef * (e - (j == y ? 1.0f : 0.0f)));
+  };
+#pragma unroll
+  for (int k = 0; k < kCeLoads; ++k) {
+    const int64_t i = q0 + int64_t{k} * kCeThreads + threadIdx.x;
+    if (i < q1)
+      store_quad(g + 4 * i, value(x[k].x, 4 * i), value(x[k].y, 4 * i + 1),
+                 value(x[k].z, 4 * i + 2), value(x[k].w, 4 * i + 3));
+  }
+#else
+  __trap();  // clusters need compute 9.0; the launcher checks the device first
+#endif
+}
+
+// Whether the current device runs thread-block clusters (compute 9.0 or newer).
+bool clusters_available() {
+  static const bool available = [] {
+    int device = 0, major = 0;
+    REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+    REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major >= 9;
+  }();
+  return available;
+}
+
 // Sparse top-k teacher. bucket_h [R, k] (double), cached_s [R, k] (f32) are scratch; dynamic
 // shared memory: the bitmap of cached ids, ceil(vocab / 32) words.
 template <typename G>
@@ -466,6 +588,29 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
            (!dense || aligned16(teacher_logits.data()));
   // The gradient's element type: f32 (may alias the logits) or bf16 (the activation dtype).
   const DType grad_dtype = grad.defined() ? grad.dtype() : DType::kF32;
+  if (!p.has_teacher && p.vec4 && vocab <= kCeMaxVocab && rows * kCeBlocks < (int64_t{1} << 31) &&
+      (!grad.defined() || aligned16(grad.data())) && clusters_available()) {
+    dispatch_activation(grad_dtype, "kd_loss (cross-entropy)", [&](auto tag) {
+      using G = decltype(tag);
+      cudaLaunchConfig_t config = {};
+      config.gridDim = dim3(static_cast<unsigned>(rows * kCeBlocks));
+      config.blockDim = dim3(kCeThreads);
+      config.stream = stream_;
+      cudaLaunchAttribute attribute[1];
+      attribute[0].id = cudaLaunchAttributeClusterDimension;
+      attribute[0].val.clusterDim.x = kCeBlocks;
+      attribute[0].val.clusterDim.y = 1;
+      attribute[0].val.clusterDim.z = 1;
+      config.attrs = attribute;
+      config.numAttrs = 1;
+      REFINERY_CUDA_CHECK(cudaLaunchKernelEx(
+          &config, ce_cluster_kernel<G>, student_logits.data<float>(), labels.data<int32_t>(), p,
+          row_terms.mutable_data<float>(),
+          grad.defined() ? static_cast<G*>(grad.mutable_data()) : nullptr));
+    });
+    REFINERY_CUDA_AFTER_LAUNCH(*this, "kd_loss (cross-entropy)");
+    return;
+  }
   if (!sparse) {
     dispatch_activation(grad_dtype, "kd_loss (dense)", [&](auto tag) {
       using G = decltype(tag);

@@ -1,4 +1,5 @@
-// rope_backward on the GPU: dx += Rᵀ · dy, the inverse rotation at the same positions. For a pair
+// rope_backward on the GPU: dx += Rᵀ · dy (dx = Rᵀ · dy when overwriting: dx is not read), the
+// inverse rotation at the same positions. For a pair
 // (a, b) rotated forward as y_a = x_a·c − x_b·s, y_b = x_b·c + x_a·s, the transpose gives
 //   dx_a += dy_a·c + dy_b·s,   dx_b += dy_b·c − dy_a·s;
 // the dims outside [offset, offset + rotary_dim) pass dy through (dx += dy). The same two paths
@@ -17,21 +18,22 @@ using namespace rope_detail;
 template <typename T>
 __global__ void rope_backward_kernel(const T* dy, const float* cos_table, const float* sin_table,
                                      int64_t heads, int64_t d, int64_t offset, int64_t half,
-                                     bool interleaved, T* dx) {
+                                     bool interleaved, bool overwrite, T* dx) {
   const int64_t row = blockIdx.x;  // t * heads + h
   const int64_t t = row / heads;
   const T* gi = dy + row * d;
   T* xi = dx + row * d;
   const float* c = cos_table + t * half;
   const float* s = sin_table + t * half;
+  auto old = [&](int64_t j) { return overwrite ? 0.0f : to_f32(xi[j]); };
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
-    if (j < offset || j >= offset + 2 * half) xi[j] = from_f32<T>(to_f32(xi[j]) + to_f32(gi[j]));
+    if (j < offset || j >= offset + 2 * half) xi[j] = from_f32<T>(old(j) + to_f32(gi[j]));
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
     const int64_t a = offset + (interleaved ? 2 * i : i);
     const int64_t b = offset + (interleaved ? 2 * i + 1 : i + half);
     const float g0 = to_f32(gi[a]), g1 = to_f32(gi[b]);
-    xi[a] = from_f32<T>(to_f32(xi[a]) + (g0 * c[i] + g1 * s[i]));
-    xi[b] = from_f32<T>(to_f32(xi[b]) + (g1 * c[i] - g0 * s[i]));
+    xi[a] = from_f32<T>(old(a) + (g0 * c[i] + g1 * s[i]));
+    xi[b] = from_f32<T>(old(b) + (g1 * c[i] - g0 * s[i]));
   }
 }
 
@@ -42,7 +44,7 @@ template <typename T>
 __global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
                                          const float* sin_table, uint32_t rows, uint32_t heads,
                                          uint32_t d, uint32_t offset, uint32_t half,
-                                         bool interleaved, T* dx) {
+                                         bool interleaved, bool overwrite, T* dx) {
   const uint32_t groups = half / 8, items = groups + (d - 2 * half) / 8;
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * items;
        i += gridDim.x * blockDim.x) {
@@ -53,7 +55,7 @@ __global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
       const uint32_t p = (item - groups) * 8, pos = p < offset ? p : p + 2 * half;
       RopeChunk<T> g, o;
       g.load(gi + pos);
-      o.load(xi + pos);
+      o.load_or_zero(xi + pos, overwrite);
       float v[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) v[j] = o.get(j) + g.get(j);
@@ -70,8 +72,8 @@ __global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
     RopeChunk<T> ga, gb, oa, ob;
     ga.load(gi + pa);
     gb.load(gi + pb);
-    oa.load(xi + pa);
-    ob.load(xi + pb);
+    oa.load_or_zero(xi + pa, overwrite);
+    ob.load_or_zero(xi + pb, overwrite);
     float ra[8], rb[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
@@ -102,7 +104,7 @@ __global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
 }  // namespace
 
 void CudaBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                                int64_t offset, Tensor& dx) {
+                                int64_t offset, Tensor& dx, GradWrite write) {
   OpTimer timer(profiler_, stream_, "rope_backward");
   if (!dx.defined()) return;
   const RopeSizes sizes = check_rope(Device::kCUDA, dy, table, first_position, offset, dx);
@@ -123,18 +125,19 @@ void CudaBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_
     T* out = static_cast<T*>(dx.mutable_data());
     const int64_t rows = t_count * heads;
     const bool interleaved = table.pairing == model::RopePairing::kInterleaved;
+    const bool overwrite = write == GradWrite::kOverwrite;
     if (rope_vectorizable(in, out, cos_rows.data<float>(), sin_rows.data<float>(), rows, d,
                           offset, half)) {
       const int64_t items = rows * (half / 8 + (d - 2 * half) / 8);
       rope_backward_vec_kernel<T><<<grid_for(items), kThreads, 0, stream_>>>(
           in, cos_rows.data<float>(), sin_rows.data<float>(), static_cast<uint32_t>(rows),
           static_cast<uint32_t>(heads), static_cast<uint32_t>(d), static_cast<uint32_t>(offset),
-          static_cast<uint32_t>(half), interleaved, out);
+          static_cast<uint32_t>(half), interleaved, overwrite, out);
       return;
     }
     rope_backward_kernel<T><<<static_cast<unsigned>(rows), kRopeThreads, 0, stream_>>>(
         in, cos_rows.data<float>(), sin_rows.data<float>(), heads, d, offset, half, interleaved,
-        out);
+        overwrite, out);
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "rope_backward");
 }

@@ -21,6 +21,14 @@ struct RopeChunk {
   __device__ void load(const T* p) {
     for (int k = 0; k < kWords; ++k) w[k] = reinterpret_cast<const uint4*>(p)[k];
   }
+  // load(p), or eight zeros without reading p (a gradient that is overwritten, not added to).
+  __device__ void load_or_zero(const T* p, bool zero) {
+    if (zero) {
+      for (int k = 0; k < kWords; ++k) w[k] = make_uint4(0u, 0u, 0u, 0u);
+    } else {
+      load(p);
+    }
+  }
   __device__ void store(T* p) const {
     for (int k = 0; k < kWords; ++k) reinterpret_cast<uint4*>(p)[k] = w[k];
   }

@@ -96,6 +96,31 @@ TEST(CpuBackwardAttention, ThreadCountIndependent) {
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(test::bitwise_equal(grads[0][i], grads[1][i])) << i;
 }
 
+// kOverwrite into poisoned gradients = adding into zeros; an lse of the promised shape is
+// accepted (the CPU recomputes it), another shape is an internal error; the CPU's
+// attention_with_lse is attention() with no lse.
+TEST(CpuBackwardAttention, OverwritesAndChecksTheLse) {
+  const int64_t T = 9, H = 4, KV = 2, dk = 6, dv = 5;
+  auto be = make_cpu_backend();
+  const Tensor q = test::random_f32({T, H, dk}, 11), k = test::random_f32({T, KV, dk}, 12);
+  const Tensor v = test::random_f32({T, KV, dv}, 13), dout = test::random_f32({T, H, dv}, 14);
+  Tensor out = test::poisoned({T, H, dv}), lse = Tensor::zeros(DType::kF32, {1});
+  be->attention_with_lse(q, k, v, 0.4f, out, lse);
+  EXPECT_FALSE(lse.defined());
+  Tensor added[3] = {Tensor::zeros(DType::kF32, {T, H, dk}),
+                     Tensor::zeros(DType::kF32, {T, KV, dk}),
+                     Tensor::zeros(DType::kF32, {T, KV, dv})};
+  be->attention_backward(q, k, v, out, dout, 0.4f, added[0], added[1], added[2]);
+  Tensor written[3] = {test::poisoned({T, H, dk}), test::poisoned({T, KV, dk}),
+                       test::poisoned({T, KV, dv})};
+  be->attention_backward(q, k, v, out, dout, 0.4f, written[0], written[1], written[2],
+                         GradWrite::kOverwrite, Tensor::zeros(DType::kF32, {H, T}));
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(test::bitwise_equal(written[i], added[i])) << i;
+  EXPECT_THROW(be->attention_backward(q, k, v, out, dout, 0.4f, written[0], written[1], written[2],
+                                      GradWrite::kAdd, Tensor::zeros(DType::kF32, {T, H})),
+               Error);
+}
+
 TEST(CpuBackwardAttention, RejectsAKvCacheLongerThanTheQueries) {
   auto be = make_cpu_backend();
   const Tensor q = Tensor::zeros(DType::kF32, {3, 2, 4}), k = Tensor::zeros(DType::kF32, {5, 2, 4});

@@ -305,6 +305,12 @@ TEST(CpuBackwardRope, MatchesFiniteDifferencesForBothPairings) {
     be->rope_backward(f32_tensor(dy, {T, heads, D}), table, first, offset, dx.t);
     expect_fd_gradient(inter ? "rope interleaved dx" : "rope half-split dx", x, dx.added(),
                        [&] { return test::dot(dy, forward()); }, 1000);
+
+    // kOverwrite into a poisoned dx = what was added above (the same f32 formulas).
+    Tensor written = test::poisoned({T, heads, D});
+    be->rope_backward(f32_tensor(dy, {T, heads, D}), table, first, offset, written,
+                      GradWrite::kOverwrite);
+    EXPECT_LT(test::max_abs_diff(doubles(written), dx.added()), 1e-6);
   }
 }
 

@@ -444,8 +444,18 @@ TEST(CudaBackwardLoss, KdLossMatchesCpu) {
   ce_only.ce_weight = 1.0;
   expect_kd_matches(*cpu, *be, {ce_only, 9, 1003, -1}, seed += 2);
   // Rows of a multiple of 4 take the 16-byte-load path: CE alone, CE at T = 2 with a dense
-  // teacher, sparse.
+  // teacher, sparse. CE alone on compute 9.0 takes the cluster kernel (the row in registers):
+  // a short row (the last block of the cluster has no quads), the 1.4B student's vocabulary, the
+  // largest row it takes, and one quad more (the general kernel again).
   expect_kd_matches(*cpu, *be, {ce_only, 7, 4096, -1}, seed += 2);
+  expect_kd_matches(*cpu, *be, {ce_only, 5, 12, -1}, seed += 2);
+  expect_kd_matches(*cpu, *be, {ce_only, 3, 102400, -1}, seed += 2);
+  expect_kd_matches(*cpu, *be, {ce_only, 3, 131072, -1}, seed += 2);
+  expect_kd_matches(*cpu, *be, {ce_only, 3, 131076, -1}, seed += 2);
+  KdLossOptions half_ce;
+  half_ce.kd_weight = 0.0;
+  half_ce.ce_weight = 0.5;
+  expect_kd_matches(*cpu, *be, {half_ce, 4, 1000, -1}, seed += 2);
   KdLossOptions tempered;
   tempered.temperature = 2.0;
   tempered.ce_weight = 0.5;

@@ -33,6 +33,7 @@ using namespace cuda_test;
 using backend::cuda::flash_attention_backward_bf16;
 using backend::cuda::flash_attention_backward_supports;
 using backend::cuda::flash_attention_backward_workspace_bytes;
+using backend::cuda::FlashAttentionArgs;
 using backend::cuda::FlashAttentionBackwardArgs;
 using backend::cuda::flash_attention_wgmma_available;  // compute 9.0: the same check
 
@@ -171,12 +172,14 @@ double relative_l2(const Tensor& got, const Tensor& want, const Tensor& pre) {
 }
 
 // Device gradients (bf16, copies of the pre-filled values) and a NaN-poisoned workspace.
+// lse: the forward's device lse [H, T] to hand over, or null; overwrite: write, not accumulate.
 struct DeviceRun {
   Tensor dq, dk, dv;
 };
 
 DeviceRun run_kernel(const Case& c, const Inputs& in, const Tensor& dq0, const Tensor& dk0,
-                     const Tensor& dv0, bool want_q, bool want_k, bool want_v) {
+                     const Tensor& dv0, bool want_q, bool want_k, bool want_v,
+                     const Tensor* lse = nullptr, bool overwrite = false) {
   const Tensor q = gpu(in.q), k = gpu(in.k), v = gpu(in.v), out = gpu(in.out), dout = gpu(in.dout);
   DeviceRun r{gpu(dq0), gpu(dk0), gpu(dv0)};
   FlashAttentionBackwardArgs args{q.data(), k.data(), v.data(), out.data(), dout.data(),
@@ -184,6 +187,8 @@ DeviceRun run_kernel(const Case& c, const Inputs& in, const Tensor& dq0, const T
                                   want_k ? r.dk.mutable_data() : nullptr,
                                   want_v ? r.dv.mutable_data() : nullptr,
                                   c.t, c.heads, c.kv, c.dk, c.dv, in.scale, nullptr};
+  args.lse = lse != nullptr ? lse->data<float>() : nullptr;
+  args.overwrite = overwrite;
   const int64_t bytes = flash_attention_backward_workspace_bytes(args);
   EXPECT_EQ(bytes % 16, 0);
   Tensor host_ws = Tensor::empty(DType::kF32, {bytes / 4});
@@ -495,6 +500,128 @@ TEST(FlashAttentionBackwardWgmmaGpu, ForcingItWhereItCannotRunIsAUserError) {
     const Tensor q0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
     const Tensor k0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
     EXPECT_THROW(run_forced("wgmma", c, small, q0, k0, k0), Error);
+  }
+}
+
+// ---- the forward's lse handed to the backward (FlashAttentionArgs::lse ->
+// FlashAttentionBackwardArgs::lse, dsum_kernel instead of the lse pass) and gradients written
+// over NaN-poisoned buffers (overwrite), for every forward x backward kernel pair ---------------
+
+// The forward's device lse [H, T] (REFINERY_ATTN_KERNEL=forward), its buffer poisoned first.
+Tensor forward_lse(const char* forward, const Case& c, const Inputs& in) {
+  const ScopedEnv env("REFINERY_ATTN_KERNEL", forward);
+  const Tensor q = gpu(in.q), k = gpu(in.k), v = gpu(in.v);
+  Tensor out = gpu(in.out);
+  Tensor lse = poisoned_gpu({c.heads, c.t});
+  FlashAttentionArgs args{q.data(), k.data(), v.data(), out.mutable_data(), c.t, c.t,
+                          c.heads, c.kv, c.dk, c.dv, in.scale};
+  args.lse = lse.mutable_data<float>();
+  backend::cuda::flash_attention_bf16(args, nullptr);
+  return lse;
+}
+
+// log Σ_{j <= i} exp(q_i·k_j·scale) in double, [H, T].
+std::vector<double> exact_lse(const Case& c, const Inputs& in) {
+  const std::vector<float> q = values(in.q), k = values(in.k);
+  std::vector<double> lse(static_cast<std::size_t>(c.heads * c.t));
+  for (int64_t h = 0; h < c.heads; ++h) {
+    const int64_t kvh = h / (c.heads / c.kv);
+    for (int64_t i = 0; i < c.t; ++i) {
+      std::vector<double> s(static_cast<std::size_t>(i + 1));
+      for (int64_t j = 0; j <= i; ++j) {
+        double dot = 0.0;
+        for (int64_t d = 0; d < c.dk; ++d)
+          dot += double(q[(i * c.heads + h) * c.dk + d]) * double(k[(j * c.kv + kvh) * c.dk + d]);
+        s[j] = dot * double(in.scale);
+      }
+      const double mx = *std::max_element(s.begin(), s.end());
+      double sum = 0.0;
+      for (double x : s) sum += std::exp(x - mx);
+      lse[h * c.t + i] = mx + std::log(sum);
+    }
+  }
+  return lse;
+}
+
+TEST(FlashAttentionBackwardGpu, TakesTheForwardsLseAndOverwritesPoisonedGradients) {
+  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
+  const bool hopper = flash_attention_wgmma_available();
+  uint64_t seed = 27000;
+  for (const Case& c : kCases) {
+    const Inputs in = make_inputs(c, seed += 10);
+    const Tensor zq = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
+    const Tensor zk = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
+    const Tensor zv = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
+    const Reference want = reference(c, in, zq, zk, zv);
+    const std::vector<double> lse_want = exact_lse(c, in);
+    // NaN in every byte: any element the kernels read or leave unwritten shows up.
+    auto poison = [](const Tensor& like) {
+      Tensor t = Tensor::empty(like.dtype(), like.shape());
+      std::memset(t.mutable_data(), 0xff, t.nbytes());
+      return t;
+    };
+    const Tensor pq = poison(zq), pk = poison(zk), pv = poison(zv);
+    std::vector<const char*> forwards = {"mma"}, backwards = {"mma"};
+    if (hopper) forwards.push_back("wgmma");
+    if (hopper && wgmma_widths(c)) backwards.push_back("wgmma");
+    for (const char* forward : forwards) {
+      const Tensor lse = forward_lse(forward, c, in);
+      const std::vector<float> got_lse = values(lse);
+      for (std::size_t i = 0; i < got_lse.size(); ++i)
+        ASSERT_NEAR(got_lse[i], lse_want[i], 1e-3 * std::max(1.0, std::abs(lse_want[i])))
+            << "lse " << forward << " " << name(c) << " at " << i;
+      for (const char* backward : backwards) {
+        const ScopedEnv env("REFINERY_ATTN_BWD_KERNEL", backward);
+        const DeviceRun got = run_kernel(c, in, pq, pk, pv, true, true, true, &lse, true);
+        const std::string what = str(forward, " lse -> ", backward, " backward, ", name(c));
+        EXPECT_TRUE(close("overwritten dq " + what, got.dq, want.dq, 0.0, want.bq));
+        EXPECT_TRUE(close("overwritten dk " + what, got.dk, want.dk, 0.0, want.bk));
+        EXPECT_TRUE(close("overwritten dv " + what, got.dv, want.dv, 0.0, want.bv));
+      }
+    }
+  }
+}
+
+// The backend: attention_with_lse hands back [H, T] for bf16 prefill (flash path) and nothing
+// for f32; attention_backward with that lse and kOverwrite equals adding into zeros without it.
+TEST(FlashAttentionBackwardGpu, BackendHandsTheLseOverAndOverwrites) {
+  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
+  const Case c{300, 8, 2, 64, 64, 2.0f};
+  const float scale = 0.125f;
+  for (DType act : {DType::kBF16, DType::kF32}) {
+    auto be = backend::make_cuda_backend(0, act);
+    // f32 host tensors on the device in the activation dtype.
+    auto dev = [&](const Tensor& f32) { return gpu(act == DType::kF32 ? f32 : convert(f32, act)); };
+    const Tensor q = dev(random_f32({c.t, c.heads, c.dk}, 28001, c.q_std)),
+                 k = dev(random_f32({c.t, c.kv, c.dk}, 28002)),
+                 v = dev(random_f32({c.t, c.kv, c.dv}, 28003)),
+                 dout = dev(random_f32({c.t, c.heads, c.dv}, 28004));
+    Tensor out = be->empty(act, {c.t, c.heads, c.dv}), lse;
+    be->attention_with_lse(q, k, v, scale, out, lse);
+    if (act == DType::kF32) {
+      EXPECT_FALSE(lse.defined()) << "the f32 kernel keeps no row statistics";
+    } else {
+      ASSERT_TRUE(lse.defined());
+      EXPECT_EQ(lse.shape(), (std::vector<int64_t>{c.heads, c.t}));
+    }
+    Tensor dq = dev(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}));
+    Tensor dk = dev(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}));
+    Tensor dv = dev(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}));
+    be->attention_backward(q, k, v, out, dout, scale, dq, dk, dv);
+    Tensor oq = poisoned_gpu({c.t, c.heads, c.dk}, act), ok = poisoned_gpu({c.t, c.kv, c.dk}, act),
+           ov = poisoned_gpu({c.t, c.kv, c.dv}, act);
+    be->attention_backward(q, k, v, out, dout, scale, oq, ok, ov, backend::GradWrite::kOverwrite,
+                           lse);
+    for (const auto& [what, a, b] : {std::tuple{"dq", &oq, &dq}, std::tuple{"dk", &ok, &dk},
+                                     std::tuple{"dv", &ov, &dv}}) {
+      const std::vector<float> x = values(*a);
+      EXPECT_TRUE(std::all_of(x.begin(), x.end(), [](float e) { return std::isfinite(e); }))
+          << what << " " << dtype_name(act);
+      // The lse of the forward kernel vs the backward's own pass: f32 rounding only.
+      EXPECT_LT(relative_l2(*a, *b, dev(Tensor::zeros(DType::kF32, a->shape()))),
+                act == DType::kF32 ? 1e-6 : 1e-2)
+          << what << " " << dtype_name(act);
+    }
   }
 }
 

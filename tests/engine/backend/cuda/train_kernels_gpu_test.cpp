@@ -212,6 +212,17 @@ TEST_F(CudaTrainKernels, RopeVectorizedMatchesCpuAndScalarPath) {
       Tensor scalar = misaligned_dev(dx0, c.act);
       be->rope_backward(misaligned_dev(x, c.act), device_table, c.first, c.offset, scalar);
       EXPECT_TRUE(bitwise_equal(scalar, got)) << what << ": backward, vector vs scalar path";
+      // kOverwrite into poisoned dx on both paths = the CPU adding into zeros.
+      Tensor fresh = Tensor::zeros(DType::kF32, shape);
+      cpu->rope_backward(x, table, c.first, c.offset, fresh);
+      Tensor written = poisoned_gpu(shape, c.act);
+      be->rope_backward(dev(x, c.act), device_table, c.first, c.offset, written,
+                        backend::GradWrite::kOverwrite);
+      EXPECT_TRUE(close(what + " backward overwrite", written, fresh, tol(rel, fresh)));
+      Tensor written_scalar = misaligned_dev(Tensor::zeros(DType::kF32, shape), c.act);
+      be->rope_backward(misaligned_dev(x, c.act), device_table, c.first, c.offset, written_scalar,
+                        backend::GradWrite::kOverwrite);
+      EXPECT_TRUE(bitwise_equal(written_scalar, written)) << what << ": overwrite, vector/scalar";
     }
   }
 }

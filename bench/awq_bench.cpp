@@ -3,13 +3,15 @@
 // shapes (issue 6), bf16 activations. `awq_bench [gemv|prefill|all|gemv-sweep]` (default all;
 // prefill also runs dequant; gemv-sweep is not part of all). One line per case:
 //   gemv       decode, x [rows, in] for rows 1 and 4 on the 5 decode shapes (gate or up alone,
-//              qkv, o, gate|up fused, down): the raw GEMV launcher (awq_gemv_bf16) and
-//              Backend::linear (what the engine runs: + argument checks, scratch
-//              allocation, launch overheads), against Backend::linear on the bf16 weight
-//              (cuBLASLt). GB/s counts the weight bytes read (W4: qweight + qzeros + scales; bf16:
-//              2 bytes per weight) plus x and y.
-//   dequant    the prefill dequantization alone (packed -> bf16 [out, in]): GB/s of bytes read +
-//              written.
+//              qkv, o, gate|up fused, down): the raw launcher (awq_gemv_bf16_variant) with the
+//              old default (kAwqGemvAutoAwqVariant, AutoAWQ layout) and the tiled kernel (tiled
+//              layout, the default), then Backend::linear (what the engine runs: + argument
+//              checks, upload cache, launch overheads; read-only host weights, tiled once on the
+//              device), against Backend::linear on the bf16 weight (cuBLASLt), and the max abs
+//              difference of the old and tiled f32 outputs. GB/s counts the weight bytes read
+//              (W4: qweight + qzeros + scales; bf16: 2 bytes per weight) plus x and y.
+//   dequant    the prefill dequantization alone (packed -> bf16 [out, in]) from each layout: GB/s
+//              of bytes read + written.
 //   prefill    x [2048, in] through Backend::linear, W4 (dequantize + cuBLASLt GEMM) vs bf16: µs,
 //              TFLOP/s (2·T·in·out) and the ratio (the bar: <= 1.3).
 //   gemv-sweep every GEMV variant (awq_gemv_variant_count; awq_gemv.cu) on the 5 decode shapes at
@@ -52,43 +54,67 @@ constexpr double kL2Bytes = 160e6;  // copies of a weight fill at least this muc
 
 using bench::random_bf16;
 
-// A random W4 weight [out, in] in groups of kGroup, its tensors on the device.
-backend::AwqWeight random_w4(int64_t out, int64_t in, uint64_t seed) {
+// A random W4 weight [out, in] in groups of kGroup: host tensors (read-only, like a memory-mapped
+// checkpoint, so that Backend::linear keeps one tiled copy on the device), and device copies in
+// both layouts for the raw launchers (AutoAWQ: the old kernels; tiled: the new one).
+struct BenchW4 {
+  backend::AwqWeight mapped;        // read-only host tensors (what Backend::linear gets)
+  Tensor q, z, s;                   // AutoAWQ layout on the device
+  Tensor tq, tz, ts;                // tiled layout on the device
+  AwqDeviceMatrix autoawq, tiled;
+};
+
+BenchW4 random_w4(int64_t out, int64_t in, uint64_t seed) {
   std::mt19937_64 rng(seed);
   const int64_t words = out / 8, groups = in / kGroup;
-  backend::AwqWeight w;
-  w.bits = 4;
-  w.group_size = kGroup;
-  w.out = out;
-  w.in = in;
-  w.qweight = Tensor::empty(DType::kI32, {in, words});
+  auto w = std::make_shared<backend::AwqWeight>();
+  w->bits = 4;
+  w->group_size = kGroup;
+  w->out = out;
+  w->in = in;
+  w->qweight = Tensor::empty(DType::kI32, {in, words});
   for (int64_t i = 0; i < in * words; ++i)
-    w.qweight.mutable_data<int32_t>()[i] = static_cast<int32_t>(rng());
-  w.qzeros = Tensor::empty(DType::kI32, {groups, words});
+    w->qweight.mutable_data<int32_t>()[i] = static_cast<int32_t>(rng());
+  w->qzeros = Tensor::empty(DType::kI32, {groups, words});
   for (int64_t i = 0; i < groups * words; ++i)
-    w.qzeros.mutable_data<int32_t>()[i] = static_cast<int32_t>(rng());
+    w->qzeros.mutable_data<int32_t>()[i] = static_cast<int32_t>(rng());
   std::vector<float> s(static_cast<std::size_t>(groups * out));
   std::uniform_real_distribution<float> mag(0.001f, 0.004f);
   for (float& v : s) v = mag(rng);
-  w.scales = Tensor::empty(DType::kF16, {groups, out});
-  convert_from_f32(DType::kF16, s.data(), w.scales.mutable_data(), s.size());
-  w.qweight = w.qweight.to(Device::kCUDA);
-  w.qzeros = w.qzeros.to(Device::kCUDA);
-  w.scales = w.scales.to(Device::kCUDA);
-  return w;
+  w->scales = Tensor::empty(DType::kF16, {groups, out});
+  convert_from_f32(DType::kF16, s.data(), w->scales.mutable_data(), s.size());
+  BenchW4 b;
+  b.mapped = *w;
+  b.mapped.qweight = Tensor::from_external(DType::kI32, {in, words}, w->qweight.data(), w);
+  b.mapped.qzeros = Tensor::from_external(DType::kI32, {groups, words}, w->qzeros.data(), w);
+  b.mapped.scales = Tensor::from_external(DType::kF16, {groups, out}, w->scales.data(), w);
+  b.q = w->qweight.to(Device::kCUDA);
+  b.z = w->qzeros.to(Device::kCUDA);
+  b.s = w->scales.to(Device::kCUDA);
+  b.autoawq.qweight = b.q.data<int32_t>();
+  b.autoawq.qzeros = b.z.data<int32_t>();
+  b.autoawq.scales = b.s.data();
+  b.autoawq.bits = 4;
+  b.autoawq.group_size = kGroup;
+  b.autoawq.out = out;
+  b.autoawq.in = in;
+  b.autoawq.words = words;
+  b.tq = Tensor::empty(DType::kI32, {in, words}, Device::kCUDA);
+  b.tz = Tensor::empty(DType::kI32, {groups, words}, Device::kCUDA);
+  b.ts = Tensor::empty(DType::kF16, {groups, out}, Device::kCUDA);
+  backend::cuda::awq_repack_tiled(b.autoawq, b.tq.mutable_data<int32_t>(), b.tz.mutable_data(),
+                                  b.ts.mutable_data(), nullptr);
+  b.tiled = b.autoawq;
+  b.tiled.qweight = b.tq.data<int32_t>();
+  b.tiled.qzeros = b.tz.data<int32_t>();
+  b.tiled.scales = b.ts.data();
+  b.tiled.layout = backend::cuda::AwqLayout::kTiled;
+  return b;
 }
 
-AwqDeviceMatrix device_matrix(const backend::AwqWeight& w) {
-  AwqDeviceMatrix m;
-  m.qweight = w.qweight.data<int32_t>();
-  m.qzeros = w.qzeros.data<int32_t>();
-  m.scales = w.scales.data();
-  m.bits = w.bits;
-  m.group_size = w.group_size;
-  m.out = w.out;
-  m.in = w.in;
-  m.words = w.out / 8;
-  return m;
+// The matrix of `b` in the layout `variant` runs on.
+const AwqDeviceMatrix& matrix_for(const BenchW4& b, int variant) {
+  return backend::cuda::awq_gemv_variant_is_tiled(variant) ? b.tiled : b.autoawq;
 }
 
 double w4_bytes(int64_t out, int64_t in) {
@@ -144,7 +170,7 @@ void gemv_sweep(backend::Backend& be, const Shape* shapes, std::size_t n_shapes,
     const Shape s = shapes[si];
     const double wb4 = w4_bytes(s.out, s.in);
     const int n4 = copies_for(wb4);
-    std::vector<backend::AwqWeight> w4;
+    std::vector<BenchW4> w4;
     for (int i = 0; i < n4; ++i) w4.push_back(random_w4(s.out, s.in, 100 + i));
     for (int ri = 0; ri < 2; ++ri) {
       const int64_t rows = ri == 0 ? 1 : 4;
@@ -153,16 +179,17 @@ void gemv_sweep(backend::Backend& be, const Shape* shapes, std::size_t n_shapes,
       Tensor y = be.empty(DType::kBF16, {rows, s.out});
       Tensor want = be.empty(DType::kF32, {rows, s.out});
       Tensor got = be.empty(DType::kF32, {rows, s.out});
-      const AwqDeviceMatrix m0 = device_matrix(w4[0]);
-      bc::awq_gemv_bf16_variant(m0, x.data(), rows, want.mutable_data(), true, 0, nullptr);
+      bc::awq_gemv_bf16_variant(w4[0].autoawq, x.data(), rows, want.mutable_data(), true, 0,
+                                nullptr);
       int best = 0;
       std::vector<double> us(static_cast<std::size_t>(variants));
       for (int v = 0; v < variants; ++v) {
+        const AwqDeviceMatrix& m0 = matrix_for(w4[0], v);
         bc::awq_gemv_bf16_variant(m0, x.data(), rows, got.mutable_data(), true, v, nullptr);
         const double diff = max_abs_diff(be, got, want);
         const double t = seconds_per_call(
             [&](int i) {
-              bc::awq_gemv_bf16_variant(device_matrix(w4[i % n4]), x.data(), rows,
+              bc::awq_gemv_bf16_variant(matrix_for(w4[i % n4], v), x.data(), rows,
                                         y.mutable_data(), false, v, nullptr);
             },
             sync, 400);
@@ -224,11 +251,11 @@ int main(int argc, char** argv) {
       // W4 weights (enough copies to defeat the L2), shared by both row counts.
       const double wb4 = w4_bytes(out, in);
       const int n4 = copies_for(wb4);
-      std::vector<backend::AwqWeight> w4;
+      std::vector<BenchW4> w4;
       std::vector<backend::LinearWeight> l4(static_cast<std::size_t>(n4));
       for (int i = 0; i < n4; ++i) {
         w4.push_back(random_w4(out, in, 100 + i));
-        l4[i].storage = w4.back();
+        l4[i].storage = w4.back().mapped;
         l4[i].name = "bench.awq";
       }
       const double wb16 = 2.0 * in * out;
@@ -238,32 +265,42 @@ int main(int argc, char** argv) {
         l16[i].storage = backend::DenseWeight{random_bf16({out, in}, 200 + i, 0.02f)};
         l16[i].name = "bench.bf16";
       }
+      namespace bc = backend::cuda;
+      const int old_variant = bc::kAwqGemvAutoAwqVariant, tiled = bc::kAwqGemvDefaultVariant;
       for (const int64_t rows : {int64_t{1}, int64_t{4}}) {
         const double act_bytes = 2.0 * rows * (in + out);
+        const double bytes = wb4 + act_bytes;
         const Tensor x = random_bf16({rows, in}, 1, 1.0f);
         Tensor y = be->empty(DType::kBF16, {rows, out});
-        // W4: raw launcher, then Backend::linear.
-        const AwqDeviceMatrix m0 = device_matrix(w4[0]);
-        const int64_t ws = backend::cuda::awq_gemv_workspace_floats(m0, rows);
-        Tensor work = be->empty(DType::kF32, {std::max<int64_t>(ws, 1)});
-        const double raw = seconds_per_call(
-            [&](int i) {
-              backend::cuda::awq_gemv_bf16(device_matrix(w4[i % n4]), x.data(), rows,
-                                           y.mutable_data(), false, work.mutable_data<float>(), ws,
-                                           nullptr);
-            },
-            sync, 400);
+        // The raw launchers: the old default (AutoAWQ layout) and the tiled kernels.
+        auto raw = [&](int variant) {
+          return seconds_per_call(
+              [&](int i) {
+                bc::awq_gemv_bf16_variant(matrix_for(w4[i % n4], variant), x.data(), rows,
+                                          y.mutable_data(), false, variant, nullptr);
+              },
+              sync, 400);
+        };
+        Tensor y_old = be->empty(DType::kF32, {rows, out}), y_new = be->empty(DType::kF32, {rows, out});
+        bc::awq_gemv_bf16_variant(w4[0].autoawq, x.data(), rows, y_old.mutable_data(), true,
+                                  old_variant, nullptr);
+        bc::awq_gemv_bf16_variant(w4[0].tiled, x.data(), rows, y_new.mutable_data(), true, tiled,
+                                  nullptr);
+        const double diff = max_abs_diff(*be, y_old, y_new);
+        const double t_old = raw(old_variant), t_tiled = raw(tiled);
         const double lin4 =
             seconds_per_call([&](int i) { be->linear(x, l4[i % n4], y); }, sync, 400);
         const double lin16 =
             seconds_per_call([&](int i) { be->linear(x, l16[i % n16], y); }, sync, 200);
         std::printf(
-            "gemv %-7s in=%lld out=%lld rows=%lld: w4_raw %.2f us (%.0f GB/s), w4_linear %.2f us "
-            "(%.0f GB/s), bf16_linear %.2f us (%.0f GB/s), bf16/w4_raw %.2fx\n",
+            "gemv %-7s in=%lld out=%lld rows=%lld: old(%s) %.2f us (%.0f GB/s), tiled %.2f us "
+            "(%.0f GB/s), w4_linear %.2f us (%.0f GB/s), bf16_linear %.2f us (%.0f GB/s), "
+            "bf16/w4_linear %.2fx, maxdiff old-tiled %.3g [%s]\n",
             s.name, static_cast<long long>(in), static_cast<long long>(out),
-            static_cast<long long>(rows), raw * 1e6, (wb4 + act_bytes) / raw / 1e9, lin4 * 1e6,
-            (wb4 + act_bytes) / lin4 / 1e9, lin16 * 1e6, (wb16 + act_bytes) / lin16 / 1e9,
-            lin16 / raw);
+            static_cast<long long>(rows), bc::awq_gemv_variant_name(old_variant).c_str(),
+            t_old * 1e6, bytes / t_old / 1e9, t_tiled * 1e6, bytes / t_tiled / 1e9, lin4 * 1e6, bytes / lin4 / 1e9, lin16 * 1e6,
+            (wb16 + act_bytes) / lin16 / 1e9, lin16 / lin4, diff,
+            bc::awq_gemv_variant_runs(w4[0].tiled, rows, tiled).c_str());
         std::fflush(stdout);
       }
     }
@@ -272,22 +309,25 @@ int main(int argc, char** argv) {
       const int64_t t = 2048, in = 4096, out = 14336;
       const Tensor x = random_bf16({t, in}, 3, 1.0f);
       Tensor y = be->empty(DType::kBF16, {t, out});
-      const backend::AwqWeight w4 = random_w4(out, in, 300);
+      const BenchW4 w4 = random_w4(out, in, 300);
       backend::LinearWeight l4, l16;
-      l4.storage = w4;
+      l4.storage = w4.mapped;
       l4.name = "bench.awq";
       l16.storage = backend::DenseWeight{random_bf16({out, in}, 301, 0.02f)};
       l16.name = "bench.bf16";
       Tensor dequant = be->empty(DType::kBF16, {out, in});
-      const AwqDeviceMatrix m = device_matrix(w4);
-      const double deq = seconds_per_call(
-          [&](int) {
-            backend::cuda::awq_dequantize_bf16(m, 0, m.words, dequant.mutable_data(), nullptr);
-          },
-          sync, 20);
       const double deq_bytes = w4_bytes(out, in) + 2.0 * in * out;
-      std::printf("dequant in=%lld out=%lld: %.2f us (%.0f GB/s)\n", static_cast<long long>(in),
-                  static_cast<long long>(out), deq * 1e6, deq_bytes / deq / 1e9);
+      for (const AwqDeviceMatrix* m : {&w4.autoawq, &w4.tiled}) {
+        const double deq = seconds_per_call(
+            [&](int) {
+              backend::cuda::awq_dequantize_bf16(*m, 0, m->words, dequant.mutable_data(), nullptr);
+            },
+            sync, 20);
+        std::printf("dequant %s in=%lld out=%lld: %.2f us (%.0f GB/s)\n",
+                    m->layout == backend::cuda::AwqLayout::kTiled ? "tiled" : "autoawq",
+                    static_cast<long long>(in), static_cast<long long>(out), deq * 1e6,
+                    deq_bytes / deq / 1e9);
+      }
       const double s4 = seconds_per_call([&](int) { be->linear(x, l4, y); }, sync, 10);
       const double s16 = seconds_per_call([&](int) { be->linear(x, l16, y); }, sync, 10);
       const double flops = 2.0 * t * in * out;

@@ -1,9 +1,33 @@
-// AWQ GEMV variants, selectable at run time, for sweeping the decode kernel's performance choices
-// on the target GPU (awq_bench gemv-sweep) before one becomes the default (kAwqGemvDefaultVariant
-// in awq_linear.hpp; REFINERY_AWQ_GEMV=<name or index> overrides it for experiments).
+// AWQ GEMV kernels besides base (awq_linear.cu), selectable at run time (REFINERY_AWQ_GEMV=<name
+// or index>; awq_bench gemv / gemv-sweep time them): the tiled-layout kernel (the default) and
+// the AutoAWQ-layout "v2" family.
 //
-// Variant 0 ("base") is the kernel of awq_linear.cu. The others run one kernel family ("v2"),
-// 3- and 4-bit only, templated on (ROWS, VEC, TR, PREFETCH):
+// Tiled ("tiled", the default), for matrices in the tiled layout
+// (awq_linear.hpp; 3/4-bit, group 64·2^i, out % 16 == 0):
+//   One block per tile of 16 outputs, W warps splitting K into runs of whole groups; each warp
+//   streams its run of the tile's 512-byte chunks (16 outputs x 64 inputs), lane l reading the
+//   16 bytes it needs (32 lanes: 512 contiguous bytes, one load instruction), BATCH = 4 chunks in
+//   flight per lane (no L1 allocation: read once), plus the zero byte and scale pair of each
+//   group that starts in the batch. No split over blocks: no clusters, no second pass, no atomics.
+//   Per chunk, word s of the lane's slice becomes the A fragment of one mma.m16n8k16 (bf16 in,
+//   f32 accumulation): A register i = nibbles (i, i + 4) (one shift + one LOP3 puts each nibble
+//   under the exponent of 128.0: the bf16 pair 128 + code) minus 128 + zero (one bf16x2 FMA,
+//   exact: code - zero). B = x of token row g = l / 4 (8 token rows; rows past `rows` are zeros)
+//   at the lane's 4 inputs, 8 bytes, read through L1 (x is shared by all tiles). The inputs of
+//   the 16-wide MMA k dimension are a permutation of the chunk's 64 inputs, the same for A and B.
+//   C (16 outputs x 8 token rows) sums a group's (code - zero)·x in f32 (products exact); at the
+//   group's end acc += scale·C (f32), C = 0. One kernel serves 1..8 token rows at the same cost:
+//   the MMA does all 8, dequantization is per weight, not per row.
+//   Reduction: the W warps' accumulators through shared memory, added by warp 0 in warp order
+//   (deterministic), which writes y (bf16 rounded once, or f32).
+//   Plan (per device and shape): the largest W (power of two <= 16, <= groups) at which all
+//   out / 16 blocks are resident at once (occupancy API), then the fewest warps covering the
+//   groups at ceil(groups / W) groups each.
+//   Registers (ptxas, sm_90, no spills): 64 (batch 8 took 104 and was slower); 8 KiB static shared.
+//   H100 (awq_bench gemv, 2026-11-27): 4096 -> 14336 at 1 row 15.7 µs (1.97 TB/s), the old
+//   default v4r32c16 20.6 µs in the same run; 1..8 rows cost about the same.
+//
+// AutoAWQ-layout "v2" family, 3- and 4-bit, templated on (ROWS, VEC, TR, PREFETCH):
 //   Column tiles of 32 qweight words (256 outputs) as in base, but lane l owns the VEC consecutive
 //   words 32·t + VEC·(l % (32/VEC)) .. +VEC and the input rows l / (32/VEC) (mod VEC) of a task:
 //   one load instruction of the warp reads VEC input rows x 128 contiguous bytes, VEC·4 bytes per
@@ -62,27 +86,29 @@ struct Variant {
   int max_warps;    // per block; 0: 16 for 1-2 rows, else 8 (base's limits)
   int max_cluster;  // blocks per cluster at most: 8 (portable) or 16
   int min_tasks;    // tasks per warp at least (1: as many warps as fit in one wave)
+  int tiled_batch;  // 0: an AutoAWQ-layout variant; else a tiled one, chunks loaded per batch
   const char* what;
 };
 
 // Index 0 is base (the fields are unused). Names are what REFINERY_AWQ_GEMV accepts.
 constexpr Variant kVariants[] = {
-    {"base", 1, 32, false, 0, 8, 1, "awq_linear.cu kernel: 32-bit loads, DSMEM chain reduction"},
-    {"r32", 1, 32, false, 0, 8, 1, "v2, 32-bit loads, 32-row tasks (base + two-level reduction)"},
-    {"r32p", 1, 32, true, 0, 8, 1, "v2, 32-bit loads, 32-row tasks, prefetch next task"},
-    {"r16p", 1, 16, true, 0, 8, 1, "v2, 32-bit loads, 16-row tasks, prefetch"},
-    {"r64", 1, 64, false, 0, 8, 1, "v2, 32-bit loads, 64-row tasks"},
-    {"r32w8", 1, 32, false, 8, 8, 1, "v2, 32-bit loads, 32-row tasks, <= 8 warps per block"},
-    {"v2r32", 2, 32, false, 0, 8, 1, "v2, 64-bit loads, 32-row tasks"},
-    {"v2r32p", 2, 32, true, 0, 8, 1, "v2, 64-bit loads, 32-row tasks, prefetch"},
-    {"v4r32", 4, 32, false, 0, 8, 1, "v2, 128-bit loads, 32-row tasks"},
-    {"v4r32p", 4, 32, true, 0, 8, 1, "v2, 128-bit loads, 32-row tasks, prefetch"},
-    {"v4r16p", 4, 16, true, 0, 8, 1, "v2, 128-bit loads, 16-row tasks, prefetch"},
-    {"v4r64", 4, 64, false, 0, 8, 1, "v2, 128-bit loads, 64-row tasks"},
-    {"v4r32c16", 4, 32, false, 0, 16, 1, "v2, 128-bit loads, 32-row tasks, clusters <= 16"},
-    {"v4r32pc16", 4, 32, true, 0, 16, 1, "v2, 128-bit loads, 32-row tasks, prefetch, clusters <= 16"},
-    {"v4r16k2", 4, 16, false, 0, 8, 2, "v2, 128-bit loads, 16-row tasks, >= 2 tasks per warp"},
-    {"v4r16pk4", 4, 16, true, 0, 8, 4, "v2, 128-bit loads, 16-row tasks, prefetch, >= 4 tasks/warp"},
+    {"base", 1, 32, false, 0, 8, 1, 0, "awq_linear.cu kernel: 32-bit loads, DSMEM chain reduction"},
+    {"r32", 1, 32, false, 0, 8, 1, 0, "v2, 32-bit loads, 32-row tasks (base + two-level reduction)"},
+    {"r32p", 1, 32, true, 0, 8, 1, 0, "v2, 32-bit loads, 32-row tasks, prefetch next task"},
+    {"r16p", 1, 16, true, 0, 8, 1, 0, "v2, 32-bit loads, 16-row tasks, prefetch"},
+    {"r64", 1, 64, false, 0, 8, 1, 0, "v2, 32-bit loads, 64-row tasks"},
+    {"r32w8", 1, 32, false, 8, 8, 1, 0, "v2, 32-bit loads, 32-row tasks, <= 8 warps per block"},
+    {"v2r32", 2, 32, false, 0, 8, 1, 0, "v2, 64-bit loads, 32-row tasks"},
+    {"v2r32p", 2, 32, true, 0, 8, 1, 0, "v2, 64-bit loads, 32-row tasks, prefetch"},
+    {"v4r32", 4, 32, false, 0, 8, 1, 0, "v2, 128-bit loads, 32-row tasks"},
+    {"v4r32p", 4, 32, true, 0, 8, 1, 0, "v2, 128-bit loads, 32-row tasks, prefetch"},
+    {"v4r16p", 4, 16, true, 0, 8, 1, 0, "v2, 128-bit loads, 16-row tasks, prefetch"},
+    {"v4r64", 4, 64, false, 0, 8, 1, 0, "v2, 128-bit loads, 64-row tasks"},
+    {"v4r32c16", 4, 32, false, 0, 16, 1, 0, "v2, 128-bit loads, 32-row tasks, clusters <= 16"},
+    {"v4r32pc16", 4, 32, true, 0, 16, 1, 0, "v2, 128-bit loads, 32-row tasks, prefetch, clusters <= 16"},
+    {"v4r16k2", 4, 16, false, 0, 8, 2, 0, "v2, 128-bit loads, 16-row tasks, >= 2 tasks per warp"},
+    {"v4r16pk4", 4, 16, true, 0, 8, 4, 0, "v2, 128-bit loads, 16-row tasks, prefetch, >= 4 tasks/warp"},
+    {"tiled", 0, 0, false, 0, 0, 0, 4, "tiled layout, whole-K warps, tensor-core MMA, 4 chunks per batch"},
 };
 constexpr int kVariantCount = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
 
@@ -374,6 +400,244 @@ V2Kernel v2_kernel(int kernel_rows, int vec, int tr, bool prefetch) {
   }
 }
 
+// ---- the tiled-layout GEMV (variant "tiled"; the header comment) ----
+
+constexpr int kTiledMaxWarps = 16;  // warps per block at most (the K split of one output tile)
+
+struct TiledParams {
+  const uint4* qweight;     // [tiles, chunks, 32 lanes] 16-byte lane slices (awq_linear.hpp)
+  const uint8_t* zeros;     // [tiles, groups, 8]
+  const uint32_t* scales;   // [tiles, groups, 8] f16 pairs (scale of row g, of row g + 8)
+  const uint16_t* x;        // bf16 [rows, in]
+  void* y;                  // [rows, out]
+  int64_t out, in;
+  int chunks, groups;       // in / 64, in / group_size
+  int chunk_shift;          // chunks per group = 1 << chunk_shift
+  int groups_per_warp;      // the K range of a warp: groups [warp·gpw, (warp + 1)·gpw)
+  int rows;                 // token rows, 1..8
+  bool y_f32;
+};
+
+// 16 bytes of qweight, read once: not kept in L1.
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+// The B fragments of one chunk for this lane: b[2s], b[2s + 1] = x[row, k + 4s .. k + 4s + 4)
+// as bf16 pairs (k = 64·chunk + 16·(lane % 4)); zeros for rows past the token rows. X16: x and
+// its rows 16-byte aligned (two 16-byte loads), else 2-byte loads.
+template <bool X16>
+__device__ __forceinline__ void load_x(const TiledParams& p, int row, int64_t k, uint32_t (&b)[8]) {
+  if (row >= p.rows) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) b[i] = 0u;
+    return;
+  }
+  const uint16_t* src = p.x + row * p.in + k;
+  if constexpr (X16) {
+    const uint4 lo = __ldg(reinterpret_cast<const uint4*>(src));
+    const uint4 hi = __ldg(reinterpret_cast<const uint4*>(src) + 1);
+    b[0] = lo.x, b[1] = lo.y, b[2] = lo.z, b[3] = lo.w;
+    b[4] = hi.x, b[5] = hi.y, b[6] = hi.z, b[7] = hi.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+      b[i] = uint32_t{__ldg(src + 2 * i)} | uint32_t{__ldg(src + 2 * i + 1)} << 16;
+  }
+}
+
+// Nibbles n and n + 4 of `word` (n = 0..3, after the shift by 4n) as the bf16 pair
+// (128 + code_n, 128 + code_{n+4}): each nibble placed in the low mantissa bits of 128.0
+// (0x4300), one LOP3.
+__device__ __forceinline__ uint32_t biased_pair(uint32_t shifted) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(shifted), "r"(0x000F000Fu), "r"(0x43004300u));
+  return d;
+}
+
+// a + neg_zero as bf16 pairs (neg_zero = -(128 + zero) in both halves): code - zero, exact.
+__device__ __forceinline__ uint32_t minus_zero(uint32_t a, uint32_t neg_zero) {
+  uint32_t d;
+  asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(0x3F803F80u), "r"(neg_zero));
+  return d;
+}
+
+// c += A·B for one mma.m16n8k16 (rows of A = outputs, columns of B = token rows).
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// One chunk (16 outputs x 64 inputs): 4 MMAs, word s of the lane's slice feeding step s.
+__device__ __forceinline__ void mma_chunk(const uint4& slice, const uint32_t (&b)[8],
+                                          uint32_t neg_zero_lo, uint32_t neg_zero_hi,
+                                          float (&c)[4]) {
+  const uint32_t words[4] = {slice.x, slice.y, slice.z, slice.w};
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const uint32_t w = words[s];
+    const uint32_t a[4] = {minus_zero(biased_pair(w), neg_zero_lo),
+                           minus_zero(biased_pair(w >> 4), neg_zero_hi),
+                           minus_zero(biased_pair(w >> 8), neg_zero_lo),
+                           minus_zero(biased_pair(w >> 12), neg_zero_hi)};
+    mma_bf16(c, a, b[2 * s], b[2 * s + 1]);
+  }
+}
+
+// -(128 + z) as a bf16 pair (z <= 15: exact).
+__device__ __forceinline__ uint32_t neg_biased_zero(uint32_t z) {
+  const uint32_t v = 0xC300u | z;  // sign bit set
+  return v | v << 16;
+}
+
+// grid: one block per output tile (16 outputs), block W·32 threads (W <= kTiledMaxWarps).
+template <int BATCH, bool X16>
+__global__ void __launch_bounds__(kTiledMaxWarps * 32) awq_gemv_tiled_kernel(const TiledParams p) {
+  __shared__ float red[kTiledMaxWarps][32][4];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int g = lane / 4, q = lane % 4;  // mma group (output row g, g + 8; token row g) and thread
+  const int64_t tile = blockIdx.x;
+  const int first_group = warp * p.groups_per_warp;
+  const int last_group = min(first_group + p.groups_per_warp, p.groups);
+  const int c_begin = first_group << p.chunk_shift;
+  const int c_end = max(last_group, first_group) << p.chunk_shift;
+  const int group_mask = (1 << p.chunk_shift) - 1;
+  const uint4* qw = p.qweight + tile * p.chunks * 32 + lane;
+  const uint8_t* zp = p.zeros + tile * p.groups * 8 + g;
+  const uint32_t* sp = p.scales + tile * p.groups * 8 + g;
+
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // C layout: (row g | g + 8, token 2q | 2q + 1)
+  float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};    // the current group's sum of (code - zero)·x
+  uint32_t neg_zero_lo = 0u, neg_zero_hi = 0u;
+  float2 scale = make_float2(0.0f, 0.0f);
+  for (int base = c_begin; base < c_end; base += BATCH) {  // warp-uniform
+    // All of a batch's loads in flight at once: BATCH x 16 bytes of qweight per lane and the
+    // zero and scale words of the groups starting in it.
+    uint4 slice[BATCH];
+    uint32_t zero_byte[BATCH], scale_pair[BATCH];
+#pragma unroll
+    for (int i = 0; i < BATCH; ++i) {
+      const int chunk = base + i;
+      if (chunk < c_end) {
+        slice[i] = load_streaming(qw + int64_t{chunk} * 32);
+        if ((chunk & group_mask) == 0) {
+          const int group = chunk >> p.chunk_shift;
+          zero_byte[i] = __ldg(zp + group * 8);
+          scale_pair[i] = __ldg(sp + group * 8);
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < BATCH; ++i) {
+      const int chunk = base + i;
+      if (chunk >= c_end) break;
+      uint32_t b[8];
+      load_x<X16>(p, g, int64_t{chunk} * 64 + 16 * q, b);
+      if ((chunk & group_mask) == 0) {
+        neg_zero_lo = neg_biased_zero(zero_byte[i] & 15u);
+        neg_zero_hi = neg_biased_zero(zero_byte[i] >> 4);
+        scale = __half22float2(*reinterpret_cast<const __half2*>(&scale_pair[i]));
+      }
+      mma_chunk(slice[i], b, neg_zero_lo, neg_zero_hi, c);
+      if ((chunk & group_mask) == group_mask) {  // the group's last chunk: scale it in
+        acc[0] = fmaf(scale.x, c[0], acc[0]);
+        acc[1] = fmaf(scale.x, c[1], acc[1]);
+        acc[2] = fmaf(scale.y, c[2], acc[2]);
+        acc[3] = fmaf(scale.y, c[3], acc[3]);
+        c[0] = c[1] = c[2] = c[3] = 0.0f;
+      }
+    }
+  }
+  // The K split of the tile: warps' sums added in warp order (deterministic).
+  if (warps > 1) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[warp][lane][i] = acc[i];
+    __syncthreads();
+    if (warp != 0) return;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float sum = red[0][lane][i];
+      for (int w = 1; w < warps; ++w) sum += red[w][lane][i];
+      acc[i] = sum;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int token = 2 * q + (i % 2);
+    const int64_t o = tile * 16 + g + 8 * (i / 2);
+    if (token >= p.rows) continue;
+    if (p.y_f32)
+      static_cast<float*>(p.y)[token * p.out + o] = acc[i];
+    else
+      static_cast<__nv_bfloat16*>(p.y)[token * p.out + o] = __float2bfloat16_rn(acc[i]);
+  }
+}
+
+using TiledKernel = void (*)(TiledParams);
+
+// Batch 4 only: 8 chunks per batch (104 registers, fewer warps resident) was slower on 9 of the 10
+// H100 cases of awq_bench gemv (e.g. 4096 -> 14336, 1 row: 20.8 vs 15.7 µs).
+TiledKernel tiled_kernel(int batch, bool x16) {
+  REFINERY_CHECK(batch == 4, "awq_gemv: no tiled kernel for batch ", batch);
+  return x16 ? awq_gemv_tiled_kernel<4, true> : awq_gemv_tiled_kernel<4, false>;
+}
+
+struct TiledPlan {
+  bool usable = false;  // a device with bf16 MMA and a kernel image for it
+  int warps = 0, groups_per_warp = 0;
+};
+
+// Warps per block: the largest power of two (<= kTiledMaxWarps, <= groups) at which every tile's
+// block is resident at once (one wave), so that the most warps stream at the same time; then as
+// few warps as cover the groups at that many groups per warp.
+TiledPlan make_tiled_plan(int device, int64_t tiles, int groups, int batch) {
+  TiledPlan p;
+  int major = 0, sms = 0;
+  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (major < 8) return p;
+  const TiledKernel kernel = tiled_kernel(batch, true);
+  cudaFuncAttributes attributes = {};
+  if (cudaFuncGetAttributes(&attributes, kernel) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return p;
+  }
+  if (attributes.binaryVersion < 80) return p;
+  int warps = 1;
+  for (int w = 2; w <= kTiledMaxWarps && w <= groups; w *= 2) {
+    int blocks = 0;
+    REFINERY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, 32 * w, 0));
+    if (int64_t{blocks} * sms < tiles) break;
+    warps = w;
+  }
+  p.groups_per_warp = (groups + warps - 1) / warps;
+  p.warps = (groups + p.groups_per_warp - 1) / p.groups_per_warp;
+  p.usable = tiles < (int64_t{1} << 31);
+  return p;
+}
+
+TiledPlan plan_tiled(const AwqDeviceMatrix& w, int batch) {
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 4>, TiledPlan> cache;
+  int device = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  const int64_t tiles = w.out / 16, groups = w.in / w.group_size;
+  const std::array<int64_t, 4> key{device, tiles, groups, batch};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(key);
+  if (it == cache.end())
+    it = cache.emplace(key, make_tiled_plan(device, tiles, static_cast<int>(groups), batch)).first;
+  return it->second;
+}
+
 // What a variant actually runs for a matrix and row count: vec 0 means the base kernel.
 struct V2Config {
   int kernel_rows = 0, vec = 0, tr = 0;
@@ -565,19 +829,72 @@ int awq_gemv_active_variant() {
   return active;
 }
 
+bool awq_gemv_variant_is_tiled(int variant) {
+  check_variant(variant);
+  return kVariants[variant].tiled_batch > 0;
+}
+
+// The variant that runs for a matrix of w's layout when `variant` is asked for.
+int variant_for_layout(const AwqDeviceMatrix& w, int variant) {
+  const bool tiled = w.layout == AwqLayout::kTiled;
+  if (awq_gemv_variant_is_tiled(variant) == tiled) return variant;
+  return tiled ? kAwqGemvDefaultVariant : kAwqGemvAutoAwqVariant;
+}
+
 std::string awq_gemv_variant_runs(const AwqDeviceMatrix& w, int64_t rows, int variant) {
   check_variant(variant);
-  if (variant == 0) return "base";
-  const V2Plan plan = plan_v2(w, rows, variant);
-  if (!plan.usable) return "base (fallback)";
+  const int v = variant_for_layout(w, variant);
+  const std::string other = v == variant ? "" : str(" (for ", kVariants[variant].name, ")");
+  if (kVariants[v].tiled_batch > 0) {
+    const TiledPlan plan = plan_tiled(w, kVariants[v].tiled_batch);
+    if (!plan.usable) return "none (no tiled kernel for this device)";
+    return str("tiled batch", kVariants[v].tiled_batch, " W", plan.warps, " groups/warp ",
+               plan.groups_per_warp, " tiles ", w.out / 16, other);
+  }
+  if (v == 0) return "base" + other;
+  const V2Plan plan = plan_v2(w, rows, v);
+  if (!plan.usable) return "base (fallback)" + other;
   return str("v2 rows", plan.config.kernel_rows, " vec", plan.config.vec, " tr", plan.config.tr,
              plan.config.prefetch ? " prefetch" : "", " S", plan.cluster, " W", plan.warps,
-             " tiles", plan.tiles);
+             " tiles", plan.tiles, other);
+}
+
+bool awq_gemv_tiled_usable(const AwqDeviceMatrix& w) {
+  if (w.layout != AwqLayout::kTiled) return false;
+  return plan_tiled(w, kVariants[kAwqGemvDefaultVariant].tiled_batch).usable;
+}
+
+void awq_gemv_tiled_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
+                           bool y_f32, int variant, void* stream) {
+  const int batch = kVariants[variant_for_layout(w, variant)].tiled_batch;
+  REFINERY_CHECK(w.layout == AwqLayout::kTiled && batch > 0 && rows >= 1 && rows <= 8,
+                 "awq_gemv: tiled launch of a matrix in the AutoAWQ layout or ", rows, " rows");
+  const TiledPlan plan = plan_tiled(w, batch);
+  REFINERY_CHECK(plan.usable, "awq_gemv: no tiled kernel for this device");
+  int shift = 0;
+  while ((int64_t{64} << shift) < w.group_size) ++shift;
+  const TiledParams params{reinterpret_cast<const uint4*>(w.qweight),
+                           reinterpret_cast<const uint8_t*>(w.qzeros),
+                           static_cast<const uint32_t*>(w.scales),
+                           static_cast<const uint16_t*>(x),
+                           y,
+                           w.out,
+                           w.in,
+                           static_cast<int>(w.in / 64),
+                           static_cast<int>(w.in / w.group_size),
+                           shift,
+                           plan.groups_per_warp,
+                           static_cast<int>(rows),
+                           y_f32};
+  const bool x16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
+  tiled_kernel(batch, x16)<<<static_cast<unsigned>(w.out / 16), 32 * plan.warps, 0,
+                             static_cast<cudaStream_t>(stream)>>>(params);
+  REFINERY_CUDA_CHECK_LAUNCH("awq_gemv (tiled)");
 }
 
 bool awq_gemv_v2_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
                         bool y_f32, int variant, void* stream) {
-  if (variant <= 0 || variant >= kVariantCount) return false;
+  if (variant <= 0 || variant >= kVariantCount || kVariants[variant].tiled_batch > 0) return false;
   const V2Plan plan = plan_v2(w, rows, variant);
   if (!plan.usable) return false;
   const V2Params params{reinterpret_cast<const uint32_t*>(w.qweight),
@@ -606,7 +923,12 @@ void awq_gemv_bf16_variant(const AwqDeviceMatrix& w, const void* x, int64_t rows
   REFINERY_CHECK(awq_gemv_supports(w, rows), "awq_gemv: unsupported sizes: rows ", rows, ", group ",
                  w.group_size, ", in ", w.in, ", out ", w.out);
   REFINERY_CHECK(x != nullptr && y != nullptr, "awq_gemv: null x or y");
-  if (!awq_gemv_v2_launch(w, x, rows, y, y_f32, variant, stream))
+  if (w.layout == AwqLayout::kTiled) {
+    awq_gemv_tiled_launch(w, x, rows, y, y_f32, variant, stream);
+    return;
+  }
+  const int v = variant_for_layout(w, variant);
+  if (!awq_gemv_v2_launch(w, x, rows, y, y_f32, v, stream))
     awq_gemv_base_launch(w, x, rows, y, y_f32, stream);
 }
 

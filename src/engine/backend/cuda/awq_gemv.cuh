@@ -1,6 +1,6 @@
 #pragma once
-// Internal to the AWQ GEMV's .cu files (awq_linear.cu: the base kernel; awq_gemv.cu: the variants
-// and the variant dispatch). Not for g++-compiled code: see awq_linear.hpp for the public API.
+// Internal to the AWQ GEMV's .cu files (awq_linear.cu: the base kernel; awq_gemv.cu: the tiled
+// kernel, the variants and the variant dispatch). Not for g++-compiled code: see awq_linear.hpp for the public API.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -18,6 +18,14 @@ void awq_gemv_base_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows,
 // when the variant falls back to base for this matrix and row count (or is base itself).
 bool awq_gemv_v2_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
                         bool y_f32, int variant, void* stream);
+
+// Whether the tiled GEMV (awq_gemv.cu) runs on this device for a tiled matrix (false for an
+// AutoAWQ-layout one).
+bool awq_gemv_tiled_usable(const AwqDeviceMatrix& w);
+// Launches the tiled GEMV for a tiled matrix, `variant` picking its configuration (an AutoAWQ
+// variant: the default tiled one), after the argument checks of awq_gemv_bf16 have passed.
+void awq_gemv_tiled_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* y,
+                           bool y_f32, int variant, void* stream);
 
 // Launches kernel(params) on tiles x cluster blocks of 32 x warps threads, grouped in thread-block
 // clusters of `cluster` blocks along x (sm_90; both GEMV kernel families reduce K across the

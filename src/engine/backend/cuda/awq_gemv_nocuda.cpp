@@ -15,6 +15,8 @@ std::string awq_gemv_variant_description(int /*variant*/) {
   return "none (build without the CUDA backend)";
 }
 
+bool awq_gemv_variant_is_tiled(int /*variant*/) { return false; }
+
 int awq_gemv_active_variant() { return kAwqGemvDefaultVariant; }
 
 std::string awq_gemv_variant_runs(const AwqDeviceMatrix& /*w*/, int64_t /*rows*/,

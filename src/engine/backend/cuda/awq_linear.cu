@@ -1,7 +1,16 @@
 // AutoAWQ (W4/W3/W8, group-quantized) linear layers on the GPU; see awq_linear.hpp for the format.
 //
-// GEMV (decode, rows 1..8), bandwidth-bound. What follows is variant 0 ("base"); awq_gemv.cu
-// holds the other variants (awq_gemv_bf16 runs kAwqGemvDefaultVariant, REFINERY_AWQ_GEMV overrides).
+// Layouts (awq_linear.hpp): awq_device_matrix gives a matrix the tiled layout when it can
+// (awq_device_layout), rewriting the device copy: the backend's cached copy of a read-only host
+// tensor in place, once (a registry of tiled device storages, weak pointers, tells a copy already
+// rewritten from a new one at a reused address); a per-call copy or the caller's device tensor
+// into a new tensor. Repack kernels: one thread per destination word / byte / f16, gathering from
+// the AutoAWQ tensors (a one-time pass). The tiled GEMV is awq_gemv.cu's; the tiled dequantize is
+// below (awq_dequant_tiled_kernel).
+//
+// GEMV (decode, rows 1..8) on the AutoAWQ layout, bandwidth-bound. What follows is variant 0
+// ("base"); awq_gemv.cu holds the other variants (kAwqGemvAutoAwqVariant runs for AutoAWQ-layout
+// matrices by default, REFINERY_AWQ_GEMV overrides).
 // Base: every qweight int32 is read exactly once, by one
 // kernel (no second pass, no atomics). It needs thread-block clusters (sm_90); elsewhere
 // awq_gemv_supports is false and linear() takes the dequantize + GEMM path.
@@ -41,7 +50,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 
 #include "engine/backend/cuda/awq_gemv.cuh"
@@ -292,6 +303,105 @@ __global__ void __launch_bounds__(kDequantThreads) awq_dequant_kernel(const Dequ
   }
 }
 
+// ---- the tiled layout (awq_linear.hpp): repack at upload, dequantize for prefill ----
+
+constexpr int kRepackThreads = 256;
+
+unsigned repack_blocks(int64_t n) {
+  return static_cast<unsigned>(std::min<int64_t>((n + kRepackThreads - 1) / kRepackThreads, 65535 * 16));
+}
+
+// AutoAWQ 4-bit code of output o in row `row` of a packed [rows, words] int32 tensor.
+__device__ __forceinline__ uint32_t autoawq_code(const uint32_t* t, int64_t row, int64_t words,
+                                                 int64_t o) {
+  return (__ldg(t + row * words + o / 8) >> (4 * awq_autoawq_nibble(static_cast<int>(o % 8)))) & 15u;
+}
+
+// dst: tiled qweight (n = in · out / 8 words), word i gathered from 8 codes of src [in, words].
+__global__ void tile_qweight_kernel(const uint32_t* src, uint32_t* dst, int64_t in, int64_t words,
+                                    int64_t n) {
+  const int64_t chunks = in / 64;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int s = static_cast<int>(i % 4), lane = static_cast<int>((i / 4) % 32);
+    const int64_t tile = i / 128 / chunks, chunk = i / 128 % chunks;
+    uint32_t word = 0;
+#pragma unroll
+    for (int nib = 0; nib < 8; ++nib) {
+      const int64_t o = tile * 16 + lane / 4 + 8 * awq_tiled_half_of(nib);
+      const int64_t k = chunk * 64 + 16 * (lane % 4) + 4 * s + awq_tiled_input_of(nib);
+      word |= autoawq_code(src, k, words, o) << (4 * nib);
+    }
+    dst[i] = word;
+  }
+}
+
+// dst: tiled zeros (n = groups · out / 2 bytes) from src qzeros [groups, words].
+__global__ void tile_zeros_kernel(const uint32_t* src, uint8_t* dst, int64_t groups, int64_t words,
+                                  int64_t n) {
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t tile = i / 8 / groups, group = i / 8 % groups;
+    const int64_t o = tile * 16 + i % 8;
+    dst[i] = static_cast<uint8_t>(autoawq_code(src, group, words, o) |
+                                  autoawq_code(src, group, words, o + 8) << 4);
+  }
+}
+
+// dst: tiled scales (n = groups · out f16) from src scales [groups, out].
+__global__ void tile_scales_kernel(const uint16_t* src, uint16_t* dst, int64_t groups, int64_t out,
+                                   int64_t n) {
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t meta = i / 2, tile = meta / 8 / groups, group = meta / 8 % groups;
+    const int64_t o = tile * 16 + meta % 8 + 8 * (i % 2);
+    dst[i] = src[group * out + o];
+  }
+}
+
+struct TiledDequantParams {
+  const uint32_t* qweight;  // tiled
+  const uint8_t* zeros;
+  const __half* scales;
+  int64_t in, groups, group_size;
+  int64_t o_begin, n_out;
+  __nv_bfloat16* dst;  // [n_out, in]
+};
+
+// One thread per (output row, 8 consecutive inputs): the 2 tiled words that hold them (8 bytes of
+// one lane's slice), one 16-byte store (ALIGNED: dst 16-byte aligned) or 8 2-byte stores.
+// Consecutive threads take consecutive inputs of a row: a warp writes 512 contiguous bytes and
+// reads 64-byte runs of 4 chunks. The values are those of the AutoAWQ-layout kernel, bitwise.
+template <bool ALIGNED>
+__global__ void __launch_bounds__(kDequantThreads)
+    awq_dequant_tiled_kernel(const TiledDequantParams p) {
+  const int64_t per_row = p.in / 8, n = p.n_out * per_row;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t ol = i / per_row, k = i % per_row * 8, o = p.o_begin + ol;
+    const AwqTiledPosition pos = awq_tiled_position(o, k, p.in);  // word s = 0 or 2 of a slice
+    const uint2 two = *reinterpret_cast<const uint2*>(p.qweight + pos.word);
+    const int h = static_cast<int>((o % 16) / 8);
+    const int64_t group = k / p.group_size;
+    const float zero = static_cast<float>((p.zeros[awq_tiled_meta(o, group, p.groups)] >> (4 * h)) & 15);
+    const float scale = __half2float(p.scales[awq_tiled_scale(o, group, p.groups)]);
+    __align__(16) __nv_bfloat16 v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t word = j < 4 ? two.x : two.y;
+      const uint32_t code = (word >> (4 * awq_tiled_nibble(j % 4, h))) & 15u;
+      v[j] = __float2bfloat16_rn((static_cast<float>(code) - zero) * scale);
+    }
+    __nv_bfloat16* dst = p.dst + ol * p.in + k;
+    if constexpr (ALIGNED) {
+      *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(v);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) dst[j] = v[j];
+    }
+  }
+}
+
 int pack_of(const AwqDeviceMatrix& w) { return w.bits == 8 ? 4 : 8; }
 
 // Input rows per GEMV task: the largest divisor of the group size up to kTaskRows (a task reads
@@ -438,6 +548,12 @@ void check_matrix(const AwqDeviceMatrix& w, const char* op) {
                  w.out, ", in ", w.in, ", words ", w.words, ")");
   REFINERY_CHECK(w.qweight != nullptr && w.qzeros != nullptr && w.scales != nullptr, op,
                  ": null AWQ tensor pointer");
+  REFINERY_CHECK(w.layout == AwqLayout::kAutoAwq ||
+                     (awq_tiled_supported(w.bits, w.group_size, w.out, w.in) &&
+                      reinterpret_cast<std::uintptr_t>(w.qweight) % 16 == 0 &&
+                      reinterpret_cast<std::uintptr_t>(w.scales) % 4 == 0),
+                 op, ": a tiled AWQ matrix of unsupported size or alignment (bits ", w.bits,
+                 ", group ", w.group_size, ", out ", w.out, ", in ", w.in, ")");
 }
 
 }  // namespace
@@ -446,6 +562,7 @@ bool awq_gemv_supports(const AwqDeviceMatrix& w, int64_t rows) {
   if (rows < 1 || rows > kAwqGemvMaxRows || w.group_size <= 0 || w.in <= 0 || w.words <= 0 ||
       w.in % w.group_size != 0)
     return false;
+  if (w.layout == AwqLayout::kTiled) return awq_gemv_tiled_usable(w);
   const GemvPlan plan = plan_gemv(w, rows);
   return plan.usable && plan.tiles * plan.cluster < (int64_t{1} << 31);
 }
@@ -462,7 +579,12 @@ void awq_gemv_bf16(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* 
                  w.group_size, ", in ", w.in, ", out ", w.out);
   REFINERY_CHECK(x != nullptr && y != nullptr, "awq_gemv: null x or y");
   const int variant = awq_gemv_active_variant();
-  if (variant != 0 && awq_gemv_v2_launch(w, x, rows, y, y_f32, variant, stream)) return;
+  if (w.layout == AwqLayout::kTiled) {
+    awq_gemv_tiled_launch(w, x, rows, y, y_f32, variant, stream);
+    return;
+  }
+  const int v = awq_gemv_variant_is_tiled(variant) ? kAwqGemvAutoAwqVariant : variant;
+  if (v != 0 && awq_gemv_v2_launch(w, x, rows, y, y_f32, v, stream)) return;
   awq_gemv_base_launch(w, x, rows, y, y_f32, stream);
 }
 
@@ -494,6 +616,27 @@ void awq_dequantize_bf16(const AwqDeviceMatrix& w, int64_t word_begin, int64_t w
       word_begin >= 0 && word_count >= 0 && word_begin + word_count <= w.words && out != nullptr,
       "awq_dequantize: words [", word_begin, ", +", word_count, ") of ", w.words);
   if (word_count == 0) return;
+  if (w.layout == AwqLayout::kTiled) {
+    const TiledDequantParams params{reinterpret_cast<const uint32_t*>(w.qweight),
+                                    reinterpret_cast<const uint8_t*>(w.qzeros),
+                                    static_cast<const __half*>(w.scales),
+                                    w.in,
+                                    w.in / w.group_size,
+                                    w.group_size,
+                                    word_begin * 8,
+                                    word_count * 8,
+                                    static_cast<__nv_bfloat16*>(out)};
+    const int64_t n = word_count * w.in;  // threads: (8 outputs per word) x (in / 8)
+    const unsigned blocks = static_cast<unsigned>(
+        std::min<int64_t>((n + kDequantThreads - 1) / kDequantThreads, int64_t{1} << 20));
+    const auto s = static_cast<cudaStream_t>(stream);
+    if (reinterpret_cast<std::uintptr_t>(out) % 16 == 0)
+      awq_dequant_tiled_kernel<true><<<blocks, kDequantThreads, 0, s>>>(params);
+    else
+      awq_dequant_tiled_kernel<false><<<blocks, kDequantThreads, 0, s>>>(params);
+    REFINERY_CUDA_CHECK_LAUNCH("awq_dequantize (tiled)");
+    return;
+  }
   const int64_t tiles_y = (word_count + kTileWords - 1) / kTileWords;
   const int64_t tiles_x = (w.in + kTileInputs - 1) / kTileInputs;
   REFINERY_CHECK(tiles_y <= 65535 && tiles_x < (int64_t{1} << 31),
@@ -526,6 +669,75 @@ void awq_dequantize_bf16(const AwqDeviceMatrix& w, int64_t word_begin, int64_t w
   REFINERY_CUDA_CHECK_LAUNCH("awq_dequantize");
 }
 
+AwqLayout awq_device_layout(int bits, int64_t group_size, int64_t out, int64_t in) {
+  return awq_tiled_supported(bits, group_size, out, in) &&
+                 awq_gemv_variant_is_tiled(awq_gemv_active_variant())
+             ? AwqLayout::kTiled
+             : AwqLayout::kAutoAwq;
+}
+
+namespace {
+
+// The three tiled tensors, each on its own (awq_device_matrix repacks them independently).
+void tile_qweight(const AwqDeviceMatrix& m, const void* src, void* dst, cudaStream_t s) {
+  const int64_t n = m.in * m.words;
+  tile_qweight_kernel<<<repack_blocks(n), kRepackThreads, 0, s>>>(
+      static_cast<const uint32_t*>(src), static_cast<uint32_t*>(dst), m.in, m.words, n);
+  REFINERY_CUDA_CHECK_LAUNCH("awq repack (qweight)");
+}
+void tile_zeros(const AwqDeviceMatrix& m, const void* src, void* dst, cudaStream_t s) {
+  const int64_t groups = m.in / m.group_size, n = groups * m.out / 2;
+  tile_zeros_kernel<<<repack_blocks(n), kRepackThreads, 0, s>>>(
+      static_cast<const uint32_t*>(src), static_cast<uint8_t*>(dst), groups, m.words, n);
+  REFINERY_CUDA_CHECK_LAUNCH("awq repack (qzeros)");
+}
+void tile_scales(const AwqDeviceMatrix& m, const void* src, void* dst, cudaStream_t s) {
+  const int64_t groups = m.in / m.group_size, n = groups * m.out;
+  tile_scales_kernel<<<repack_blocks(n), kRepackThreads, 0, s>>>(
+      static_cast<const uint16_t*>(src), static_cast<uint16_t*>(dst), groups, m.out, n);
+  REFINERY_CUDA_CHECK_LAUNCH("awq repack (scales)");
+}
+
+// Device storages that hold the tiled layout already: the backend's cached copies of read-only
+// host tensors (CudaBackend::on_device), rewritten in place once. The weak pointer tells a
+// storage from a later one at the same address (the backend freed, a new copy allocated).
+std::mutex& tiled_registry_mutex() {
+  static std::mutex mutex;
+  return mutex;
+}
+std::map<const void*, std::weak_ptr<Storage>>& tiled_registry() {
+  static auto* registry = new std::map<const void*, std::weak_ptr<Storage>>();  // never destroyed
+  return *registry;
+}
+bool is_tiled(const Tensor& d) {  // under tiled_registry_mutex
+  const auto it = tiled_registry().find(d.storage().get());
+  return it != tiled_registry().end() && it->second.lock() == d.storage();
+}
+void mark_tiled(const Tensor& d) {  // under tiled_registry_mutex
+  static std::size_t sweep_at = 1024;
+  auto& registry = tiled_registry();
+  registry[d.storage().get()] = d.storage();
+  if (registry.size() >= sweep_at) {  // drop freed storages, amortized
+    std::erase_if(registry, [](const auto& entry) { return entry.second.expired(); });
+    sweep_at = 2 * registry.size() + 1024;
+  }
+}
+
+}  // namespace
+
+void awq_repack_tiled(const AwqDeviceMatrix& src, int32_t* qweight, void* zeros, void* scales,
+                      void* stream) {
+  check_matrix(src, "awq_repack_tiled");
+  REFINERY_CHECK(src.layout == AwqLayout::kAutoAwq &&
+                     awq_tiled_supported(src.bits, src.group_size, src.out, src.in) &&
+                     qweight != nullptr && zeros != nullptr && scales != nullptr,
+                 "awq_repack_tiled: needs an AutoAWQ-layout matrix of a tiled size and buffers");
+  const auto s = static_cast<cudaStream_t>(stream);
+  tile_qweight(src, src.qweight, qweight, s);
+  tile_zeros(src, src.qzeros, zeros, s);
+  tile_scales(src, src.scales, scales, s);
+}
+
 // ---- backend glue ----
 
 AwqDeviceMatrix awq_device_matrix(CudaBackend& be, const AwqWeight& w, const std::string& name,
@@ -552,19 +764,46 @@ AwqDeviceMatrix awq_device_matrix(CudaBackend& be, const AwqWeight& w, const std
   require(w.qweight, "qweight", DType::kI32, {w.in, words});
   require(w.qzeros, "qzeros", DType::kI32, {groups, words});
   require(w.scales, "scales", DType::kF16, {groups, w.out});
-  const std::size_t at = keep.size();
-  keep.push_back(be.on_device(w.qweight));
-  keep.push_back(be.on_device(w.qzeros));
-  keep.push_back(be.on_device(w.scales));
   AwqDeviceMatrix m;
-  m.qweight = keep[at].data<int32_t>();
-  m.qzeros = keep[at + 1].data<int32_t>();
-  m.scales = keep[at + 2].data();
   m.bits = w.bits;
   m.group_size = w.group_size;
   m.out = w.out;
   m.in = w.in;
   m.words = words;
+  m.layout = awq_device_layout(w.bits, w.group_size, w.out, w.in);
+  const Tensor* host[3] = {&w.qweight, &w.qzeros, &w.scales};
+  void (*const tile[3])(const AwqDeviceMatrix&, const void*, void*, cudaStream_t) = {
+      tile_qweight, tile_zeros, tile_scales};
+  const void* ptr[3] = {};
+  for (int i = 0; i < 3; ++i) {
+    Tensor d = be.on_device(*host[i]);
+    if (m.layout == AwqLayout::kTiled) {
+      const auto s = static_cast<cudaStream_t>(be.stream());
+      if (host[i]->device() == Device::kCPU && host[i]->is_read_only()) {
+        // The backend's cached copy: rewritten in place, once.
+        std::lock_guard<std::mutex> lock(tiled_registry_mutex());
+        if (!is_tiled(d)) {
+          Tensor source = be.empty(d.dtype(), d.shape());
+          REFINERY_CUDA_CHECK(cudaMemcpyAsync(source.mutable_data(), d.data(), d.nbytes(),
+                                              cudaMemcpyDeviceToDevice, s));
+          tile[i](m, source.data(), d.mutable_data(), s);
+          mark_tiled(d);
+        }
+      } else {
+        // A per-call copy (writable host tensor) or the caller's device tensor: tiled into a new
+        // tensor (the source is freed after the kernel in stream order, or stays the caller's).
+        Tensor tiled = be.empty(d.dtype(), d.shape());
+        tile[i](m, d.data(), tiled.mutable_data(), s);
+        d = tiled;
+      }
+    }
+    ptr[i] = d.data();
+    keep.push_back(d);
+  }
+  m.qweight = static_cast<const int32_t*>(ptr[0]);
+  m.qzeros = static_cast<const int32_t*>(ptr[1]);
+  m.scales = ptr[2];
+  if (m.layout == AwqLayout::kTiled) check_matrix(m, "awq_device_matrix");
   return m;
 }
 

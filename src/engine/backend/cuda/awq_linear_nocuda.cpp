@@ -28,6 +28,15 @@ void awq_dequantize_bf16(const AwqDeviceMatrix& /*w*/, int64_t /*word_begin*/,
   no_cuda("awq_dequantize_bf16");
 }
 
+AwqLayout awq_device_layout(int /*bits*/, int64_t /*group_size*/, int64_t /*out*/, int64_t /*in*/) {
+  return AwqLayout::kAutoAwq;
+}
+
+void awq_repack_tiled(const AwqDeviceMatrix& /*src*/, int32_t* /*qweight*/, void* /*zeros*/,
+                      void* /*scales*/, void* /*stream*/) {
+  no_cuda("awq_repack_tiled");
+}
+
 AwqDeviceMatrix awq_device_matrix(CudaBackend& /*be*/, const AwqWeight& /*w*/,
                                   const std::string& /*name*/, std::vector<Tensor>& /*keep*/) {
   no_cuda("awq_device_matrix");

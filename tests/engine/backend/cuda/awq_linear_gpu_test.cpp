@@ -8,7 +8,9 @@
 //   GEMV (rows <= 8): W is exact in f32 (code - zero exact, exact products) and every term goes
 //     through at most 32 (rows of a task) + k (tasks of a warp) + S·W <= 128 (the warps of a
 //     column tile, summed in order) + 2 (scale, bf16 x exact) f32 roundings; k + S·W stays below
-//     ~160 for every shape here (in <= 14336, 448 tasks): depth <= ~200, |Δ| <= 2e-5 · A;
+//     ~160 for every shape here (in <= 14336, 448 tasks): depth <= ~200, |Δ| <= 2e-5 · A; the
+//     tiled kernel (tensor cores: a group's products summed in f32, then scaled, then groups and
+//     <= 16 warps added in order) is shallower: <= 8·16 + 224 + 16 for in <= 14336;
 //   dequantize + GEMM (rows > 8): W rounded to bf16 (<= 2^-9 relative) then an f32-accumulated
 //     GEMM: |Δ| <= 2^-8 · A;
 //   a bf16 output adds its rounding, <= 2^-8 · |y| (half an ulp is 2^-9);
@@ -23,6 +25,7 @@
 
 #include "cuda_test_util.hpp"
 #include "engine/backend/cuda/awq_linear.hpp"
+#include "engine/core/device_memory.hpp"
 #include "engine/core/error.hpp"
 
 namespace refinery {
@@ -146,7 +149,9 @@ TEST(AwqLinearGpu, MatchesHostDequantizedReference) {
   const Shape shapes[] = {{4, 32, 200, 96},   {4, 64, 72, 192}, {3, 128, 328, 384},
                           {8, 64, 204, 128},  {8, 32, 8, 32},   {4, 128, 1032, 4096},
                           {3, 32, 40, 32},    {4, 20, 40, 60},  {8, 12, 20, 36},
-                          {4, 128, 136, 1024}};
+                          {4, 128, 136, 1024},
+                          // tiled layout (out % 16 == 0, group 64·2^i): GEMV and tiled dequantize
+                          {4, 128, 256, 1024}, {3, 64, 48, 192},  {4, 256, 32, 512}};
   uint64_t seed = 7000;
   for (const Shape& s : shapes) {
     const HostAwq h = random_awq(s.bits, s.group, s.out, s.in, ++seed);
@@ -267,40 +272,147 @@ TEST(AwqLinearGpu, GemvEveryVariant) {
     }
 }
 
+// The tiled layout (awq_linear.hpp): the GPU repack equals the host repack bitwise; the tiled
+// GEMV variants match the reference (GEMV bounds at the top of this file: a group's 128 products
+// are summed by the tensor cores in f32, then scaled and added in f32 in group order, then at most
+// 16 warps' sums in order) and are deterministic; the tiled dequantization equals the AutoAWQ one
+// bitwise, on whole and partial (word-aligned, not tile-aligned) row ranges.
+TEST(AwqLinearGpu, TiledRepackGemvAndDequantize) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  namespace bc = backend::cuda;
+  auto be = backend::make_cuda_backend(0);
+  const Shape shapes[] = {{4, 128, 1024, 4096}, {3, 64, 320, 1536}, {4, 256, 32, 512},
+                          {4, 128, 208, 14336}, {4, 64, 16, 64},    {4, 128, 4096, 256}};
+  uint64_t seed = 9800;
+  for (const Shape& s : shapes) {
+    ASSERT_TRUE(bc::awq_tiled_supported(s.bits, s.group, s.out, s.in));
+    const HostAwq h = random_awq(s.bits, s.group, s.out, s.in, ++seed);
+    const Tensor qweight = gpu(h.w.qweight), qzeros = gpu(h.w.qzeros), scales = gpu(h.w.scales);
+    bc::AwqDeviceMatrix m;
+    m.qweight = qweight.data<int32_t>();
+    m.qzeros = qzeros.data<int32_t>();
+    m.scales = scales.data();
+    m.bits = s.bits;
+    m.group_size = s.group;
+    m.out = s.out;
+    m.in = s.in;
+    m.words = s.out / 8;
+    Tensor tq = gpu(Tensor::zeros(DType::kI32, h.w.qweight.shape()));
+    Tensor tz = gpu(Tensor::zeros(DType::kI32, h.w.qzeros.shape()));
+    Tensor ts = gpu(Tensor::zeros(DType::kF16, h.w.scales.shape()));
+    bc::awq_repack_tiled(m, tq.mutable_data<int32_t>(), tz.mutable_data(), ts.mutable_data(),
+                         nullptr);
+    const std::string what = str("bits ", s.bits, " group ", s.group, " out ", s.out, " in ", s.in);
+    {  // GPU repack == host repack, bitwise
+      Tensor hq = Tensor::empty(DType::kI32, h.w.qweight.shape());
+      Tensor hz = Tensor::empty(DType::kI32, h.w.qzeros.shape());
+      Tensor hs = Tensor::empty(DType::kF16, h.w.scales.shape());
+      bc::awq_tile_host(h.w.qweight.data<int32_t>(), h.w.qzeros.data<int32_t>(),
+                        static_cast<const uint16_t*>(h.w.scales.data()), s.out, s.in, s.group,
+                        hq.mutable_data<int32_t>(), static_cast<uint8_t*>(hz.mutable_data()),
+                        static_cast<uint16_t*>(hs.mutable_data()));
+      const Tensor dq = tq.to(Device::kCPU), dz = tz.to(Device::kCPU), ds = ts.to(Device::kCPU);
+      EXPECT_EQ(std::memcmp(dq.data(), hq.data(), hq.nbytes()), 0) << "qweight " << what;
+      EXPECT_EQ(std::memcmp(dz.data(), hz.data(), hz.nbytes()), 0) << "zeros " << what;
+      EXPECT_EQ(std::memcmp(ds.data(), hs.data(), hs.nbytes()), 0) << "scales " << what;
+    }
+    bc::AwqDeviceMatrix t = m;
+    t.qweight = tq.data<int32_t>();
+    t.qzeros = tz.data<int32_t>();
+    t.scales = ts.data();
+    t.layout = bc::AwqLayout::kTiled;
+    ASSERT_TRUE(bc::awq_gemv_supports(t, 1)) << what;
+    for (int64_t rows = 1; rows <= 8; ++rows) {
+      const Tensor x16 = convert(random_f32({rows, s.in}, ++seed), DType::kBF16);
+      const std::vector<float> x = values(x16);
+      // x at a 2-byte offset as well: the kernel's unaligned x path.
+      Tensor xpad = gpu(Tensor::zeros(DType::kBF16, {rows * s.in + 1}));
+      copy_device_to_device(static_cast<uint16_t*>(xpad.mutable_data()) + 1, gpu(x16).data(),
+                            x16.nbytes());
+      const void* x_odd = static_cast<const uint16_t*>(xpad.data()) + 1;
+      const Tensor xg = gpu(x16);
+      const DType y_dtype = rows % 3 == 0 ? DType::kBF16 : DType::kF32;
+      Tensor want;
+      std::vector<float> bound;
+      reference(x, h, {}, rows, 2e-5, y_dtype == DType::kBF16 ? std::ldexp(1.0, -8) : 0.0, want,
+                bound);
+      for (int v = 0; v < bc::awq_gemv_variant_count(); ++v) {
+        if (!bc::awq_gemv_variant_is_tiled(v)) continue;
+        const std::string name = str("tiled gemv ", bc::awq_gemv_variant_name(v), " (",
+                                     bc::awq_gemv_variant_runs(t, rows, v), ") ", what, " T=", rows);
+        for (const void* xp : {xg.data(), x_odd}) {
+          Tensor got = poisoned_gpu({rows, s.out}, y_dtype);
+          bc::awq_gemv_bf16_variant(t, xp, rows, got.mutable_data(), y_dtype == DType::kF32, v,
+                                    nullptr);
+          EXPECT_TRUE(close(name + (xp == x_odd ? " (x unaligned)" : ""), got, want,
+                            1e-6 * max_abs(want), bound));
+          Tensor again = poisoned_gpu({rows, s.out}, y_dtype);
+          bc::awq_gemv_bf16_variant(t, xp, rows, again.mutable_data(), y_dtype == DType::kF32, v,
+                                    nullptr);
+          const std::vector<float> a = values(got), b = values(again);
+          EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << name;
+        }
+      }
+    }
+    // Dequantization: whole matrix and words [1, 4) (outputs 8..32: not tile-aligned).
+    for (const auto [w0, wn] : {std::pair<int64_t, int64_t>{0, m.words}, {1, std::min<int64_t>(3, m.words - 1)}}) {
+      if (wn <= 0) continue;
+      Tensor a = gpu(Tensor::zeros(DType::kBF16, {wn * 8, s.in}));
+      Tensor b = gpu(Tensor::zeros(DType::kBF16, {wn * 8, s.in}));
+      bc::awq_dequantize_bf16(m, w0, wn, a.mutable_data(), nullptr);
+      bc::awq_dequantize_bf16(t, w0, wn, b.mutable_data(), nullptr);
+      const Tensor ha = a.to(Device::kCPU), hb = b.to(Device::kCPU);
+      EXPECT_EQ(std::memcmp(ha.data(), hb.data(), ha.nbytes()), 0)
+          << "dequantize words [" << w0 << ", +" << wn << ") " << what;
+    }
+  }
+}
+
 TEST(AwqLinearGpu, BiasDeviceAndReadOnlyWeights) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
-  auto be = backend::make_cuda_backend(0);
-  const HostAwq h = random_awq(4, 64, 136, 256, 7500);
-  LinearWeight with_bias = linear_of(h, "test.awq_bias");
-  with_bias.bias = convert(random_f32({136}, 7501), DType::kBF16);
-  for (int64_t t : {1, 5, 12})
-    check_awq_linear(*be, h, with_bias, t, DType::kBF16, DType::kF32, 7502 + t);
+  // out 136: AutoAWQ layout on the device; 144: tiled (awq_device_matrix's three paths).
+  for (const int64_t out : {136, 144}) {
+    auto be = backend::make_cuda_backend(0);
+    const HostAwq h = random_awq(4, 64, out, 256, 7500 + out);
+    LinearWeight with_bias = linear_of(h, "test.awq_bias");
+    with_bias.bias = convert(random_f32({out}, 7501), DType::kBF16);
+    for (int64_t t : {1, 5, 12})
+      check_awq_linear(*be, h, with_bias, t, DType::kBF16, DType::kF32, 7502 + t);
 
-  // Tensors already on the device.
-  AwqWeight on_gpu = h.w;
-  on_gpu.qweight = gpu(h.w.qweight);
-  on_gpu.qzeros = gpu(h.w.qzeros);
-  on_gpu.scales = gpu(h.w.scales);
-  LinearWeight device_w;
-  device_w.storage = on_gpu;
-  device_w.name = "test.awq_device";
-  for (int64_t t : {2, 16})
-    check_awq_linear(*be, h, device_w, t, DType::kBF16, DType::kBF16, 7510 + t);
+    // Tensors already on the device.
+    AwqWeight on_gpu = h.w;
+    on_gpu.qweight = gpu(h.w.qweight);
+    on_gpu.qzeros = gpu(h.w.qzeros);
+    on_gpu.scales = gpu(h.w.scales);
+    LinearWeight device_w;
+    device_w.storage = on_gpu;
+    device_w.name = "test.awq_device";
+    for (int64_t t : {2, 16})
+      check_awq_linear(*be, h, device_w, t, DType::kBF16, DType::kBF16, 7510 + t);
 
-  // Read-only host tensors (memory-mapped checkpoints) are cached on the device: still right on
-  // the second and third call.
-  auto keep = std::make_shared<AwqWeight>(h.w);
-  AwqWeight mapped = h.w;
-  mapped.qweight =
-      Tensor::from_external(DType::kI32, h.w.qweight.shape(), keep->qweight.data(), keep);
-  mapped.qzeros = Tensor::from_external(DType::kI32, h.w.qzeros.shape(), keep->qzeros.data(), keep);
-  mapped.scales = Tensor::from_external(DType::kF16, h.w.scales.shape(), keep->scales.data(), keep);
-  ASSERT_TRUE(mapped.qweight.is_read_only());
-  LinearWeight mapped_w;
-  mapped_w.storage = mapped;
-  mapped_w.name = "test.awq_mapped";
-  for (int64_t t : {1, 1, 20})
-    check_awq_linear(*be, h, mapped_w, t, DType::kBF16, DType::kF32, 7520 + t);
+    // Read-only host tensors (memory-mapped checkpoints) are cached on the device: still right on
+    // the second and third call.
+    auto keep = std::make_shared<AwqWeight>(h.w);
+    AwqWeight mapped = h.w;
+    mapped.qweight =
+        Tensor::from_external(DType::kI32, h.w.qweight.shape(), keep->qweight.data(), keep);
+    mapped.qzeros = Tensor::from_external(DType::kI32, h.w.qzeros.shape(), keep->qzeros.data(), keep);
+    mapped.scales = Tensor::from_external(DType::kF16, h.w.scales.shape(), keep->scales.data(), keep);
+    ASSERT_TRUE(mapped.qweight.is_read_only());
+    LinearWeight mapped_w;
+    mapped_w.storage = mapped;
+    mapped_w.name = "test.awq_mapped";
+    for (int64_t t : {1, 1, 20})
+      check_awq_linear(*be, h, mapped_w, t, DType::kBF16, DType::kF32, 7520 + t);
+    // The cached copy of a read-only weight is tiled in place once per backend: a new backend (its
+    // own fresh copy, possibly at a freed copy's address) tiles its copy again.
+    be.reset();
+    for (int round = 0; round < 2; ++round) {
+      auto other = backend::make_cuda_backend(0);
+      for (int64_t t : {1, 2})
+        check_awq_linear(*other, h, mapped_w, t, DType::kBF16, DType::kF32, 7530 + t + round);
+    }
+  }
 }
 
 // A weight above the 16 Mi-element dequantization scratch is multiplied in two row chunks.

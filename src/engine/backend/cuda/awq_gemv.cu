@@ -27,17 +27,20 @@
 //   H100 (awq_bench gemv, 2026-11-27): 4096 -> 14336 at 1 row 15.7 µs (1.97 TB/s), the old
 //   default v4r32c16 20.6 µs in the same run; 1..8 rows cost about the same.
 //
-// AutoAWQ-layout "v2" family, 3- and 4-bit, templated on (ROWS, VEC, TR, PREFETCH):
+// AutoAWQ layout, "v4r32c16" (v2 kernel), 3- and 4-bit: the GEMV of matrices the tiled layout does
+// not cover (group 32 or 48, out % 16 != 0) and the previous default. The kernel is templated on
+// (ROWS, VEC, TR); 13 other configurations of it (32/64-bit loads, 64-row tasks, a prefetching
+// double buffer, <= 8 blocks per cluster, ...) were swept on an H100 in session 5 and lost to this
+// one (docs/BENCHMARKS.md), then were removed:
 //   Column tiles of 32 qweight words (256 outputs) as in base, but lane l owns the VEC consecutive
 //   words 32·t + VEC·(l % (32/VEC)) .. +VEC and the input rows l / (32/VEC) (mod VEC) of a task:
 //   one load instruction of the warp reads VEC input rows x 128 contiguous bytes, VEC·4 bytes per
 //   lane (VEC 4: 16-byte loads, 4x fewer load instructions per byte than base).
-//   A task is TR (16, 32 or 64) consecutive input rows inside one group; a lane loads TR/VEC
+//   A task is TR (32, or 16 for groups that are not multiples of 32) consecutive input rows inside
+//   one group; a lane loads TR/VEC
 //   vectors of qweight, its VEC zero words and VEC x 16 bytes of scales (one 16-byte load per word,
 //   base loads 8 halves one by one), lanes < TR load x[r, c0 + lane (+32)] and shuffle it to the
-//   lanes of each row. PREFETCH: the next task's loads are issued before the current task is
-//   computed (register double buffer), so a warp never waits for a task's round trip except the
-//   first one.
+//   lanes of each row.
 //   Dequantization as base (exact f32: one LOP3 per code, code - zero exact, part[r][c] +=
 //   (code - zero)·x exact products, acc += scale·part once per task).
 //   Reduction, all in a fixed order (deterministic): the lanes sharing a column combine through a
@@ -46,13 +49,11 @@
 //   its 1/S slice over the S ranks' block sums through DSMEM (S independent loads per output, one
 //   round trip; base chains S·W dependent DSMEM loads per output).
 //   Plan: as base (the fewest tasks per warp such that all clusters are resident at once, then the
-//   smallest cluster), with per-variant limits on warps per block, blocks per cluster (16:
-//   non-portable cluster size) and a minimum of tasks per warp.
-//   Falls back to base (documented per variant in the sweep output; awq_gemv_variant_own_kernel):
+//   smallest cluster), with up to 16 blocks per cluster (the non-portable cluster size).
+//   Falls back to base (awq_gemv_variant_runs says "base (fallback)"):
 //   8-bit weights, group sizes not a multiple of 16, words not a multiple of VEC or a qweight /
 //   qzeros / scales pointer not VEC·4-byte aligned (then VEC is lowered first), a device or build
 //   without clusters, and combinations listed in v2_config (registers).
-//   TR 64 never prefetches (the double buffer spills at VEC 4).
 //   Rows: kernels exist for ROWS 1, 2, 4, 8; 3, 5..7 token rows run the next larger kernel with the
 //   extra x rows read as 0 and not written. VEC is capped at 4 for 1 row, 2 for 2 rows, 1 above
 //   (the per-lane accumulators are ROWS x 8·VEC floats, twice with `part`).
@@ -81,8 +82,7 @@ constexpr int kV2MaxCluster = 16;  // blocks per cluster at most (16 needs the n
 struct Variant {
   const char* name;
   int vec;          // qweight words per lane per load: 1, 2, 4
-  int task_rows;    // TR: 16, 32, 64 (lowered to a divisor of the group size)
-  bool prefetch;    // double-buffer the next task's loads
+  int task_rows;    // TR: 32 (lowered to 16 for groups that are not multiples of 32)
   int max_warps;    // per block; 0: 16 for 1-2 rows, else 8 (base's limits)
   int max_cluster;  // blocks per cluster at most: 8 (portable) or 16
   int min_tasks;    // tasks per warp at least (1: as many warps as fit in one wave)
@@ -92,25 +92,16 @@ struct Variant {
 
 // Index 0 is base (the fields are unused). Names are what REFINERY_AWQ_GEMV accepts.
 constexpr Variant kVariants[] = {
-    {"base", 1, 32, false, 0, 8, 1, 0, "awq_linear.cu kernel: 32-bit loads, DSMEM chain reduction"},
-    {"r32", 1, 32, false, 0, 8, 1, 0, "v2, 32-bit loads, 32-row tasks (base + two-level reduction)"},
-    {"r32p", 1, 32, true, 0, 8, 1, 0, "v2, 32-bit loads, 32-row tasks, prefetch next task"},
-    {"r16p", 1, 16, true, 0, 8, 1, 0, "v2, 32-bit loads, 16-row tasks, prefetch"},
-    {"r64", 1, 64, false, 0, 8, 1, 0, "v2, 32-bit loads, 64-row tasks"},
-    {"r32w8", 1, 32, false, 8, 8, 1, 0, "v2, 32-bit loads, 32-row tasks, <= 8 warps per block"},
-    {"v2r32", 2, 32, false, 0, 8, 1, 0, "v2, 64-bit loads, 32-row tasks"},
-    {"v2r32p", 2, 32, true, 0, 8, 1, 0, "v2, 64-bit loads, 32-row tasks, prefetch"},
-    {"v4r32", 4, 32, false, 0, 8, 1, 0, "v2, 128-bit loads, 32-row tasks"},
-    {"v4r32p", 4, 32, true, 0, 8, 1, 0, "v2, 128-bit loads, 32-row tasks, prefetch"},
-    {"v4r16p", 4, 16, true, 0, 8, 1, 0, "v2, 128-bit loads, 16-row tasks, prefetch"},
-    {"v4r64", 4, 64, false, 0, 8, 1, 0, "v2, 128-bit loads, 64-row tasks"},
-    {"v4r32c16", 4, 32, false, 0, 16, 1, 0, "v2, 128-bit loads, 32-row tasks, clusters <= 16"},
-    {"v4r32pc16", 4, 32, true, 0, 16, 1, 0, "v2, 128-bit loads, 32-row tasks, prefetch, clusters <= 16"},
-    {"v4r16k2", 4, 16, false, 0, 8, 2, 0, "v2, 128-bit loads, 16-row tasks, >= 2 tasks per warp"},
-    {"v4r16pk4", 4, 16, true, 0, 8, 4, 0, "v2, 128-bit loads, 16-row tasks, prefetch, >= 4 tasks/warp"},
-    {"tiled", 0, 0, false, 0, 0, 0, 4, "tiled layout, whole-K warps, tensor-core MMA, 4 chunks per batch"},
+    {"base", 1, 32, 0, 8, 1, 0, "awq_linear.cu kernel: 32-bit loads, DSMEM chain reduction"},
+    {"v4r32c16", 4, 32, 0, 16, 1, 0, "v2, 128-bit loads, 32-row tasks, clusters <= 16"},
+    {"tiled", 0, 0, 0, 0, 0, 4, "tiled layout, whole-K warps, tensor-core MMA, 4 chunks per batch"},
 };
 constexpr int kVariantCount = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
+static_assert(kAwqGemvDefaultVariant < kVariantCount && kVariants[kAwqGemvDefaultVariant].tiled_batch > 0,
+              "the default GEMV variant must be a tiled one (awq_linear.hpp)");
+static_assert(kAwqGemvAutoAwqVariant < kVariantCount &&
+                  kVariants[kAwqGemvAutoAwqVariant].tiled_batch == 0,
+              "the AutoAWQ GEMV variant must not be a tiled one (awq_linear.hpp)");
 
 // 16^-(i % 4) for element (nibble) i: undoes the place value of the in-place unpack.
 __device__ __forceinline__ constexpr float place_inverse4(int i) {
@@ -267,7 +258,7 @@ __device__ __forceinline__ void compute_task(const TaskLoads<ROWS, VEC, TR>& t, 
 
 // grid (tiles · S), block W·32 threads, cluster (S, 1, 1), dynamic shared memory W·ROWS·256
 // floats. TR divides the group size; words % VEC == 0 and the pointers VEC·4-byte aligned.
-template <int ROWS, int VEC, int TR, bool PREFETCH>
+template <int ROWS, int VEC, int TR>
 __global__ void awq_gemv_v2_kernel(const V2Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // clusters need sm_90; the host never launches this
@@ -289,22 +280,10 @@ __global__ void awq_gemv_v2_kernel(const V2Params p) {
     for (int c = 0; c < kCols; ++c) acc[r][c] = 0.0f;
   const int64_t stride = int64_t{p.cluster} * warps;
   int64_t task = int64_t{rank} * warps + warp;
-  if constexpr (PREFETCH) {
+  for (; task < p.n_tasks; task += stride) {  // warp-uniform
     TaskLoads<ROWS, VEC, TR> cur;
-    load_task<ROWS, VEC, TR>(p, task, valid && task < p.n_tasks, lane, word0, cur);
-    for (; task < p.n_tasks; task += stride) {  // warp-uniform
-      TaskLoads<ROWS, VEC, TR> next;
-      const int64_t nt = task + stride;
-      load_task<ROWS, VEC, TR>(p, nt, valid && nt < p.n_tasks, lane, word0, next);
-      compute_task<ROWS, VEC, TR>(cur, lane, acc);
-      cur = next;
-    }
-  } else {
-    for (; task < p.n_tasks; task += stride) {
-      TaskLoads<ROWS, VEC, TR> cur;
-      load_task<ROWS, VEC, TR>(p, task, valid, lane, word0, cur);
-      compute_task<ROWS, VEC, TR>(cur, lane, acc);
-    }
+    load_task<ROWS, VEC, TR>(p, task, valid, lane, word0, cur);
+    compute_task<ROWS, VEC, TR>(cur, lane, acc);
   }
   // Lanes l, l + 32/VEC, ... hold the same columns (other input rows): butterfly, every lane of
   // the group ends with the same sum.
@@ -360,43 +339,32 @@ using V2Kernel = void (*)(V2Params);
 int v2_rows(int64_t rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
 int v2_vec_cap(int kernel_rows) { return kernel_rows == 1 ? 4 : kernel_rows == 2 ? 2 : 1; }
 
-template <int ROWS, int VEC, int TR>
-V2Kernel v2_pick_prefetch(bool prefetch) {
-  return prefetch ? awq_gemv_v2_kernel<ROWS, VEC, TR, true> : awq_gemv_v2_kernel<ROWS, VEC, TR, false>;
-}
-
 template <int ROWS, int VEC>
-V2Kernel v2_pick_tr(int tr, bool prefetch) {
-  // Registers: a 64-row task at 8 rows would hold 64 words plus 2 x 64 accumulators: not
-  // instantiated, the host lowers TR to 32 (v2_config).
-  if (tr == 16) return v2_pick_prefetch<ROWS, VEC, 16>(prefetch);
-  if constexpr (ROWS <= 4) {  // no prefetch: 2 x 64 words in flight would spill at VEC 4
-    if (tr == 64) return awq_gemv_v2_kernel<ROWS, VEC, 64, false>;
-  }
-  return v2_pick_prefetch<ROWS, VEC, 32>(prefetch);
+V2Kernel v2_pick_tr(int tr) {
+  return tr == 16 ? awq_gemv_v2_kernel<ROWS, VEC, 16> : awq_gemv_v2_kernel<ROWS, VEC, 32>;
 }
 
 template <int ROWS>
-V2Kernel v2_pick_vec(int vec, int tr, bool prefetch) {
+V2Kernel v2_pick_vec(int vec, int tr) {
   if constexpr (ROWS == 1) {
-    if (vec == 4) return v2_pick_tr<ROWS, 4>(tr, prefetch);
+    if (vec == 4) return v2_pick_tr<ROWS, 4>(tr);
   }
   if constexpr (ROWS <= 2) {
-    if (vec == 2) return v2_pick_tr<ROWS, 2>(tr, prefetch);
+    if (vec == 2) return v2_pick_tr<ROWS, 2>(tr);
   }
-  return v2_pick_tr<ROWS, 1>(tr, prefetch);
+  return v2_pick_tr<ROWS, 1>(tr);
 }
 
-V2Kernel v2_kernel(int kernel_rows, int vec, int tr, bool prefetch) {
+V2Kernel v2_kernel(int kernel_rows, int vec, int tr) {
   switch (kernel_rows) {
     case 1:
-      return v2_pick_vec<1>(vec, tr, prefetch);
+      return v2_pick_vec<1>(vec, tr);
     case 2:
-      return v2_pick_vec<2>(vec, tr, prefetch);
+      return v2_pick_vec<2>(vec, tr);
     case 4:
-      return v2_pick_vec<4>(vec, tr, prefetch);
+      return v2_pick_vec<4>(vec, tr);
     default:
-      return v2_pick_vec<8>(vec, tr, prefetch);
+      return v2_pick_vec<8>(vec, tr);
   }
 }
 
@@ -641,7 +609,6 @@ TiledPlan plan_tiled(const AwqDeviceMatrix& w, int batch) {
 // What a variant actually runs for a matrix and row count: vec 0 means the base kernel.
 struct V2Config {
   int kernel_rows = 0, vec = 0, tr = 0;
-  bool prefetch = false;
 };
 
 bool aligned_to(const void* p, int bytes) {
@@ -652,8 +619,7 @@ V2Config v2_config(const AwqDeviceMatrix& w, int64_t rows, const Variant& v) {
   V2Config c;
   if (w.bits == 8 || w.group_size % 16 != 0 || rows < 1 || rows > 8) return c;  // base
   c.kernel_rows = v2_rows(rows);
-  c.tr = v.task_rows;
-  if (c.kernel_rows == 8) c.tr = std::min(c.tr, 32);
+  c.tr = v.task_rows;  // 32 or 16
   while (c.tr > 16 && w.group_size % c.tr != 0) c.tr /= 2;
   c.vec = std::min(v.vec, v2_vec_cap(c.kernel_rows));
   // words % VEC == 0 keeps every row's vectors aligned; the scales need 16 bytes per word (always
@@ -662,7 +628,6 @@ V2Config v2_config(const AwqDeviceMatrix& w, int64_t rows, const Variant& v) {
                        !aligned_to(w.qzeros, 4 * c.vec)))
     c.vec /= 2;
   if (!aligned_to(w.scales, 16)) c.vec = 0;
-  c.prefetch = v.prefetch && c.tr < 64;
   return c;
 }
 
@@ -702,7 +667,7 @@ V2Plan make_v2_plan(int device, const AwqDeviceMatrix& w, int64_t rows, const Va
   p.config = v2_config(w, rows, v);
   if (p.config.vec == 0) return p;
   const V2Kernel kernel =
-      v2_kernel(p.config.kernel_rows, p.config.vec, p.config.tr, p.config.prefetch);
+      v2_kernel(p.config.kernel_rows, p.config.vec, p.config.tr);
   int major = 0;
   REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   if (major < 9) return p;
@@ -855,8 +820,7 @@ std::string awq_gemv_variant_runs(const AwqDeviceMatrix& w, int64_t rows, int va
   const V2Plan plan = plan_v2(w, rows, v);
   if (!plan.usable) return "base (fallback)" + other;
   return str("v2 rows", plan.config.kernel_rows, " vec", plan.config.vec, " tr", plan.config.tr,
-             plan.config.prefetch ? " prefetch" : "", " S", plan.cluster, " W", plan.warps,
-             " tiles", plan.tiles, other);
+             " S", plan.cluster, " W", plan.warps, " tiles", plan.tiles, other);
 }
 
 bool awq_gemv_tiled_usable(const AwqDeviceMatrix& w) {
@@ -911,7 +875,7 @@ bool awq_gemv_v2_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows, v
                         y,
                         y_f32};
   const V2Kernel kernel =
-      v2_kernel(plan.config.kernel_rows, plan.config.vec, plan.config.tr, plan.config.prefetch);
+      v2_kernel(plan.config.kernel_rows, plan.config.vec, plan.config.tr);
   launch_clustered(kernel, params, plan.tiles, plan.cluster, plan.warps, plan.smem_bytes, stream);
   REFINERY_CUDA_CHECK_LAUNCH("awq_gemv (variant)");
   return true;

@@ -152,9 +152,9 @@ void awq_gemv_bf16(const AwqDeviceMatrix& w, const void* x, int64_t rows, void* 
 // variant's runs the default of its own layout (tiled: kAwqGemvDefaultVariant; AutoAWQ:
 // kAwqGemvAutoAwqVariant).
 // The variant awq_gemv_bf16 (and so linear()) runs: change this constant to switch the default.
-constexpr int kAwqGemvDefaultVariant = 16;  // tiled (awq_gemv.cu)
+constexpr int kAwqGemvDefaultVariant = 2;  // tiled (awq_gemv.cu)
 // The AutoAWQ-layout variant for matrices the tiled layout does not cover.
-constexpr int kAwqGemvAutoAwqVariant = 12;  // v4r32c16: fastest AutoAWQ variant (H100 sweep)
+constexpr int kAwqGemvAutoAwqVariant = 1;  // v4r32c16: fastest AutoAWQ variant (H100 sweep)
 int awq_gemv_variant_count();
 std::string awq_gemv_variant_name(int variant);  // what REFINERY_AWQ_GEMV accepts (or the index)
 std::string awq_gemv_variant_description(int variant);

@@ -193,11 +193,12 @@ TEST(AwqLinearGpu, GemvAllRowCountsAndPlans) {
 }
 
 // Every GEMV variant (awq_gemv.cu) through awq_gemv_bf16_variant against the host reference, rows
-// 1..8, on shapes where the v2 kernels take each branch: words a multiple of 4 (128-bit loads at 1
-// row), of 2 only, odd (32-bit loads), a ragged last tile, groups 32/64/128 (32- and 64-row tasks)
-// and 48 (16-row tasks), 3 bits, in = 14336 (many tasks per warp, prefetch chains); and where they
-// fall back to base (8 bits, group 20). The GEMV bounds at the top of this file apply (the v2
-// reduction is at most as deep as base's). Each variant is run twice on one input: bitwise equal.
+// 1..8, on AutoAWQ-layout matrices (the tiled variant runs the AutoAWQ default for them; tiled
+// matrices: TiledRepackGemvAndDequantize): words a multiple of 4 (128-bit loads at 1 row), of 2
+// only, odd (32-bit loads), a ragged last tile, groups 32/64/128 (32-row tasks) and 48 (16-row
+// tasks), 3 bits, in = 14336 (many tasks per warp); and where v4r32c16 falls back to base (8 bits,
+// group 20). The GEMV bounds at the top of this file apply (the v2 reduction is at most as deep
+// as base's). Each variant is run twice on one input: bitwise equal.
 TEST(AwqLinearGpu, GemvEveryVariant) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   namespace bc = backend::cuda;
@@ -355,7 +356,9 @@ TEST(AwqLinearGpu, TiledRepackGemvAndDequantize) {
       }
     }
     // Dequantization: whole matrix and words [1, 4) (outputs 8..32: not tile-aligned).
-    for (const auto [w0, wn] : {std::pair<int64_t, int64_t>{0, m.words}, {1, std::min<int64_t>(3, m.words - 1)}}) {
+    const std::pair<int64_t, int64_t> ranges[] = {{0, m.words},
+                                                  {1, std::min<int64_t>(3, m.words - 1)}};
+    for (const auto& [w0, wn] : ranges) {
       if (wn <= 0) continue;
       Tensor a = gpu(Tensor::zeros(DType::kBF16, {wn * 8, s.in}));
       Tensor b = gpu(Tensor::zeros(DType::kBF16, {wn * 8, s.in}));

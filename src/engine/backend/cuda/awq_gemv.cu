@@ -23,6 +23,12 @@
 //   Plan (per device and shape): the largest W (power of two <= 16, <= groups) at which all
 //   out / 16 blocks are resident at once (occupancy API), then the fewest warps covering the
 //   groups at ceil(groups / W) groups each.
+//   Programmatic dependent launch (compute 9.0, unless REFINERY_AWQ_PDL=0 or the weights were
+//   rewritten by this call's repack, AwqDeviceMatrix::fresh): the kernel lets the next kernel of
+//   the stream launch at once (griddepcontrol.launch_dependents), issues its first batch of weight
+//   loads (weights are not written by the kernels before it), and only then waits for the kernels
+//   before it (griddepcontrol.wait: complete, memory visible) before it reads x or writes y. The
+//   launch gap and the ramp-up of the weight stream overlap the previous kernel's tail.
 //   Registers (ptxas, sm_90, no spills): 64 (batch 8 took 104 and was slower); 8 KiB static shared.
 //   H100 (awq_bench gemv, 2026-11-27): 4096 -> 14336 at 1 row 15.7 µs (1.97 TB/s), the old
 //   default v4r32c16 20.6 µs in the same run; 1..8 rows cost about the same.
@@ -466,10 +472,26 @@ __device__ __forceinline__ uint32_t neg_biased_zero(uint32_t z) {
   return v | v << 16;
 }
 
+// Programmatic dependent launch (sm_90; no-ops when the kernel was launched without the attribute):
+// let the stream's next kernel launch now / wait until the kernels before this one are complete and
+// their writes visible.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_prior_kernels() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // grid: one block per output tile (16 outputs), block W·32 threads (W <= kTiledMaxWarps).
 template <int BATCH, bool X16>
 __global__ void __launch_bounds__(kTiledMaxWarps * 32) awq_gemv_tiled_kernel(const TiledParams p) {
   __shared__ float red[kTiledMaxWarps][32][4];
+  allow_dependent_launch();
+  bool waited = false;  // x is read and y written only after wait_for_prior_kernels
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int g = lane / 4, q = lane % 4;  // mma group (output row g, g + 8; token row g) and thread
   const int64_t tile = blockIdx.x;
@@ -503,6 +525,10 @@ __global__ void __launch_bounds__(kTiledMaxWarps * 32) awq_gemv_tiled_kernel(con
         }
       }
     }
+    if (!waited) {  // the first batch's weights are in flight: now x may be read
+      wait_for_prior_kernels();
+      waited = true;
+    }
 #pragma unroll
     for (int i = 0; i < BATCH; ++i) {
       const int chunk = base + i;
@@ -524,6 +550,7 @@ __global__ void __launch_bounds__(kTiledMaxWarps * 32) awq_gemv_tiled_kernel(con
       }
     }
   }
+  if (!waited) wait_for_prior_kernels();  // a warp without groups
   // The K split of the tile: warps' sums added in warp order (deterministic).
   if (warps > 1) {
 #pragma unroll
@@ -823,6 +850,19 @@ std::string awq_gemv_variant_runs(const AwqDeviceMatrix& w, int64_t rows, int va
              " S", plan.cluster, " W", plan.warps, " tiles", plan.tiles, other);
 }
 
+// REFINERY_AWQ_PDL=0 launches the tiled GEMV without programmatic dependent launch (for timing
+// comparisons; read per call); the attribute needs compute 9.0.
+static bool pdl_enabled() {
+  static const bool hopper = [] {
+    int device = 0, major = 0;
+    REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+    REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major >= 9;
+  }();
+  const char* env = std::getenv("REFINERY_AWQ_PDL");
+  return hopper && !(env != nullptr && std::strcmp(env, "0") == 0);
+}
+
 bool awq_gemv_tiled_usable(const AwqDeviceMatrix& w) {
   if (w.layout != AwqLayout::kTiled) return false;
   return plan_tiled(w, kVariants[kAwqGemvDefaultVariant].tiled_batch).usable;
@@ -851,8 +891,17 @@ void awq_gemv_tiled_launch(const AwqDeviceMatrix& w, const void* x, int64_t rows
                            static_cast<int>(rows),
                            y_f32};
   const bool x16 = reinterpret_cast<std::uintptr_t>(x) % 16 == 0;
-  tiled_kernel(batch, x16)<<<static_cast<unsigned>(w.out / 16), 32 * plan.warps, 0,
-                             static_cast<cudaStream_t>(stream)>>>(params);
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(w.out / 16));
+  config.blockDim = dim3(static_cast<unsigned>(32 * plan.warps));
+  config.stream = static_cast<cudaStream_t>(stream);
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attribute;
+  // Not after this call's own repack: the kernel reads weights before it waits (header comment).
+  config.numAttrs = !w.fresh && pdl_enabled() ? 1 : 0;
+  REFINERY_CUDA_CHECK(cudaLaunchKernelEx(&config, tiled_kernel(batch, x16), params));
   REFINERY_CUDA_CHECK_LAUNCH("awq_gemv (tiled)");
 }
 

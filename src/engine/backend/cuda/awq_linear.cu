@@ -788,6 +788,7 @@ AwqDeviceMatrix awq_device_matrix(CudaBackend& be, const AwqWeight& w, const std
                                               cudaMemcpyDeviceToDevice, s));
           tile[i](m, source.data(), d.mutable_data(), s);
           mark_tiled(d);
+          m.fresh = true;
         }
       } else {
         // A per-call copy (writable host tensor) or the caller's device tensor: tiled into a new
@@ -795,6 +796,7 @@ AwqDeviceMatrix awq_device_matrix(CudaBackend& be, const AwqWeight& w, const std
         Tensor tiled = be.empty(d.dtype(), d.shape());
         tile[i](m, d.data(), tiled.mutable_data(), s);
         d = tiled;
+        m.fresh = true;
       }
     }
     ptr[i] = d.data();

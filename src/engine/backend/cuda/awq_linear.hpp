@@ -62,6 +62,9 @@ struct AwqDeviceMatrix {
   int64_t out = 0, in = 0;
   int64_t words = 0;  // int32 columns of AutoAWQ's qweight: out / pack
   AwqLayout layout = AwqLayout::kAutoAwq;
+  // The tiled copy was written by a kernel this call enqueued (awq_device_matrix's repack): the
+  // GEMV then launches without programmatic dependent launch (it reads weights before waiting).
+  bool fresh = false;
 };
 
 // ---- the tiled layout (see the top of this file) ----

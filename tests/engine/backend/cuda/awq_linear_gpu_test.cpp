@@ -22,6 +22,8 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <memory>
+#include <variant>
 
 #include "cuda_test_util.hpp"
 #include "engine/backend/cuda/awq_linear.hpp"
@@ -89,6 +91,21 @@ HostAwq random_awq(int bits, int group, int64_t out, int64_t in, uint64_t seed) 
 LinearWeight linear_of(const HostAwq& h, const std::string& name) {
   LinearWeight w;
   w.storage = h.w;
+  w.name = name;
+  return w;
+}
+
+// The same weight as read-only host tensors (like a memory-mapped checkpoint): the backend keeps
+// one device copy (tiled in place on the first call) instead of uploading it per call.
+LinearWeight mapped_linear_of(const HostAwq& h, const std::string& name) {
+  auto keep = std::make_shared<AwqWeight>(h.w);
+  AwqWeight mapped = h.w;
+  mapped.qweight =
+      Tensor::from_external(DType::kI32, h.w.qweight.shape(), keep->qweight.data(), keep);
+  mapped.qzeros = Tensor::from_external(DType::kI32, h.w.qzeros.shape(), keep->qzeros.data(), keep);
+  mapped.scales = Tensor::from_external(DType::kF16, h.w.scales.shape(), keep->scales.data(), keep);
+  LinearWeight w;
+  w.storage = mapped;
   w.name = name;
   return w;
 }
@@ -395,16 +412,8 @@ TEST(AwqLinearGpu, BiasDeviceAndReadOnlyWeights) {
 
     // Read-only host tensors (memory-mapped checkpoints) are cached on the device: still right on
     // the second and third call.
-    auto keep = std::make_shared<AwqWeight>(h.w);
-    AwqWeight mapped = h.w;
-    mapped.qweight =
-        Tensor::from_external(DType::kI32, h.w.qweight.shape(), keep->qweight.data(), keep);
-    mapped.qzeros = Tensor::from_external(DType::kI32, h.w.qzeros.shape(), keep->qzeros.data(), keep);
-    mapped.scales = Tensor::from_external(DType::kF16, h.w.scales.shape(), keep->scales.data(), keep);
-    ASSERT_TRUE(mapped.qweight.is_read_only());
-    LinearWeight mapped_w;
-    mapped_w.storage = mapped;
-    mapped_w.name = "test.awq_mapped";
+    const LinearWeight mapped_w = mapped_linear_of(h, "test.awq_mapped");
+    ASSERT_TRUE(std::get<AwqWeight>(mapped_w.storage).qweight.is_read_only());
     for (int64_t t : {1, 1, 20})
       check_awq_linear(*be, h, mapped_w, t, DType::kBF16, DType::kF32, 7520 + t);
     // The cached copy of a read-only weight is tiled in place once per backend: a new backend (its
@@ -415,6 +424,56 @@ TEST(AwqLinearGpu, BiasDeviceAndReadOnlyWeights) {
       for (int64_t t : {1, 2})
         check_awq_linear(*other, h, mapped_w, t, DType::kBF16, DType::kF32, 7530 + t + round);
     }
+  }
+}
+
+// Programmatic dependent launch (awq_gemv.cu): a tiled GEMV reads its weights before waiting for
+// the kernels before it, x and y only after. A chain y1 = W1·x, y2 = W2·y1 of GEMVs on cached
+// (not freshly tiled) weights, repeated with new inputs: every y1 is what the previous GEMV wrote,
+// every y2 is W2 times exactly that y1 (no read of a half-written or stale y1, no write of y1
+// while the previous round's GEMV still reads it).
+TEST(AwqLinearGpu, GemvChainWithDependentLaunchReadsFinishedInputs) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  auto be = backend::make_cuda_backend(0);
+  const HostAwq h1 = random_awq(4, 128, 2048, 4096, 7600), h2 = random_awq(4, 128, 4096, 2048, 7601);
+  const LinearWeight w1 = mapped_linear_of(h1, "test.chain1"), w2 = mapped_linear_of(h2, "test.chain2");
+  Tensor y1 = be->empty(DType::kBF16, {1, 2048}), y2 = be->empty(DType::kF32, {1, 4096});
+  be->linear(gpu(convert(random_f32({1, 4096}, 7602), DType::kBF16)), w1, y1);  // tiles W1
+  be->linear(y1, w2, y2);                                                         // tiles W2
+  for (int round = 0; round < 8; ++round) {
+    const Tensor x16 = convert(random_f32({1, 4096}, 7610 + round), DType::kBF16);
+    Tensor x = be->empty(DType::kBF16, {1, 4096});
+    be->convert(gpu(x16.to_f32()), x);  // x written by a kernel just before the first GEMV
+    be->linear(x, w1, y1);
+    be->linear(y1, w2, y2);
+    Tensor want1, want2;
+    std::vector<float> bound1, bound2;
+    reference(values(x16), h1, {}, 1, 2e-5, std::ldexp(1.0, -8), want1, bound1);
+    EXPECT_TRUE(close(str("chain y1, round ", round), y1, want1, 1e-6 * max_abs(want1), bound1));
+    reference(values(y1), h2, {}, 1, 2e-5, 0.0, want2, bound2);  // of the y1 the GEMV read
+    EXPECT_TRUE(close(str("chain y2, round ", round), y2, want2, 1e-6 * max_abs(want2), bound2));
+  }
+  // The same rounds back to back, no host synchronization: round r + 1's first GEMV overwrites
+  // y1 while round r's second GEMV may still be running (it must wait for it). Reference: W2 times
+  // the host's y1 rounded to bf16 (the device's y1 may differ by one bf16 rounding per element,
+  // hence the looser bound 2^-7 · Σ|y1||W2|).
+  std::vector<Tensor> xs, y2s;
+  for (int round = 0; round < 8; ++round) {
+    xs.push_back(convert(random_f32({1, 4096}, 7620 + round), DType::kBF16));
+    Tensor x = be->empty(DType::kBF16, {1, 4096});
+    be->convert(gpu(xs.back().to_f32()), x);
+    be->linear(x, w1, y1);
+    y2s.push_back(be->empty(DType::kF32, {1, 4096}));
+    be->linear(y1, w2, y2s.back());
+  }
+  for (int round = 0; round < 8; ++round) {
+    Tensor want1, want2;
+    std::vector<float> bound1, bound2;
+    reference(values(xs[round]), h1, {}, 1, 2e-5, 0.0, want1, bound1);
+    reference(values(convert(want1, DType::kBF16)), h2, {}, 1, std::ldexp(1.0, -7), 0.0, want2,
+              bound2);
+    EXPECT_TRUE(close(str("back-to-back y2, round ", round), y2s[round], want2,
+                      1e-6 * max_abs(want2), bound2));
   }
 }
 

@@ -61,8 +61,12 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 using namespace ptx;
-using flash_bwd_detail::store_bf16_pair;
 using flash_bwd_detail::BwdParams;
+using flash_bwd_detail::online_lse_step;
+using flash_bwd_detail::store_bf16_pair;
+using flash_bwd_detail::store_key_row;
+using flash_bwd_detail::store_quad_lse2;
+using flash_bwd_detail::warp_dsum;
 
 constexpr int kTile = 64;  // keys per dkdv block, queries per dq/lse block, keys per dq/lse step
 constexpr int kWarps = 4;  // each warp owns 16 rows (keys in dkdv, queries in dq/lse)
@@ -202,18 +206,7 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(const BwdParams p) {
   const int warp_row0 = m0 + warp * 16;
   for (int r = 0; r < 16; ++r) {
     const int row = warp_row0 + r;
-    float acc = 0.0f;
-    if (row < p.t) {
-      const int64_t at = (int64_t{row} * p.heads + h) * DV;
-      const auto* o = reinterpret_cast<const __nv_bfloat162*>(p.out + at);
-      const auto* d = reinterpret_cast<const __nv_bfloat162*>(p.dout + at);
-      for (int i = lane; i < DV / 2; i += 32) {
-        const float2 a = __bfloat1622float2(o[i]), b = __bfloat1622float2(d[i]);
-        acc = fmaf(a.x, b.x, fmaf(a.y, b.y, acc));
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    const float acc = warp_dsum<DV>(p, (int64_t{row} * p.heads + h) * DV, row < p.t, lane);
     if (lane == 0) p.dsum[int64_t{h} * p.t_pad + row] = acc;
   }
 
@@ -253,34 +246,19 @@ __global__ void __launch_bounds__(kThreads) lse_kernel(const BwdParams p) {
           s[j][e] *= p.scale_log2;
           if (needs_mask && n0 + 8 * j + 2 * c + (e & 1) > rows[e >> 1]) s[j][e] = -INFINITY;
         }
+      // Row r of this thread: entries 2r, 2r + 1 of each n-tile.
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = row_max[r];
-#pragma unroll
-        for (int j = 0; j < kTile / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float base = mx == -INFINITY ? 0.0f : mx;
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < kTile / 8; ++j)
-          sum += exp2_approx(s[j][2 * r] - base) + exp2_approx(s[j][2 * r + 1] - base);
-        row_sum[r] = row_sum[r] * exp2_approx(row_max[r] - base) + sum;
-        row_max[r] = mx;
-      }
+      for (int r = 0; r < 2; ++r)
+        online_lse_step<kTile / 8>(row_max[r], row_sum[r],
+                                   [&](int j, int e) { return s[j][2 * r + e]; });
     }
     __syncthreads();
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    // Row < t: key 0 is visible, so the max is finite and sum >= 1.
-    if (c == 0)
-      p.lse[int64_t{h} * p.t_pad + rows[r]] = rows[r] < p.t ? row_max[r] + log2f(sum) : 0.0f;
-  }
+  for (int r = 0; r < 2; ++r)
+    store_quad_lse2(p.lse + int64_t{h} * p.t_pad + rows[r], row_max[r], row_sum[r], c == 0,
+                    rows[r] < p.t);
 }
 
 // Pass 1 when the forward handed over its lse (p.lse_in, [H, t], natural log): no Q·Kᵀ, just
@@ -293,18 +271,7 @@ __global__ void dsum_kernel(const BwdParams p) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
   if (warp >= int64_t{p.t_pad} * p.heads) return;
   const int row = static_cast<int>(warp / p.heads), h = static_cast<int>(warp % p.heads);
-  float acc = 0.0f;
-  if (row < p.t) {
-    const auto* o = reinterpret_cast<const __nv_bfloat162*>(p.out + warp * DV);
-    const auto* d = reinterpret_cast<const __nv_bfloat162*>(p.dout + warp * DV);
-#pragma unroll
-    for (int i = lane; i < DV / 2; i += 32) {
-      const float2 a = __bfloat1622float2(o[i]), b = __bfloat1622float2(d[i]);
-      acc = fmaf(a.x, b.x, fmaf(a.y, b.y, acc));
-    }
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  const float acc = warp_dsum<DV>(p, warp * DV, row < p.t, lane);  // warp = row · heads + h
   if (lane == 0) {
     const int64_t at = int64_t{h} * p.t_pad + row;
     p.dsum[at] = acc;
@@ -438,42 +405,14 @@ __global__ void __launch_bounds__(kThreads) dkdv_kernel(const BwdParams p) {
   }
 
   if (!warp_has_keys) return;
+  // Key keys[r]: accumulator entries [j][2r + e] (dims 8j + 2c + e); dK scaled here, once.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int key = keys[r];
     if (key >= p.t) continue;
-    if (p.split == 1) {
-      if (p.dk != nullptr) {
-        bf16* const row = p.dk + (int64_t{key} * p.kv_heads + kvh) * DK;
-#pragma unroll
-        for (int j = 0; j < DK / 8; ++j)
-          store_bf16_pair(row + 8 * j + 2 * c, p.scale * dk_acc[j][2 * r],
-                          p.scale * dk_acc[j][2 * r + 1], p.overwrite);
-      }
-      if (p.dv != nullptr) {
-        bf16* const row = p.dv + (int64_t{key} * p.kv_heads + kvh) * DV;
-#pragma unroll
-        for (int j = 0; j < DV / 8; ++j)
-          store_bf16_pair(row + 8 * j + 2 * c, dv_acc[j][2 * r], dv_acc[j][2 * r + 1],
-                          p.overwrite);
-      }
-    } else {
-      const int64_t at = (int64_t{part} * p.t + key) * p.kv_heads + kvh;
-      if (p.dk != nullptr) {
-        float* const row = p.dk_part + at * DK;
-#pragma unroll
-        for (int j = 0; j < DK / 8; ++j)
-          *reinterpret_cast<float2*>(row + 8 * j + 2 * c) =
-              make_float2(p.scale * dk_acc[j][2 * r], p.scale * dk_acc[j][2 * r + 1]);
-      }
-      if (p.dv != nullptr) {
-        float* const row = p.dv_part + at * DV;
-#pragma unroll
-        for (int j = 0; j < DV / 8; ++j)
-          *reinterpret_cast<float2*>(row + 8 * j + 2 * c) =
-              make_float2(dv_acc[j][2 * r], dv_acc[j][2 * r + 1]);
-      }
-    }
+    store_key_row<DK, DV>(
+        p, key, kvh, part, c, [&](int j, int e) { return p.scale * dk_acc[j][2 * r + e]; },
+        [&](int j, int e) { return dv_acc[j][2 * r + e]; });
   }
 }
 

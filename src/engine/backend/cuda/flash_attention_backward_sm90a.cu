@@ -184,6 +184,16 @@ __device__ __forceinline__ uint32_t fragment_address(uint32_t panels, int row0, 
   return panels + (kk >> 2) * kWideBytes + row * 128 + ((chunk ^ (row & 7)) << 4);
 }
 
+// The A fragments of k16 steps 0..STEPS-1 of this warp's 16 rows row0..row0+15 of a resident
+// operand (swizzled panels of 128 rows at `panels`), for a whole block's products.
+template <int STEPS, int FRAGS>
+__device__ __forceinline__ void load_fragments(uint32_t (&f)[FRAGS][4], uint32_t panels, int row0,
+                                               int lane) {
+  static_assert(FRAGS >= STEPS, "one fragment per k16 step");
+#pragma unroll
+  for (int kk = 0; kk < STEPS; ++kk) ldmatrix_x4(f[kk], fragment_address(panels, row0, kk, lane));
+}
+
 // D[64 x WIDTH] += A (registers, 64 x 16) · B (MN-major panels, 16 x WIDTH).
 template <int WIDTH>
 __device__ __forceinline__ void mma_rs(float (&d)[WIDTH / 2], const uint32_t (&a)[4], uint64_t desc_b) {
@@ -191,6 +201,28 @@ __device__ __forceinline__ void mma_rs(float (&d)[WIDTH / 2], const uint32_t (&a
     wgmma_m64n128k16_rs_tb(d, a, desc_b);
   else
     wgmma_m64n64k16_rs_tb(d, a, desc_b);
+}
+
+// D[64 x 64] = A (64 x 16·STEPS) · Bᵀ as one wgmma group (committed here; the first k16 step
+// overwrites D): the Sᵀ / dPᵀ products of dkdv and the S / dP products of dq. A is the WG's 64
+// rows, from registers (a_frag: STEPS ldmatrix fragments, A_IN_REGISTERS) or from shared memory
+// (a_desc: K-major panels of 128 rows, the WG's rows at their offset); B (b_desc) is a streamed
+// tile of 64 rows, K-major panels of 64 rows. FRAGS: the fragment array's extent (1 when unused).
+template <int STEPS, bool A_IN_REGISTERS, int FRAGS>
+__device__ __forceinline__ void product_64x64(float (&d)[32], const uint32_t (&a_frag)[FRAGS][4],
+                                              uint64_t a_desc, uint64_t b_desc) {
+  static_assert(!A_IN_REGISTERS || FRAGS >= STEPS, "one fragment per k16 step");
+  if constexpr (A_IN_REGISTERS) {
+#pragma unroll
+    for (int kk = 0; kk < STEPS; ++kk)
+      wgmma_m64n64k16_rs(d, a_frag[kk], b_desc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+  } else {
+#pragma unroll
+    for (int kk = 0; kk < STEPS; ++kk)
+      wgmma_m64n64k16_ss(d, a_desc + k_major_step<kWideBytes>(kk),
+                         b_desc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
+  }
+  wgmma_commit();
 }
 
 template <int N>
@@ -242,18 +274,7 @@ __global__ void __launch_bounds__(kThreads, 2) lse_wgmma_kernel(const BwdParams 
   for (int r = 0; r < 16; ++r) {
     const int row = m0 + 16 * warp + r;
     if (row >= p.t_pad) break;  // warp-uniform
-    float acc = 0.0f;
-    if (row < p.t) {
-      const int64_t at = (int64_t{row} * p.heads + h) * DV;
-      const auto* o = reinterpret_cast<const __nv_bfloat162*>(p.out + at);
-      const auto* d = reinterpret_cast<const __nv_bfloat162*>(p.dout + at);
-      for (int i = lane; i < DV / 2; i += 32) {
-        const float2 a = __bfloat1622float2(o[i]), b = __bfloat1622float2(d[i]);
-        acc = fmaf(a.x, b.x, fmaf(a.y, b.y, acc));
-      }
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    const float acc = warp_dsum<DV>(p, (int64_t{row} * p.heads + h) * DV, row < p.t, lane);
     if (lane == 0) p.dsum[int64_t{h} * p.t_pad + row] = acc;
   }
 
@@ -293,35 +314,18 @@ __global__ void __launch_bounds__(kThreads, 2) lse_wgmma_kernel(const BwdParams 
         if (needs_mask && n0 + 8 * i + 2 * c + (e & 1) > rows[e >> 1]) x = -INFINITY;
         sa[4 * i + e] = x;
       }
-    // A row lives in the 4 lanes of a quad (same g): reduce with xor 1, 2.
+    // A row lives in the 4 lanes of a quad (same g); row r of this thread: entries 4i + 2r + e.
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = row_max[r];
-#pragma unroll
-      for (int i = 0; i < kTileKeys / 8; ++i)
-        mx = fmaxf(mx, fmaxf(sa[4 * i + 2 * r], sa[4 * i + 2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float base_r = mx == -INFINITY ? 0.0f : mx;  // nothing visible yet: no NaN
-      float sum = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kTileKeys / 8; ++i)
-        sum += exp2_approx(sa[4 * i + 2 * r] - base_r) + exp2_approx(sa[4 * i + 2 * r + 1] - base_r);
-      row_sum[r] = row_sum[r] * exp2_approx(row_max[r] - base_r) + sum;
-      row_max[r] = mx;
-    }
+    for (int r = 0; r < 2; ++r)
+      online_lse_step<kTileKeys / 8>(row_max[r], row_sum[r],
+                                     [&](int i, int e) { return sa[4 * i + 2 * r + e]; });
   }
   cp_async_wait<0>();
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = row_sum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    // Row < t: key 0 is visible, so the max is finite and sum >= 1.
-    if (c == 0 && rows[r] < p.t_pad)
-      p.lse[int64_t{h} * p.t_pad + rows[r]] = rows[r] < p.t ? row_max[r] + log2f(sum) : 0.0f;
-  }
+  for (int r = 0; r < 2; ++r)
+    store_quad_lse2(p.lse + int64_t{h} * p.t_pad + rows[r], row_max[r], row_sum[r],
+                    c == 0 && rows[r] < p.t_pad, rows[r] < p.t);
 #else
   __trap();  // compiled for sm_90a only; the launcher checks the device first
 #endif
@@ -410,10 +414,8 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
     cp_async_wait<0>();  // K, V (and step 0's tiles) have landed for every thread
     __syncthreads();
     const int row0 = wg * 64 + wq * 16;
-#pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk) ldmatrix_x4(k_frag[kk], fragment_address(k_s, row0, kk, lane));
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk) ldmatrix_x4(v_frag[kk], fragment_address(v_s, row0, kk, lane));
+    load_fragments<DK / 16>(k_frag, k_s, row0, lane);
+    load_fragments<DV / 16>(v_frag, v_s, row0, lane);
   }
 
   for (int it = 0; it < n_iter; ++it) {
@@ -434,28 +436,9 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
     fence_accumulators(st);
     fence_accumulators(dpt);
     wgmma_fence();
-    // Sᵀ = K·Qᵀ (one group), then dPᵀ = V·dOᵀ (another); the first k16 step overwrites.
-    if constexpr (kKVInRegisters) {
-#pragma unroll
-      for (int kk = 0; kk < DK / 16; ++kk)
-        wgmma_m64n64k16_rs(st, k_frag[kk], q_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < DV / 16; ++kk)
-        wgmma_m64n64k16_rs(dpt, v_frag[kk], do_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < DK / 16; ++kk)
-        wgmma_m64n64k16_ss(st, k_desc + k_major_step<kWideBytes>(kk),
-                           q_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < DV / 16; ++kk)
-        wgmma_m64n64k16_ss(dpt, v_desc + k_major_step<kWideBytes>(kk),
-                           do_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-    }
+    // Sᵀ = K·Qᵀ (one group), then dPᵀ = V·dOᵀ (another).
+    product_64x64<DK / 16, kKVInRegisters>(st, k_frag, k_desc, q_kdesc);
+    product_64x64<DV / 16, kKVInRegisters>(dpt, v_frag, v_desc, do_kdesc);
 
     wgmma_wait<1>();  // Sᵀ is done; dPᵀ may still run
     fence_accumulators(st);
@@ -522,42 +505,14 @@ __global__ void __launch_bounds__(kThreads, 1) dkdv_wgmma_kernel(const BwdParams
   }
   cp_async_wait<0>();  // the empty last group
 
+  // Key keys[r]: accumulator entries 4i + 2r + e (dims 8i + 2c + e); dK scaled here, once.
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int key = keys[r];
     if (key >= p.t) continue;
-    if (p.split == 1) {
-      if (p.dk != nullptr) {
-        bf16* const row = p.dk + (int64_t{key} * p.kv_heads + kvh) * DK;
-#pragma unroll
-        for (int i = 0; i < DK / 8; ++i)
-          store_bf16_pair(row + 8 * i + 2 * c, p.scale * dk_acc[4 * i + 2 * r],
-                          p.scale * dk_acc[4 * i + 2 * r + 1], p.overwrite);
-      }
-      if (p.dv != nullptr) {
-        bf16* const row = p.dv + (int64_t{key} * p.kv_heads + kvh) * DV;
-#pragma unroll
-        for (int i = 0; i < DV / 8; ++i)
-          store_bf16_pair(row + 8 * i + 2 * c, dv_acc[4 * i + 2 * r], dv_acc[4 * i + 2 * r + 1],
-                          p.overwrite);
-      }
-    } else {
-      const int64_t at = (int64_t{part} * p.t + key) * p.kv_heads + kvh;
-      if (p.dk != nullptr) {
-        float* const row = p.dk_part + at * DK;
-#pragma unroll
-        for (int i = 0; i < DK / 8; ++i)
-          *reinterpret_cast<float2*>(row + 8 * i + 2 * c) =
-              make_float2(p.scale * dk_acc[4 * i + 2 * r], p.scale * dk_acc[4 * i + 2 * r + 1]);
-      }
-      if (p.dv != nullptr) {
-        float* const row = p.dv_part + at * DV;
-#pragma unroll
-        for (int i = 0; i < DV / 8; ++i)
-          *reinterpret_cast<float2*>(row + 8 * i + 2 * c) =
-              make_float2(dv_acc[4 * i + 2 * r], dv_acc[4 * i + 2 * r + 1]);
-      }
-    }
+    store_key_row<DK, DV>(
+        p, key, kvh, part, c, [&](int i, int e) { return p.scale * dk_acc[4 * i + 2 * r + e]; },
+        [&](int i, int e) { return dv_acc[4 * i + 2 * r + e]; });
   }
 #else
   __trap();  // compiled for sm_90a only; the launcher checks the device first
@@ -638,11 +593,8 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
     cp_async_wait<0>();  // Q, dO (and step 0's tiles) have landed for every thread
     __syncthreads();
     const int row0 = wg * 64 + wq * 16;
-#pragma unroll
-    for (int kk = 0; kk < DK / 16; ++kk) ldmatrix_x4(q_frag[kk], fragment_address(q_s, row0, kk, lane));
-#pragma unroll
-    for (int kk = 0; kk < DV / 16; ++kk)
-      ldmatrix_x4(do_frag[kk], fragment_address(do_s, row0, kk, lane));
+    load_fragments<DK / 16>(q_frag, q_s, row0, lane);
+    load_fragments<DV / 16>(do_frag, do_s, row0, lane);
   }
 
   for (int j = 0; j < n_tiles; ++j) {
@@ -664,27 +616,8 @@ __global__ void __launch_bounds__(kThreads, DK == 64 ? 2 : 1) dq_wgmma_kernel(co
     fence_accumulators(dpa);
     wgmma_fence();
     // S = Q·Kᵀ (one group), dP = dO·Vᵀ (another).
-    if constexpr (kQInRegisters) {
-#pragma unroll
-      for (int kk = 0; kk < DK / 16; ++kk)
-        wgmma_m64n64k16_rs(sa, q_frag[kk], k_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < DV / 16; ++kk)
-        wgmma_m64n64k16_rs(dpa, do_frag[kk], v_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < DK / 16; ++kk)
-        wgmma_m64n64k16_ss(sa, q_desc + k_major_step<kWideBytes>(kk),
-                           k_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-#pragma unroll
-      for (int kk = 0; kk < DV / 16; ++kk)
-        wgmma_m64n64k16_ss(dpa, do_desc + k_major_step<kWideBytes>(kk),
-                           v_kdesc + k_major_step<kNarrowBytes>(kk), kk == 0 ? 0 : 1);
-      wgmma_commit();
-    }
+    product_64x64<DK / 16, kQInRegisters>(sa, q_frag, q_desc, k_kdesc);
+    product_64x64<DV / 16, kQInRegisters>(dpa, do_frag, do_desc, v_kdesc);
 
     wgmma_wait<1>();  // S is done; dP may still run
     fence_accumulators(sa);

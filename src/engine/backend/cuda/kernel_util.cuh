@@ -73,20 +73,30 @@ constexpr cudaDataType cuda_data_type() {
   return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_16BF;
 }
 
-// 16 bytes of T: 8 bf16 or 4 f32, loaded and stored whole (pointers 16-byte aligned).
+// 16 bytes of T: 8 bf16 or 4 f32, loaded and stored whole (pointers 16-byte aligned). An
+// aggregate: `Vec16<T> v{p[i]}` takes a uint4 directly; load/store take element pointers.
 template <typename T>
 struct Vec16 {
   static constexpr int kN = 16 / sizeof(T);
   uint4 raw;
-  __device__ float get(int j) const {
-    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  __device__ void load(const T* p) { raw = *reinterpret_cast<const uint4*>(p); }
+  __device__ void store(T* p) const { *reinterpret_cast<uint4*>(p) = raw; }
+  static constexpr int kPerWord = 4 / sizeof(T);  // elements per 32-bit word
+  // 32-bit word i: a select, not an indexed array, so that an index known only at run time
+  // (rope_backward's interleaved pairs) does not send a bf16 vector to local memory.
+  __device__ uint32_t word(int i) const {
+    return i == 0 ? raw.x : i == 1 ? raw.y : i == 2 ? raw.z : raw.w;
+  }
+  // Element j (of this or any longer run of elements) from the 32-bit word that holds it: the word
+  // itself for f32, half j % 2 of it for bf16 (a bf16 is the high half of its f32).
+  __device__ static float element(uint32_t w, int j) {
     if constexpr (sizeof(T) == 4) {
-      return __uint_as_float(words[j]);
+      return __uint_as_float(w);
     } else {
-      const uint32_t w = words[j / 2];
       return __uint_as_float(j % 2 == 0 ? w << 16 : w & 0xffff0000u);
     }
   }
+  __device__ float get(int j) const { return element(word(j / kPerWord), j); }
   __device__ void set(const float (&v)[kN]) {
     uint32_t words[4];
     if constexpr (sizeof(T) == 4) {

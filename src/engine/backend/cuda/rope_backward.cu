@@ -12,7 +12,7 @@ namespace refinery::backend::cuda {
 
 namespace {
 
-// RopeChunk, TableChunk, rope_vectorizable, kRopeThreads: rope_vector.cuh.
+// RopeChunk, TableChunk, rope_vectorizable, check_rope_tables, kRopeThreads: rope_vector.cuh.
 using namespace rope_detail;
 
 template <typename T>
@@ -110,12 +110,7 @@ void CudaBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_
   const RopeSizes sizes = check_rope(Device::kCUDA, dy, table, first_position, offset, dx);
   const int64_t t_count = sizes.t_count, heads = sizes.heads, d = sizes.d;
   const int64_t half = sizes.half;
-  REFINERY_CHECK(table.cos.dtype() == DType::kF32 && table.sin.dtype() == DType::kF32 &&
-                     table.cos.ndim() == 2 && table.cos.size(1) == half &&
-                     table.sin.shape() == table.cos.shape(),
-                 "rope_backward: f32 [positions, ", half, "] tables expected, found ",
-                 table.cos.describe(), " and ", table.sin.describe());
-  REFINERY_CHECK(t_count * heads < (int64_t{1} << 31), "rope_backward: too many rows");
+  check_rope_tables(table, half, t_count * heads, "rope_backward");
   if (t_count * heads == 0) return;
   const Tensor cos_rows = upload(table.cos.slice(first_position, first_position + t_count));
   const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + t_count));

@@ -1,62 +1,51 @@
 #pragma once
 // Shared by rope.cu and rope_backward.cu: the 8-element register chunks their vectorized kernels
-// load and store as 16-byte vectors, the 8-entry cos/sin table chunk, and when the vectorized
-// path applies. Device structs plus one host predicate.
+// load and store as 16-byte vectors (Vec16), the 8-entry cos/sin table chunk, and when the
+// vectorized path applies. Device structs plus the host checks and predicate.
 #include <cuda_bf16.h>
 
 #include <cstdint>
 
 #include "engine/backend/cuda/alignment.hpp"
+#include "engine/backend/cuda/kernel_util.cuh"
+#include "engine/backend/rope_table.hpp"
+#include "engine/core/error.hpp"
 
 namespace refinery::backend::cuda::rope_detail {
 
 constexpr int kRopeThreads = 64;
 
-// Eight consecutive elements of T in registers, loaded and stored as 16-byte vectors (one for
-// bf16, two for f32); the pointer must be 16-byte aligned.
+// Eight consecutive elements of T in registers as Vec16 vectors (kernel_util.cuh: one for bf16,
+// two for f32), loaded and stored whole; the pointer must be 16-byte aligned.
 template <typename T>
 struct RopeChunk {
-  static constexpr int kWords = 8 * sizeof(T) / 16;  // uint4 words
-  uint4 w[kWords];
+  static constexpr int kPerVector = Vec16<T>::kN;  // elements per 16-byte vector
+  static constexpr int kVectors = 8 / kPerVector;
+  Vec16<T> v[kVectors];
   __device__ void load(const T* p) {
-    for (int k = 0; k < kWords; ++k) w[k] = reinterpret_cast<const uint4*>(p)[k];
+    for (int k = 0; k < kVectors; ++k) v[k].load(p + k * kPerVector);
   }
   // load(p), or eight zeros without reading p (a gradient that is overwritten, not added to).
   __device__ void load_or_zero(const T* p, bool zero) {
     if (zero) {
-      for (int k = 0; k < kWords; ++k) w[k] = make_uint4(0u, 0u, 0u, 0u);
+      for (int k = 0; k < kVectors; ++k) v[k].raw = make_uint4(0u, 0u, 0u, 0u);
     } else {
       load(p);
     }
   }
   __device__ void store(T* p) const {
-    for (int k = 0; k < kWords; ++k) reinterpret_cast<uint4*>(p)[k] = w[k];
+    for (int k = 0; k < kVectors; ++k) v[k].store(p + k * kPerVector);
   }
-  __device__ uint32_t word(int i) const {  // 32-bit word i of the 8 elements
-    const uint4& v = w[i / 4];
-    const int j = i % 4;
-    return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
-  }
-  __device__ float get(int j) const {
-    if constexpr (sizeof(T) == 4) {
-      return __uint_as_float(word(j));
-    } else {
-      const uint32_t v = word(j / 2);
-      return __uint_as_float(j % 2 == 0 ? v << 16 : v & 0xffff0000u);
+  // 32-bit word i of the 8 elements (get's index arithmetic as before the fold onto Vec16: the
+  // same code from nvcc).
+  __device__ uint32_t word(int i) const { return v[i / 4].word(i % 4); }
+  __device__ float get(int j) const { return Vec16<T>::element(word(j / Vec16<T>::kPerWord), j); }
+  __device__ void set(const float (&x)[8]) {
+    for (int k = 0; k < kVectors; ++k) {
+      float part[kPerVector];
+      for (int i = 0; i < kPerVector; ++i) part[i] = x[k * kPerVector + i];
+      v[k].set(part);
     }
-  }
-  __device__ void set(const float (&v)[8]) {
-    uint32_t words[kWords * 4];
-    if constexpr (sizeof(T) == 4) {
-      for (int k = 0; k < 8; ++k) words[k] = __float_as_uint(v[k]);
-    } else {
-      for (int k = 0; k < 4; ++k)
-        words[k] = static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k]))) |
-                   (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[2 * k + 1])))
-                    << 16);
-    }
-    for (int k = 0; k < kWords; ++k)
-      w[k] = make_uint4(words[4 * k], words[4 * k + 1], words[4 * k + 2], words[4 * k + 3]);
   }
 };
 
@@ -75,6 +64,18 @@ inline bool rope_vectorizable(const void* x, const void* y, const float* cos_row
                        int64_t rows, int64_t d, int64_t offset, int64_t half) {
   return d % 8 == 0 && offset % 8 == 0 && half % 8 == 0 && aligned16(x) && aligned16(y) &&
          aligned16(cos_rows) && aligned16(sin_rows) && rows * (d / 8) < (int64_t{1} << 31);
+}
+
+// The checks rope and rope_backward add to check_rope (`op` names the caller in the error): f32
+// cos/sin tables [positions, half] of the same shape, and rows = T · heads within the kernels'
+// 32-bit row index.
+inline void check_rope_tables(const RopeTable& table, int64_t half, int64_t rows, const char* op) {
+  REFINERY_CHECK(table.cos.dtype() == DType::kF32 && table.sin.dtype() == DType::kF32 &&
+                     table.cos.ndim() == 2 && table.cos.size(1) == half &&
+                     table.sin.shape() == table.cos.shape(),
+                 op, ": f32 [positions, ", half, "] tables expected, found ", table.cos.describe(),
+                 " and ", table.sin.describe());
+  REFINERY_CHECK(rows < (int64_t{1} << 31), op, ": too many rows");
 }
 
 }  // namespace refinery::backend::cuda::rope_detail

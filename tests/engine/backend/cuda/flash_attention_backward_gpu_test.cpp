@@ -77,13 +77,20 @@ std::vector<std::vector<double>> softmax_rows(const Case& c, const std::vector<f
   return p;
 }
 
-Inputs make_inputs(const Case& c, uint64_t seed) {
+// Random q, k, v, dout (seeds seed + 1 .. + 4; q's standard deviation c.q_std) and the scale;
+// out is left to the caller.
+Inputs random_q_k_v_dout(const Case& c, uint64_t seed) {
   Inputs in;
   in.q = convert(random_f32({c.t, c.heads, c.dk}, seed + 1, c.q_std), DType::kBF16);
   in.k = convert(random_f32({c.t, c.kv, c.dk}, seed + 2), DType::kBF16);
   in.v = convert(random_f32({c.t, c.kv, c.dv}, seed + 3), DType::kBF16);
   in.dout = convert(random_f32({c.t, c.heads, c.dv}, seed + 4), DType::kBF16);
   in.scale = 1.0f / std::sqrt(static_cast<float>(c.dk));
+  return in;
+}
+
+Inputs make_inputs(const Case& c, uint64_t seed) {
+  Inputs in = random_q_k_v_dout(c, seed);
   const std::vector<float> q = values(in.q), k = values(in.k), v = values(in.v);
   Tensor out = Tensor::empty(DType::kF32, {c.t, c.heads, c.dv});
   float* o = out.mutable_data<float>();
@@ -199,7 +206,104 @@ DeviceRun run_kernel(const Case& c, const Inputs& in, const Tensor& dq0, const T
   return r;
 }
 
-const Case kCases[] = {
+// Pre-filled gradients (bf16, host) of one case: dq [T, H, dk], dk [T, KV, dk], dv [T, KV, dv].
+struct Grads {
+  Tensor dq, dk, dv;
+};
+
+// Random values (seeds seed + 5, + 6, + 7): the kernels must add into them.
+Grads random_grads(const Case& c, uint64_t seed) {
+  return {convert(random_f32({c.t, c.heads, c.dk}, seed + 5), DType::kBF16),
+          convert(random_f32({c.t, c.kv, c.dk}, seed + 6), DType::kBF16),
+          convert(random_f32({c.t, c.kv, c.dv}, seed + 7), DType::kBF16)};
+}
+
+// Zeros: the fresh gradients themselves.
+Grads zero_grads(const Case& c) {
+  return {convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16),
+          convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16),
+          convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16)};
+}
+
+// Inputs without the exact forward (out is random: D = rowsum(dout ∘ out) is then just another
+// per-row constant), for shapes too large for the host reference; only kernel-vs-kernel checks.
+Inputs random_inputs(const Case& c, uint64_t seed) {
+  Inputs in = random_q_k_v_dout(c, seed);
+  in.out = convert(random_f32({c.t, c.heads, c.dv}, seed + 5, 0.3f), DType::kBF16);
+  return in;
+}
+
+// run_kernel with REFINERY_ATTN_BWD_KERNEL = kernel for its duration, or with the environment as
+// it is (the default choice) for kernel == nullptr.
+DeviceRun run_forced(const char* kernel, const Case& c, const Inputs& in, const Grads& pre,
+                     bool want_q = true, bool want_k = true, bool want_v = true) {
+  if (kernel == nullptr) return run_kernel(c, in, pre.dq, pre.dk, pre.dv, want_q, want_k, want_v);
+  const ScopedEnv env("REFINERY_ATTN_BWD_KERNEL", kernel);
+  return run_kernel(c, in, pre.dq, pre.dk, pre.dv, want_q, want_k, want_v);
+}
+
+// The bodies the mma.sync (kernel nullptr: the default choice) and wgmma (kernel "wgmma") suites
+// share; `label` starts the names of the checks.
+
+// Every case added into random gradients: within the bound of the exact gradient plus the
+// pre-filled value.
+void expect_accumulates_within_bound(const char* kernel, const char* label,
+                                     const std::vector<Case>& cases, uint64_t seed) {
+  for (const Case& c : cases) {
+    ASSERT_TRUE(flash_attention_backward_supports(c.dk, c.dv)) << name(c);
+    const Inputs in = make_inputs(c, seed += 10);
+    const Grads pre = random_grads(c, seed);
+    const Reference want = reference(c, in, pre.dq, pre.dk, pre.dv);
+    const DeviceRun got = run_forced(kernel, c, in, pre);
+    EXPECT_TRUE(close(str(label, " dq ", name(c)), got.dq, want.dq, 0.0, want.bq));
+    EXPECT_TRUE(close(str(label, " dk ", name(c)), got.dk, want.dk, 0.0, want.bk));
+    EXPECT_TRUE(close(str(label, " dv ", name(c)), got.dv, want.dv, 0.0, want.bv));
+  }
+}
+
+// Every case into zero gradients: within the bound, and a small relative L2 error.
+void expect_fresh_gradients_close(const char* kernel, const char* label,
+                                  const std::vector<Case>& cases, uint64_t seed) {
+  for (const Case& c : cases) {
+    const Inputs in = make_inputs(c, seed += 10);
+    const Grads pre = zero_grads(c);
+    const Reference want = reference(c, in, pre.dq, pre.dk, pre.dv);
+    const DeviceRun got = run_forced(kernel, c, in, pre);
+    EXPECT_TRUE(close(str(label, " dq ", name(c)), got.dq, want.dq, 0.0, want.bq));
+    EXPECT_TRUE(close(str(label, " dk ", name(c)), got.dk, want.dk, 0.0, want.bk));
+    EXPECT_TRUE(close(str(label, " dv ", name(c)), got.dv, want.dv, 0.0, want.bv));
+    // bf16 has a relative precision of 2^-8 (3.9e-3); random rounding errors average below it.
+    EXPECT_LT(relative_l2(got.dq, want.dq, pre.dq), 1e-2) << name(c);
+    EXPECT_LT(relative_l2(got.dk, want.dk, pre.dk), 1e-2) << name(c);
+    EXPECT_LT(relative_l2(got.dv, want.dv, pre.dv), 1e-2) << name(c);
+  }
+}
+
+// Two full runs are bitwise equal, and a run that wants one gradient computes exactly that one
+// (bitwise the full run's) and leaves the others alone. make: make_inputs or random_inputs.
+void expect_deterministic_and_selective(const char* kernel, const std::vector<Case>& cases,
+                                        Inputs (*make)(const Case&, uint64_t), uint64_t seed) {
+  for (const Case& c : cases) {
+    const Inputs in = make(c, seed);
+    const Grads pre = random_grads(c, seed);
+    const DeviceRun all = run_forced(kernel, c, in, pre);
+    const DeviceRun again = run_forced(kernel, c, in, pre);
+    const DeviceRun only_q = run_forced(kernel, c, in, pre, true, false, false);
+    const DeviceRun only_v = run_forced(kernel, c, in, pre, false, false, true);
+    const DeviceRun only_k = run_forced(kernel, c, in, pre, false, true, false);
+    auto same = [](const Tensor& a, const Tensor& b) { return values(a) == values(b); };
+    EXPECT_TRUE(same(all.dq, again.dq) && same(all.dk, again.dk) && same(all.dv, again.dv))
+        << name(c);
+    EXPECT_TRUE(same(only_q.dq, all.dq)) << name(c);
+    EXPECT_TRUE(same(only_k.dk, all.dk)) << name(c);
+    EXPECT_TRUE(same(only_v.dv, all.dv)) << name(c);
+    // Unwanted gradients are left alone.
+    EXPECT_TRUE(same(only_q.dk, gpu(pre.dk)) && same(only_q.dv, gpu(pre.dv))) << name(c);
+    EXPECT_TRUE(same(only_v.dq, gpu(pre.dq)) && same(only_k.dv, gpu(pre.dv))) << name(c);
+  }
+}
+
+const std::vector<Case> kCases = {
     {1, 4, 2, 64, 64, 1.0f},        // the first token alone
     {15, 6, 2, 64, 64, 1.0f},       // GQA 3:1, one partial tile
     {64, 6, 2, 128, 128, 1.0f},     // exactly one tile
@@ -235,62 +339,19 @@ TEST(FlashAttentionBackwardGpu, RefusesBadArgumentsBeforeTouchingTheDevice) {
 
 TEST(FlashAttentionBackwardGpu, AccumulatesTheExactGradientsWithinTheBf16Bound) {
   if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
-  uint64_t seed = 12000;
-  for (const Case& c : kCases) {
-    ASSERT_TRUE(flash_attention_backward_supports(c.dk, c.dv));
-    const Inputs in = make_inputs(c, seed += 10);
-    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, seed + 5), DType::kBF16);
-    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, seed + 6), DType::kBF16);
-    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, seed + 7), DType::kBF16);
-    const Reference want = reference(c, in, dq0, dk0, dv0);
-    const DeviceRun got = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
-    EXPECT_TRUE(close("flash backward dq " + name(c), got.dq, want.dq, 0.0, want.bq));
-    EXPECT_TRUE(close("flash backward dk " + name(c), got.dk, want.dk, 0.0, want.bk));
-    EXPECT_TRUE(close("flash backward dv " + name(c), got.dv, want.dv, 0.0, want.bv));
-  }
+  expect_accumulates_within_bound(nullptr, "flash backward", kCases, 12000);
 }
 
 TEST(FlashAttentionBackwardGpu, FreshGradientsHaveSmallRelativeError) {
   if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
-  uint64_t seed = 13000;
-  for (const Case& c : kCases) {
-    const Inputs in = make_inputs(c, seed += 10);
-    const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
-    const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
-    const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
-    const Reference want = reference(c, in, dq0, dk0, dv0);
-    const DeviceRun got = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
-    EXPECT_TRUE(close("fresh dq " + name(c), got.dq, want.dq, 0.0, want.bq));
-    EXPECT_TRUE(close("fresh dk " + name(c), got.dk, want.dk, 0.0, want.bk));
-    EXPECT_TRUE(close("fresh dv " + name(c), got.dv, want.dv, 0.0, want.bv));
-    // bf16 has a relative precision of 2^-8 (3.9e-3); random rounding errors average below it.
-    EXPECT_LT(relative_l2(got.dq, want.dq, dq0), 1e-2) << name(c);
-    EXPECT_LT(relative_l2(got.dk, want.dk, dk0), 1e-2) << name(c);
-    EXPECT_LT(relative_l2(got.dv, want.dv, dv0), 1e-2) << name(c);
-  }
+  expect_fresh_gradients_close(nullptr, "fresh", kCases, 13000);
 }
 
 TEST(FlashAttentionBackwardGpu, IsDeterministicAndComputesOnlyTheWantedGradients) {
   if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
-  for (const Case& c : {Case{1030, 8, 2, 64, 64, 2.0f}, Case{130, 6, 2, 192, 128, 1.0f}}) {
-    const Inputs in = make_inputs(c, 14000);
-    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, 14005), DType::kBF16);
-    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, 14006), DType::kBF16);
-    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, 14007), DType::kBF16);
-    const DeviceRun all = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
-    const DeviceRun again = run_kernel(c, in, dq0, dk0, dv0, true, true, true);
-    const DeviceRun only_q = run_kernel(c, in, dq0, dk0, dv0, true, false, false);
-    const DeviceRun only_v = run_kernel(c, in, dq0, dk0, dv0, false, false, true);
-    const DeviceRun only_k = run_kernel(c, in, dq0, dk0, dv0, false, true, false);
-    auto same = [](const Tensor& a, const Tensor& b) { return values(a) == values(b); };
-    EXPECT_TRUE(same(all.dq, again.dq) && same(all.dk, again.dk) && same(all.dv, again.dv)) << name(c);
-    EXPECT_TRUE(same(only_q.dq, all.dq)) << name(c);
-    EXPECT_TRUE(same(only_k.dk, all.dk)) << name(c);
-    EXPECT_TRUE(same(only_v.dv, all.dv)) << name(c);
-    // Unwanted gradients are left alone.
-    EXPECT_TRUE(same(only_q.dk, gpu(dk0)) && same(only_q.dv, gpu(dv0))) << name(c);
-    EXPECT_TRUE(same(only_v.dq, gpu(dq0)) && same(only_k.dv, gpu(dv0))) << name(c);
-  }
+  expect_deterministic_and_selective(
+      nullptr, {Case{1030, 8, 2, 64, 64, 2.0f}, Case{130, 6, 2, 192, 128, 1.0f}}, make_inputs,
+      14000);
 }
 
 // Sets REFINERY_ATTN_BWD for one scope.
@@ -305,9 +366,7 @@ TEST(FlashAttentionBackwardGpu, BackendRoutesBf16AndMatchesTheCublasPath) {
   uint64_t seed = 15000;
   for (const Case& c : kCases) {
     const Inputs in = make_inputs(c, seed += 10);
-    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, seed + 5), DType::kBF16);
-    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, seed + 6), DType::kBF16);
-    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, seed + 7), DType::kBF16);
+    const auto [dq0, dk0, dv0] = random_grads(c, seed);
     const Reference want = reference(c, in, dq0, dk0, dv0);
     const Tensor q = gpu(in.q), k = gpu(in.k), v = gpu(in.v), out = gpu(in.out), dout = gpu(in.dout);
     Tensor dq[2] = {gpu(dq0), gpu(dq0)}, dk[2] = {gpu(dk0), gpu(dk0)}, dv[2] = {gpu(dv0), gpu(dv0)};
@@ -378,83 +437,23 @@ std::vector<Case> wgmma_cases() {
   return all;
 }
 
-DeviceRun run_forced(const char* kernel, const Case& c, const Inputs& in, const Tensor& dq0,
-                     const Tensor& dk0, const Tensor& dv0, bool want_q = true, bool want_k = true,
-                     bool want_v = true) {
-  const ScopedEnv env("REFINERY_ATTN_BWD_KERNEL", kernel);
-  return run_kernel(c, in, dq0, dk0, dv0, want_q, want_k, want_v);
-}
-
 TEST(FlashAttentionBackwardWgmmaGpu, AccumulatesTheExactGradientsWithinTheBf16Bound) {
   if (skip_without_wgmma()) GTEST_SKIP() << kNoWgmma;
-  uint64_t seed = 22000;
-  for (const Case& c : wgmma_cases()) {
-    const Inputs in = make_inputs(c, seed += 10);
-    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, seed + 5), DType::kBF16);
-    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, seed + 6), DType::kBF16);
-    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, seed + 7), DType::kBF16);
-    const Reference want = reference(c, in, dq0, dk0, dv0);
-    const DeviceRun got = run_forced("wgmma", c, in, dq0, dk0, dv0);
-    EXPECT_TRUE(close("wgmma backward dq " + name(c), got.dq, want.dq, 0.0, want.bq));
-    EXPECT_TRUE(close("wgmma backward dk " + name(c), got.dk, want.dk, 0.0, want.bk));
-    EXPECT_TRUE(close("wgmma backward dv " + name(c), got.dv, want.dv, 0.0, want.bv));
-  }
+  expect_accumulates_within_bound("wgmma", "wgmma backward", wgmma_cases(), 22000);
 }
 
 TEST(FlashAttentionBackwardWgmmaGpu, FreshGradientsHaveSmallRelativeError) {
   if (skip_without_wgmma()) GTEST_SKIP() << kNoWgmma;
-  uint64_t seed = 23000;
-  for (const Case& c : wgmma_cases()) {
-    const Inputs in = make_inputs(c, seed += 10);
-    const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
-    const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
-    const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
-    const Reference want = reference(c, in, dq0, dk0, dv0);
-    const DeviceRun got = run_forced("wgmma", c, in, dq0, dk0, dv0);
-    EXPECT_TRUE(close("wgmma fresh dq " + name(c), got.dq, want.dq, 0.0, want.bq));
-    EXPECT_TRUE(close("wgmma fresh dk " + name(c), got.dk, want.dk, 0.0, want.bk));
-    EXPECT_TRUE(close("wgmma fresh dv " + name(c), got.dv, want.dv, 0.0, want.bv));
-    EXPECT_LT(relative_l2(got.dq, want.dq, dq0), 1e-2) << name(c);
-    EXPECT_LT(relative_l2(got.dk, want.dk, dk0), 1e-2) << name(c);
-    EXPECT_LT(relative_l2(got.dv, want.dv, dv0), 1e-2) << name(c);
-  }
-}
-
-// Inputs without the exact forward (out is random: D = rowsum(dout ∘ out) is then just another
-// per-row constant), for shapes too large for the host reference; only kernel-vs-kernel checks.
-Inputs random_inputs(const Case& c, uint64_t seed) {
-  Inputs in;
-  in.q = convert(random_f32({c.t, c.heads, c.dk}, seed + 1, c.q_std), DType::kBF16);
-  in.k = convert(random_f32({c.t, c.kv, c.dk}, seed + 2), DType::kBF16);
-  in.v = convert(random_f32({c.t, c.kv, c.dv}, seed + 3), DType::kBF16);
-  in.dout = convert(random_f32({c.t, c.heads, c.dv}, seed + 4), DType::kBF16);
-  in.out = convert(random_f32({c.t, c.heads, c.dv}, seed + 5, 0.3f), DType::kBF16);
-  in.scale = 1.0f / std::sqrt(static_cast<float>(c.dk));
-  return in;
+  expect_fresh_gradients_close("wgmma", "wgmma fresh", wgmma_cases(), 23000);
 }
 
 TEST(FlashAttentionBackwardWgmmaGpu, IsDeterministicAndComputesOnlyTheWantedGradients) {
   if (skip_without_wgmma()) GTEST_SKIP() << kNoWgmma;
   // The 1.4B student's shape (GQA 32/4, 64 wide, L 2048) and smaller ones with 1 and 4 splits.
-  for (const Case& c : {Case{2048, 32, 4, 64, 64, 1.0f}, Case{1030, 8, 2, 64, 64, 2.0f},
-                        Case{1000, 8, 1, 128, 128, 1.0f}, Case{130, 3, 3, 128, 128, 1.0f}}) {
-    const Inputs in = random_inputs(c, 24000);
-    const Tensor dq0 = convert(random_f32({c.t, c.heads, c.dk}, 24005), DType::kBF16);
-    const Tensor dk0 = convert(random_f32({c.t, c.kv, c.dk}, 24006), DType::kBF16);
-    const Tensor dv0 = convert(random_f32({c.t, c.kv, c.dv}, 24007), DType::kBF16);
-    const DeviceRun all = run_forced("wgmma", c, in, dq0, dk0, dv0);
-    const DeviceRun again = run_forced("wgmma", c, in, dq0, dk0, dv0);
-    const DeviceRun only_q = run_forced("wgmma", c, in, dq0, dk0, dv0, true, false, false);
-    const DeviceRun only_v = run_forced("wgmma", c, in, dq0, dk0, dv0, false, false, true);
-    const DeviceRun only_k = run_forced("wgmma", c, in, dq0, dk0, dv0, false, true, false);
-    auto same = [](const Tensor& a, const Tensor& b) { return values(a) == values(b); };
-    EXPECT_TRUE(same(all.dq, again.dq) && same(all.dk, again.dk) && same(all.dv, again.dv)) << name(c);
-    EXPECT_TRUE(same(only_q.dq, all.dq)) << name(c);
-    EXPECT_TRUE(same(only_k.dk, all.dk)) << name(c);
-    EXPECT_TRUE(same(only_v.dv, all.dv)) << name(c);
-    EXPECT_TRUE(same(only_q.dk, gpu(dk0)) && same(only_q.dv, gpu(dv0))) << name(c);
-    EXPECT_TRUE(same(only_v.dq, gpu(dq0)) && same(only_k.dv, gpu(dv0))) << name(c);
-  }
+  expect_deterministic_and_selective(
+      "wgmma", {Case{2048, 32, 4, 64, 64, 1.0f}, Case{1030, 8, 2, 64, 64, 2.0f},
+                Case{1000, 8, 1, 128, 128, 1.0f}, Case{130, 3, 3, 128, 128, 1.0f}},
+      random_inputs, 24000);
 }
 
 // The two kernels on shapes beyond the host reference (the 1.4B student's; GQA 4 with 2 of the
@@ -467,14 +466,12 @@ TEST(FlashAttentionBackwardWgmmaGpu, AgreesWithTheMmaKernels) {
                         Case{1024, 16, 4, 128, 128, 1.0f}, Case{333, 8, 1, 128, 128, 4.0f},
                         Case{777, 12, 3, 64, 64, 1.0f}}) {
     const Inputs in = random_inputs(c, seed += 10);
-    const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
-    const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
-    const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
-    const DeviceRun wg = run_forced("wgmma", c, in, dq0, dk0, dv0);
-    const DeviceRun mma = run_forced("mma", c, in, dq0, dk0, dv0);
+    const Grads zero = zero_grads(c);
+    const DeviceRun wg = run_forced("wgmma", c, in, zero);
+    const DeviceRun mma = run_forced("mma", c, in, zero);
     for (const auto& [what, a, b, pre] :
-         {std::tuple{"dq", &wg.dq, &mma.dq, &dq0}, std::tuple{"dk", &wg.dk, &mma.dk, &dk0},
-          std::tuple{"dv", &wg.dv, &mma.dv, &dv0}}) {
+         {std::tuple{"dq", &wg.dq, &mma.dq, &zero.dq}, std::tuple{"dk", &wg.dk, &mma.dk, &zero.dk},
+          std::tuple{"dv", &wg.dv, &mma.dv, &zero.dv}}) {
       const std::vector<float> x = values(*a);
       EXPECT_TRUE(std::all_of(x.begin(), x.end(), [](float e) { return std::isfinite(e); }))
           << what << " " << name(c);
@@ -487,19 +484,14 @@ TEST(FlashAttentionBackwardWgmmaGpu, ForcingItWhereItCannotRunIsAUserError) {
   if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason();
   const Case mla{64, 2, 1, 192, 128, 1.0f};  // widths only the mma.sync kernels have
   const Inputs in = random_inputs(mla, 26000);
-  const Tensor dq0 = convert(Tensor::zeros(DType::kF32, {mla.t, mla.heads, mla.dk}), DType::kBF16);
-  const Tensor dk0 = convert(Tensor::zeros(DType::kF32, {mla.t, mla.kv, mla.dk}), DType::kBF16);
-  const Tensor dv0 = convert(Tensor::zeros(DType::kF32, {mla.t, mla.kv, mla.dv}), DType::kBF16);
-  EXPECT_THROW(run_forced("wgmma", mla, in, dq0, dk0, dv0), Error);
-  EXPECT_THROW(run_forced("tensor-cores", mla, in, dq0, dk0, dv0), Error);  // not a kernel name
-  EXPECT_NO_THROW(run_forced("mma", mla, in, dq0, dk0, dv0));
-  EXPECT_NO_THROW(run_forced("auto", mla, in, dq0, dk0, dv0));  // falls back to mma.sync
+  const Grads zero = zero_grads(mla);
+  EXPECT_THROW(run_forced("wgmma", mla, in, zero), Error);
+  EXPECT_THROW(run_forced("tensor-cores", mla, in, zero), Error);  // not a kernel name
+  EXPECT_NO_THROW(run_forced("mma", mla, in, zero));
+  EXPECT_NO_THROW(run_forced("auto", mla, in, zero));  // falls back to mma.sync
   if (!flash_attention_wgmma_available()) {  // not compute 9.0: any width
     const Case c{64, 2, 1, 64, 64, 1.0f};
-    const Inputs small = random_inputs(c, 26010);
-    const Tensor q0 = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
-    const Tensor k0 = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
-    EXPECT_THROW(run_forced("wgmma", c, small, q0, k0, k0), Error);
+    EXPECT_THROW(run_forced("wgmma", c, random_inputs(c, 26010), zero_grads(c)), Error);
   }
 }
 
@@ -549,9 +541,7 @@ TEST(FlashAttentionBackwardGpu, TakesTheForwardsLseAndOverwritesPoisonedGradient
   uint64_t seed = 27000;
   for (const Case& c : kCases) {
     const Inputs in = make_inputs(c, seed += 10);
-    const Tensor zq = convert(Tensor::zeros(DType::kF32, {c.t, c.heads, c.dk}), DType::kBF16);
-    const Tensor zk = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dk}), DType::kBF16);
-    const Tensor zv = convert(Tensor::zeros(DType::kF32, {c.t, c.kv, c.dv}), DType::kBF16);
+    const auto [zq, zk, zv] = zero_grads(c);
     const Reference want = reference(c, in, zq, zk, zv);
     const std::vector<double> lse_want = exact_lse(c, in);
     // NaN in every byte: any element the kernels read or leave unwritten shows up.

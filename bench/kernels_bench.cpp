@@ -15,7 +15,8 @@
 //              (distinct experts per token, uniform); FLOPs = 2·T·k·3·2048·1408     -> TFLOP/s
 //              by default and with each route forced (REFINERY_MOE_GEMM=ggemm|cublas); then the
 //              grouped GEMM kernels alone on the gate|up shape (mma.sync, wgmma 128x128 and
-//              128x256 tiles)                                                         -> TFLOP/s
+//              128x256 tiles, with and without the fused SwiGLU) and on the down shape (n 2048,
+//              k 1408, every wgmma tile)                                              -> TFLOP/s
 //   copy       add of two 2^28-element bf16 tensors: 3 x 512 MiB moved             -> TB/s
 // Prints one JSON line. The card's ceilings (issue 4): bf16 GEMM ≈ 779 TFLOP/s, copy ≈ 2.99 TB/s.
 #include <algorithm>
@@ -233,6 +234,22 @@ int main() {
                 time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
             json += str(", \"ggemm_wgmma_swiglu", tile, "_gate_up_T", t, "_tflops\": ",
                         gemm_flops / sg / 1e12);
+          }
+          unsetenv("REFINERY_GGEMM_TILE");
+        }
+        {  // the down projection's shape (n = hidden 2048, k = inter 1408), every wgmma tile
+          const Tensor hs = random_bf16({rows, inter}, 13, 1.0f);
+          const Tensor down = random_bf16({e_count, hidden, inter}, 14, 0.02f);
+          Tensor outs = be->empty(DType::kBF16, {rows, hidden});
+          const double down_flops = 2.0 * rows * hidden * inter;
+          const backend::cuda::GroupedGemmArgs args{hs.data(), down.data(), outs.mutable_data(),
+                                                    off.data<int32_t>(), e_count, rows, hidden,
+                                                    inter, false};
+          for (const char* tile : {"128x128", "128x256", "ws128x128", "ws128x256"}) {
+            if (!backend::cuda::grouped_gemm_wgmma_available()) break;
+            setenv("REFINERY_GGEMM_TILE", tile, 1);
+            const double sd = time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
+            json += str(", \"ggemm_wgmma", tile, "_down_T", t, "_tflops\": ", down_flops / sd / 1e12);
           }
           unsetenv("REFINERY_GGEMM_TILE");
         }

@@ -11,6 +11,15 @@
 //      reads across threads).
 // GQA: query head h reads kv head h / (H / KV). Query t sees keys [0, S - T + t].
 // Bound: memory (K and V are read once per query and head); dk, dv <= 256.
+// Split over the keys (flash-decoding): a decode step has one query, so (query, head) blocks alone
+// are too few to fill the GPU (32 blocks for a 7B Llama) and each walks the whole cache. With
+// `splits` > 1, block (t, h, s) takes keys [s·n, (s + 1)·n) only and writes its running max m,
+// sum l and unnormalized accumulators to f32 partials; attention_combine_kernel merges the splits
+// of a (t, h) in split order: M = max_s m_s, out = Σ_s acc_s·e^(m_s − M) / Σ_s l_s·e^(m_s − M)
+// (deterministic; a split past a query's visible keys has m = −inf, l = 0 and weighs 0).
+#include <cstdlib>
+#include <cstring>
+
 #include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/flash_attention.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
@@ -26,15 +35,27 @@ constexpr int kDvPerThread = kMaxHeadDim / kAttnThreads;
 // Below this many queries (decode) the per-query kernel wastes less than a 64-row query tile.
 constexpr int64_t kMinFlashQueries = 16;
 
+// Key splits of a launch: `splits` blocks per (query, head), `keys` keys each; part_ml
+// [T, H, splits, 2] (m, l) and part_acc [T, H, splits, dv] f32, both null when splits == 1 (the
+// kernel then writes `out` itself).
+struct KeySplit {
+  int64_t splits = 1, keys = 0;
+  float* part_ml = nullptr;
+  float* part_acc = nullptr;
+};
+
 template <typename T>
 __global__ void attention_kernel(const T* q, const T* k, const T* v, int64_t t_count,
                                  int64_t heads, int64_t kv_heads, int64_t s_count, int dk, int dv,
-                                 float scale, T* out) {
+                                 float scale, KeySplit split, T* out) {
   __shared__ float q_row[kMaxHeadDim];
   __shared__ float p[kChunk];
-  const int64_t t = blockIdx.x, h = blockIdx.y;
+  const int64_t t = blockIdx.x, h = blockIdx.y, s = blockIdx.z;
   const int64_t kvh = h / (heads / kv_heads);
   const int64_t visible = s_count - t_count + t + 1;  // >= 1 since S >= T
+  // This block's keys: [first, stop) of the visible ones (empty for a split past them).
+  const int64_t first = split.splits > 1 ? s * split.keys : 0;
+  const int64_t stop = split.splits > 1 ? min(visible, first + split.keys) : visible;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
 
   const T* qr = q + (t * heads + h) * dk;
@@ -45,8 +66,8 @@ __global__ void attention_kernel(const T* q, const T* k, const T* v, int64_t t_c
   float acc[kDvPerThread];
   for (int r = 0; r < kDvPerThread; ++r) acc[r] = 0.0f;
 
-  for (int64_t j0 = 0; j0 < visible; j0 += kChunk) {
-    const int n = static_cast<int>(min(static_cast<int64_t>(kChunk), visible - j0));
+  for (int64_t j0 = first; j0 < stop; j0 += kChunk) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(kChunk), stop - j0));
     for (int jj = warp; jj < n; jj += warps) {
       const T* kr = k + ((j0 + jj) * kv_heads + kvh) * dk;
       float dot = 0.0f;
@@ -75,12 +96,65 @@ __global__ void attention_kernel(const T* q, const T* k, const T* v, int64_t t_c
     m = m_new;
     __syncthreads();  // p is overwritten by the next chunk
   }
+  if (split.splits > 1) {
+    const int64_t at = (t * heads + h) * split.splits + s;
+    if (threadIdx.x == 0) {
+      split.part_ml[2 * at] = m;
+      split.part_ml[2 * at + 1] = l;
+    }
+    for (int r = 0; r < kDvPerThread; ++r) {
+      const int d = threadIdx.x + r * blockDim.x;
+      if (d < dv) split.part_acc[at * dv + d] = acc[r];
+    }
+    return;
+  }
   T* o = out + (t * heads + h) * dv;
   const float inv = 1.0f / l;
   for (int r = 0; r < kDvPerThread; ++r) {
     const int d = threadIdx.x + r * blockDim.x;
     if (d < dv) o[d] = from_f32<T>(acc[r] * inv);
   }
+}
+
+// grid (T, H), kAttnThreads threads: out[t, h, :] from the key splits' partials (header comment).
+template <typename T>
+__global__ void attention_combine_kernel(const float* part_ml, const float* part_acc,
+                                         int64_t heads, int64_t splits, int dv, T* out) {
+  const int64_t row = int64_t{blockIdx.x} * heads + blockIdx.y;  // t · H + h
+  const float* ml = part_ml + 2 * row * splits;
+  float m_max = -INFINITY;
+  for (int64_t s = 0; s < splits; ++s) m_max = fmaxf(m_max, ml[2 * s]);  // split 0 sees key 0
+  float l = 0.0f;
+  for (int64_t s = 0; s < splits; ++s) l += ml[2 * s + 1] * expf(ml[2 * s] - m_max);
+  const float inv = 1.0f / l;
+  for (int d = threadIdx.x; d < dv; d += blockDim.x) {
+    float a = 0.0f;
+    for (int64_t s = 0; s < splits; ++s)
+      a += part_acc[(row * splits + s) * dv + d] * expf(ml[2 * s] - m_max);
+    out[row * dv + d] = from_f32<T>(a * inv);
+  }
+}
+
+// SMs of the current device (the driver caches the attribute: a cheap call).
+int device_sm_count() {
+  int device = 0, sms = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+// The key split of a launch of t_count x heads (query, head) blocks over s_count keys: one block
+// per pair when that fills the GPU twice over or the cache is short, else enough splits of a
+// multiple of 32 keys (at least 64) for about two blocks per SM. REFINERY_ATTN_DECODE_SPLIT=0
+// turns the split off (timing comparisons).
+int64_t keys_per_split(int64_t t_count, int64_t heads, int64_t s_count, int sms) {
+  const int64_t pairs = t_count * heads, want_blocks = 2 * int64_t{sms};
+  if (pairs >= want_blocks || s_count < 128) return 0;
+  const char* env = std::getenv("REFINERY_ATTN_DECODE_SPLIT");
+  if (env != nullptr && std::strcmp(env, "0") == 0) return 0;
+  const int64_t splits = (want_blocks + pairs - 1) / pairs;
+  const int64_t keys = ((s_count + splits - 1) / splits + 31) / 32 * 32;
+  return std::max<int64_t>(keys, 64);
 }
 
 // Whether the flash kernels (flash_attention.cu) take these tensors: bf16, at least
@@ -114,13 +188,30 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
     sync_if_debugging("attention (flash)");
     return;
   }
-  const dim3 grid(static_cast<unsigned>(t_count), static_cast<unsigned>(heads));
+  KeySplit split;
+  split.keys = keys_per_split(t_count, heads, s_count, device_sm_count());
+  Tensor part_ml, part_acc;
+  if (split.keys > 0) {
+    split.splits = (s_count + split.keys - 1) / split.keys;
+    part_ml = empty(DType::kF32, {t_count, heads, split.splits, 2});
+    part_acc = empty(DType::kF32, {t_count, heads, split.splits, dv});
+    split.part_ml = part_ml.mutable_data<float>();
+    split.part_acc = part_acc.mutable_data<float>();
+  }
+  const dim3 grid(static_cast<unsigned>(t_count), static_cast<unsigned>(heads),
+                  static_cast<unsigned>(split.splits));
   dispatch_activation(out.dtype(), "attention", [&](auto tag) {
     using T = decltype(tag);
     attention_kernel<T><<<grid, kAttnThreads, 0, stream_>>>(
         static_cast<const T*>(q.data()), static_cast<const T*>(k.data()),
         static_cast<const T*>(v.data()), t_count, heads, kv_heads, s_count, static_cast<int>(dk),
-        static_cast<int>(dv), scale, static_cast<T*>(out.mutable_data()));
+        static_cast<int>(dv), scale, split, static_cast<T*>(out.mutable_data()));
+    if (split.splits > 1)
+      attention_combine_kernel<T><<<dim3(static_cast<unsigned>(t_count),
+                                         static_cast<unsigned>(heads)),
+                                    kAttnThreads, 0, stream_>>>(
+          split.part_ml, split.part_acc, heads, split.splits, static_cast<int>(dv),
+          static_cast<T*>(out.mutable_data()));
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "attention");
 }

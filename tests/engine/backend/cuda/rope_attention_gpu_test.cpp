@@ -77,6 +77,11 @@ TEST(AttentionGpu, MatchesCpuForGqaMlaAndCachedKeys) {
       {33, 40, 5, 5, 192, 128},  // MLA widths
       {3, 129, 2, 1, 256, 256},  // the kernel's widest heads, a chunk boundary
       {130, 130, 1, 1, 16, 8},   // more queries than a chunk
+      // Decode with the keys split over blocks (attention.cu: few (query, head) pairs, S >= 128):
+      {1, 2000, 32, 8, 128, 128},  // a 7B Llama step against a long cache
+      {1, 1000, 16, 16, 192, 128},  // MLA widths
+      {2, 777, 4, 2, 64, 64},      // two queries: the first sees one key fewer (last split ragged)
+      {1, 128, 8, 8, 64, 64},      // the shortest cache that is split
   };
   uint64_t seed = 2000;
   for (const Case& c : cases) {

@@ -110,6 +110,25 @@ LinearWeight mapped_linear_of(const HostAwq& h, const std::string& name) {
   return w;
 }
 
+// The device tensors of an AWQ weight (AutoAWQ layout, uploaded as they are) and the raw
+// launchers' view of them.
+struct DeviceAwq {
+  Tensor qweight, qzeros, scales;
+  backend::cuda::AwqDeviceMatrix m;
+};
+DeviceAwq device_awq(const HostAwq& h) {
+  DeviceAwq d{gpu(h.w.qweight), gpu(h.w.qzeros), gpu(h.w.scales), {}};
+  d.m.qweight = d.qweight.data<int32_t>();
+  d.m.qzeros = d.qzeros.data<int32_t>();
+  d.m.scales = d.scales.data();
+  d.m.bits = h.w.bits;
+  d.m.group_size = static_cast<int>(h.w.group_size);
+  d.m.out = h.w.out;
+  d.m.in = h.w.in;
+  d.m.words = h.w.out / (h.w.bits == 8 ? 4 : 8);
+  return d;
+}
+
 // want[t, r] = Σ_c x[t, c] W[r, c] (+ bias) in f64 and bound[t, r] = rel · Σ |x||W|
 // (+ out_rel · |want|); x is already bf16-exact.
 void reference(const std::vector<float>& x, const HostAwq& h, const std::vector<float>& bias,
@@ -228,16 +247,8 @@ TEST(AwqLinearGpu, GemvEveryVariant) {
   uint64_t seed = 9500;
   for (const Shape& s : shapes) {
     const HostAwq h = random_awq(s.bits, s.group, s.out, s.in, ++seed);
-    const Tensor qweight = gpu(h.w.qweight), qzeros = gpu(h.w.qzeros), scales = gpu(h.w.scales);
-    bc::AwqDeviceMatrix m;
-    m.qweight = qweight.data<int32_t>();
-    m.qzeros = qzeros.data<int32_t>();
-    m.scales = scales.data();
-    m.bits = s.bits;
-    m.group_size = s.group;
-    m.out = s.out;
-    m.in = s.in;
-    m.words = s.out / (s.bits == 8 ? 4 : 8);
+    const DeviceAwq d = device_awq(h);
+    const bc::AwqDeviceMatrix& m = d.m;
     if (!bc::awq_gemv_supports(m, 1)) {
       GTEST_SKIP() << "no thread-block clusters: no GEMV";
     }
@@ -275,14 +286,8 @@ TEST(AwqLinearGpu, GemvEveryVariant) {
   }
   // 128-bit loads run at 1 row where words % 4 == 0 (the first shape: 128 words).
   const HostAwq h = random_awq(4, 128, 1024, 4096, 9600);
-  const Tensor qweight = gpu(h.w.qweight), qzeros = gpu(h.w.qzeros), scales = gpu(h.w.scales);
-  bc::AwqDeviceMatrix m;
-  m.qweight = qweight.data<int32_t>();
-  m.qzeros = qzeros.data<int32_t>();
-  m.scales = scales.data();
-  m.out = 1024;
-  m.in = 4096;
-  m.words = 128;
+  const DeviceAwq d = device_awq(h);
+  const bc::AwqDeviceMatrix& m = d.m;
   for (int v = 1; v < variants; ++v)
     if (bc::awq_gemv_variant_name(v).rfind("v4", 0) == 0) {
       EXPECT_NE(bc::awq_gemv_variant_runs(m, 1, v).find(" vec4 "), std::string::npos)
@@ -305,16 +310,8 @@ TEST(AwqLinearGpu, TiledRepackGemvAndDequantize) {
   for (const Shape& s : shapes) {
     ASSERT_TRUE(bc::awq_tiled_supported(s.bits, s.group, s.out, s.in));
     const HostAwq h = random_awq(s.bits, s.group, s.out, s.in, ++seed);
-    const Tensor qweight = gpu(h.w.qweight), qzeros = gpu(h.w.qzeros), scales = gpu(h.w.scales);
-    bc::AwqDeviceMatrix m;
-    m.qweight = qweight.data<int32_t>();
-    m.qzeros = qzeros.data<int32_t>();
-    m.scales = scales.data();
-    m.bits = s.bits;
-    m.group_size = s.group;
-    m.out = s.out;
-    m.in = s.in;
-    m.words = s.out / 8;
+    const DeviceAwq d = device_awq(h);
+    const bc::AwqDeviceMatrix& m = d.m;
     Tensor tq = gpu(Tensor::zeros(DType::kI32, h.w.qweight.shape()));
     Tensor tz = gpu(Tensor::zeros(DType::kI32, h.w.qzeros.shape()));
     Tensor ts = gpu(Tensor::zeros(DType::kF16, h.w.scales.shape()));

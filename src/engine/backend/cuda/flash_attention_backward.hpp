@@ -11,8 +11,9 @@ namespace refinery::backend::cuda {
 // h / (heads / kv_heads)). All tensors contiguous bf16 on the current device, 16-byte aligned:
 //   q [t, heads, dk], k [t, kv_heads, dk], v [t, kv_heads, dv],
 //   out [t, heads, dv] (the forward's output), dout [t, heads, dv] (its gradient).
-// The gradients ACCUMULATE (d_q += ∂L/∂q, ...), rounded to bf16 once per element; a null
-// gradient pointer means "not wanted" (that tensor is neither read nor written):
+// The gradients ACCUMULATE (d_q += ∂L/∂q, ...; or are overwritten, see `overwrite` below),
+// rounded to bf16 once per element; a null gradient pointer means "not wanted" (that tensor is
+// neither read nor written):
 //   d_q [t, heads, dk], d_k [t, kv_heads, dk], d_v [t, kv_heads, dv].
 // workspace: device memory of flash_attention_backward_workspace_bytes(args) bytes (f32 scratch:
 // per-row log-sum-exp and rowsum(dout ∘ out), and per group-split partial dK/dV sums); its

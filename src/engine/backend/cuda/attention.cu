@@ -21,6 +21,7 @@
 #include <cstring>
 
 #include "engine/backend/cuda/alignment.hpp"
+#include "engine/backend/cuda/device_info.hpp"
 #include "engine/backend/cuda/flash_attention.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
@@ -135,14 +136,6 @@ __global__ void attention_combine_kernel(const float* part_ml, const float* part
   }
 }
 
-// SMs of the current device (the driver caches the attribute: a cheap call).
-int device_sm_count() {
-  int device = 0, sms = 0;
-  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
-  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 // The key split of a launch of t_count x heads (query, head) blocks over s_count keys: one block
 // per pair when that fills the GPU twice over or the cache is short, else enough splits of a
 // multiple of 32 keys (at least 64) for about two blocks per SM. REFINERY_ATTN_DECODE_SPLIT=0
@@ -189,7 +182,7 @@ void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, f
     return;
   }
   KeySplit split;
-  split.keys = keys_per_split(t_count, heads, s_count, device_sm_count());
+  split.keys = keys_per_split(t_count, heads, s_count, refinery::cuda::current_device_sm_count());
   Tensor part_ml, part_acc;
   if (split.keys > 0) {
     split.splits = (s_count + split.keys - 1) / split.keys;

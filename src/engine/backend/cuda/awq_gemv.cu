@@ -77,6 +77,7 @@
 
 #include "engine/backend/cuda/awq_gemv.cuh"
 #include "engine/backend/cuda/awq_linear.hpp"
+#include "engine/backend/cuda/device_info.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
@@ -853,14 +854,9 @@ std::string awq_gemv_variant_runs(const AwqDeviceMatrix& w, int64_t rows, int va
 // REFINERY_AWQ_PDL=0 launches the tiled GEMV without programmatic dependent launch (for timing
 // comparisons; read per call); the attribute needs compute 9.0.
 static bool pdl_enabled() {
-  static const bool hopper = [] {
-    int device = 0, major = 0;
-    REFINERY_CUDA_CHECK(cudaGetDevice(&device));
-    REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    return major >= 9;
-  }();
   const char* env = std::getenv("REFINERY_AWQ_PDL");
-  return hopper && !(env != nullptr && std::strcmp(env, "0") == 0);
+  return !(env != nullptr && std::strcmp(env, "0") == 0) &&
+         refinery::cuda::current_device_compute_major() >= 9;
 }
 
 bool awq_gemv_tiled_usable(const AwqDeviceMatrix& w) {

@@ -32,6 +32,20 @@ std::vector<DeviceInfo> list_devices() {
   return devices;
 }
 
+namespace {
+int current_device_attribute(cudaDeviceAttr attribute) {
+  int device = 0, value = 0;
+  REFINERY_CUDA_CHECK(cudaGetDevice(&device));
+  REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&value, attribute, device));  // cached by the driver
+  return value;
+}
+}  // namespace
+
+int current_device_compute_major() {
+  return current_device_attribute(cudaDevAttrComputeCapabilityMajor);
+}
+int current_device_sm_count() { return current_device_attribute(cudaDevAttrMultiProcessorCount); }
+
 std::string no_device_reason() {
   int count = 0;
   cudaError_t status = cudaGetDeviceCount(&count);

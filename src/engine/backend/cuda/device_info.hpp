@@ -23,5 +23,9 @@ bool built_with_cuda();
 std::vector<DeviceInfo> list_devices();
 // Why list_devices() is empty, in words ("built without CUDA", "no CUDA device: ..."); empty if not.
 std::string no_device_reason();
+// The current device's compute capability major version (9: Hopper, which has thread-block
+// clusters and programmatic dependent launch) and its number of SMs; 0 in a build without CUDA.
+int current_device_compute_major();
+int current_device_sm_count();
 
 }  // namespace refinery::cuda

@@ -31,6 +31,7 @@
 #include <cmath>
 
 #include "engine/backend/cuda/alignment.hpp"
+#include "engine/backend/cuda/device_info.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
 
 namespace refinery::backend::cuda {
@@ -360,17 +361,6 @@ __global__ void __launch_bounds__(kCeThreads, 2)
 #endif
 }
 
-// Whether the current device runs thread-block clusters (compute 9.0 or newer).
-bool clusters_available() {
-  static const bool available = [] {
-    int device = 0, major = 0;
-    REFINERY_CUDA_CHECK(cudaGetDevice(&device));
-    REFINERY_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    return major >= 9;
-  }();
-  return available;
-}
-
 // Sparse top-k teacher. bucket_h [R, k] (double), cached_s [R, k] (f32) are scratch; dynamic
 // shared memory: the bitmap of cached ids, ceil(vocab / 32) words.
 template <typename G>
@@ -589,7 +579,8 @@ void CudaBackend::kd_loss(const Tensor& student_logits, const Tensor& teacher_lo
   // The gradient's element type: f32 (may alias the logits) or bf16 (the activation dtype).
   const DType grad_dtype = grad.defined() ? grad.dtype() : DType::kF32;
   if (!p.has_teacher && p.vec4 && vocab <= kCeMaxVocab && rows * kCeBlocks < (int64_t{1} << 31) &&
-      (!grad.defined() || aligned16(grad.data())) && clusters_available()) {
+      (!grad.defined() || aligned16(grad.data())) &&
+      refinery::cuda::current_device_compute_major() >= 9) {  // clusters
     dispatch_activation(grad_dtype, "kd_loss (cross-entropy)", [&](auto tag) {
       using G = decltype(tag);
       cudaLaunchConfig_t config = {};

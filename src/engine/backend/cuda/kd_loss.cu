@@ -162,6 +162,12 @@ __device__ Term bucket_term(const KdParams& p, double lp, double lq) {
   }
 }
 
+// The hard-label cross-entropy part of element j's gradient (temperature 1):
+// ce_coef · (softmax(s)_j − [j == label]), s_j − lse in double, the exp in f32.
+__device__ inline float ce_gradient(double s_j, double lse1, bool is_label, float ce_coef) {
+  return ce_coef * (expf(static_cast<float>(s_j - lse1)) - (is_label ? 1.0f : 0.0f));
+}
+
 // Zero gradient and terms for an uncounted row; true when the row is uncounted.
 template <typename G>
 __device__ bool skip_row(const KdParams& p, int32_t label, G* g, float* terms) {
@@ -251,7 +257,7 @@ __global__ void kd_dense_kernel(const float* student, const float* teacher, cons
       value = kd_coef * (static_cast<float>(term.h) - expf(static_cast<float>(lq)) * hs);
     }
     if (ce_coef != 0.0f)
-      value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
+      value += ce_gradient(sj, lse1, j == y, ce_coef);
     g[j] = from_f32<G>(p.grad_scale * value);
   });
 }
@@ -346,8 +352,7 @@ __global__ void __launch_bounds__(kCeThreads, 2)
   if (g == nullptr) return;
   const float ce_coef = static_cast<float>(p.ce_coef);
   const auto value = [&](float sf, int64_t j) {
-    const float e = expf(static_cast<float>(static_cast<double>(sf) - lse1));
-    return p.grad_scale * (ce_coef * (e - (j == y ? 1.0f : 0.0f)));
+    return p.grad_scale * ce_gradient(static_cast<double>(sf), lse1, j == y, ce_coef);
   };
 #pragma unroll
   for (int k = 0; k < kCeLoads; ++k) {
@@ -453,7 +458,7 @@ __global__ void kd_sparse_kernel(const float* student, const int32_t* ids, const
     const float own = qj > 0.0f ? expf(static_cast<float>(lq - lq_tail)) * ht : 0.0f;
     float value = kd_coef * (own - qj * hs);
     if (ce_coef != 0.0f)
-      value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
+      value += ce_gradient(sj, lse1, j == y, ce_coef);
     g[j] = from_f32<G>(p.grad_scale * value);
   }
   for (int64_t i = threadIdx.x; i < k; i += blockDim.x) {
@@ -462,7 +467,7 @@ __global__ void kd_sparse_kernel(const float* student, const int32_t* ids, const
     const float qj = expf(static_cast<float>(sj * p.inv_t - lse_q));
     float value = kd_coef * (static_cast<float>(hb[i]) - qj * hs);
     if (ce_coef != 0.0f)
-      value += ce_coef * (expf(static_cast<float>(sj - lse1)) - (j == y ? 1.0f : 0.0f));
+      value += ce_gradient(sj, lse1, j == y, ce_coef);
     g[j] = from_f32<G>(p.grad_scale * value);
   }
 }

@@ -210,7 +210,9 @@ int main() {
                                  Variant{"ws128", backend::cuda::GroupedGemmKernel::kWgmma,
                                          "ws128x128"},
                                  Variant{"ws256", backend::cuda::GroupedGemmKernel::kWgmma,
-                                         "ws128x256"}}) {
+                                         "ws128x256"},
+                                 Variant{"pws256", backend::cuda::GroupedGemmKernel::kWgmma,
+                                         "pws128x256"}}) {
           if (v.kernel == backend::cuda::GroupedGemmKernel::kWgmma &&
               !backend::cuda::grouped_gemm_wgmma_available())
             continue;
@@ -228,7 +230,7 @@ int main() {
           const backend::cuda::GroupedGemmArgs args{
               xs.data(), gate_up.data(), h.mutable_data(), off.data<int32_t>(), e_count, rows,
               inter, hidden, false, nullptr, true};
-          for (const char* tile : {"128x128", "ws128x128", "ws128x256"}) {
+          for (const char* tile : {"128x128", "ws128x128", "ws128x256", "pws128x256"}) {
             setenv("REFINERY_GGEMM_TILE", tile, 1);
             const double sg =
                 time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
@@ -245,7 +247,7 @@ int main() {
           const backend::cuda::GroupedGemmArgs args{hs.data(), down.data(), outs.mutable_data(),
                                                     off.data<int32_t>(), e_count, rows, hidden,
                                                     inter, false};
-          for (const char* tile : {"128x128", "128x256", "ws128x128", "ws128x256"}) {
+          for (const char* tile : {"128x128", "128x256", "ws128x128", "ws128x256", "pws128x256"}) {
             if (!backend::cuda::grouped_gemm_wgmma_available()) break;
             setenv("REFINERY_GGEMM_TILE", tile, 1);
             const double sd = time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);

@@ -62,10 +62,18 @@ __global__ void place_pairs_kernel(const int32_t* chosen, const float* weights, 
     const unsigned ballot = __ballot_sync(0xffffffffu, mine);
     if (lane == 0) warp_counts[warp] = __popc(ballot);
     __syncthreads();
-    int32_t before = 0;  // pairs of this expert in earlier warps of the chunk
-    for (int w = 0; w < warp; ++w) before += warp_counts[w];
-    int32_t chunk_total = 0;
-    for (int w = 0; w < warps; ++w) chunk_total += warp_counts[w];
+    // Every warp scans the chunk's per-warp counts with shuffles (lane w holds warp w's count):
+    // `before` = this expert's pairs in earlier warps of the chunk, `chunk_total` = in all of it.
+    // (A loop over the warps' counts in shared memory cost ~64 dependent loads per chunk.)
+    const int32_t count = lane < warps ? warp_counts[lane] : 0;
+    int32_t inclusive = count;
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int32_t t = __shfl_up_sync(0xffffffffu, inclusive, d);
+      if (lane >= d) inclusive += t;
+    }
+    const int32_t before = __shfl_sync(0xffffffffu, inclusive - count, warp);
+    const int32_t chunk_total = __shfl_sync(0xffffffffu, inclusive, 31);
     if (mine) {
       const int32_t p = next + before + __popc(ballot & ((1u << lane) - 1u));
       r.perm_token[p] = static_cast<int32_t>(i / k);

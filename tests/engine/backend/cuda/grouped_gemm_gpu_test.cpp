@@ -195,12 +195,14 @@ TEST(GroupedGemmGpu, MatchesDoubleReferenceOnMoeShapes) {
 }
 
 // The other tiles of each kernel (REFINERY_GGEMM_TILE): 128 x 256 for both; for the wgmma kernel
-// (default: warp-specialized 128 x 256) also the warp-specialized 128 x 128 and the 128 x 128
-// with block-wide barriers; each must agree too, with plain and with indexed rows.
+// (default: warp-specialized 128 x 256, persistent: one block per SM walking ~1000 tiles on the
+// MoE shapes above, fewer tiles than SMs on the small cases) also the same tile with one block per
+// tile, the warp-specialized 128 x 128 and the 128 x 128 with block-wide barriers; each must agree
+// too, with plain and with indexed rows.
 TEST(GroupedGemmGpu, OtherTilesMatchDoubleReference) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   for (const auto& [kernel, name] : kernels_here()) {
-    for (const std::string tile_name : {"128x256", "ws128x128", "128x128"}) {
+    for (const std::string tile_name : {"128x256", "ws128x256", "ws128x128", "128x128"}) {
       if (kernel == GroupedGemmKernel::kMmaSync && tile_name != "128x256") continue;  // wgmma only
       const ScopedEnv tile("REFINERY_GGEMM_TILE", tile_name.c_str());
       const std::string label = str(name, " ", tile_name);

@@ -1,4 +1,4 @@
-// kernels_bench [--device-index 0]
+// kernels_bench [--experts-only]
 // Achieved throughput of the CUDA backend's heavy ops on the shapes of issue 4's benchmark models,
 // through the Backend interface (what the engine runs), bf16 activations and weights:
 //   gemm       linear x[8192, 4096] · W[14336, 4096]ᵀ (a 7B MLP projection)       -> TFLOP/s
@@ -59,15 +59,19 @@ double time_it(const std::function<void()>& fn, const std::function<void()>& syn
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
   try {
+    // --experts-only: only the routed-experts section (the MoE op and the grouped GEMM kernels).
+    const bool experts_only = argc > 1 && std::string(argv[1]) == "--experts-only";
+    if (argc > 1 && !experts_only)
+      throw_user_error("kernels_bench: unknown argument '", argv[1], "'; usage: kernels_bench [--experts-only]");
     if (cuda::list_devices().empty()) throw_user_error(cuda::no_device_reason());
     auto be = backend::make_cuda_backend(0);
     std::string json = "{\"device\": \"" + cuda::list_devices()[0].name + "\"";
     Tensor probe = be->empty(DType::kBF16, {1});
     auto sync = [&] { be->download(probe); };
 
-    {  // dense GEMM
+    if (!experts_only) {  // dense GEMM
       const int64_t m = 8192, k = 4096, n = 14336;
       const Tensor x = random_bf16({m, k}, 1, 1.0f);
       backend::LinearWeight w;
@@ -80,6 +84,7 @@ int main() {
     struct AttentionShape { const char* name; int64_t heads, kv, dk, dv; };
     for (const AttentionShape a : {AttentionShape{"mla_16x192x128", 16, 16, 192, 128},
                                    AttentionShape{"gqa_32x8x128", 32, 8, 128, 128}}) {
+      if (experts_only) break;
       const int64_t l = 2048;
       const Tensor q = random_bf16({l, a.heads, a.dk}, 3, 1.0f);
       const Tensor k = random_bf16({l, a.kv, a.dk}, 4, 1.0f);
@@ -93,6 +98,7 @@ int main() {
     // The two flash attention kernels forced (REFINERY_ATTN_KERNEL): mma.sync and, on compute
     // 9.0, the Hopper warpgroup-MMA kernel (flash_attention_sm90a.cu).
     for (const char* kernel : {"mma", "wgmma"}) {
+      if (experts_only) break;
       if (std::string(kernel) == "wgmma" && !backend::cuda::flash_attention_wgmma_available())
         continue;
       setenv("REFINERY_ATTN_KERNEL", kernel, 1);
@@ -113,9 +119,10 @@ int main() {
       }
     }
     unsetenv("REFINERY_ATTN_KERNEL");
-    {  // attention backward: the default kernels and each kernel forced (REFINERY_ATTN_BWD_KERNEL:
-       // mma.sync, and on compute 9.0 the Hopper wgmma kernels of flash_attention_backward_sm90a.cu),
-       // GQA 32/4 of 64 (the 1.4B student) and GQA 32/8 of 128
+    // Attention backward: the default kernels and each kernel forced (REFINERY_ATTN_BWD_KERNEL:
+    // mma.sync, and on compute 9.0 the Hopper wgmma kernels of flash_attention_backward_sm90a.cu),
+    // GQA 32/4 of 64 (the 1.4B student) and GQA 32/8 of 128.
+    if (!experts_only) {
       struct BwdShape { const char* name; int64_t heads, kv, d; };
       for (const BwdShape a :
            {BwdShape{"gqa_32x4x64", 32, 4, 64}, BwdShape{"gqa_32x8x128", 32, 8, 128}}) {
@@ -212,7 +219,9 @@ int main() {
                                  Variant{"ws256", backend::cuda::GroupedGemmKernel::kWgmma,
                                          "ws128x256"},
                                  Variant{"pws256", backend::cuda::GroupedGemmKernel::kWgmma,
-                                         "pws128x256"}}) {
+                                         "pws128x256"},
+                                 Variant{"tws256", backend::cuda::GroupedGemmKernel::kWgmma,
+                                         "tws128x256"}}) {
           if (v.kernel == backend::cuda::GroupedGemmKernel::kWgmma &&
               !backend::cuda::grouped_gemm_wgmma_available())
             continue;
@@ -230,7 +239,7 @@ int main() {
           const backend::cuda::GroupedGemmArgs args{
               xs.data(), gate_up.data(), h.mutable_data(), off.data<int32_t>(), e_count, rows,
               inter, hidden, false, nullptr, true};
-          for (const char* tile : {"128x128", "ws128x128", "ws128x256", "pws128x256"}) {
+          for (const char* tile : {"128x128", "ws128x128", "ws128x256", "pws128x256", "tws128x256"}) {
             setenv("REFINERY_GGEMM_TILE", tile, 1);
             const double sg =
                 time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
@@ -247,7 +256,8 @@ int main() {
           const backend::cuda::GroupedGemmArgs args{hs.data(), down.data(), outs.mutable_data(),
                                                     off.data<int32_t>(), e_count, rows, hidden,
                                                     inter, false};
-          for (const char* tile : {"128x128", "128x256", "ws128x128", "ws128x256", "pws128x256"}) {
+          for (const char* tile : {"128x128", "128x256", "ws128x128", "ws128x256", "pws128x256",
+                                   "tws128x256"}) {
             if (!backend::cuda::grouped_gemm_wgmma_available()) break;
             setenv("REFINERY_GGEMM_TILE", tile, 1);
             const double sd = time_it([&] { backend::cuda::grouped_gemm_bf16(args, nullptr); }, sync);
@@ -257,7 +267,7 @@ int main() {
         }
       }
     }
-    {  // copy bandwidth
+    if (!experts_only) {  // copy bandwidth
       const int64_t n = int64_t{1} << 28;
       Tensor a = be->empty(DType::kBF16, {n}), b = be->empty(DType::kBF16, {n});
       be->fill_zero(a);

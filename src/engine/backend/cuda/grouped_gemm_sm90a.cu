@@ -26,6 +26,8 @@
 // Accumulator layout of m64nNk16 (f32): warp q of the warpgroup owns rows 16q..16q+15; lane L holds
 // for every n8 block i: d[4i], d[4i+1] = (row 16q + L/4, cols 8i + 2(L%4), +1) and d[4i+2], d[4i+3]
 // = (row 16q + L/4 + 8, same cols) — the mma.sync C fragment repeated.
+#include <cuda.h>  // CUtensorMap and its enums (the encoder is fetched from the driver at run time)
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -69,10 +71,13 @@ using Wide = WgmmaConfig<256, 4, 1>;
 
 // The warp-specialized kernel (ws_kernel below): 384 threads = a producer warpgroup that only
 // copies and two consumer warpgroups that only multiply, one block per SM.
-template <int BN, int STAGES, bool PERSISTENT>
+template <int BN, int STAGES, bool PERSISTENT, bool TMA_B = false>
 struct WsConfig {
   static constexpr int kBM = 128, kBN = BN, kBK = 64, kStages = STAGES;
   static constexpr bool kWarpSpecialized = true, kPersistent = PERSISTENT;
+  // The weight (B) tiles by TMA (two 128-row boxes per stage, one thread issues them) instead of
+  // the producer warpgroup's cp.async; A keeps cp.async (its rows are gathered through x_rows).
+  static constexpr bool kTmaB = TMA_B;
   static constexpr int kThreads = 384;              // producer + two consumer warpgroups
   static constexpr int kProducerThreads = 128;
   static constexpr int kAcc = BN / 2;               // f32 accumulators per consumer thread
@@ -81,8 +86,10 @@ struct WsConfig {
   static constexpr size_t kSmemBytes = size_t{STAGES} * (kAStage + kBStage) + 1024;
   static_assert(BN == 128 || BN == 256, "wgmma shapes m64n128k16 and m64n256k16 are wrapped");
 };
-// 128 x 256 x 64 in 4 stages (193 KiB), one block per SM looping over the tiles: the default
-// (REFINERY_GGEMM_TILE=pws128x256); one block per tile: REFINERY_GGEMM_TILE=ws128x256.
+// 128 x 256 x 64 in 4 stages (193 KiB), one block per SM looping over the tiles, the weights
+// loaded by TMA: the default (REFINERY_GGEMM_TILE=tws128x256); the same with cp.async weights:
+// pws128x256; one block per tile (cp.async): ws128x256.
+using TmaPersistentWsWide = WsConfig<256, 4, true, true>;
 using PersistentWsWide = WsConfig<256, 4, true>;
 using WsWide = WsConfig<256, 4, false>;
 // 128 x 128 x 64 in 6 stages (193 KiB), one block per tile: REFINERY_GGEMM_TILE=ws128x128.
@@ -280,7 +287,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
 // consumers wait for parity n & 1; the producer's n-th refill waits for the consumers' release of
 // use n - 1, parity (n - 1) & 1.
 template <class C, class OutT, bool kSwiglu>
-__global__ void __launch_bounds__(C::kThreads, 1) ws_kernel(const Params p, int n_tiles) {
+__global__ void __launch_bounds__(C::kThreads, 1)
+    ws_kernel(const Params p, int n_tiles, const __grid_constant__ CUtensorMap b_map) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kBM = C::kBM, kBN = C::kBN, kBK = C::kBK, kStages = C::kStages;
   constexpr int kColsPerTile = kSwiglu ? kBN / 2 : kBN;
@@ -292,7 +300,8 @@ __global__ void __launch_bounds__(C::kThreads, 1) ws_kernel(const Params p, int 
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   if (threadIdx.x == 32) {
     for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(shared_address(&full[s]), C::kProducerThreads);
+      // kTmaB: + the arrival of the thread that issues the TMA loads with their byte count.
+      mbarrier_init(shared_address(&full[s]), C::kProducerThreads + (C::kTmaB ? 1 : 0));
       mbarrier_init(shared_address(&empty[s]), C::kThreads - C::kProducerThreads);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -317,8 +326,10 @@ __global__ void __launch_bounds__(C::kThreads, 1) ws_kernel(const Params p, int 
 #pragma unroll
       for (int i = 0; i < kBM / 16; ++i)
         a_src[i] = r0 + 16 * i < mt.rows ? a_row(p, mt.row0, r0 + 16 * i) : nullptr;
+      if constexpr (!C::kTmaB) {
 #pragma unroll
-      for (int i = 0; i < kBN / 16; ++i) b_src[i] = weight_row<kBN, kSwiglu>(p, w_g, n0, r0 + 16 * i);
+        for (int i = 0; i < kBN / 16; ++i) b_src[i] = weight_row<kBN, kSwiglu>(p, w_g, n0, r0 + 16 * i);
+      }
       for (int kt = 0; kt < k_tiles; ++kt, ++it) {
         const int stage = it % kStages, use = it / kStages;
         if (use > 0) mbarrier_wait(shared_address(&empty[stage]), (use - 1) & 1);
@@ -331,10 +342,25 @@ __global__ void __launch_bounds__(C::kThreads, 1) ws_kernel(const Params p, int 
           const bool valid = k_valid && a_src[i] != nullptr;
           cp_async_16(a_dst + i * 16 * 128, valid ? a_src[i] + k0 : p.x, valid);
         }
+        if constexpr (C::kTmaB) {
+          // Rows of W viewed as 2-D [groups · w_rows, k]: kSwiglu tiles take gate rows n0.. and up
+          // rows n + n0.. of the group; others rows n0 .. n0 + 255. Rows past the group's own
+          // (the next group's, or zeros past the end) only reach output columns >= n, which are
+          // never stored.
+          if (t == 0) {
+            const uint32_t bar = shared_address(&full[stage]);
+            const uint32_t b_stage = b_base + stage * C::kBStage;
+            const int row = static_cast<int>(int64_t{mt.group} * w_rows) + n0;
+            mbarrier_arrive_expect_tx(bar, C::kBStage);
+            tma_load_2d(b_stage, &b_map, kt * kBK, row, bar);
+            tma_load_2d(b_stage + 128 * 128, &b_map, kt * kBK, row + (kSwiglu ? p.n : 128), bar);
+          }
+        } else {
 #pragma unroll
-        for (int i = 0; i < kBN / 16; ++i) {
-          const bool valid = k_valid && b_src[i] != nullptr;
-          cp_async_16(b_dst + i * 16 * 128, valid ? b_src[i] + k0 : p.w, valid);
+          for (int i = 0; i < kBN / 16; ++i) {
+            const bool valid = k_valid && b_src[i] != nullptr;
+            cp_async_16(b_dst + i * 16 * 128, valid ? b_src[i] + k0 : p.w, valid);
+          }
         }
         cp_async_mbarrier_arrive(shared_address(&full[stage]));
       }
@@ -376,6 +402,36 @@ __global__ void __launch_bounds__(C::kThreads, 1) ws_kernel(const Params p, int 
 #endif
 }
 
+// The TMA descriptor of the stacked weights viewed as a 2-D bf16 matrix [rows, k] (k contiguous):
+// boxes of 128 rows x 64 columns (128 bytes, the 128-byte swizzle of the shared stages), zeros
+// outside. cuTensorMapEncodeTiled is a driver API function: fetched once through the runtime
+// (cudaGetDriverEntryPointByVersion), so nothing links libcuda directly.
+CUtensorMap weight_tensor_map(const void* w, int64_t rows, int64_t k) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    REFINERY_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+                                                         cudaEnableDefault, &found));
+    REFINERY_CHECK(found == cudaDriverEntryPointSuccess && fn != nullptr,
+                   "grouped_gemm: the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  REFINERY_CHECK(rows < (int64_t{1} << 31) && k % 8 == 0,
+                 "grouped_gemm: weight rows ", rows, " or k ", k, " out of the TMA path's range");
+  CUtensorMap map{};
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * 2};  // bytes between rows
+  const cuuint32_t box[2] = {64, 128};
+  const cuuint32_t element_strides[2] = {1, 1};
+  const CUresult status = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(w),
+                                 dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  REFINERY_CHECK(status == CUDA_SUCCESS, "grouped_gemm: cuTensorMapEncodeTiled failed (",
+                 static_cast<int>(status), ") for ", rows, " x ", k, " weights");
+  return map;
+}
+
 template <class C, class OutT, bool kSwiglu>
 void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream_t stream) {
   constexpr size_t kSmem = C::kSmemBytes;
@@ -385,6 +441,12 @@ void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream
   const int64_t n_tiles = (params.n + cols_per_tile - 1) / cols_per_tile;
   if constexpr (C::kWarpSpecialized) {
     const auto kernel = ws_kernel<C, OutT, kSwiglu>;
+    CUtensorMap b_map{};  // unused unless kTmaB
+    if constexpr (C::kTmaB) {
+      static_assert(C::kBN == 256, "two 128-row TMA boxes per stage");
+      const int64_t w_rows = (kSwiglu ? 2 : 1) * int64_t{params.n};
+      b_map = weight_tensor_map(params.w, groups * w_rows, params.k);
+    }
     REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kSmem)));
     const int64_t tiles_bound = m_tiles_bound * n_tiles;  // linear tile indices (ws_kernel)
@@ -395,7 +457,7 @@ void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream
         C::kPersistent ? std::min<int64_t>(tiles_bound, refinery::cuda::current_device_sm_count())
                        : tiles_bound;
     kernel<<<static_cast<unsigned>(blocks), C::kThreads, kSmem, stream>>>(
-        params, static_cast<int>(n_tiles));
+        params, static_cast<int>(n_tiles), b_map);
   } else {
     const auto kernel = wgmma_kernel<C, OutT, kSwiglu>;
     REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -440,10 +502,11 @@ bool wgmma_available() {
 void launch_wgmma(const Params& params, bool y_f32, int64_t rows_total, int64_t groups,
                   cudaStream_t stream) {
   REFINERY_CHECK(wgmma_available(), "grouped_gemm: the wgmma kernel needs a compute 9.0 GPU");
-  // REFINERY_GGEMM_TILE picks the tile and kernel (benchmarking): pws128x256 (warp-specialized,
-  // persistent: the default), ws128x256 and ws128x128 (warp-specialized, one block per tile),
-  // 128x128, 128x256 (one block-wide barrier pair per k tile). Before the persistent kernel: On an H100
-  // (2026-11-27, kernels_bench, V2-Lite gate|up, T 8192): 520, 433, 400 and 407 TFLOP/s.
+  // REFINERY_GGEMM_TILE picks the tile and kernel (benchmarking): tws128x256 (warp-specialized,
+  // persistent, TMA weights: the default), pws128x256 (the same with cp.async weights), ws128x256
+  // and ws128x128 (warp-specialized, one block per tile), 128x128, 128x256 (one block-wide barrier
+  // pair per k tile). H100, kernels_bench, V2-Lite shapes, T 8192 (docs/BENCHMARKS.md, 2026-11-28):
+  // gate|up + SwiGLU 543 (tws), 481 (pws), 460 (ws128x256) TFLOP/s; down 496, 466, 463.
   const char* env = std::getenv("REFINERY_GGEMM_TILE");
   const std::string tile = env != nullptr ? env : "";
   if (tile == "128x128")
@@ -454,8 +517,10 @@ void launch_wgmma(const Params& params, bool y_f32, int64_t rows_total, int64_t 
     launch_config<WsNarrow>(params, y_f32, rows_total, groups, stream);
   else if (tile == "ws128x256")
     launch_config<WsWide>(params, y_f32, rows_total, groups, stream);
-  else
+  else if (tile == "pws128x256")
     launch_config<PersistentWsWide>(params, y_f32, rows_total, groups, stream);
+  else
+    launch_config<TmaPersistentWsWide>(params, y_f32, rows_total, groups, stream);
 }
 
 }  // namespace refinery::backend::cuda::grouped_gemm_detail

@@ -124,6 +124,73 @@ void check_case(const Case& c, uint64_t seed, const std::string& label,
   }
 }
 
+// The fused SwiGLU epilogue (GroupedGemmArgs::swiglu; wgmma kernels only): w [groups, 2n, k] holds
+// each group's n gate rows then its n up rows, y bf16 [rows, n] = silu(x·gateᵀ) · (x·upᵀ), rows
+// through x_rows. Reference in double from the bf16 inputs; bound per element, from the products'
+// bounds eg, eu (as check_case) through the derivatives (|silu'| <= 1.1):
+//   1.1 · |u| · eg + |silu(g)| · eu + 2^-8 · |ref| (bf16 rounding) + 1e-6.
+// The reference is computed once and every tile in `tiles` (REFINERY_GGEMM_TILE values) is checked.
+void check_swiglu_case(const Case& c, uint64_t seed, const std::string& label,
+                       const std::vector<std::string>& tiles) {
+  const int64_t groups = static_cast<int64_t>(c.sizes.size());
+  std::vector<int32_t> offsets(c.sizes.size() + 1, 0);
+  std::partial_sum(c.sizes.begin(), c.sizes.end(), offsets.begin() + 1);
+  const int64_t rows_total = offsets.back(), x_count = rows_total + 3;
+  const Tensor x = convert(random_f32({x_count, c.k}, seed), DType::kBF16);
+  const Tensor w = convert(random_f32({groups, 2 * c.n, c.k}, seed + 1, 0.05f), DType::kBF16);
+  const std::vector<float> xv = values(x), wv = values(w);
+  std::vector<int32_t> x_rows(static_cast<std::size_t>(rows_total));
+  std::mt19937_64 pick(seed + 2);
+  for (int32_t& r : x_rows) r = static_cast<int32_t>(pick() % x_count);
+  const std::vector<int64_t> rows = rows_to_check(c, offsets);
+  const int64_t checked = static_cast<int64_t>(rows.size());
+
+  Tensor want = Tensor::empty(DType::kF32, {checked, c.n});
+  std::vector<float> bound(static_cast<std::size_t>(checked * c.n));
+  int64_t g = 0;
+  for (int64_t ri = 0; ri < checked; ++ri) {
+    const int64_t r = rows[ri];
+    while (offsets[g + 1] <= r) ++g;
+    const float* xr = &xv[int64_t{x_rows[r]} * c.k];
+    for (int64_t j = 0; j < c.n; ++j) {
+      double dot[2] = {0.0, 0.0}, err[2] = {0.0, 0.0};  // gate, up
+      for (int half = 0; half < 2; ++half) {
+        const float* wr = &wv[(g * 2 * c.n + half * c.n + j) * c.k];
+        for (int64_t i = 0; i < c.k; ++i) {
+          const double prod = double(xr[i]) * double(wr[i]);
+          dot[half] += prod;
+          err[half] += 1e-3 * std::abs(prod);
+        }
+      }
+      const double silu = dot[0] / (1.0 + std::exp(-dot[0])), ref = silu * dot[1];
+      const std::size_t at = static_cast<std::size_t>(ri * c.n + j);
+      want.mutable_data<float>()[at] = static_cast<float>(ref);
+      bound[at] = static_cast<float>(1.1 * std::abs(dot[1]) * err[0] + std::abs(silu) * err[1] +
+                                     std::ldexp(std::abs(ref), -8) + 1e-6);
+    }
+  }
+  const Tensor x_gpu = gpu(x), w_gpu = gpu(w);
+  const Tensor off_gpu = gpu(Tensor::copy_of(DType::kI32, {groups + 1}, offsets.data()));
+  const Tensor rows_gpu =
+      gpu(Tensor::copy_of(DType::kI32, {std::max<int64_t>(rows_total, 1)}, x_rows.data()));
+  for (const std::string& tile_name : tiles) {
+    const ScopedEnv tile("REFINERY_GGEMM_TILE", tile_name.c_str());
+    Tensor y = poisoned_gpu({rows_total, c.n}, DType::kBF16);
+    const GroupedGemmArgs args{x_gpu.data(), w_gpu.data(), y.mutable_data(),
+                               off_gpu.data<int32_t>(), groups, rows_total, c.n, c.k, false,
+                               rows_gpu.data<int32_t>(), true};
+    grouped_gemm_bf16(args, nullptr, GroupedGemmKernel::kWgmma);
+    const std::vector<float> yv = values(y);
+    Tensor got = Tensor::empty(DType::kF32, {checked, c.n});
+    for (int64_t ri = 0; ri < checked; ++ri)
+      for (int64_t j = 0; j < c.n; ++j)
+        got.mutable_data<float>()[ri * c.n + j] = yv[rows[ri] * c.n + j];
+    EXPECT_TRUE(close(str(label, " tile '", tile_name, "' groups=", groups, " rows=", rows_total,
+                          " n=", c.n, " k=", c.k, " swiglu bf16 out (rows: checked subset)"),
+                      got, want, 1e-6, bound));
+  }
+}
+
 // 64 uneven groups like the routed experts of a batch: empty ones, a few rows, about a tile, many.
 std::vector<int32_t> moe_like_sizes(int groups, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -195,14 +262,15 @@ TEST(GroupedGemmGpu, MatchesDoubleReferenceOnMoeShapes) {
 }
 
 // The other tiles of each kernel (REFINERY_GGEMM_TILE): 128 x 256 for both; for the wgmma kernel
-// (default: warp-specialized 128 x 256, persistent: one block per SM walking ~1000 tiles on the
-// MoE shapes above, fewer tiles than SMs on the small cases) also the same tile with one block per
-// tile, the warp-specialized 128 x 128 and the 128 x 128 with block-wide barriers; each must agree
+// (default: warp-specialized 128 x 256, persistent (one block per SM walking ~1000 tiles on the
+// MoE shapes above, fewer tiles than SMs on the small cases), weights loaded by TMA) also the
+// persistent one with cp.async weights, the same tile with one block per tile, the
+// warp-specialized 128 x 128 and the 128 x 128 with block-wide barriers; each must agree
 // too, with plain and with indexed rows.
 TEST(GroupedGemmGpu, OtherTilesMatchDoubleReference) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   for (const auto& [kernel, name] : kernels_here()) {
-    for (const std::string tile_name : {"128x256", "ws128x256", "ws128x128", "128x128"}) {
+    for (const std::string tile_name : {"128x256", "pws128x256", "ws128x256", "ws128x128", "128x128"}) {
       if (kernel == GroupedGemmKernel::kMmaSync && tile_name != "128x256") continue;  // wgmma only
       const ScopedEnv tile("REFINERY_GGEMM_TILE", tile_name.c_str());
       const std::string label = str(name, " ", tile_name);
@@ -227,6 +295,20 @@ TEST(GroupedGemmGpu, IndexedRowsMatchDoubleReference) {
     check_case({moe_like_sizes(64, 95), 2816, 2048, true}, 8300,
                "grouped gemm indexed gate|up " + name, kernel, true);
   }
+}
+
+// The fused SwiGLU epilogue on every wgmma tile: small uneven groups (n, k not tile multiples, so
+// gate rows of a partial tile overlap up rows and past the group's end) and the V2-Lite gate|up
+// shape (n 1408, k 2048) with ~1000 tiles for the persistent kernels.
+TEST(GroupedGemmGpu, FusedSwigluMatchesDoubleReference) {
+  if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
+  if (!backend::cuda::grouped_gemm_wgmma_available()) GTEST_SKIP() << "needs a compute 9.0 GPU";
+  const std::vector<std::string> tiles = {"",         "pws128x256", "ws128x256",
+                                          "ws128x128", "128x128",    "128x256"};
+  uint64_t seed = 9100;
+  for (const Case& c : small_cases()) check_swiglu_case(c, seed += 10, "grouped gemm swiglu", tiles);
+  check_swiglu_case({moe_like_sizes(64, 97), 1408, 2048, true}, 9300,
+                    "grouped gemm swiglu V2-Lite", tiles);
 }
 
 TEST(GroupedGemmGpu, WgmmaAvailableExactlyOnComputeNine) {

@@ -280,6 +280,11 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
 //     copies visible to the async proxy, issue the tile's 4 wgmma, and once the previous k tile's
 //     MMAs are done (wgmma.wait_group 1) arrive on its empty[stage] (count 256); the last k tile's
 //     stage is released after wgmma.wait_group 0, before the epilogue.
+//   kTmaB (the default tile): one producer thread loads each stage's weight rows by TMA (two
+//     128-row boxes) and declares their bytes on full[stage] (count 128 + 1); when x is read in
+//     place (no x_rows: the down projection) the A rows come by TMA too and the other producer
+//     threads only arrive. TMA writes the same 128-byte swizzle as the cp.async path. H100, V2-Lite
+//     shapes: +13% on gate|up with SwiGLU, +6% on down over cp.async weights (docs/BENCHMARKS.md).
 //   Every warp finds its tile's (group, rows) itself (find_m_tile is warp-collective and reads
 //   offsets that stay in L1), so producer and consumers never wait on each other per tile.
 // Parity: the ring is used in one sequence over all k tiles of all of a block's tiles (counter
@@ -288,7 +293,8 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks) wgmma_kernel(const
 // use n - 1, parity (n - 1) & 1.
 template <class C, class OutT, bool kSwiglu>
 __global__ void __launch_bounds__(C::kThreads, 1)
-    ws_kernel(const Params p, int n_tiles, const __grid_constant__ CUtensorMap b_map) {
+    ws_kernel(const Params p, int n_tiles, const __grid_constant__ CUtensorMap b_map,
+              const __grid_constant__ CUtensorMap a_map, bool a_by_tma) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kBM = C::kBM, kBN = C::kBN, kBK = C::kBK, kStages = C::kStages;
   constexpr int kColsPerTile = kSwiglu ? kBN / 2 : kBN;
@@ -337,10 +343,12 @@ __global__ void __launch_bounds__(C::kThreads, 1)
         const bool k_valid = k0 < p.k;
         const uint32_t a_dst = a_base + stage * C::kAStage + chunk_offset;
         const uint32_t b_dst = b_base + stage * C::kBStage + chunk_offset;
+        if (!a_by_tma) {
 #pragma unroll
-        for (int i = 0; i < kBM / 16; ++i) {
-          const bool valid = k_valid && a_src[i] != nullptr;
-          cp_async_16(a_dst + i * 16 * 128, valid ? a_src[i] + k0 : p.x, valid);
+          for (int i = 0; i < kBM / 16; ++i) {
+            const bool valid = k_valid && a_src[i] != nullptr;
+            cp_async_16(a_dst + i * 16 * 128, valid ? a_src[i] + k0 : p.x, valid);
+          }
         }
         if constexpr (C::kTmaB) {
           // Rows of W viewed as 2-D [groups · w_rows, k]: kSwiglu tiles take gate rows n0.. and up
@@ -351,7 +359,10 @@ __global__ void __launch_bounds__(C::kThreads, 1)
             const uint32_t bar = shared_address(&full[stage]);
             const uint32_t b_stage = b_base + stage * C::kBStage;
             const int row = static_cast<int>(int64_t{mt.group} * w_rows) + n0;
-            mbarrier_arrive_expect_tx(bar, C::kBStage);
+            mbarrier_arrive_expect_tx(bar, C::kBStage + (a_by_tma ? C::kAStage : 0));
+            // a_by_tma (x read in place, no x_rows): A rows row0 .. row0 + 127 in one box; rows
+            // past the group (the next group's, or zeros past the end) are never stored.
+            if (a_by_tma) tma_load_2d(a_base + stage * C::kAStage, &a_map, kt * kBK, mt.row0, bar);
             tma_load_2d(b_stage, &b_map, kt * kBK, row, bar);
             tma_load_2d(b_stage + 128 * 128, &b_map, kt * kBK, row + (kSwiglu ? p.n : 128), bar);
           }
@@ -402,11 +413,11 @@ __global__ void __launch_bounds__(C::kThreads, 1)
 #endif
 }
 
-// The TMA descriptor of the stacked weights viewed as a 2-D bf16 matrix [rows, k] (k contiguous):
-// boxes of 128 rows x 64 columns (128 bytes, the 128-byte swizzle of the shared stages), zeros
-// outside. cuTensorMapEncodeTiled is a driver API function: fetched once through the runtime
+// The TMA descriptor of a bf16 matrix [rows, k] (k contiguous; the stacked weights viewed as 2-D,
+// or x): boxes of 128 rows x 64 columns (128 bytes, the 128-byte swizzle of the shared stages),
+// zeros outside. cuTensorMapEncodeTiled is a driver API function: fetched once through the runtime
 // (cudaGetDriverEntryPointByVersion), so nothing links libcuda directly.
-CUtensorMap weight_tensor_map(const void* w, int64_t rows, int64_t k) {
+CUtensorMap rows_tensor_map(const void* matrix, int64_t rows, int64_t k) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
@@ -417,18 +428,18 @@ CUtensorMap weight_tensor_map(const void* w, int64_t rows, int64_t k) {
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
   REFINERY_CHECK(rows < (int64_t{1} << 31) && k % 8 == 0,
-                 "grouped_gemm: weight rows ", rows, " or k ", k, " out of the TMA path's range");
+                 "grouped_gemm: rows ", rows, " or k ", k, " out of the TMA path's range");
   CUtensorMap map{};
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(k), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(k) * 2};  // bytes between rows
   const cuuint32_t box[2] = {64, 128};
   const cuuint32_t element_strides[2] = {1, 1};
-  const CUresult status = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(w),
-                                 dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+  const CUresult status = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                                 const_cast<void*>(matrix), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                                  CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                  CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   REFINERY_CHECK(status == CUDA_SUCCESS, "grouped_gemm: cuTensorMapEncodeTiled failed (",
-                 static_cast<int>(status), ") for ", rows, " x ", k, " weights");
+                 static_cast<int>(status), ") for a ", rows, " x ", k, " matrix");
   return map;
 }
 
@@ -441,11 +452,14 @@ void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream
   const int64_t n_tiles = (params.n + cols_per_tile - 1) / cols_per_tile;
   if constexpr (C::kWarpSpecialized) {
     const auto kernel = ws_kernel<C, OutT, kSwiglu>;
-    CUtensorMap b_map{};  // unused unless kTmaB
+    CUtensorMap b_map{}, a_map{};  // unused unless kTmaB
+    bool a_by_tma = false;          // kTmaB and x read in place: A by TMA too (no cp.async at all)
     if constexpr (C::kTmaB) {
-      static_assert(C::kBN == 256, "two 128-row TMA boxes per stage");
+      static_assert(C::kBN == 256 && C::kBM == 128, "128-row TMA boxes");
       const int64_t w_rows = (kSwiglu ? 2 : 1) * int64_t{params.n};
-      b_map = weight_tensor_map(params.w, groups * w_rows, params.k);
+      b_map = rows_tensor_map(params.w, groups * w_rows, params.k);
+      a_by_tma = params.x_rows == nullptr && rows_total > 0;
+      if (a_by_tma) a_map = rows_tensor_map(params.x, rows_total, params.k);
     }
     REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                              static_cast<int>(kSmem)));
@@ -457,7 +471,7 @@ void launch(const Params& params, int64_t rows_total, int64_t groups, cudaStream
         C::kPersistent ? std::min<int64_t>(tiles_bound, refinery::cuda::current_device_sm_count())
                        : tiles_bound;
     kernel<<<static_cast<unsigned>(blocks), C::kThreads, kSmem, stream>>>(
-        params, static_cast<int>(n_tiles), b_map);
+        params, static_cast<int>(n_tiles), b_map, a_map, a_by_tma);
   } else {
     const auto kernel = wgmma_kernel<C, OutT, kSwiglu>;
     REFINERY_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,

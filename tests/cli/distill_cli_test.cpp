@@ -220,15 +220,15 @@ TEST(DistillCliOffline, PrioritySampledCacheIsReproducibleAndTrains) {
     rt.read_top_k(s, 0, len, it.data(), pt.data());
     // Same draw for every row; the batched forward rounds the logits differently in the last f32
     // bits (with many threads: a 16-core machine flipped a near-tie of one row's priorities), so
-    // a rare row may hold another id; the values agree up to that rounding (an fp16 step: 0.008
-    // at 8) wherever the ids agree.
+    // a rare row may hold another id, or the same ids with other values (the estimator's
+    // threshold is the (k+1)-th priority, an id that is not stored: a near-tie there moves every
+    // value of the row, e.g. 0.031 after the MoE layer's summation order changed); elsewhere the
+    // values agree up to that rounding (an fp16 step: 0.008 at 8). Both kinds count as rows that
+    // differ by batch (at most 2%, below).
     for (int64_t r = 0; r < len; ++r) {
-      if (!std::equal(ia.begin() + r * k, ia.begin() + (r + 1) * k, ib.begin() + r * k)) {
-        ++rows_differing_by_batch;
-        continue;
-      }
-      for (int64_t j = 0; j < k; ++j)
-        ASSERT_NEAR(pa[r * k + j], pb[r * k + j], 1e-2) << "sequence " << s << " row " << r;
+      bool same = std::equal(ia.begin() + r * k, ia.begin() + (r + 1) * k, ib.begin() + r * k);
+      for (int64_t j = 0; j < k && same; ++j) same = std::abs(pa[r * k + j] - pb[r * k + j]) <= 1e-2;
+      if (!same) ++rows_differing_by_batch;
     }
     for (int64_t r = 0; r < len; ++r) {
       double total = 0.0;

@@ -2,6 +2,7 @@
 // multi-tensor optimizer ops loop over their single-tensor forms.
 #include "engine/backend/backend.hpp"
 
+#include "engine/backend/op_checks.hpp"
 #include "engine/core/error.hpp"
 
 namespace refinery::backend {
@@ -45,8 +46,28 @@ void Backend::attention_with_lse(const Tensor& q, const Tensor& k, const Tensor&
   attention(q, k, v, scale, out);
   lse = Tensor{};
 }
-void Backend::rope_backward(const Tensor&, const RopeTable&, int64_t, int64_t, Tensor&, GradWrite) {
+void Backend::rope_backward(const Tensor&, const RopeTable&, int64_t, int64_t, Tensor&, GradWrite,
+                            int64_t) {
   missing(*this, "rope_backward");
+}
+// The reference sequence (what the MLA forward ran before the fused op): k_pe out of ckv, rope on
+// it, then the nope keys, the values and the broadcast rope key as three column copies over the
+// (token, head) rows.
+void Backend::mla_assemble_kv(const Tensor& kv, const Tensor& ckv, const RopeTable& table,
+                              int64_t first_position, int64_t segment_length, Tensor& keys,
+                              Tensor& values) {
+  const MlaKvSizes z = check_mla_assemble_kv(device(), kv, ckv, table, first_position,
+                                             segment_length, keys, values);
+  const int64_t t = z.t_count, heads = z.heads, dn = z.dn, dr = z.dr, dv = z.dv;
+  Tensor k_pe = empty(keys.dtype(), {t, 1, dr});  // [T, 1, dr]: one rope "head"
+  Tensor k_pe2 = k_pe.view({t, dr});
+  copy_columns(ckv, z.ckv_cols - dr, k_pe2, 0, dr);
+  rope(k_pe, table, first_position, 0, k_pe, segment_length);
+  const Tensor kv_heads = kv.view({t * heads, dn + dv});
+  Tensor k_heads = keys.view({t * heads, dn + dr}), v_heads = values.view({t * heads, dv});
+  copy_columns(kv_heads, 0, k_heads, 0, dn);
+  copy_columns(kv_heads, dn, v_heads, 0, dv);
+  copy_columns(k_pe2, 0, k_heads, dn, dr);  // each k_pe row to the H rows of its token
 }
 void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                  const Tensor&, float, Tensor&, Tensor&, Tensor&, GradWrite,

@@ -123,13 +123,28 @@ class Backend {
   // key over every head).
   virtual void copy_columns(const Tensor& src, int64_t src_col, Tensor& dst, int64_t dst_col,
                             int64_t width) = 0;
+  // MLA's keys and values from kv_b_proj's output and the shared rope key, H = keys' heads:
+  //   keys[t, h, :dn]   = kv[t, h·(dn + dv) + j]          for j < dn,
+  //   keys[t, h, dn:]   = rope(k_pe[t]) at position first_position + t % segment_length,
+  //   values[t, h, :]   = kv[t, h·(dn + dv) + dn + j]     for j < dv,
+  // where k_pe [T, dr] = the last dr columns of ckv (kv_a_proj_with_mqa's output [T, r + dr];
+  // dr = table.rotary_dim, rope over all of it). kv [T, H·(dn + dv)], keys [T, H, dn + dr], values
+  // [T, H, dv], one dtype. segment_length as rope's (0: L = T). The results equal, bit for bit,
+  // copying k_pe out of ckv, rope on it, and three copy_columns (the default does exactly that;
+  // CUDA does it in one kernel).
+  virtual void mla_assemble_kv(const Tensor& kv, const Tensor& ckv, const RopeTable& table,
+                               int64_t first_position, int64_t segment_length, Tensor& keys,
+                               Tensor& values);
 
   // ---- attention ----
   // x, y [T, heads, D]: y = x with dims [offset, offset + table.rotary_dim) of every head rotated
-  // at positions first_position + t (pairing from the table); the other dims are copied. offset > 0
-  // selects MLA's rope part behind the nope dims; rotary_dim < D - offset is partial rotary.
+  // at positions first_position + t (pairing from the table); the other dims are copied (not
+  // touched when y is x). offset > 0 selects MLA's rope part behind the nope dims; rotary_dim <
+  // D - offset is partial rotary.
+  // segment_length L > 0: the T rows are T / L sequences side by side (a batched prefill), row t
+  // at position first_position + t % L, in one call; L must divide T. 0: one segment (L = T).
   virtual void rope(const Tensor& x, const RopeTable& table, int64_t first_position, int64_t offset,
-                    Tensor& y) = 0;
+                    Tensor& y, int64_t segment_length = 0) = 0;
   // Causal attention of T new queries against S cached keys (the last T of which are the new
   // tokens): query t sees keys [0, S - T + t]. q [T, H, dk], k [S, KV, dk], v [S, KV, dv],
   // out [T, H, dv]; query head h uses kv head h / (H / KV). P = softmax(q·kᵀ·scale) in f32.
@@ -149,8 +164,11 @@ class Backend {
                      Tensor& experts, Tensor& weights) = 0;
   // y[t] = Σ_j weights[t, j] · SwiGLU_{experts[t, j]}(x[t]); x, y [T, hidden]. Each expert runs
   // once over the tokens routed to it (gather, two GEMMs, scatter-add).
+  // accumulate: y[t] += that sum instead (y holds the shared experts' output: no separate add
+  // pass); per element y + Σ_j in f32, rounded once to y's dtype.
   virtual void moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
-                           std::span<const ExpertWeights> expert_weights, Tensor& y) = 0;
+                           std::span<const ExpertWeights> expert_weights, Tensor& y,
+                           bool accumulate = false) = 0;
   // Gathers rows: y[i] = x[rows[i]]; rows I32 [N], x [T, D], y [N, D].
   virtual void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) = 0;
   // Weighted scatter-add: y[rows[i]] += scale[i] * x[i]; x [N, D], rows I32 [N], scale f32 [N].
@@ -212,9 +230,10 @@ class Backend {
                                      int64_t src_col, int64_t width);
   // Of rope (x, y [T, heads, D]): dx += Rᵀ · dy, the inverse rotation at the same positions; the
   // dims outside [offset, offset + rotary_dim) pass dy through unchanged.
-  // write: kOverwrite writes dx instead of adding.
+  // write: kOverwrite writes dx instead of adding. segment_length: as rope's.
   virtual void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                             int64_t offset, Tensor& dx, GradWrite write = GradWrite::kAdd);
+                             int64_t offset, Tensor& dx, GradWrite write = GradWrite::kAdd,
+                             int64_t segment_length = 0);
   // Of attention, for whole sequences only (S == T, query t sees keys 0..t): `out` is the
   // forward's output. dq [T, H, dk], dk [T, KV, dk], dv [T, KV, dv] accumulate; a kv head's
   // gradient sums over the H / KV query heads that share it. P is recomputed (nothing is saved

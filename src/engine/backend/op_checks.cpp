@@ -1,6 +1,7 @@
 // Shared argument checks of the backend ops (see op_checks.hpp).
 #include "engine/backend/op_checks.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace refinery::backend {
@@ -117,8 +118,24 @@ CopyColumnsSizes check_copy_columns(Device device, const Tensor& src, int64_t sr
   return {rows, cs, cd, repeat};
 }
 
+namespace {
+// The segment length of rope-like ops (0: one segment of all t_count rows) and the table rows
+// they read, [first_position, first_position + min(T, L)). Returns L (>= 1).
+int64_t check_rope_positions(const RopeTable& table, int64_t t_count, int64_t first_position,
+                             int64_t segment_length, const char* op) {
+  REFINERY_CHECK(segment_length >= 0 && (segment_length == 0 || t_count % segment_length == 0),
+                 op, ": segment length ", segment_length, " does not divide ", t_count, " rows");
+  const int64_t segment = segment_length == 0 ? std::max<int64_t>(t_count, 1) : segment_length;
+  const int64_t last = first_position + std::min(t_count, segment);
+  REFINERY_CHECK(first_position >= 0 && last <= table.positions(), op, ": positions up to ", last,
+                 " but the table has ", table.positions());
+  return segment;
+}
+}  // namespace
+
 RopeSizes check_rope(Device device, const Tensor& x, const RopeTable& table,
-                     int64_t first_position, int64_t offset, const Tensor& y) {
+                     int64_t first_position, int64_t offset, const Tensor& y,
+                     int64_t segment_length) {
   REFINERY_CHECK(x.ndim() == 3, "rope x must be [T, heads, D], found ", x.describe());
   const int64_t t_count = x.size(0), heads = x.size(1), d = x.size(2);
   const int64_t r = table.rotary_dim, half = r / 2;
@@ -127,10 +144,34 @@ RopeSizes check_rope(Device device, const Tensor& x, const RopeTable& table,
   require_same_dtype(x, y, "rope");
   REFINERY_CHECK(offset >= 0 && offset + r <= d, "rope: rotary dims [", offset, ", ", offset + r,
                  ") exceed the head width ", d);
-  REFINERY_CHECK(first_position >= 0 && first_position + t_count <= table.positions(),
-                 "rope: positions up to ", first_position + t_count, " but the table has ",
-                 table.positions());
-  return {t_count, heads, d, r, half};
+  const int64_t segment =
+      check_rope_positions(table, t_count, first_position, segment_length, "rope");
+  return {t_count, heads, d, r, half, segment};
+}
+
+MlaKvSizes check_mla_assemble_kv(Device device, const Tensor& kv, const Tensor& ckv,
+                                 const RopeTable& table, int64_t first_position,
+                                 int64_t segment_length, const Tensor& keys, const Tensor& values) {
+  REFINERY_CHECK(kv.ndim() == 2 && ckv.ndim() == 2 && keys.ndim() == 3 && values.ndim() == 3,
+                 "mla_assemble_kv: kv [T, H·(dn + dv)], ckv [T, C], keys [T, H, dk], values "
+                 "[T, H, dv] expected, found ",
+                 kv.describe(), ", ", ckv.describe(), ", ", keys.describe(), ", ",
+                 values.describe());
+  const int64_t t_count = kv.size(0), heads = keys.size(1), dv = values.size(2);
+  const int64_t dr = table.rotary_dim, dk = keys.size(2), dn = dk - dr, ckv_cols = ckv.size(1);
+  REFINERY_CHECK(dr > 0 && dr % 2 == 0 && dn >= 0 && ckv_cols >= dr,
+                 "mla_assemble_kv: rope width ", dr, " does not fit keys ", keys.describe(),
+                 " and ckv ", ckv.describe());
+  require_float(device, kv, {t_count, heads * (dn + dv)}, "mla_assemble_kv kv");
+  require_float(device, ckv, {t_count, ckv_cols}, "mla_assemble_kv ckv");
+  require_float(device, keys, {t_count, heads, dk}, "mla_assemble_kv keys");
+  require_float(device, values, {t_count, heads, dv}, "mla_assemble_kv values");
+  require_same_dtype(kv, ckv, "mla_assemble_kv");
+  require_same_dtype(kv, keys, "mla_assemble_kv");
+  require_same_dtype(kv, values, "mla_assemble_kv");
+  const int64_t segment =
+      check_rope_positions(table, t_count, first_position, segment_length, "mla_assemble_kv");
+  return {t_count, heads, dn, dr, dv, ckv_cols, segment};
 }
 
 AttentionSizes check_attention(Device device, const Tensor& q, const Tensor& k, const Tensor& v,

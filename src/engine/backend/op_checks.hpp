@@ -57,13 +57,24 @@ struct CopyColumnsSizes {
 CopyColumnsSizes check_copy_columns(Device device, const Tensor& src, int64_t src_col,
                                     const Tensor& dst, int64_t dst_col, int64_t width);
 
-// rope: x, y [T, heads, D] f32; rotary dims [offset, offset + r) inside D; positions
-// [first_position, first_position + T) inside the table.
+// rope: x, y [T, heads, D] f32; rotary dims [offset, offset + r) inside D; segment_length L >= 0
+// (0: T) dividing T; positions [first_position, first_position + min(T, L)) inside the table.
+// segment = the resolved L (>= 1), row t's position is first_position + t % segment.
 struct RopeSizes {
-  int64_t t_count, heads, d, rotary, half;
+  int64_t t_count, heads, d, rotary, half, segment;
 };
 RopeSizes check_rope(Device device, const Tensor& x, const RopeTable& table,
-                     int64_t first_position, int64_t offset, const Tensor& y);
+                     int64_t first_position, int64_t offset, const Tensor& y,
+                     int64_t segment_length = 0);
+
+// mla_assemble_kv: kv [T, H·(dn + dv)], ckv [T, C] (C >= dr), keys [T, H, dn + dr], values
+// [T, H, dv], one float dtype; dr = table.rotary_dim (even); positions and segments as rope's.
+struct MlaKvSizes {
+  int64_t t_count, heads, dn, dr, dv, ckv_cols, segment;
+};
+MlaKvSizes check_mla_assemble_kv(Device device, const Tensor& kv, const Tensor& ckv,
+                                 const RopeTable& table, int64_t first_position,
+                                 int64_t segment_length, const Tensor& keys, const Tensor& values);
 
 // attention: q [T, H, dk], k [S, KV, dk], v [S, KV, dv], out [T, H, dv], all f32; H % KV == 0,
 // S >= T.

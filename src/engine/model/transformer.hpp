@@ -85,6 +85,7 @@ class Transformer {
   Tensor attention_mla(Step& s, int layer, const Tensor& h);
   Tensor mlp(Step& s, const MlpWeights& w, const Tensor& h);  // transformer_mlp.cpp
   Tensor moe(Step& s, int layer, const Tensor& h);
+  Tensor shared_experts(Step& s, const MoeWeights& w, const Tensor& h);
   Tensor run_layers(Step& s, std::span<const int32_t> tokens);  // forward_hidden's body
   // Layer `l` on the residual x [T, hidden] f32, given h = input_layernorm(x) [T, hidden]
   // (activation dtype; the caller's norm, fused with the previous layer's last add): attention,

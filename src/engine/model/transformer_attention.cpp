@@ -1,8 +1,9 @@
 // Attention blocks: standard GQA/MHA (FAMILY_NOTES §2) and DeepSeek MLA (§3). New keys/values are
 // written straight into the cache rows of this step, then attention runs over all cached rows.
 // A batched step (Step::segments > 1, an empty cache) holds independent sequences side by side:
-// RoPE and attention run per sequence (segment b: rows [b·L, (b+1)·L) of the step and of the
-// cache), the projections once over all rows.
+// attention runs per sequence (segment b: rows [b·L, (b+1)·L) of the step and of the cache); RoPE
+// runs once over all rows with positions restarting in every segment (rope's segment_length), the
+// projections once over all rows.
 #include "engine/model/transformer.hpp"
 #include "engine/model/transformer_step.hpp"
 
@@ -41,13 +42,10 @@ Tensor Transformer::attention_gqa(Step& s, int layer, const Tensor& h) {
     be.rms_norm(q2, w.q_norm, eps, q2);
     be.rms_norm(k2, w.k_norm, eps, k2);
   }
-  const int64_t length = s.segment_length();
-  for (int64_t r0 = 0; r0 < t; r0 += length) {  // RoPE positions restart in every segment
-    Tensor q_b = q.slice(r0, r0 + length);
-    be.rope(q_b, rope_, p0, 0, q_b);
-    Tensor k_cache = s.cache->keys(layer).slice(p0 + r0, p0 + r0 + length);
-    be.rope(k.slice(r0, r0 + length), rope_, p0, 0, k_cache);
-  }
+  const int64_t length = s.segment_length();  // RoPE positions restart in every segment
+  be.rope(q, rope_, p0, 0, q, length);
+  Tensor k_cache = s.cache->keys(layer).slice(p0, p0 + t);
+  be.rope(k, rope_, p0, 0, k_cache, length);
   s.cache->values(layer).slice(p0, p0 + t).copy_from(v);
 
   Tensor out = be.empty(be.activation_dtype(), {t, heads, d});
@@ -75,36 +73,21 @@ Tensor Transformer::attention_mla(Step& s, int layer, const Tensor& h) {
     q = run_linear(s, h, w.q_proj);
   }
   q = q.view({t, heads, dk});
-  const int64_t length = s.segment_length();
-  for (int64_t r0 = 0; r0 < t; r0 += length) {
-    Tensor q_b = q.slice(r0, r0 + length);
-    be.rope(q_b, rope_, p0, dn, q_b);
-  }
+  const int64_t length = s.segment_length();  // RoPE positions restart in every segment
+  be.rope(q, rope_, p0, dn, q, length);
 
-  // Compressed kv [T, r + dr]: latent c (normed) and one shared rope key.
+  // Compressed kv [T, r + dr]: latent c (normed) and one shared rope key (its last dr columns).
   Tensor ckv = run_linear(s, h, w.kv_a_proj_with_mqa);
   Tensor c = be.empty(be.activation_dtype(), {t, r});
   be.copy_columns(ckv, 0, c, 0, r);
   be.rms_norm(c, w.kv_a_layernorm, kMlaLoraNormEps, c);
-  Tensor k_pe = be.empty(be.activation_dtype(), {t, 1, dr});
-  Tensor k_pe2 = k_pe.view({t, dr});
-  be.copy_columns(ckv, r, k_pe2, 0, dr);
-  for (int64_t r0 = 0; r0 < t; r0 += length) {
-    Tensor k_pe_b = k_pe.slice(r0, r0 + length);
-    be.rope(k_pe_b, rope_, p0, 0, k_pe_b);
-  }
 
-  // kv_b: [T, H * (dn + dv)] -> cache keys [T, H, dn + dr] (k_pe broadcast to every head), values.
+  // kv_b: [T, H · (dn + dv)] -> cache keys [T, H, dn + dr] (nope part, then the roped shared key
+  // of the token in every head) and values [T, H, dv], in one op.
   Tensor kv = run_linear(s, c, w.kv_b_proj);
-  // Per (token, head) rows: kv [T·H, dn + dv] -> keys [T·H, dk] (nope part) and values [T·H, dv]
-  // in one copy each; the shared rope key k_pe [T, dr] goes to every head's [dn, dk) columns
-  // (each source row broadcast to the H rows of its token).
-  const Tensor kv_heads = kv.view({t * heads, dn + dv});
-  Tensor k_heads = s.cache->keys(layer).slice(p0, p0 + t).view({t * heads, dk});
-  Tensor v_heads = s.cache->values(layer).slice(p0, p0 + t).view({t * heads, dv});
-  be.copy_columns(kv_heads, 0, k_heads, 0, dn);
-  be.copy_columns(kv_heads, dn, v_heads, 0, dv);
-  be.copy_columns(k_pe2, 0, k_heads, dn, dr);
+  Tensor keys = s.cache->keys(layer).slice(p0, p0 + t);
+  Tensor values = s.cache->values(layer).slice(p0, p0 + t);
+  be.mla_assemble_kv(kv, ckv, rope_, p0, length, keys, values);
 
   Tensor out = be.empty(be.activation_dtype(), {t, heads, dv});
   segmented_attention(be, q, s.cache->keys(layer), s.cache->values(layer), p0, s.segments, length,

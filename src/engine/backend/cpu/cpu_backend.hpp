@@ -34,13 +34,15 @@ class CpuBackend final : public Backend {
                     int64_t width) override;
   void fill_zero(Tensor& y) override;
   void rope(const Tensor& x, const RopeTable& table, int64_t first_position, int64_t offset,
-            Tensor& y) override;  // rope.cpp
+            Tensor& y, int64_t segment_length = 0) override;  // rope.cpp
+  // mla_assemble_kv: the Backend default (rope and column copies, the reference sequence).
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                  Tensor& out) override;  // attention.cpp
   void route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
              Tensor& experts, Tensor& weights) override;  // router.cpp
   void moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
-                   std::span<const ExpertWeights> expert_weights, Tensor& y) override;  // moe.cpp
+                   std::span<const ExpertWeights> expert_weights, Tensor& y,
+                   bool accumulate = false) override;  // moe.cpp
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;
   void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                         Tensor& y) override;
@@ -67,8 +69,8 @@ class CpuBackend final : public Backend {
                                  const Tensor& dy, Tensor& dx,
                                  Tensor& dscale) override;  // elementwise_backward.cpp
   void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                     int64_t offset, Tensor& dx,
-                     GradWrite write = GradWrite::kAdd) override;  // rope.cpp
+                     int64_t offset, Tensor& dx, GradWrite write = GradWrite::kAdd,
+                     int64_t segment_length = 0) override;  // rope.cpp
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& dout, float scale, Tensor& dq, Tensor& dk,
                           Tensor& dv, GradWrite write = GradWrite::kAdd,

@@ -37,7 +37,8 @@ void CpuBackend::scatter_add_rows(const Tensor& x, const Tensor& rows, const Ten
 }
 
 void CpuBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
-                             std::span<const ExpertWeights> expert_weights, Tensor& y) {
+                             std::span<const ExpertWeights> expert_weights, Tensor& y,
+                             bool accumulate) {
   const MoeSizes sizes = check_moe(Device::kCPU, x, experts, weights, expert_weights, y);
   const int64_t t_count = sizes.t_count, hidden = sizes.hidden, k = sizes.k;
   const int64_t e_count = sizes.e_count;
@@ -77,7 +78,8 @@ void CpuBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tenso
     linear(g, w.down, out);
     outputs[e] = out;
   }
-  fill_zero(y);
+  // accumulate: onto y's content (the shared experts' output), expert by expert as below.
+  if (!accumulate) fill_zero(y);
   for (int64_t e : active) {
     const int64_t n = static_cast<int64_t>(rows[e].size());
     scatter_add_rows(outputs[e], Tensor::copy_of(DType::kI32, {n}, rows[e].data()),

@@ -9,7 +9,8 @@ namespace refinery::backend::cpu {
 
 namespace {
 
-// Per pair (a, b) at position p: out_a = in_a·c − in_b·(σ·s), out_b = in_b·c + in_a·(σ·s) with
+// Per pair (a, b) at position p = first_position + t % sizes.segment:
+// out_a = in_a·c − in_b·(σ·s), out_b = in_b·c + in_a·(σ·s) with
 // σ = sin_sign (+1: the forward rotation R, −1: its transpose). `accumulate`: out += instead of
 // out = (for the backward); the dims outside the rotated span are copied or added likewise.
 // in may alias out when not accumulating.
@@ -21,8 +22,9 @@ void rotate(const float* in, float* out, const RopeTable& table, const RopeSizes
   const bool interleaved = table.pairing == model::RopePairing::kInterleaved;
 #pragma omp parallel for if (t_count * heads * d > (1 << 15))
   for (int64_t t = 0; t < t_count; ++t) {
-    const float* c = cos_table + (first_position + t) * half;
-    const float* s = sin_table + (first_position + t) * half;
+    const int64_t p = first_position + t % sizes.segment;
+    const float* c = cos_table + p * half;
+    const float* s = sin_table + p * half;
     for (int64_t h = 0; h < heads; ++h) {
       const float* xi = in + (t * heads + h) * d;
       float* yi = out + (t * heads + h) * d;
@@ -54,16 +56,19 @@ void rotate(const float* in, float* out, const RopeTable& table, const RopeSizes
 }  // namespace
 
 void CpuBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_position,
-                      int64_t offset, Tensor& y) {
-  const RopeSizes sizes = check_rope(Device::kCPU, x, table, first_position, offset, y);
+                      int64_t offset, Tensor& y, int64_t segment_length) {
+  const RopeSizes sizes =
+      check_rope(Device::kCPU, x, table, first_position, offset, y, segment_length);
   rotate(x.data<float>(), y.mutable_data<float>(), table, sizes, first_position, offset, 1.0f,
          false);
 }
 
 void CpuBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                               int64_t offset, Tensor& dx, GradWrite write) {
+                               int64_t offset, Tensor& dx, GradWrite write,
+                               int64_t segment_length) {
   if (!dx.defined()) return;
-  const RopeSizes sizes = check_rope(Device::kCPU, dy, table, first_position, offset, dx);
+  const RopeSizes sizes =
+      check_rope(Device::kCPU, dy, table, first_position, offset, dx, segment_length);
   rotate(dy.data<float>(), dx.mutable_data<float>(), table, sizes, first_position, offset, -1.0f,
          write == GradWrite::kAdd);
 }

@@ -60,7 +60,10 @@ class CudaBackend final : public Backend {
                     int64_t width) override;
   void fill_zero(Tensor& y) override;
   void rope(const Tensor& x, const RopeTable& table, int64_t first_position, int64_t offset,
-            Tensor& y) override;  // rope.cu
+            Tensor& y, int64_t segment_length = 0) override;  // rope.cu
+  void mla_assemble_kv(const Tensor& kv, const Tensor& ckv, const RopeTable& table,
+                       int64_t first_position, int64_t segment_length, Tensor& keys,
+                       Tensor& values) override;  // mla_assemble.cu
   void attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                  Tensor& out) override;  // attention.cu
   void attention_with_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
@@ -68,7 +71,8 @@ class CudaBackend final : public Backend {
   void route(const Tensor& logits, const Tensor& correction_bias, const RouterSpec& spec,
              Tensor& experts, Tensor& weights) override;  // router.cu
   void moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
-                   std::span<const ExpertWeights> expert_weights, Tensor& y) override;  // moe.cu
+                   std::span<const ExpertWeights> expert_weights, Tensor& y,
+                   bool accumulate = false) override;  // moe.cu
   void gather_rows(const Tensor& x, const Tensor& rows, Tensor& y) override;            // rows.cu
   void scatter_add_rows(const Tensor& x, const Tensor& rows, const Tensor& scale,
                         Tensor& y) override;
@@ -94,8 +98,8 @@ class CudaBackend final : public Backend {
   void copy_columns_backward(const Tensor& ddst, int64_t dst_col, Tensor& dsrc, int64_t src_col,
                              int64_t width) override;
   void rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                     int64_t offset, Tensor& dx,
-                     GradWrite write = GradWrite::kAdd) override;  // rope_backward.cu
+                     int64_t offset, Tensor& dx, GradWrite write = GradWrite::kAdd,
+                     int64_t segment_length = 0) override;  // rope_backward.cu
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& dout, float scale, Tensor& dq, Tensor& dk,
                           Tensor& dv, GradWrite write = GradWrite::kAdd,

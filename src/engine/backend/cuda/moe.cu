@@ -308,7 +308,8 @@ std::shared_ptr<const CudaBackend::StackedExperts> CudaBackend::stacked_experts(
 }
 
 void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tensor& weights,
-                              std::span<const ExpertWeights> expert_weights, Tensor& y) {
+                              std::span<const ExpertWeights> expert_weights, Tensor& y,
+                              bool accumulate) {
   OpTimer timer(profiler_, stream_, "moe_experts");
   const MoeSizes sizes = check_moe(Device::kCUDA, x, experts, weights, expert_weights, y);
   const int64_t t_count = sizes.t_count, hidden = sizes.hidden, k = sizes.k;
@@ -316,7 +317,10 @@ void CudaBackend::moe_experts(const Tensor& x, const Tensor& experts, const Tens
   const int64_t n = t_count * k;
   REFINERY_CHECK(n < (int64_t{1} << 31), "moe: too many token-expert pairs: ", n);
   if (t_count == 0) return;
-  fill_zero(y);
+  // Every path below ends in scatter_add_csr, which adds onto y (per element y + Σ in f32, one
+  // rounding): zeroed y gives the routed sum; accumulate keeps y's content (the shared experts'
+  // output), which saves the separate add pass over [T, hidden] and the zero fill.
+  if (!accumulate) fill_zero(y);
   if (k == 0 || hidden == 0) return;
 
   // Grouped GEMM path with routing on the device (no host synchronization): dense bf16 experts of

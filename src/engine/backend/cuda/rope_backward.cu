@@ -5,6 +5,8 @@
 // the dims outside [offset, offset + rotary_dim) pass dy through (dx += dy). The same two paths
 // as the forward (rope.cu: vectorized over groups of 8 pairs, or one block per (token, head) row),
 // the same f32 formulas on both, the same host/device table handling. Memory bound.
+#include <algorithm>
+
 #include "engine/backend/cuda/kernel_util.cuh"
 #include "engine/backend/cuda/rope_vector.cuh"
 
@@ -18,9 +20,9 @@ using namespace rope_detail;
 template <typename T>
 __global__ void rope_backward_kernel(const T* dy, const float* cos_table, const float* sin_table,
                                      int64_t heads, int64_t d, int64_t offset, int64_t half,
-                                     bool interleaved, bool overwrite, T* dx) {
+                                     int64_t segment, bool interleaved, bool overwrite, T* dx) {
   const int64_t row = blockIdx.x;  // t * heads + h
-  const int64_t t = row / heads;
+  const int64_t t = (row / heads) % segment;  // the table row (rope.cu: segments)
   const T* gi = dy + row * d;
   T* xi = dx + row * d;
   const float* c = cos_table + t * half;
@@ -44,7 +46,8 @@ template <typename T>
 __global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
                                          const float* sin_table, uint32_t rows, uint32_t heads,
                                          uint32_t d, uint32_t offset, uint32_t half,
-                                         bool interleaved, bool overwrite, T* dx) {
+                                         uint32_t segment, bool interleaved, bool overwrite,
+                                         T* dx) {
   const uint32_t groups = half / 8, items = groups + (d - 2 * half) / 8;
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < rows * items;
        i += gridDim.x * blockDim.x) {
@@ -63,7 +66,7 @@ __global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
       o.store(xi + pos);
       continue;
     }
-    const uint32_t t = row / heads, first = item * 8;
+    const uint32_t t = (row / heads) % segment, first = item * 8;
     TableChunk c, s;
     c.load(cos_table + static_cast<int64_t>(t) * half + first);
     s.load(sin_table + static_cast<int64_t>(t) * half + first);
@@ -104,16 +107,19 @@ __global__ void rope_backward_vec_kernel(const T* dy, const float* cos_table,
 }  // namespace
 
 void CudaBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_t first_position,
-                                int64_t offset, Tensor& dx, GradWrite write) {
+                                int64_t offset, Tensor& dx, GradWrite write,
+                                int64_t segment_length) {
   OpTimer timer(profiler_, stream_, "rope_backward");
   if (!dx.defined()) return;
-  const RopeSizes sizes = check_rope(Device::kCUDA, dy, table, first_position, offset, dx);
+  const RopeSizes sizes =
+      check_rope(Device::kCUDA, dy, table, first_position, offset, dx, segment_length);
   const int64_t t_count = sizes.t_count, heads = sizes.heads, d = sizes.d;
-  const int64_t half = sizes.half;
+  const int64_t half = sizes.half, segment = sizes.segment;
   check_rope_tables(table, half, t_count * heads, "rope_backward");
   if (t_count * heads == 0) return;
-  const Tensor cos_rows = upload(table.cos.slice(first_position, first_position + t_count));
-  const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + t_count));
+  const int64_t positions = std::min(t_count, segment);  // as in rope.cu
+  const Tensor cos_rows = upload(table.cos.slice(first_position, first_position + positions));
+  const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + positions));
   dispatch_activation(dx.dtype(), "rope_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* in = static_cast<const T*>(dy.data());
@@ -127,12 +133,13 @@ void CudaBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_
       rope_backward_vec_kernel<T><<<grid_for(items), kThreads, 0, stream_>>>(
           in, cos_rows.data<float>(), sin_rows.data<float>(), static_cast<uint32_t>(rows),
           static_cast<uint32_t>(heads), static_cast<uint32_t>(d), static_cast<uint32_t>(offset),
-          static_cast<uint32_t>(half), interleaved, overwrite, out);
+          static_cast<uint32_t>(half), static_cast<uint32_t>(segment), interleaved, overwrite,
+          out);
       return;
     }
     rope_backward_kernel<T><<<static_cast<unsigned>(rows), kRopeThreads, 0, stream_>>>(
-        in, cos_rows.data<float>(), sin_rows.data<float>(), heads, d, offset, half, interleaved,
-        overwrite, out);
+        in, cos_rows.data<float>(), sin_rows.data<float>(), heads, d, offset, half, segment,
+        interleaved, overwrite, out);
   });
   REFINERY_CUDA_AFTER_LAUNCH(*this, "rope_backward");
 }

@@ -58,6 +58,52 @@ struct TableChunk {
   }
 };
 
+// One rotated pair: (x0, x1) at angle (c, s) -> (y0, y1), in f32. Every forward rope kernel
+// (rope.cu, mla_assemble.cu) goes through this one expression, so that they round (and contract
+// to FMA) alike and agree bit for bit.
+__device__ inline void rotate_pair(float x0, float x1, float c, float s, float& y0, float& y1) {
+  y0 = x0 * c - x1 * s;
+  y1 = x1 * c + x0 * s;
+}
+
+// The first dims of the two 8-dim chunks that hold rotary pairs [first, first + 8) (first a
+// multiple of 8) behind `offset`: half-split pairs (i, i + half) are at offset + first and
+// offset + half + first; interleaved pairs (2i, 2i + 1) fill the 16 dims from offset + 2·first.
+struct GroupDims {
+  uint32_t a, b;
+};
+__device__ inline GroupDims group_dims(uint32_t offset, uint32_t first, uint32_t half,
+                                       bool interleaved) {
+  const uint32_t pa = offset + (interleaved ? 2 * first : first);
+  return {pa, interleaved ? pa + 8 : pa + half};
+}
+
+// Rotates one group of 8 pairs held in va (dims group_dims.a..+8) and vb (.b..+8) in place, with
+// the group's cos/sin entries c, s.
+template <typename T>
+__device__ inline void rotate_group(RopeChunk<T>& va, RopeChunk<T>& vb, const TableChunk& c,
+                                    const TableChunk& s, bool interleaved) {
+  float oa[8], ob[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    // pair j: half-split (va[j], vb[j]); interleaved elements 2j, 2j + 1 of va|vb
+    const float x0 = interleaved ? (j < 4 ? va.get(2 * j) : vb.get(2 * j - 8)) : va.get(j);
+    const float x1 = interleaved ? (j < 4 ? va.get(2 * j + 1) : vb.get(2 * j - 7)) : vb.get(j);
+    float y0, y1;
+    rotate_pair(x0, x1, c.v[j], s.v[j], y0, y1);
+    if (interleaved) {
+      float* dst = j < 4 ? oa : ob;
+      dst[(2 * j) % 8] = y0;
+      dst[(2 * j + 1) % 8] = y1;
+    } else {
+      oa[j] = y0;
+      ob[j] = y1;
+    }
+  }
+  va.set(oa);
+  vb.set(ob);
+}
+
 // Whether the vectorized kernel applies: whole chunks of 8 everywhere, aligned pointers, and a
 // 32-bit index space.
 inline bool rope_vectorizable(const void* x, const void* y, const float* cos_rows, const float* sin_rows,

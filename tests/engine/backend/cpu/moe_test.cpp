@@ -129,6 +129,15 @@ TEST(CpuMoe, CombineMatchesNaivePerTokenLoop) {
       }
     }
   EXPECT_LT(test::max_abs_diff(test::values(y), ref), 1e-4);
+
+  // accumulate: onto a y that already holds something (the shared experts' output) = that + the
+  // routed sum. Not bitwise: y + e1 + e2 vs (0 + e1 + e2) + y in f32.
+  const Tensor base = test::random_f32({t, hidden}, 3);
+  Tensor acc = base.clone();
+  be->moe_experts(x, sel, wts, experts, acc, /*accumulate=*/true);
+  std::vector<float> want = test::values(y);
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] += base.data<float>()[i];
+  EXPECT_LT(test::max_abs_diff(test::values(acc), want), 1e-5 * test::max_abs(want));
 }
 
 }  // namespace

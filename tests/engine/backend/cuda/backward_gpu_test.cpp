@@ -23,10 +23,6 @@ namespace {
 using namespace cuda_test;
 using backend::KdLossOptions;
 
-bool no_gpu() { return cuda::list_devices().empty(); }
-#define SKIP_WITHOUT_GPU() \
-  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason()
-
 // A host f32 copy of `t` rounded through `dtype` (the values a bf16 device tensor holds).
 Tensor rounded(const Tensor& t, DType dtype) {
   if (dtype == DType::kF32) return t;

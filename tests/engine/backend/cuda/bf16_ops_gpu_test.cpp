@@ -134,14 +134,9 @@ TEST_F(Bf16OpsGpu, GroupedExpertsMatchCpu) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   auto be = backend::make_cuda_backend(0);
   const int64_t hidden = 136, inter = 72, e_count = 9, k = 3;
-  std::vector<backend::ExpertWeights> experts(e_count);
   uint64_t seed = 500;
-  for (auto& ew : experts) {
-    ew.gate.storage = backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, 0.1f), DType::kBF16)};
-    ew.up.storage = backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, 0.1f), DType::kBF16)};
-    ew.down.storage = backend::DenseWeight{convert(random_f32({hidden, inter}, ++seed, 0.1f), DType::kBF16)};
-    ew.gate.name = ew.up.name = ew.down.name = "expert";
-  }
+  const std::vector<backend::ExpertWeights> experts =
+      random_experts(e_count, inter, hidden, seed, 0.1f, DType::kBF16);
   for (int64_t t : {1, 19, 250}) {
     std::mt19937_64 rng(++seed);
     std::vector<int32_t> chosen;

@@ -32,6 +32,8 @@ inline std::vector<int32_t> ints(const Tensor& t) {
 }
 
 inline Tensor gpu(const Tensor& host) { return host.to(Device::kCUDA); }
+// Host f32 `t` rounded to `dtype`, on the device.
+inline Tensor dev(const Tensor& t, DType dtype = DType::kF32) { return gpu(convert(t, dtype)); }
 
 // Sets an environment variable for one scope (kernel choices the backend reads per call).
 class ScopedEnv {
@@ -112,4 +114,54 @@ inline double max_abs(const Tensor& t) {
   return m;
 }
 
+// A device copy of host f32 `t` in `dtype` placed one element past a 16-byte boundary (a view
+// into a larger buffer), so that the kernels take their scalar path.
+inline Tensor misaligned_dev(const Tensor& t, DType dtype) {
+  const Tensor c = convert(t, dtype);
+  const std::size_t elem = dtype_bytes_for(dtype, 1);
+  Tensor buf = Tensor::empty(dtype, {t.numel() + 1});
+  std::memcpy(static_cast<char*>(buf.mutable_data()) + elem, c.data(), c.nbytes());
+  return gpu(buf).view_bytes(elem, dtype, t.shape());
+}
+
+inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
+  const Tensor ha = a.to(Device::kCPU), hb = b.to(Device::kCPU);
+  return ha.nbytes() == hb.nbytes() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
+}
+
+// A RoPE table of `positions` rows with random (not trigonometric) cos/sin: the kernels must
+// only pair and multiply, so any values test them.
+inline backend::RopeTable random_table(int64_t positions, int rotary_dim,
+                                       model::RopePairing pairing, uint64_t seed) {
+  backend::RopeTable t;
+  t.rotary_dim = rotary_dim;
+  t.pairing = pairing;
+  t.cos = random_f32({positions, rotary_dim / 2}, seed);
+  t.sin = random_f32({positions, rotary_dim / 2}, seed + 1);
+  return t;
+}
+
+// `count` MoE experts of one shape: gate and up [inter, hidden], down [hidden, inter], seeded
+// random values times `scale` rounded to `dtype` (one seed per matrix: ++seed, in that order).
+inline std::vector<backend::ExpertWeights> random_experts(int64_t count, int64_t inter,
+                                                          int64_t hidden, uint64_t& seed,
+                                                          float scale, DType dtype) {
+  std::vector<backend::ExpertWeights> experts(static_cast<std::size_t>(count));
+  for (auto& ew : experts) {
+    ew.gate.storage = backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, scale), dtype)};
+    ew.up.storage = backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, scale), dtype)};
+    ew.down.storage = backend::DenseWeight{convert(random_f32({hidden, inter}, ++seed, scale), dtype)};
+    ew.gate.name = "gate";
+    ew.up.name = "up";
+    ew.down.name = "down";
+  }
+  return experts;
+}
+
+inline bool no_gpu() { return cuda::list_devices().empty(); }
+
 }  // namespace refinery::cuda_test
+
+// Skips a test where there is no CUDA device, with the reason.
+#define SKIP_WITHOUT_GPU() \
+  if (::refinery::cuda_test::no_gpu()) GTEST_SKIP() << ::refinery::cuda::no_device_reason()

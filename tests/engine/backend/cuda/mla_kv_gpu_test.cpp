@@ -22,37 +22,6 @@ namespace {
 using namespace cuda_test;
 using model::RopePairing;
 
-bool no_gpu() { return cuda::list_devices().empty(); }
-#define SKIP_WITHOUT_GPU() \
-  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason()
-
-Tensor dev(const Tensor& t, DType dtype) { return gpu(convert(t, dtype)); }
-
-// A device copy of host f32 `t` in `dtype` one element past a 16-byte boundary (a view into a
-// larger buffer), so that the kernels take their scalar path.
-Tensor misaligned_dev(const Tensor& t, DType dtype) {
-  const Tensor c = convert(t, dtype);
-  const std::size_t elem = dtype_bytes_for(dtype, 1);
-  Tensor buf = Tensor::empty(dtype, {t.numel() + 1});
-  std::memcpy(static_cast<char*>(buf.mutable_data()) + elem, c.data(), c.nbytes());
-  return gpu(buf).view_bytes(elem, dtype, t.shape());
-}
-
-bool bitwise_equal(const Tensor& a, const Tensor& b) {
-  const Tensor ha = a.to(Device::kCPU), hb = b.to(Device::kCPU);
-  return ha.nbytes() == hb.nbytes() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
-}
-
-backend::RopeTable random_table(int64_t positions, int rotary, RopePairing pairing,
-                                uint64_t seed) {
-  backend::RopeTable t;
-  t.rotary_dim = rotary;
-  t.pairing = pairing;
-  t.cos = random_f32({positions, rotary / 2}, seed);
-  t.sin = random_f32({positions, rotary / 2}, seed + 1);
-  return t;
-}
-
 backend::RopeTable on_device(const backend::RopeTable& table) {
   backend::RopeTable d = table;
   d.cos = gpu(table.cos);
@@ -185,18 +154,8 @@ TEST(MoeAccumulateGpu, AddsOntoYOnBothRoutes) {
   auto cpu = backend::make_cpu_backend(1);
   const int64_t hidden = 136, inter = 88, e_count = 16, k = 4;
   uint64_t seed = 8000;
-  std::vector<backend::ExpertWeights> experts(e_count);
-  for (auto& ew : experts) {
-    ew.gate.storage = backend::DenseWeight{
-        convert(random_f32({inter, hidden}, ++seed, 0.2f), DType::kBF16)};
-    ew.up.storage = backend::DenseWeight{
-        convert(random_f32({inter, hidden}, ++seed, 0.2f), DType::kBF16)};
-    ew.down.storage = backend::DenseWeight{
-        convert(random_f32({hidden, inter}, ++seed, 0.2f), DType::kBF16)};
-    ew.gate.name = "gate";
-    ew.up.name = "up";
-    ew.down.name = "down";
-  }
+  const std::vector<backend::ExpertWeights> experts =
+      random_experts(e_count, inter, hidden, seed, 0.2f, DType::kBF16);
   for (const DType act : {DType::kF32, DType::kBF16}) {
     auto be = backend::make_cuda_backend(0, act);
     for (int64_t t : {1, 37, 300}) {

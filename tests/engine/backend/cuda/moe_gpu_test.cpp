@@ -77,17 +77,8 @@ TEST(MoeGpu, ExpertsMatchCpu) {
   const int64_t hidden = 72, inter = 40, e_count = 6, k = 2;
   uint64_t seed = 4000;
   for (DType dt : {DType::kF32, DType::kBF16}) {
-    std::vector<backend::ExpertWeights> experts(e_count);
-    for (auto& ew : experts) {
-      ew.gate.storage =
-          backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, 0.2f), dt)};
-      ew.up.storage = backend::DenseWeight{convert(random_f32({inter, hidden}, ++seed, 0.2f), dt)};
-      ew.down.storage =
-          backend::DenseWeight{convert(random_f32({hidden, inter}, ++seed, 0.2f), dt)};
-      ew.gate.name = "gate";
-      ew.up.name = "up";
-      ew.down.name = "down";
-    }
+    const std::vector<backend::ExpertWeights> experts =
+        random_experts(e_count, inter, hidden, seed, 0.2f, dt);
     for (int64_t t : {1, 7, 33}) {
       // Distinct experts per token from {0, .., 4}: expert 5 never runs.
       std::mt19937_64 rng(++seed);
@@ -122,18 +113,8 @@ TEST(MoeGpu, DeviceRoutedGroupedGemmMatchesCpuAndHostRoute) {
   auto cpu = backend::make_cpu_backend(1);
   const int64_t hidden = 136, inter = 88, e_count = 64, k = 6;
   uint64_t seed = 7000;
-  std::vector<backend::ExpertWeights> experts(e_count);
-  for (auto& ew : experts) {
-    ew.gate.storage = backend::DenseWeight{
-        convert(random_f32({inter, hidden}, ++seed, 0.2f), DType::kBF16)};
-    ew.up.storage = backend::DenseWeight{
-        convert(random_f32({inter, hidden}, ++seed, 0.2f), DType::kBF16)};
-    ew.down.storage = backend::DenseWeight{
-        convert(random_f32({hidden, inter}, ++seed, 0.2f), DType::kBF16)};
-    ew.gate.name = "gate";
-    ew.up.name = "up";
-    ew.down.name = "down";
-  }
+  const std::vector<backend::ExpertWeights> experts =
+      random_experts(e_count, inter, hidden, seed, 0.2f, DType::kBF16);
   for (const DType act : {DType::kF32, DType::kBF16}) {
     auto be = backend::make_cuda_backend(0, act);
     for (int64_t t : {1, 37, 700}) {

@@ -20,10 +20,6 @@ using namespace cuda_test;
 using backend::AdamWScalars;
 using backend::AdamWTensors;
 
-bool no_gpu() { return cuda::list_devices().empty(); }
-#define SKIP_WITHOUT_GPU() \
-  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason()
-
 const std::vector<int64_t> kSizes = {1,    3,     1000,  65537, 0,     4096,   4095,
                                      4097, 32768, 32769, 2,     8191,  1048583, 5,
                                      777,  65536, 12289, 1,     40000, 257};

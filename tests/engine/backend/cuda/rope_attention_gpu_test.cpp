@@ -10,16 +10,6 @@ namespace {
 
 using namespace cuda_test;
 
-backend::RopeTable random_table(int64_t positions, int rotary_dim, model::RopePairing pairing,
-                                uint64_t seed) {
-  backend::RopeTable t;
-  t.rotary_dim = rotary_dim;
-  t.pairing = pairing;
-  t.cos = random_f32({positions, rotary_dim / 2}, seed);
-  t.sin = random_f32({positions, rotary_dim / 2}, seed + 1);
-  return t;
-}
-
 TEST(RopeGpu, MatchesCpuForEveryLayout) {
   if (cuda::list_devices().empty()) GTEST_SKIP() << cuda::no_device_reason();
   auto cpu = backend::make_cpu_backend(1);

@@ -16,30 +16,10 @@ namespace {
 
 using namespace cuda_test;
 
-bool no_gpu() { return cuda::list_devices().empty(); }
-#define SKIP_WITHOUT_GPU() \
-  if (no_gpu()) GTEST_SKIP() << cuda::no_device_reason()
-
 Tensor rounded(const Tensor& t, DType dtype) {
   if (dtype == DType::kF32) return t;
   const std::vector<float> v = values(convert(t, dtype));
   return Tensor::copy_of(DType::kF32, t.shape(), v.data());
-}
-Tensor dev(const Tensor& t, DType dtype = DType::kF32) { return gpu(convert(t, dtype)); }
-
-// A device copy of host f32 `t` in `dtype` placed one element past a 16-byte boundary (a view
-// into a larger buffer), so the kernels take their scalar path.
-Tensor misaligned_dev(const Tensor& t, DType dtype) {
-  const Tensor c = convert(t, dtype);
-  const std::size_t elem = dtype_bytes_for(dtype, 1);
-  Tensor buf = Tensor::empty(dtype, {t.numel() + 1});
-  std::memcpy(static_cast<char*>(buf.mutable_data()) + elem, c.data(), c.nbytes());
-  return gpu(buf).view_bytes(elem, dtype, t.shape());
-}
-
-bool bitwise_equal(const Tensor& a, const Tensor& b) {
-  const Tensor ha = a.to(Device::kCPU), hb = b.to(Device::kCPU);
-  return ha.nbytes() == hb.nbytes() && std::memcmp(ha.data(), hb.data(), ha.nbytes()) == 0;
 }
 
 struct CudaTrainKernels : ::testing::Test {

@@ -52,6 +52,11 @@ std::vector<int64_t> rows_to_check(const Case& c, const std::vector<int32_t>& of
   return rows;
 }
 
+// The group whose rows [offsets[g], offsets[g + 1]) hold row r (empty groups never do).
+int64_t group_of(const std::vector<int32_t>& offsets, int64_t r) {
+  return std::upper_bound(offsets.begin(), offsets.end(), r) - offsets.begin() - 1;
+}
+
 // Runs the kernel with y in f32 and in bf16 and compares the checked rows with the reference.
 // indexed: the problem's rows are picked from a larger x through x_rows (a random map onto the
 // rows of an x with 3 more rows than the problem), as the MoE permutation does.
@@ -78,10 +83,10 @@ void check_case(const Case& c, uint64_t seed, const std::string& label,
   Tensor want = Tensor::empty(DType::kF32, {checked, c.n});
   std::vector<float> abs_sum(static_cast<std::size_t>(checked * c.n));
   float* wp = want.mutable_data<float>();
-  int64_t g = 0;
+  // Rows in parallel (OpenMP): the double loops take minutes on the MoE shapes otherwise.
+#pragma omp parallel for schedule(dynamic, 4)
   for (int64_t ri = 0; ri < checked; ++ri) {
-    const int64_t r = rows[ri];
-    while (offsets[g + 1] <= r) ++g;  // rows are increasing: the group of row r
+    const int64_t r = rows[ri], g = group_of(offsets, r);
     const float* xr = &xv[int64_t{x_rows[r]} * c.k];
     for (int64_t j = 0; j < c.n; ++j) {
       const float* wr = &wv[(g * c.n + j) * c.k];
@@ -147,10 +152,10 @@ void check_swiglu_case(const Case& c, uint64_t seed, const std::string& label,
 
   Tensor want = Tensor::empty(DType::kF32, {checked, c.n});
   std::vector<float> bound(static_cast<std::size_t>(checked * c.n));
-  int64_t g = 0;
+  float* wp = want.mutable_data<float>();
+#pragma omp parallel for schedule(dynamic, 4)
   for (int64_t ri = 0; ri < checked; ++ri) {
-    const int64_t r = rows[ri];
-    while (offsets[g + 1] <= r) ++g;
+    const int64_t r = rows[ri], g = group_of(offsets, r);
     const float* xr = &xv[int64_t{x_rows[r]} * c.k];
     for (int64_t j = 0; j < c.n; ++j) {
       double dot[2] = {0.0, 0.0}, err[2] = {0.0, 0.0};  // gate, up
@@ -164,7 +169,7 @@ void check_swiglu_case(const Case& c, uint64_t seed, const std::string& label,
       }
       const double silu = dot[0] / (1.0 + std::exp(-dot[0])), ref = silu * dot[1];
       const std::size_t at = static_cast<std::size_t>(ri * c.n + j);
-      want.mutable_data<float>()[at] = static_cast<float>(ref);
+      wp[at] = static_cast<float>(ref);
       bound[at] = static_cast<float>(1.1 * std::abs(dot[1]) * err[0] + std::abs(silu) * err[1] +
                                      std::ldexp(std::abs(ref), -8) + 1e-6);
     }

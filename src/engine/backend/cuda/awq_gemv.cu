@@ -614,6 +614,15 @@ TiledPlan make_tiled_plan(int device, int64_t tiles, int groups, int batch) {
     if (int64_t{blocks} * sms < tiles) break;
     warps = w;
   }
+  // REFINERY_AWQ_TILED_WARPS=N (benchmarking: awq_bench gemv sweeps it) replaces the choice above
+  // with N warps per block (1..16, at most one per group); read when a shape's plan is made.
+  if (const char* env = std::getenv("REFINERY_AWQ_TILED_WARPS"); env != nullptr && *env != '\0') {
+    const int forced = std::atoi(env);
+    if (forced < 1 || forced > kTiledMaxWarps)
+      throw_user_error("REFINERY_AWQ_TILED_WARPS=", env, ": expected 1..", kTiledMaxWarps,
+                       " warps per block; unset it for the automatic choice");
+    warps = std::min(forced, groups);
+  }
   p.groups_per_warp = (groups + warps - 1) / warps;
   p.warps = (groups + p.groups_per_warp - 1) / p.groups_per_warp;
   p.usable = tiles < (int64_t{1} << 31);

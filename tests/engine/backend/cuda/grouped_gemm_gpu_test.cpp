@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
@@ -29,6 +30,42 @@ using backend::cuda::grouped_gemm_bf16;
 using backend::cuda::grouped_gemm_supports;
 using backend::cuda::GroupedGemmArgs;
 using backend::cuda::GroupedGemmKernel;
+
+// A seeded random bf16 tensor and its values as floats (what the kernel reads). Element i comes
+// from splitmix64(seed, i): a sum of four 16-bit uniforms, centred and scaled to standard deviation
+// `scale` (near-normal), generated in parallel. Why not random_f32: the MoE shapes hold 369M
+// weights, and the serial normal generator plus two conversions took ~40 s per test on the GPU
+// machine.
+struct RandomBf16 {
+  Tensor bf16;
+  std::vector<float> values;
+};
+RandomBf16 random_bf16(std::vector<int64_t> shape, uint64_t seed, float scale = 1.0f) {
+  RandomBf16 r{Tensor::empty(DType::kBF16, std::move(shape)), {}};
+  const int64_t n = r.bf16.numel();
+  r.values.resize(static_cast<std::size_t>(n));
+  constexpr float kUnit = 1.0f / 65536.0f, kSd = 0.57735027f;  // sd of a sum of 4 U(0, 1)
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(i) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    float sum = 0.0f;
+    for (int part = 0; part < 4; ++part)
+      sum += static_cast<float>((z >> (16 * part)) & 0xffffu) * kUnit;
+    r.values[i] = (sum - 2.0f) * (scale / kSd);
+  }
+  convert_from_f32(DType::kBF16, r.values.data(), r.bf16.mutable_data(),
+                   static_cast<std::size_t>(n));
+  const uint16_t* bits = r.bf16.data<uint16_t>();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {  // the bf16 value exactly: its bits are the f32's high half
+    const uint32_t word = uint32_t{bits[i]} << 16;
+    std::memcpy(&r.values[i], &word, sizeof(float));
+  }
+  return r;
+}
 
 struct Case {
   std::vector<int32_t> sizes;  // rows per group
@@ -69,9 +106,11 @@ void check_case(const Case& c, uint64_t seed, const std::string& label,
   ASSERT_TRUE(grouped_gemm_supports(c.n, c.k));
 
   const int64_t x_count = indexed ? rows_total + 3 : rows_total;
-  const Tensor x = convert(random_f32({x_count, c.k}, seed), DType::kBF16);
-  const Tensor w = convert(random_f32({groups, c.n, c.k}, seed + 1, 0.05f), DType::kBF16);
-  const std::vector<float> xv = values(x), wv = values(w);
+  const RandomBf16 xr = random_bf16({x_count, c.k}, seed),
+                   wr = random_bf16({groups, c.n, c.k}, seed + 1, 0.05f);
+  const Tensor &x = xr.bf16, &w = wr.bf16;
+  const std::vector<float>& xv = xr.values;
+  const std::vector<float>& wv = wr.values;
   std::vector<int32_t> x_rows(static_cast<std::size_t>(rows_total));
   std::mt19937_64 pick(seed + 2);
   for (int64_t r = 0; r < rows_total; ++r)
@@ -141,9 +180,11 @@ void check_swiglu_case(const Case& c, uint64_t seed, const std::string& label,
   std::vector<int32_t> offsets(c.sizes.size() + 1, 0);
   std::partial_sum(c.sizes.begin(), c.sizes.end(), offsets.begin() + 1);
   const int64_t rows_total = offsets.back(), x_count = rows_total + 3;
-  const Tensor x = convert(random_f32({x_count, c.k}, seed), DType::kBF16);
-  const Tensor w = convert(random_f32({groups, 2 * c.n, c.k}, seed + 1, 0.05f), DType::kBF16);
-  const std::vector<float> xv = values(x), wv = values(w);
+  const RandomBf16 xr = random_bf16({x_count, c.k}, seed),
+                   wr = random_bf16({groups, 2 * c.n, c.k}, seed + 1, 0.05f);
+  const Tensor &x = xr.bf16, &w = wr.bf16;
+  const std::vector<float>& xv = xr.values;
+  const std::vector<float>& wv = wr.values;
   std::vector<int32_t> x_rows(static_cast<std::size_t>(rows_total));
   std::mt19937_64 pick(seed + 2);
   for (int32_t& r : x_rows) r = static_cast<int32_t>(pick() % x_count);

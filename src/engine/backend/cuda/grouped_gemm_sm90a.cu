@@ -12,8 +12,9 @@
 // transposes). Each stage holds A [128][64] and B [BN][64] bf16, every row 128 bytes, stored with
 // the 128-byte swizzle that the descriptors declare: the 16-byte chunk c of row r sits at
 //   r · 128 + ((c ^ (r % 8)) · 16)        (tile bases 1024-byte aligned)
-// which is what TMA's SWIZZLE_128B writes; here cp.async writes it (zero-filling rows past the
-// group and columns past k), so no tensor maps are needed for the variable group sizes.
+// which is what TMA's SWIZZLE_128B writes. The gathered A rows (x_rows) are written by cp.async
+// (zero-filling rows past the group and columns past k); the default kernel loads the weight rows
+// (and A rows read in place) by TMA from one 2-D tensor map over the whole stack (ws_kernel).
 // Pipeline (STAGES deep, one cp.async group per k tile):
 //   wait for tile kt -> fence.proxy.async (cp.async wrote through the generic proxy, wgmma reads
 //   through the async proxy) -> barrier -> 4 wgmma on tile kt, commit -> wait until at most one
@@ -22,7 +23,7 @@
 // Two kernels share the tiles, the swizzled stages and the epilogue: wgmma_kernel (above: every
 // thread copies and multiplies, one block-wide barrier pair per k tile) and ws_kernel (warp-
 // specialized: a producer warpgroup copies, two consumer warpgroups multiply, mbarriers between
-// them; the default, 128 x 256 tiles, see ws_kernel's comment).
+// them; persistent over a tile list, TMA weights: the default, 128 x 256 tiles, see its comment).
 // Accumulator layout of m64nNk16 (f32): warp q of the warpgroup owns rows 16q..16q+15; lane L holds
 // for every n8 block i: d[4i], d[4i+1] = (row 16q + L/4, cols 8i + 2(L%4), +1) and d[4i+2], d[4i+3]
 // = (row 16q + L/4 + 8, same cols) — the mma.sync C fragment repeated.

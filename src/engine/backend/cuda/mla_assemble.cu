@@ -11,8 +11,6 @@
 // dv/8 value chunks) or per group of 8 rotary pairs (two key chunks), 16-byte loads and stores,
 // a flat grid-stride loop. Memory bound: kv read once, keys and values written once.
 // General path: one 64-thread block per (token, head) row, scalar.
-#include <algorithm>
-
 #include "engine/backend/cuda/kernel_util.cuh"
 #include "engine/backend/cuda/rope_vector.cuh"
 
@@ -97,9 +95,8 @@ void CudaBackend::mla_assemble_kv(const Tensor& kv, const Tensor& ckv, const Rop
   const int64_t rows = t_count * heads;
   check_rope_tables(table, half, rows, "mla_assemble_kv");
   if (rows == 0) return;
-  const int64_t positions = std::min(t_count, z.segment);  // as in rope.cu
-  const Tensor cos_rows = upload(table.cos.slice(first_position, first_position + positions));
-  const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + positions));
+  const RopeRows table_rows = rope_rows(*this, table, first_position, t_count, z.segment);
+  const Tensor &cos_rows = table_rows.cos, &sin_rows = table_rows.sin;
   const bool interleaved = table.pairing == model::RopePairing::kInterleaved;
   dispatch_activation(keys.dtype(), "mla_assemble_kv", [&](auto tag) {
     using T = decltype(tag);

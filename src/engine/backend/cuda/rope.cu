@@ -10,11 +10,8 @@
 // of which one warp did 2-byte loads and the other had nothing to do for a 128-byte row.
 //
 // Tables: a device table (the Transformer uploads its table once through upload()) is read in
-// place. A host table is copied per call, only the rows [first_position, first_position +
-// min(T, segment)) this call needs (no cache keyed by host addresses: a table may be rebuilt at
-// the same address).
-#include <algorithm>
-
+// place; a host table is copied per call, only the rows this call needs (rope_rows,
+// rope_vector.cuh).
 #include "engine/backend/cuda/kernel_util.cuh"
 #include "engine/backend/cuda/rope_vector.cuh"
 
@@ -98,10 +95,8 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int64_t first_po
   const int64_t half = sizes.half, segment = sizes.segment;
   check_rope_tables(table, half, t_count * heads, "rope");
   if (t_count * heads == 0) return;
-  // The positions this call reads: one segment's worth (every segment starts at first_position).
-  const int64_t positions = std::min(t_count, segment);
-  const Tensor cos_rows = upload(table.cos.slice(first_position, first_position + positions));
-  const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + positions));
+  const RopeRows table_rows = rope_rows(*this, table, first_position, t_count, segment);
+  const Tensor &cos_rows = table_rows.cos, &sin_rows = table_rows.sin;
   dispatch_activation(y.dtype(), "rope", [&](auto tag) {
     using T = decltype(tag);
     const T* in = static_cast<const T*>(x.data());

@@ -5,8 +5,6 @@
 // the dims outside [offset, offset + rotary_dim) pass dy through (dx += dy). The same two paths
 // as the forward (rope.cu: vectorized over groups of 8 pairs, or one block per (token, head) row),
 // the same f32 formulas on both, the same host/device table handling. Memory bound.
-#include <algorithm>
-
 #include "engine/backend/cuda/kernel_util.cuh"
 #include "engine/backend/cuda/rope_vector.cuh"
 
@@ -117,9 +115,8 @@ void CudaBackend::rope_backward(const Tensor& dy, const RopeTable& table, int64_
   const int64_t half = sizes.half, segment = sizes.segment;
   check_rope_tables(table, half, t_count * heads, "rope_backward");
   if (t_count * heads == 0) return;
-  const int64_t positions = std::min(t_count, segment);  // as in rope.cu
-  const Tensor cos_rows = upload(table.cos.slice(first_position, first_position + positions));
-  const Tensor sin_rows = upload(table.sin.slice(first_position, first_position + positions));
+  const RopeRows table_rows = rope_rows(*this, table, first_position, t_count, segment);
+  const Tensor &cos_rows = table_rows.cos, &sin_rows = table_rows.sin;
   dispatch_activation(dx.dtype(), "rope_backward", [&](auto tag) {
     using T = decltype(tag);
     const T* in = static_cast<const T*>(dy.data());

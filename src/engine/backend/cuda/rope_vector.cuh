@@ -4,10 +4,12 @@
 // vectorized path applies. Device structs plus the host checks and predicate.
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "engine/backend/cuda/alignment.hpp"
 #include "engine/backend/cuda/kernel_util.cuh"
+#include "engine/backend/backend.hpp"
 #include "engine/backend/rope_table.hpp"
 #include "engine/core/error.hpp"
 
@@ -122,6 +124,20 @@ inline void check_rope_tables(const RopeTable& table, int64_t half, int64_t rows
                  op, ": f32 [positions, ", half, "] tables expected, found ", table.cos.describe(),
                  " and ", table.sin.describe());
   REFINERY_CHECK(rows < (int64_t{1} << 31), op, ": too many rows");
+}
+
+// The table rows a rope kernel reads, on the device: [first_position, first_position +
+// min(T, segment)) (every segment starts at first_position; table row t % segment serves row t).
+// A device table is viewed in place; a host one is copied per call by `be.upload` (no cache keyed
+// by host addresses: a table may be rebuilt at the same address).
+struct RopeRows {
+  Tensor cos, sin;
+};
+inline RopeRows rope_rows(Backend& be, const RopeTable& table, int64_t first_position,
+                          int64_t t_count, int64_t segment) {
+  const int64_t end = first_position + std::min(t_count, segment);
+  return {be.upload(table.cos.slice(first_position, end)),
+          be.upload(table.sin.slice(first_position, end))};
 }
 
 }  // namespace refinery::backend::cuda::rope_detail
